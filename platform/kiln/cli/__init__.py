@@ -1,0 +1,1 @@
+"""The `kiln` command line: thin typer commands over the library modules."""

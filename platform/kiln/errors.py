@@ -1,0 +1,144 @@
+"""Kiln's errors: one class per condition, each carrying a transport-neutral code.
+
+Transports translate codes, never classes: the gRPC server maps `ErrorCode` to a status code,
+the HTTP service to a status, the CLI to an exit code, each in exactly one table. A message
+says what was wrong *and what to do about it*.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """What kind of failure an error is, independent of any transport."""
+
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    FAILED_PRECONDITION = "failed_precondition"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    UNAVAILABLE = "unavailable"
+    DATA_LOSS = "data_loss"
+    UNAUTHENTICATED = "unauthenticated"
+    INTERNAL = "internal"
+
+
+class KilnError(Exception):
+    """Base class of every error Kiln raises on purpose.
+
+    Subclasses set `code`; the message is shown to users as is, so it must be actionable.
+    """
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgument(KilnError):
+    """A value given by the user is malformed or out of range."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class NotFound(KilnError):
+    """Something the user named does not exist."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class FailedPrecondition(KilnError):
+    """The request is well formed but the system is not in a state that allows it."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class Unavailable(KilnError):
+    """A capability or resource cannot be used on this host right now."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
+class DataLoss(KilnError):
+    """Stored bytes are not what was written: corruption, truncation, tampering."""
+
+    code = ErrorCode.DATA_LOSS
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+class DatasetNotFound(NotFound):
+    """No data set by that name, or its files are missing."""
+
+
+class DatasetInvalid(InvalidArgument):
+    """A data set exists but its contents cannot be used (missing label, NaN, ragged, empty)."""
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+class ModelBuilderNotFound(NotFound):
+    """No model builder by that name, or a `package.module:function` that cannot be imported."""
+
+
+class CheckpointInvalid(DataLoss):
+    """A checkpoint's files are missing, truncated or do not match their config."""
+
+
+# -- registry -----------------------------------------------------------------------------------
+
+
+class InvalidReference(InvalidArgument):
+    """A model reference (`name`, `name:3`, `name@alias`) or a name in it is malformed."""
+
+
+class ModelNotFound(NotFound):
+    """No registered model by that name."""
+
+
+class VersionNotFound(NotFound):
+    """The model exists but has no such version."""
+
+
+class AliasNotFound(NotFound):
+    """The model exists but has no such alias."""
+
+
+class ArtifactNotFound(NotFound):
+    """The version has no artifact of the requested kind, or its blob is missing."""
+
+
+class ArtifactCorrupted(DataLoss):
+    """An artifact's bytes do not hash to the sha256 recorded for it."""
+
+
+class GateFailed(FailedPrecondition):
+    """A promotion gate refused to move an alias."""
+
+
+# -- engines and compilation --------------------------------------------------------------------
+
+
+class EngineBuildFailed(KilnError):
+    """A compilation target could not be built (export, parser or builder failure)."""
+
+    code = ErrorCode.FAILED_PRECONDITION
+
+
+class ParityFailed(FailedPrecondition):
+    """A compiled engine does not compute the same function as its checkpoint."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
