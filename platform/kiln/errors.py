@@ -125,6 +125,30 @@ class GateFailed(FailedPrecondition):
     """A promotion gate refused to move an alias."""
 
 
+class VersionInUse(FailedPrecondition):
+    """A version cannot be deleted while an alias points at it."""
+
+
+class AliasUnchanged(FailedPrecondition):
+    """A promotion would move an alias to the version it already points at."""
+
+
+class NothingToRollBack(FailedPrecondition):
+    """An alias has no earlier version to roll back to (or that version was deleted)."""
+
+
+class BundleInvalid(InvalidArgument):
+    """A file given to import is not a Kiln bundle, or is truncated or damaged."""
+
+
+class RegistryBusy(Unavailable):
+    """The registry database stayed locked by other processes for longer than the retry budget."""
+
+
+class RegistryIncompatible(FailedPrecondition):
+    """The registry database was written by a newer Kiln (its schema version is unknown here)."""
+
+
 # -- engines and compilation --------------------------------------------------------------------
 
 
