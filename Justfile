@@ -45,6 +45,11 @@ lint: setup
     {{bin}}/ruff format --check platform engines tests benchmarks
     {{bin}}/mypy
     {{bin}}/lint-imports
+    {{bin}}/python proto/generate.py --check
+
+# regenerate the gRPC code in platform/kiln/serving/grpc/generated/ from proto/
+proto: setup
+    {{bin}}/python proto/generate.py
 
 # format the code
 fmt: setup
