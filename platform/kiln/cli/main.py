@@ -42,7 +42,7 @@ def version(as_json: bool = JsonOption) -> None:
     import importlib.metadata as md
     import platform
 
-    libs = {}
+    libs: dict[str, str | None] = {}
     for dist in ("torch", "onnxruntime", "onnx", "numpy", "polars", "grpcio", "bentoml"):
         try:
             libs[dist] = md.version(dist)

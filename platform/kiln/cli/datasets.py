@@ -1,0 +1,84 @@
+"""`kiln datasets list|show`: the named data sets and what is inside one."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit
+from kiln.errors import KilnError
+from kiln.settings import Settings
+
+app = typer.Typer(help="Inspect the data sets Kiln can train on.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_datasets(as_json: bool = JsonOption) -> None:
+    """List the named data sets and whether each is available on this machine."""
+    from kiln.data import CATALOG, load_raw
+
+    settings = Settings()
+    rows = []
+    for info in CATALOG.values():
+        try:
+            raw = load_raw(info.name, settings)
+            status, samples = (
+                "available",
+                int(raw.y.shape[0]) + (0 if raw.test_y is None else int(raw.test_y.shape[0])),
+            )
+        except KilnError as exc:
+            status, samples = f"unavailable: {exc.message}", None
+        rows.append(
+            {
+                "name": info.name,
+                "description": info.description,
+                "samples": samples,
+                "status": status,
+            }
+        )
+
+    def render(console: Console) -> None:
+        table = Table(title="data sets (or pass a .parquet file or an image folder)")
+        for col in ("name", "samples", "description", "status"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            table.add_row(
+                str(r["name"]), str(r["samples"] or "-"), str(r["description"]), str(r["status"])
+            )
+        console.print(table)
+
+    emit({"datasets": rows}, as_json, render)
+
+
+@app.command("show")
+def show(
+    name: Annotated[
+        str, typer.Argument(help="A data set name, a .parquet file or an image folder.")
+    ],
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a data set's shape, classes, split sizes, value range and fingerprint."""
+    from kiln.data import load_dataset
+
+    summary = load_dataset(name, Settings(), seed=seed).summary()
+
+    def render(console: Console) -> None:
+        table = Table(title=f"data set {name}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        sizes = summary["sizes"]
+        assert isinstance(sizes, dict)
+        table.add_row("source", str(summary["source"]))
+        table.add_row("input shape", str(summary["input_shape"]))
+        table.add_row("classes", ", ".join(summary["classes"]))  # type: ignore[arg-type]
+        table.add_row("train / val / test", f"{sizes['train']} / {sizes['val']} / {sizes['test']}")
+        table.add_row("value range", str(summary["value_range"]))
+        table.add_row("split", str(summary["split"]))
+        table.add_row("fingerprint", str(summary["fingerprint"]))
+        console.print(table)
+
+    emit(summary, as_json, render)

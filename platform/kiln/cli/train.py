@@ -1,0 +1,137 @@
+"""`kiln train`: train a model on a data set, evaluate it, optionally register it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.errors import InvalidArgument
+from kiln.settings import Settings
+
+
+def parse_model_args(pairs: list[str]) -> dict[str, Any]:
+    """`key=value` pairs; values are JSON when they parse (numbers, lists), else strings."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise InvalidArgument(
+                f"--model-arg '{pair}' is not key=value; e.g. --model-arg hidden=256 "
+                "or --model-arg 'channels=[32,64]'"
+            )
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
+def train(
+    dataset: Annotated[
+        str, typer.Option(help="Data set name (kiln datasets list), .parquet file or image folder.")
+    ] = "mnist-5k",
+    model: Annotated[
+        str, typer.Option(help="Builder: mlp, cnn, resnet, or package.module:function.")
+    ] = "cnn",
+    model_arg: Annotated[
+        list[str] | None, typer.Option("--model-arg", help="Builder argument key=value; repeat.")
+    ] = None,
+    epochs: Annotated[
+        int, typer.Option(help="Maximum epochs (early stopping may end sooner).")
+    ] = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
+    patience: Annotated[
+        int, typer.Option(help="Epochs without val improvement before stopping.")
+    ] = 3,
+    seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads; 0 = KILN_THREADS or all cores.")] = 0,
+    name: Annotated[
+        str | None, typer.Option(help="Register the result as a new version of this model.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    as_json: bool = JsonOption,
+) -> None:
+    """Train a classifier, evaluate it on the test split and save the best checkpoint."""
+    from kiln.train import TrainConfig
+    from kiln.train import train as run_training
+
+    settings = Settings()
+    config = TrainConfig(
+        dataset=dataset,
+        model=model,
+        model_args=parse_model_args(model_arg or []),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        patience=patience,
+        seed=seed,
+        threads=threads,
+    )
+    config.validate()
+    result = run_training(config, settings, show_progress=progress and not as_json)
+    payload: dict[str, Any] = {
+        "run_id": result.run_id,
+        "run_dir": str(result.run_dir),
+        "checkpoint": str(result.checkpoint),
+        "dataset": result.dataset.name,
+        "data_fingerprint": result.dataset.fingerprint,
+        "model": model,
+        "metrics": result.metrics,
+        "history": result.history,
+        "duration_s": result.duration_s,
+    }
+    if name is not None:
+        payload["registered"] = register(name, result, settings)
+
+    def render(console: Console) -> None:
+        m = result.metrics
+        table = Table(title=f"{model} on {result.dataset.name}: test split", show_header=False)
+        table.add_column("metric", style="bold")
+        table.add_column("value")
+        table.add_row("test accuracy", f"{m['test_accuracy']:.4f}")
+        table.add_row("test loss", f"{m['test_loss']:.4f}")
+        table.add_row("expected calibration error", f"{m['ece']:.4f}")
+        table.add_row("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run")
+        table.add_row("train throughput", f"{m['train_samples_per_s']:.0f} samples/s")
+        table.add_row("duration", f"{result.duration_s:.1f} s")
+        console.print(table)
+        per_class = Table(title="per-class accuracy")
+        for cls in m["per_class_accuracy"]:
+            per_class.add_column(cls, justify="right")
+        per_class.add_row(
+            *(f"{v:.3f}" if v is not None else "-" for v in m["per_class_accuracy"].values())
+        )
+        console.print(per_class)
+        console.print(f"run: {result.run_dir}  (curves.png, metrics.jsonl, checkpoint/)")
+        if "registered" in payload:
+            console.print(f"registered [bold]{payload['registered']['reference']}[/]")
+
+    emit(payload, as_json, render)
+
+
+def register(name: str, result: Any, settings: Settings) -> dict[str, Any]:
+    """Register the trained checkpoint as a new version of `name`."""
+    from kiln.registry import Lineage, open_registry
+
+    registry = open_registry(settings=settings)
+    version = registry.register_version(
+        name,
+        checkpoint=result.checkpoint,
+        config=result.config.model_dump(),
+        metrics=result.config.metrics,
+        lineage=Lineage(
+            dataset=result.dataset.name,
+            data_fingerprint=result.dataset.fingerprint,
+            run_id=result.run_id,
+        ),
+    )
+    err_console.print(f"registered {name}:{version.version}")
+    return {"name": name, "version": version.version, "reference": f"{name}:{version.version}"}

@@ -1,0 +1,22 @@
+"""Data sets with deterministic splits and content fingerprints (for lineage).
+
+`load_dataset(name_or_path, settings, seed=0) -> Dataset` is the entry point; `CATALOG` lists
+the named sets. Inputs are float32 raw values; normalisation is the model's job.
+"""
+
+from __future__ import annotations
+
+from kiln.data.builtin import to_mnist_frame
+from kiln.data.catalog import CATALOG, DatasetInfo, load_dataset, load_raw
+from kiln.data.dataset import Dataset, Split, SplitSpec
+
+__all__ = [
+    "CATALOG",
+    "Dataset",
+    "DatasetInfo",
+    "Split",
+    "SplitSpec",
+    "load_dataset",
+    "load_raw",
+    "to_mnist_frame",
+]

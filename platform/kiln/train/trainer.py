@@ -1,0 +1,240 @@
+"""The trainer: AdamW, warm-up + cosine, gradient clipping, early stopping, seeded on CPU.
+
+One function, `train(config, settings)`, reads top to bottom like the loop it runs. It writes
+`KILN_HOME/runs/RUN_ID/` (metrics.jsonl per epoch, curves.png, summary.json, checkpoint/) and
+returns a `TrainResult` holding the best checkpoint (by validation loss) and its test metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from kiln.data import Dataset, load_dataset
+from kiln.settings import Settings
+from kiln.train.builders import build_model, normalization_shape
+from kiln.train.checkpoint import save_checkpoint
+from kiln.train.config import CheckpointConfig, TrainConfig
+from kiln.train.curves import plot_curves
+from kiln.train.metrics import classification_report
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    checkpoint: Path
+    config: CheckpointConfig
+    metrics: dict[str, Any]
+    history: list[dict[str, float]]
+    dataset: Dataset
+    duration_s: float
+
+
+def normalization_stats(x: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel (images) or per-feature mean and std of the training inputs."""
+    shape = normalization_shape(x.shape[1:])
+    axes = tuple(i for i, d in enumerate(shape) if d == 1)
+    mean = x.mean(axis=axes, dtype=np.float64)
+    # A floor keeps constant features (MNIST's empty borders) from dividing by zero.
+    std = np.maximum(x.std(axis=axes, dtype=np.float64), 1e-3)
+    return {"mean": mean.ravel().tolist(), "std": std.ravel().tolist()}
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `floor`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def configure_determinism(seed: int, threads: int) -> None:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    # CPU kernels are deterministic for a fixed thread count; this turns any that are not
+    # into errors instead of silently different metrics.
+    torch.use_deterministic_algorithms(True)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices and kernels only; biases and norm scales are left alone (as in nanoGPT)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    other = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": other, "weight_decay": 0.0}]
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    model.eval()
+    parts = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).numpy()
+
+
+def new_run_id(config: TrainConfig) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    model = config.model.rsplit(":", 1)[-1]
+    return f"{stamp}-{Path(config.dataset).stem}-{model}-{secrets.token_hex(3)}"
+
+
+def train(
+    config: TrainConfig,
+    settings: Settings,
+    *,
+    dataset: Dataset | None = None,
+    show_progress: bool = True,
+) -> TrainResult:
+    """Train, keep the best epoch by validation loss, evaluate it on the test split, save it."""
+    config.validate()
+    started = time.perf_counter()
+    threads = config.threads or settings.thread_count()
+    configure_determinism(config.seed, threads)
+
+    ds = dataset or load_dataset(
+        config.dataset,
+        settings,
+        seed=config.seed,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+    )
+    norm = normalization_stats(ds.train.x)
+    model = build_model(
+        config.model, ds.input_shape, ds.num_classes, normalization=norm, **config.model_args
+    )
+    x_train, y_train = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
+    n = len(ds.train)
+    steps_per_epoch = math.ceil(n / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    warmup = max(1, int(config.warmup_fraction * total_steps))
+
+    opt = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, total_steps, warmup, config.min_lr_fraction)
+    )
+    shuffle = torch.Generator().manual_seed(config.seed)
+
+    run_id = new_run_id(config)
+    run_dir = settings.runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, stale = math.inf, 0, 0
+    best_state = copy.deepcopy(model.state_dict())
+
+    progress = Progress(
+        TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not show_progress,
+    )
+    with progress, (run_dir / "metrics.jsonl").open("w") as log:
+        task = progress.add_task(
+            "train", total=total_steps, epoch=1, epochs=config.epochs, stats=""
+        )
+        for epoch in range(1, config.epochs + 1):
+            epoch_start = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=shuffle)
+            loss_sum = torch.zeros(())
+            correct = torch.zeros((), dtype=torch.int64)
+            seen = 0
+            for step in range(steps_per_epoch):
+                idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
+                if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
+                    continue
+                xb, yb = x_train[idx], y_train[idx]
+                logits = model(xb)
+                loss = F.cross_entropy(logits, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                opt.step()
+                sched.step()
+                # Accumulate as tensors: a .item() per step would cost a sync for nothing.
+                loss_sum += loss.detach() * idx.numel()
+                correct += (logits.detach().argmax(1) == yb).sum()
+                seen += idx.numel()
+                progress.advance(task)
+
+            val = classification_report(predict_logits(model, ds.val.x), ds.val.y, ds.class_names)
+            row = {
+                "epoch": epoch,
+                "train_loss": float(loss_sum) / seen,
+                "train_accuracy": float(correct) / seen,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "lr": sched.get_last_lr()[0],
+                "seconds": time.perf_counter() - epoch_start,
+            }
+            history.append(row)
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            progress.update(
+                task,
+                epoch=min(epoch + 1, config.epochs),
+                stats=f"loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
+                f"val_acc {row['val_accuracy']:.4f}",
+            )
+            if val["loss"] < best_loss:
+                best_loss, best_epoch, stale = val["loss"], epoch, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                stale += 1
+                if stale >= config.patience:
+                    break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    test = classification_report(predict_logits(model, ds.test.x), ds.test.y, ds.class_names)
+    duration = time.perf_counter() - started
+    samples = sum(len(ds.train) for _ in history)
+    train_seconds = sum(r["seconds"] for r in history)
+    metrics: dict[str, Any] = {
+        "test_accuracy": test["accuracy"],
+        "test_loss": test["loss"],
+        "ece": test["ece"],
+        "per_class_accuracy": test["per_class_accuracy"],
+        "confusion": test["confusion"],
+        "test_samples": test["samples"],
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_loss": best_loss,
+        "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
+        "duration_s": duration,
+        "train_samples_per_s": samples / train_seconds if train_seconds else 0.0,
+    }
+    ckpt_config = CheckpointConfig(
+        builder=config.model,
+        builder_args=config.model_args,
+        input_shape=list(ds.input_shape),
+        class_names=list(ds.class_names),
+        normalization=norm,
+        dataset=ds.name,
+        data_fingerprint=ds.fingerprint,
+        split=ds.split_spec.as_dict(),
+        seed=config.seed,
+        train=config.as_dict() | {"threads": threads},
+        metrics={k: v for k, v in metrics.items() if k not in ("confusion", "duration_s")},
+        run_id=run_id,
+        torch_version=torch.__version__,
+    )
+    checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint")
+    plot_curves(history, run_dir / "curves.png", title=f"{config.model} on {ds.name}")
+    summary = {"run_id": run_id, "config": config.as_dict(), "metrics": metrics}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return TrainResult(run_id, run_dir, checkpoint, ckpt_config, metrics, history, ds, duration)
