@@ -1,0 +1,1 @@
+"""Offline and online evaluation: metrics, drift and promotion gates."""

@@ -1,0 +1,1 @@
+"""Retraining from production traffic: traffic + feedback ► dataset ► train ► compile ► candidate."""

@@ -1,0 +1,1 @@
+"""Production traffic: Polars schemas, the request logger, feedback and readers."""
