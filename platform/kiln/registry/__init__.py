@@ -1,0 +1,120 @@
+"""The model registry: models, immutable versions, verified artifacts, aliases with history.
+
+Open one with `open` and call its methods; every stage of Kiln (train, compile, serve,
+evaluate, the CLI) goes through this API, from as many processes at once as it likes::
+
+    from pathlib import Path
+    import kiln.registry
+    from kiln.registry import Lineage
+
+    registry = kiln.registry.open()           # KILN_REGISTRY_URL, or KILN_HOME/registry.db
+    v = registry.register_version(
+        "digits",
+        checkpoint=Path("runs/r1/model.safetensors"),
+        config={"arch": "cnn", "epochs": 5},
+        metrics={"test_accuracy": 0.981, "test_loss": 0.06},
+        lineage=Lineage(dataset="mnist5k", data_fingerprint="sha256:…", run_id="r1"),
+    )                                          # -> ModelVersion, v.ref == "digits:1"
+    registry.promote(v.ref, "production", reason="first model")   # gates run first
+    registry.resolve("digits")                 # digits@production -> ModelVersion
+    ckpt = registry.checkpoint("digits", v.version)
+    path = registry.artifact_file(ckpt)        # sha256-verified file on disk
+    registry.rollback("digits")                # back to what production served before
+    registry.alias_at("digits", "production", when)   # which version served at `when`
+
+References (`parse_reference`): ``digits:3`` is a version, ``digits@candidate`` an alias,
+``digits`` means ``digits@production``.
+
+Guarantees:
+
+- Version numbers are assigned inside a write transaction: concurrent registrations from
+  many processes get distinct numbers; a deleted number is never reused.
+- Versions and artifact rows are immutable; a version may gain artifacts (`add_artifact`).
+- Artifact bytes are content-addressed (``KILN_HOME/artifacts/sha256/ab/abcdef…``), written
+  atomically, and verified against their sha256 on every `artifact_file` call
+  (`ArtifactCorrupted` on mismatch).
+- A registration killed at any point leaves no visible version; `gc` removes what it left.
+- Every alias move is a history row: from, to, when (UTC), who, why, the gate decision and
+  whether it was forced.
+- Busy databases are retried; callers see `RegistryBusy` only after minutes of contention.
+
+Errors are `kiln.errors.KilnError` subclasses whose messages say what exists and what to run.
+"""
+
+from __future__ import annotations
+
+from kiln.registry.bundles import BundleManifest
+from kiln.registry.gates import (
+    DEFAULT_ACCURACY_TOLERANCE,
+    AccuracyGate,
+    Gate,
+    GateContext,
+    default_gates,
+)
+from kiln.registry.records import (
+    AliasMove,
+    Artifact,
+    ArtifactKind,
+    GateDecision,
+    GateResult,
+    GcReport,
+    ImportResult,
+    Lineage,
+    ModelSummary,
+    ModelVersion,
+)
+from kiln.registry.references import DEFAULT_ALIAS, Reference, parse_reference, validate_name
+from kiln.registry.registry import Registry
+from kiln.settings import Settings
+
+__all__ = [
+    "DEFAULT_ACCURACY_TOLERANCE",
+    "DEFAULT_ALIAS",
+    "AccuracyGate",
+    "AliasMove",
+    "Artifact",
+    "ArtifactKind",
+    "BundleManifest",
+    "Gate",
+    "GateContext",
+    "GateDecision",
+    "GateResult",
+    "GcReport",
+    "ImportResult",
+    "Lineage",
+    "ModelSummary",
+    "ModelVersion",
+    "Reference",
+    "Registry",
+    "default_gates",
+    "open",
+    "open_registry",
+    "parse_reference",
+    "validate_name",
+]
+
+
+def open(
+    url: str | None = None,
+    *,
+    settings: Settings | None = None,
+    accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
+) -> Registry:
+    """Open (creating or migrating as needed) the registry.
+
+    `url` is a SQLAlchemy URL; it defaults to ``settings.resolved_registry_url``
+    (``KILN_REGISTRY_URL``, else SQLite at ``KILN_HOME/registry.db``). Artifact blobs live
+    under ``KILN_HOME/artifacts``. `accuracy_tolerance` configures the default promotion
+    gate. Close the registry (or use it as a context manager) to release its connections.
+    """
+    settings = settings or Settings()
+    home = settings.home.expanduser().resolve()
+    return Registry(
+        url or settings.resolved_registry_url,
+        home / "artifacts",
+        accuracy_tolerance=accuracy_tolerance,
+    )
+
+
+open_registry = open
+"""The same as `open`, for callers that would rather not shadow the builtin."""

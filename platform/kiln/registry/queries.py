@@ -1,0 +1,199 @@
+"""Reading the registry's tables: lookups that explain themselves, and rows to records.
+
+Every lookup of something a user named either returns the row or raises the matching
+`NotFound` with what does exist and what to run next. The hot path (`RESOLVE_ALIAS`,
+`RESOLVE_VERSION`) is one indexed join; the diagnosis runs only when it finds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeAlias
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from kiln.errors import AliasNotFound, ModelNotFound, VersionNotFound, did_you_mean
+from kiln.registry.records import (
+    AliasMove,
+    Artifact,
+    ArtifactKind,
+    GateDecision,
+    Lineage,
+    ModelVersion,
+)
+from kiln.registry.references import format_version_ranges
+from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
+
+AnyRow: TypeAlias = Row[*tuple[Any, ...]]
+
+VERSION_COLUMNS = (
+    models.c.name,
+    versions.c.id,
+    versions.c.version,
+    versions.c.config,
+    versions.c.metrics,
+    versions.c.dataset,
+    versions.c.data_fingerprint,
+    versions.c.parent_version,
+    versions.c.run_id,
+    versions.c.git_commit,
+    versions.c.description,
+    versions.c.created_at,
+)
+
+RESOLVE_ALIAS = (
+    sa.select(*VERSION_COLUMNS)
+    .select_from(
+        models.join(aliases, aliases.c.model_id == models.c.id).join(
+            versions, versions.c.id == aliases.c.version_id
+        )
+    )
+    .where(models.c.name == sa.bindparam("name"), aliases.c.name == sa.bindparam("alias"))
+)
+
+RESOLVE_VERSION = (
+    sa.select(*VERSION_COLUMNS)
+    .select_from(models.join(versions, versions.c.model_id == models.c.id))
+    .where(models.c.name == sa.bindparam("name"), versions.c.version == sa.bindparam("version"))
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON for a stored column: sorted keys, so equal values store equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def to_version(row: AnyRow) -> ModelVersion:
+    return ModelVersion(
+        name=row.name,
+        version=row.version,
+        config=json.loads(row.config),
+        metrics=json.loads(row.metrics),
+        lineage=Lineage(
+            dataset=row.dataset,
+            data_fingerprint=row.data_fingerprint,
+            parent_version=row.parent_version,
+            run_id=row.run_id,
+            git_commit=row.git_commit,
+        ),
+        description=row.description,
+        created_at=row.created_at,
+    )
+
+
+def to_artifact(row: AnyRow, name: str, version: int) -> Artifact:
+    return Artifact(
+        name=name,
+        version=version,
+        kind=ArtifactKind(row.kind),
+        sha256=row.sha256,
+        size=row.size,
+        filename=row.filename,
+        target=json.loads(row.target),
+        libraries=json.loads(row.libraries),
+        report=json.loads(row.report),
+        created_at=row.created_at,
+    )
+
+
+def to_move(row: AnyRow, name: str) -> AliasMove:
+    return AliasMove(
+        name=name,
+        alias=row.alias,
+        from_version=row.from_version,
+        to_version=row.to_version,
+        at=row.at,
+        actor=row.actor,
+        reason=row.reason,
+        action=row.action,
+        gate=GateDecision.from_dict(json.loads(row.gate)) if row.gate else None,
+        forced=bool(row.forced),
+    )
+
+
+def model_id(conn: Connection, name: str) -> int:
+    """The model's id, or `ModelNotFound` with a suggestion."""
+    found = conn.execute(sa.select(models.c.id).where(models.c.name == name)).scalar()
+    if found is None:
+        raise model_not_found(conn, name)
+    return int(found)
+
+
+def model_not_found(conn: Connection, name: str) -> ModelNotFound:
+    names = list(conn.execute(sa.select(models.c.name).order_by(models.c.name)).scalars())
+    if not names:
+        return ModelNotFound(
+            f"no model '{name}': the registry is empty; register one with kiln train --name {name}"
+        )
+    hint = did_you_mean(name, names)
+    if hint:
+        return ModelNotFound(f"no model '{name}'{hint}")
+    shown = ", ".join(names[:10]) + (", …" if len(names) > 10 else "")
+    return ModelNotFound(f"no model '{name}'; models: {shown} (kiln models list)")
+
+
+def version_not_found(conn: Connection, model: int, name: str, version: int) -> VersionNotFound:
+    numbers = list(
+        conn.execute(sa.select(versions.c.version).where(versions.c.model_id == model)).scalars()
+    )
+    existing = f"versions: {format_version_ranges(numbers)}" if numbers else "it has no versions"
+    return VersionNotFound(
+        f"model '{name}' has no version {version}; {existing} (kiln models show {name})"
+    )
+
+
+def alias_not_found(conn: Connection, model: int, name: str, alias: str) -> AliasNotFound:
+    names = list(
+        conn.execute(
+            sa.select(aliases.c.name).where(aliases.c.model_id == model).order_by(aliases.c.name)
+        ).scalars()
+    )
+    if not names:
+        return AliasNotFound(
+            f"model '{name}' has no alias '{alias}' (it has none yet); "
+            f"promote a version first: kiln promote {name}:VERSION --alias {alias}"
+        )
+    hint = did_you_mean(alias, names)
+    listed = "" if hint else f"; aliases: {', '.join(names)}"
+    return AliasNotFound(
+        f"model '{name}' has no alias '{alias}'{hint}{listed} (kiln models show {name})"
+    )
+
+
+def version_row(conn: Connection, name: str, version: int) -> AnyRow:
+    row = conn.execute(RESOLVE_VERSION, {"name": name, "version": version}).first()
+    if row is None:
+        raise version_not_found(conn, model_id(conn, name), name, version)
+    return row
+
+
+def alias_row(conn: Connection, name: str, alias: str) -> AnyRow:
+    row = conn.execute(RESOLVE_ALIAS, {"name": name, "alias": alias}).first()
+    if row is None:
+        raise alias_not_found(conn, model_id(conn, name), name, alias)
+    return row
+
+
+def alias_version(conn: Connection, model: int, alias: str) -> int | None:
+    """The version number an alias points at now, or None."""
+    found = conn.execute(
+        sa.select(versions.c.version)
+        .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+        .where(aliases.c.model_id == model, aliases.c.name == alias)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def artifact_rows(conn: Connection, version_id: int, kind: str | None = None) -> list[AnyRow]:
+    query = sa.select(artifacts).where(artifacts.c.version_id == version_id)
+    if kind is not None:
+        query = query.where(artifacts.c.kind == kind)
+    return list(conn.execute(query.order_by(artifacts.c.id)))
+
+
+def history_rows(conn: Connection, model: int, alias: str | None) -> list[AnyRow]:
+    query = sa.select(alias_history).where(alias_history.c.model_id == model)
+    if alias is not None:
+        query = query.where(alias_history.c.alias == alias)
+    return list(conn.execute(query.order_by(alias_history.c.id)))

@@ -1,0 +1,824 @@
+"""`Registry`: models, immutable versions, verified artifacts, aliases and their history.
+
+Writes follow one order so that a crash at any point leaves nothing half-visible: artifact
+bytes go to the blob store first (atomic rename), then every row of the operation is
+inserted in one database transaction. A process killed before the commit leaves at most an
+unreferenced blob, which `gc` removes; the version itself never appears.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from kiln.errors import (
+    AliasUnchanged,
+    ArtifactNotFound,
+    GateFailed,
+    InvalidArgument,
+    NothingToRollBack,
+    RegistryBusy,
+    VersionInUse,
+    VersionNotFound,
+)
+from kiln.registry import queries as q
+from kiln.registry.blobs import BlobStore, StoredBlob
+from kiln.registry.bundles import BundleManifest, read_bundle, write_bundle
+from kiln.registry.database import Database
+from kiln.registry.gates import (
+    DEFAULT_ACCURACY_TOLERANCE,
+    Gate,
+    GateContext,
+    default_gates,
+    run_gates,
+)
+from kiln.registry.records import (
+    AliasMove,
+    Artifact,
+    ArtifactKind,
+    GateDecision,
+    GcReport,
+    ImportResult,
+    Lineage,
+    ModelSummary,
+    ModelVersion,
+)
+from kiln.registry.references import (
+    DEFAULT_ALIAS,
+    Reference,
+    parse_reference,
+    validate_name,
+)
+from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
+
+# Gates run outside the write lock (an evaluation gate may take minutes); if the alias moved
+# meanwhile, they run again against the new current version, at most this many times.
+_PROMOTE_ATTEMPTS = 5
+
+
+class Registry:
+    """The model registry. Safe to use from many processes at once; see `kiln.registry`."""
+
+    def __init__(
+        self,
+        url: str,
+        artifacts_dir: Path,
+        *,
+        accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._db = Database(url)
+        self._blobs = BlobStore(artifacts_dir)
+        self._accuracy_tolerance = accuracy_tolerance
+        self._clock = clock or _utc_now
+        self._db.ensure_schema()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return self._db.url.render_as_string(hide_password=True)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self._blobs.root
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (for diagnostics and tests; write through the methods)."""
+        return self._db.engine
+
+    def close(self) -> None:
+        self._db.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Registry({self.url!r}, artifacts_dir={str(self.artifacts_dir)!r})"
+
+    # -- versions -------------------------------------------------------------------------
+
+    def register_version(
+        self,
+        name: str,
+        *,
+        checkpoint: Path,
+        config: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        lineage: Lineage | None = None,
+        description: str = "",
+    ) -> ModelVersion:
+        """Register a new version of `name` (created on first use) with its checkpoint.
+
+        The version number is the model's next one, assigned inside the write transaction, so
+        concurrent registrations get distinct numbers. Raises `InvalidReference` for an illegal
+        name, `InvalidArgument` for a missing file or values that are not JSON, and
+        `VersionNotFound` when `lineage.parent_version` does not exist.
+        """
+        validate_name(name)
+        lineage = lineage or Lineage()
+        config_json = _json(config, "config")
+        metrics_json = _json(metrics, "metrics")
+        blob = self._put(checkpoint)
+        filename = checkpoint.name
+
+        def work(conn: Connection) -> ModelVersion:
+            model = conn.execute(sa.select(models).where(models.c.name == name)).first()
+            now = self._clock()
+            if model is None:
+                model_pk = _insert(
+                    conn, models.insert().values(name=name, next_version=1, created_at=now)
+                )
+                number = 1
+            else:
+                model_pk, number = model.id, model.next_version
+            if lineage.parent_version is not None:
+                parent = conn.execute(
+                    sa.select(versions.c.id).where(
+                        versions.c.model_id == model_pk,
+                        versions.c.version == lineage.parent_version,
+                    )
+                ).first()
+                if parent is None:
+                    raise q.version_not_found(conn, model_pk, name, lineage.parent_version)
+            conn.execute(
+                models.update().where(models.c.id == model_pk).values(next_version=number + 1)
+            )
+            version_pk = _insert(
+                conn,
+                versions.insert().values(
+                    model_id=model_pk,
+                    version=number,
+                    config=config_json,
+                    metrics=metrics_json,
+                    **_lineage_columns(lineage),
+                    description=description,
+                    created_at=now,
+                ),
+            )
+            self._ensure_blob(blob, checkpoint)
+            conn.execute(
+                artifacts.insert().values(
+                    version_id=version_pk,
+                    kind=ArtifactKind.CHECKPOINT.value,
+                    sha256=blob.sha256,
+                    size=blob.size,
+                    filename=filename,
+                    target="{}",
+                    libraries="{}",
+                    report="{}",
+                    created_at=now,
+                )
+            )
+            return q.to_version(q.version_row(conn, name, number))
+
+        return self._db.write(work)
+
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        """Version `version` of `name`; `ModelNotFound` / `VersionNotFound` otherwise."""
+        return self.resolve(Reference(name=validate_name(name), version=version))
+
+    def resolve(self, ref: str | Reference) -> ModelVersion:
+        """The version a reference names (``digits:3``, ``digits@production``, ``digits``).
+
+        One indexed query on the hit path. Raises `InvalidReference`, `ModelNotFound`,
+        `VersionNotFound` or `AliasNotFound`, each saying what exists.
+        """
+        parsed = parse_reference(ref) if isinstance(ref, str) else ref
+
+        def work(conn: Connection) -> ModelVersion:
+            if parsed.version is not None:
+                return q.to_version(q.version_row(conn, parsed.name, parsed.version))
+            return q.to_version(q.alias_row(conn, parsed.name, parsed.alias or DEFAULT_ALIAS))
+
+        return self._db.read(work)
+
+    def list_models(self) -> list[ModelSummary]:
+        """Every model, by name, with its version count, latest version and aliases."""
+
+        def work(conn: Connection) -> list[ModelSummary]:
+            counts = (
+                sa.select(
+                    models.c.id,
+                    models.c.name,
+                    models.c.created_at,
+                    sa.func.count(versions.c.id).label("n_versions"),
+                    sa.func.max(versions.c.version).label("latest"),
+                )
+                .select_from(models.outerjoin(versions, versions.c.model_id == models.c.id))
+                .group_by(models.c.id, models.c.name, models.c.created_at)
+                .order_by(models.c.name)
+            )
+            pointers: dict[int, dict[str, int]] = {}
+            for row in conn.execute(
+                sa.select(aliases.c.model_id, aliases.c.name, versions.c.version)
+                .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+                .order_by(aliases.c.name)
+            ):
+                pointers.setdefault(row.model_id, {})[row.name] = row.version
+            return [
+                ModelSummary(
+                    name=row.name,
+                    created_at=row.created_at,
+                    version_count=row.n_versions,
+                    latest_version=row.latest,
+                    aliases=pointers.get(row.id, {}),
+                )
+                for row in conn.execute(counts)
+            ]
+
+        return self._db.read(work)
+
+    def list_versions(self, name: str) -> list[ModelVersion]:
+        """Every version of `name`, oldest first."""
+
+        def work(conn: Connection) -> list[ModelVersion]:
+            model = q.model_id(conn, validate_name(name))
+            rows = conn.execute(
+                sa.select(*q.VERSION_COLUMNS)
+                .select_from(models.join(versions, versions.c.model_id == models.c.id))
+                .where(versions.c.model_id == model)
+                .order_by(versions.c.version)
+            )
+            return [q.to_version(row) for row in rows]
+
+        return self._db.read(work)
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """The aliases of `name` and the version each points at."""
+
+        def work(conn: Connection) -> dict[str, int]:
+            model = q.model_id(conn, validate_name(name))
+            rows = conn.execute(
+                sa.select(aliases.c.name, versions.c.version)
+                .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+                .where(aliases.c.model_id == model)
+                .order_by(aliases.c.name)
+            )
+            return {row.name: row.version for row in rows}
+
+        return self._db.read(work)
+
+    def delete_version(self, name: str, version: int) -> ModelVersion:
+        """Delete a version and its artifact rows; return what was deleted.
+
+        Refused with `VersionInUse` while an alias points at it. The number is never reused.
+        Blobs stay on disk until `gc` (another version may share them).
+        """
+
+        def work(conn: Connection) -> ModelVersion:
+            row = q.version_row(conn, validate_name(name), version)
+            held = list(
+                conn.execute(
+                    sa.select(aliases.c.name).where(aliases.c.version_id == row.id)
+                ).scalars()
+            )
+            if held:
+                which = ", ".join(f"'{a}'" for a in sorted(held))
+                first = sorted(held)[0]
+                raise VersionInUse(
+                    f"cannot delete {name}:{version}: alias {which} points at it; move the "
+                    f"alias first (kiln promote {name}:OTHER --alias {first}, or "
+                    f"kiln rollback {name} --alias {first})"
+                )
+            conn.execute(artifacts.delete().where(artifacts.c.version_id == row.id))
+            conn.execute(versions.delete().where(versions.c.id == row.id))
+            return q.to_version(row)
+
+        return self._db.write(work)
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def add_artifact(
+        self,
+        name: str,
+        version: int,
+        *,
+        kind: ArtifactKind | str,
+        path: Path,
+        target: Mapping[str, Any] | None = None,
+        libraries: Mapping[str, str] | None = None,
+        report: Mapping[str, Any] | None = None,
+    ) -> Artifact:
+        """Attach a file to an existing version (compile adds engines this way).
+
+        Existing rows never change; adding the same file with the same kind and target again
+        returns the existing artifact.
+        """
+        kind = ArtifactKind.parse(kind) if isinstance(kind, str) else kind
+        target_json = _json(target or {}, "target")
+        libraries_json = _json(libraries or {}, "libraries")
+        report_json = _json(report or {}, "report")
+        blob = self._put(path)
+
+        def work(conn: Connection) -> Artifact:
+            row = q.version_row(conn, validate_name(name), version)
+            same = conn.execute(
+                sa.select(artifacts).where(
+                    artifacts.c.version_id == row.id,
+                    artifacts.c.kind == kind.value,
+                    artifacts.c.sha256 == blob.sha256,
+                    artifacts.c.target == target_json,
+                )
+            ).first()
+            if same is not None:
+                return q.to_artifact(same, name, version)
+            self._ensure_blob(blob, path)
+            pk = _insert(
+                conn,
+                artifacts.insert().values(
+                    version_id=row.id,
+                    kind=kind.value,
+                    sha256=blob.sha256,
+                    size=blob.size,
+                    filename=path.name,
+                    target=target_json,
+                    libraries=libraries_json,
+                    report=report_json,
+                    created_at=self._clock(),
+                ),
+            )
+            added = conn.execute(sa.select(artifacts).where(artifacts.c.id == pk)).one()
+            return q.to_artifact(added, name, version)
+
+        return self._db.write(work)
+
+    def artifacts(
+        self, name: str, version: int, kind: ArtifactKind | str | None = None
+    ) -> list[Artifact]:
+        """A version's artifacts (of one kind, if given), oldest first."""
+        kind_value = None if kind is None else ArtifactKind.parse(str(kind)).value
+
+        def work(conn: Connection) -> list[Artifact]:
+            row = q.version_row(conn, validate_name(name), version)
+            return [
+                q.to_artifact(a, name, version) for a in q.artifact_rows(conn, row.id, kind_value)
+            ]
+
+        return self._db.read(work)
+
+    def model_artifacts(self, name: str) -> dict[int, list[Artifact]]:
+        """Every artifact of every version of `name`, by version number (one query)."""
+
+        def work(conn: Connection) -> dict[int, list[Artifact]]:
+            model = q.model_id(conn, validate_name(name))
+            rows = conn.execute(
+                sa.select(artifacts, versions.c.version.label("number"))
+                .select_from(artifacts.join(versions, versions.c.id == artifacts.c.version_id))
+                .where(versions.c.model_id == model)
+                .order_by(artifacts.c.id)
+            )
+            found: dict[int, list[Artifact]] = {}
+            for row in rows:
+                found.setdefault(row.number, []).append(q.to_artifact(row, name, row.number))
+            return found
+
+        return self._db.read(work)
+
+    def checkpoint(self, name: str, version: int) -> Artifact:
+        """The version's checkpoint artifact (every registered version has one)."""
+        found = self.artifacts(name, version, ArtifactKind.CHECKPOINT)
+        if not found:
+            raise ArtifactNotFound(f"{name}:{version} has no checkpoint artifact")
+        return found[0]
+
+    def artifact_file(self, artifact: Artifact) -> Path:
+        """The artifact's file on disk, after verifying its sha256.
+
+        Raises `ArtifactCorrupted` (naming the file, expected and actual hash) when the bytes
+        changed, `ArtifactNotFound` when the file is gone. The file is read-only and has no
+        extension; `artifact.filename` holds the original name.
+        """
+        return self._blobs.verified_path(artifact.sha256)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def promote(
+        self,
+        ref: str | Reference,
+        alias: str = DEFAULT_ALIAS,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+        force: bool = False,
+        gates: Sequence[Gate] | None = None,
+    ) -> AliasMove:
+        """Point `alias` at the version `ref` names, after the gates pass.
+
+        `gates` defaults to `default_gates()` (test accuracy not worse than the current
+        version's by more than the registry's tolerance); pass ``[]`` to run none. Every
+        gate's result is stored in the history. Raises `GateFailed` (with the numbers) when a
+        gate fails and `force` is false; with `force` the move happens and is recorded as
+        forced. Raises `AliasUnchanged` when the alias already points at that version.
+        """
+        validate_name(alias, "alias name")
+        candidate = self.resolve(ref)
+        gate_list = list(gates) if gates is not None else self.default_gates()
+        who = actor or _os_user()
+        for _ in range(_PROMOTE_ATTEMPTS):
+            current = self._alias_current(candidate.name, alias)
+            if current is not None and current.version == candidate.version:
+                raise AliasUnchanged(
+                    f"{candidate.name}@{alias} already points at {candidate.ref}; nothing to do"
+                )
+            context = GateContext(candidate.name, alias, candidate, current)
+            decision = run_gates(gate_list, context, force=force)
+            if not decision.passed and not force:
+                raise GateFailed(_refusal(candidate, alias, decision))
+            seen = None if current is None else current.version
+
+            def work(
+                conn: Connection, seen: int | None = seen, decision: GateDecision = decision
+            ) -> AliasMove | None:
+                return self._move(conn, candidate, alias, seen, who, reason, decision)
+
+            move = self._db.write(work)
+            if move is not None:
+                return move
+        raise RegistryBusy(
+            f"{candidate.name}@{alias} kept moving while the gates ran "
+            f"({_PROMOTE_ATTEMPTS} attempts); try again"
+        )
+
+    def rollback(
+        self,
+        name: str,
+        alias: str = DEFAULT_ALIAS,
+        *,
+        actor: str | None = None,
+        reason: str = "",
+    ) -> AliasMove:
+        """Move `alias` back to the version it pointed at before its latest promotion.
+
+        Rollbacks undo promotions in order: promote 1, 2, 3, then rollback twice lands on 1.
+        No gates run (a rollback is the way out of a bad promotion). Raises
+        `NothingToRollBack` when there is no earlier version or it was deleted.
+        """
+        validate_name(name)
+        validate_name(alias, "alias name")
+        who = actor or _os_user()
+
+        def work(conn: Connection) -> AliasMove:
+            model = q.model_id(conn, name)
+            current = q.alias_version(conn, model, alias)
+            if current is None:
+                raise q.alias_not_found(conn, model, name, alias)
+            stack: list[int] = []
+            for row in q.history_rows(conn, model, alias):
+                if row.action == "rollback":
+                    stack.pop()
+                else:
+                    stack.append(row.to_version)
+            if len(stack) < 2:
+                raise NothingToRollBack(
+                    f"{name}@{alias} has no earlier version to roll back to "
+                    f"(kiln models history {name} --alias {alias}); to point it elsewhere use "
+                    f"kiln promote {name}:VERSION --alias {alias}"
+                )
+            target = stack[-2]
+            found = conn.execute(q.RESOLVE_VERSION, {"name": name, "version": target}).first()
+            if found is None:
+                raise NothingToRollBack(
+                    f"cannot roll {name}@{alias} back to {name}:{target}: that version was "
+                    f"deleted; promote another one: kiln promote {name}:VERSION --alias {alias}"
+                )
+            return self._write_move(
+                conn, model, found.id, name, alias, current, target, who,
+                reason or f"rollback from {name}:{current}", "rollback", None,
+            )  # fmt: skip
+
+        return self._db.write(work)
+
+    def history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        """Every alias move of `name` (or of one alias), oldest first."""
+        if alias is not None:
+            validate_name(alias, "alias name")
+
+        def work(conn: Connection) -> list[AliasMove]:
+            model = q.model_id(conn, validate_name(name))
+            return [q.to_move(row, name) for row in q.history_rows(conn, model, alias)]
+
+        return self._db.read(work)
+
+    def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
+        """The version `alias` pointed at at `when` (timezone-aware), or None if it pointed
+        nowhere then. "What served at 14:02?"."""
+        if when.tzinfo is None:
+            raise InvalidArgument(
+                "alias_at needs a timezone-aware time, e.g. datetime(..., tzinfo=UTC)"
+            )
+        validate_name(alias, "alias name")
+
+        def work(conn: Connection) -> int | None:
+            model = q.model_id(conn, validate_name(name))
+            found = conn.execute(
+                sa.select(alias_history.c.to_version)
+                .where(
+                    alias_history.c.model_id == model,
+                    alias_history.c.alias == alias,
+                    alias_history.c.at <= when,
+                )
+                .order_by(alias_history.c.at.desc(), alias_history.c.id.desc())
+                .limit(1)
+            ).scalar()
+            return None if found is None else int(found)
+
+        return self._db.read(work)
+
+    def default_gates(self) -> list[Gate]:
+        """The gates `promote` runs when given none."""
+        return default_gates(accuracy_tolerance=self._accuracy_tolerance)
+
+    # -- bundles and housekeeping ---------------------------------------------------------
+
+    def export_version(self, ref: str | Reference, file: Path) -> BundleManifest:
+        """Write the version `ref` names, with every artifact, to a bundle file.
+
+        Each blob is verified first: a corrupted artifact is never exported.
+        """
+        version = self.resolve(ref)
+        found = self.artifacts(version.name, version.version)
+        blobs: dict[str, Path] = {}
+        for artifact in found:
+            blobs[artifact.sha256] = self.artifact_file(artifact)
+        manifest = BundleManifest(source_ref=version.ref, version=version, artifacts=tuple(found))
+        write_bundle(file, manifest, list(blobs.items()))
+        return manifest
+
+    def import_bundle(self, file: Path) -> ImportResult:
+        """Import a bundle written by `export_version`, checking every blob's hash.
+
+        The version keeps its number when that number was never used here; otherwise it gets
+        the model's next number (numbers are never reused). Importing the same bundle twice
+        changes nothing the second time. Raises `BundleInvalid` for a foreign, truncated or
+        malformed file and `ArtifactCorrupted` when a blob does not match its hash.
+        """
+        with read_bundle(file) as (manifest, contents):
+
+            def store(artifact: Artifact) -> None:
+                with contents.open(artifact.sha256, artifact.size) as stream:
+                    self._blobs.put_stream(stream, expected_sha256=artifact.sha256)
+
+            # Always read every blob: that is what checks the bundle's hashes (and it repairs a
+            # damaged local copy of the same blob).
+            for artifact in {a.sha256: a for a in manifest.artifacts}.values():
+                store(artifact)
+            return self._db.write(lambda conn: self._import(conn, manifest, store))
+
+    def gc(self) -> GcReport:
+        """Remove blobs no artifact row references, and temporary files of dead writers.
+
+        Runs under the database write lock, so a registration in flight either commits its
+        reference first (its blob is kept) or finds its blob gone and stores it again.
+        """
+
+        def work(conn: Connection) -> GcReport:
+            referenced = set(conn.execute(sa.select(artifacts.c.sha256).distinct()).scalars())
+            removed: list[str] = []
+            freed = 0
+            kept = 0
+            for sha256, path in self._blobs.stored():
+                if sha256 in referenced:
+                    kept += 1
+                    continue
+                try:
+                    freed += path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(sha256)
+            temps = []
+            for temp in self._blobs.stale_temp_files():
+                temp.unlink(missing_ok=True)
+                temps.append(temp.name)
+            return GcReport(tuple(removed), tuple(temps), freed, kept)
+
+        return self._db.write(work)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _put(self, path: Path) -> StoredBlob:
+        if not path.is_file():
+            raise InvalidArgument(f"no such file: {path}")
+        return self._blobs.put_file(path)
+
+    def _ensure_blob(self, blob: StoredBlob, source: Path) -> None:
+        # Called with the write lock held: a gc that ran between storing the blob and taking
+        # the lock may have removed it as unreferenced. Store it again before referencing it.
+        if not self._blobs.exists(blob.sha256):
+            again = self._blobs.put_file(source)
+            if again.sha256 != blob.sha256:
+                raise InvalidArgument(f"{source} changed while it was being registered")
+
+    def _alias_current(self, name: str, alias: str) -> ModelVersion | None:
+        def work(conn: Connection) -> ModelVersion | None:
+            row = conn.execute(q.RESOLVE_ALIAS, {"name": name, "alias": alias}).first()
+            return None if row is None else q.to_version(row)
+
+        return self._db.read(work)
+
+    def _move(
+        self,
+        conn: Connection,
+        candidate: ModelVersion,
+        alias: str,
+        seen: int | None,
+        actor: str,
+        reason: str,
+        decision: GateDecision,
+    ) -> AliasMove | None:
+        """Move the alias if it still points where the gates saw it; None means re-run them."""
+        model = q.model_id(conn, candidate.name)
+        if q.alias_version(conn, model, alias) != seen:
+            return None
+        row = conn.execute(
+            q.RESOLVE_VERSION, {"name": candidate.name, "version": candidate.version}
+        ).first()
+        if row is None:
+            raise VersionNotFound(f"{candidate.ref} was deleted while it was being promoted")
+        return self._write_move(
+            conn, model, row.id, candidate.name, alias, seen, candidate.version, actor, reason,
+            "promote", decision,
+        )  # fmt: skip
+
+    def _write_move(
+        self,
+        conn: Connection,
+        model: int,
+        version_pk: int,
+        name: str,
+        alias: str,
+        from_version: int | None,
+        to_version: int,
+        actor: str,
+        reason: str,
+        action: str,
+        decision: GateDecision | None,
+    ) -> AliasMove:
+        now = self._clock()
+        if from_version is None:
+            conn.execute(
+                aliases.insert().values(
+                    model_id=model, name=alias, version_id=version_pk, updated_at=now
+                )
+            )
+        else:
+            conn.execute(
+                aliases.update()
+                .where(aliases.c.model_id == model, aliases.c.name == alias)
+                .values(version_id=version_pk, updated_at=now)
+            )
+        forced = decision.forced if decision else False
+        conn.execute(
+            alias_history.insert().values(
+                model_id=model,
+                alias=alias,
+                from_version=from_version,
+                to_version=to_version,
+                at=now,
+                actor=actor,
+                reason=reason,
+                action=action,
+                gate=q.dumps(decision.to_dict()) if decision else None,
+                forced=forced,
+            )
+        )
+        return AliasMove(
+            name, alias, from_version, to_version, now, actor, reason, action, decision, forced
+        )
+
+    def _import(
+        self, conn: Connection, manifest: BundleManifest, store: Callable[[Artifact], None]
+    ) -> ImportResult:
+        source = manifest.version
+        name = source.name
+        config_json, metrics_json = q.dumps(source.config), q.dumps(source.metrics)
+        model = conn.execute(sa.select(models).where(models.c.name == name)).first()
+        if model is None:
+            model_pk = _insert(
+                conn, models.insert().values(name=name, next_version=1, created_at=self._clock())
+            )
+            next_version = 1
+        else:
+            model_pk, next_version = model.id, model.next_version
+        existing = conn.execute(
+            q.RESOLVE_VERSION, {"name": name, "version": source.version}
+        ).first()
+        created = True
+        if (
+            existing is not None
+            and existing.config == config_json
+            and existing.metrics == metrics_json
+            and _checkpoints(conn, existing.id) == _checkpoints_of(manifest)
+        ):
+            version_pk, number, created = existing.id, source.version, False
+        else:
+            number = source.version if source.version >= next_version else next_version
+            conn.execute(
+                models.update()
+                .where(models.c.id == model_pk)
+                .values(next_version=max(next_version, number + 1))
+            )
+            version_pk = _insert(
+                conn,
+                versions.insert().values(
+                    model_id=model_pk,
+                    version=number,
+                    config=config_json,
+                    metrics=metrics_json,
+                    **_lineage_columns(source.lineage),
+                    description=source.description,
+                    created_at=source.created_at,
+                ),
+            )
+        have = {(a.kind, a.sha256, a.target) for a in q.artifact_rows(conn, version_pk)}
+        for artifact in manifest.artifacts:
+            key = (artifact.kind.value, artifact.sha256, q.dumps(artifact.target))
+            if key in have:
+                continue
+            if not self._blobs.exists(artifact.sha256):
+                store(artifact)  # a gc ran between storing it and taking the lock
+            conn.execute(
+                artifacts.insert().values(
+                    version_id=version_pk,
+                    kind=artifact.kind.value,
+                    sha256=artifact.sha256,
+                    size=artifact.size,
+                    filename=artifact.filename,
+                    target=key[2],
+                    libraries=q.dumps(artifact.libraries),
+                    report=q.dumps(artifact.report),
+                    created_at=artifact.created_at,
+                )
+            )
+            have.add(key)
+        version = q.to_version(q.version_row(conn, name, number))
+        rows = q.artifact_rows(conn, version_pk)
+        return ImportResult(
+            version=version,
+            source_ref=manifest.source_ref,
+            created=created,
+            artifacts=tuple(q.to_artifact(r, name, number) for r in rows),
+        )
+
+
+def _insert(conn: Connection, statement: sa.Insert) -> int:
+    """Execute an INSERT of one row and return its integer primary key."""
+    key = conn.execute(statement).inserted_primary_key
+    assert key is not None  # every table here has an integer primary key
+    return int(key[0])
+
+
+def _checkpoints(conn: Connection, version_pk: int) -> set[str]:
+    return {r.sha256 for r in q.artifact_rows(conn, version_pk, ArtifactKind.CHECKPOINT.value)}
+
+
+def _checkpoints_of(manifest: BundleManifest) -> set[str]:
+    return {a.sha256 for a in manifest.artifacts if a.kind is ArtifactKind.CHECKPOINT}
+
+
+def _lineage_columns(lineage: Lineage) -> dict[str, Any]:
+    return {
+        "dataset": lineage.dataset,
+        "data_fingerprint": lineage.data_fingerprint,
+        "parent_version": lineage.parent_version,
+        "run_id": lineage.run_id,
+        "git_commit": lineage.git_commit,
+    }
+
+
+def _json(value: Mapping[str, Any], what: str) -> str:
+    try:
+        return q.dumps(dict(value))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be JSON-serialisable: {exc}") from None
+
+
+def _refusal(candidate: ModelVersion, alias: str, decision: GateDecision) -> str:
+    failed = "; ".join(f"{r.gate}: {r.message}" for r in decision.results if not r.passed)
+    return (
+        f"promotion of {candidate.ref} to {candidate.name}@{alias} refused: {failed}; "
+        "use --force to override (the override is recorded in the history)"
+    )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
