@@ -1,0 +1,70 @@
+"""Latency at batch 1 and throughput at the maximum batch, measured where the engine was built.
+
+Numbers are for orientation and for comparing artifacts built on the same host; they go into
+the artifact's report with the host they were measured on. Each measurement warms up first
+and then runs for a fixed time budget rather than a fixed count, so a slow model does not make
+`kiln compile` slow.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from kiln_engines import Engine
+
+
+@dataclass(frozen=True)
+class Performance:
+    threads: int
+    latency_ms_p50: float
+    latency_ms_p90: float
+    max_batch: int
+    throughput_per_s: float
+    """Samples per second at `max_batch`."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _time_calls(engine: Engine, inputs: Mapping[str, np.ndarray], budget_s: float) -> list[float]:
+    for _ in range(3):
+        engine.infer(inputs)
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while True:
+        start = time.perf_counter()
+        engine.infer(inputs)
+        end = time.perf_counter()
+        times.append(end - start)
+        if end > deadline and len(times) >= 5:
+            return times
+
+
+def measure(
+    engine: Engine,
+    samples: Mapping[str, np.ndarray],
+    *,
+    max_batch: int,
+    threads: int,
+    budget_s: float = 1.0,
+) -> Performance:
+    """Measure `engine` on rows of `samples` (tiled up to `max_batch` when there are fewer)."""
+    one = {name: np.ascontiguousarray(a[:1]) for name, a in samples.items()}
+    full = {}
+    for name, a in samples.items():
+        reps = -(-max_batch // a.shape[0])
+        full[name] = np.ascontiguousarray(np.concatenate([a] * reps)[:max_batch])
+    latency = np.asarray(_time_calls(engine, one, budget_s / 2)) * 1e3
+    batched = _time_calls(engine, full, budget_s / 2)
+    return Performance(
+        threads=threads,
+        latency_ms_p50=round(float(np.percentile(latency, 50)), 4),
+        latency_ms_p90=round(float(np.percentile(latency, 90)), 4),
+        max_batch=max_batch,
+        throughput_per_s=round(max_batch / float(np.median(batched)), 1),
+    )

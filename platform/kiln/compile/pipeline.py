@@ -1,0 +1,292 @@
+"""The compile core: (module, signature, real samples) ► verified engine files and a report.
+
+Nothing here knows about the registry or checkpoints (see `kiln.compile.registered`): tests and
+benchmarks call `compile_module` with any `nn.Module`. For each requested target the core
+builds the engine files, loads each through `kiln_engines.load` exactly as serving will,
+checks parity against the module and, when parity passes, measures latency and throughput.
+A target that fails to build or fails parity is reported with the reason and never marked
+passed; one this host cannot have (TensorRT without a GPU) is reported as unavailable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln.compile.export import example_inputs, export_onnx, export_program
+from kiln.compile.parity import ParityReport, check_parity, random_inputs
+from kiln.compile.performance import Performance, measure
+from kiln.compile.provenance import hardware
+from kiln.compile.reference import EagerEngine, reference_outputs
+from kiln.compile.targets import BUILDERS, PRECISIONS, TARGETS, BuildContext, TargetUnavailable
+from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError
+from kiln_engines import EngineError, Signature, load
+
+Progress = Callable[[str], None]
+
+ONNX_TARGETS = ("onnxruntime", "tensorrt")
+"""Targets built from the ONNX export; asking for one also yields the verified `onnx` artifact."""
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    targets: tuple[str, ...] = ("onnxruntime",)
+    precision: str = "fp32"
+    max_batch: int = 64
+    threads: int = 1
+    """CPU threads for the engines while verifying and measuring them."""
+    parity_samples: int = 512
+    random_samples: int = 128
+    calibration_samples: int = 512
+    measure_seconds: float = 1.0
+    """Time budget per measurement (latency, throughput); 0 skips measuring."""
+    cache_dir: Path | None = None
+    """TensorRT's timing cache lives here (Kiln: KILN_HOME/cache)."""
+
+    def validate(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGETS]
+        if unknown or not self.targets:
+            raise InvalidArgument(
+                f"unknown target(s) {', '.join(unknown) or '(none)'}; targets: "
+                f"{', '.join(TARGETS)} or all"
+            )
+        if self.precision not in PRECISIONS:
+            raise InvalidArgument(
+                f"unknown precision '{self.precision}'; precisions: {', '.join(PRECISIONS)}"
+            )
+        if not 1 <= self.max_batch <= 65536:
+            raise InvalidArgument(f"--max-batch must be in 1..65536, got {self.max_batch}")
+        if self.threads < 1:
+            raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
+
+
+@dataclass
+class TargetResult:
+    kind: str
+    status: str
+    """"passed", "failed" (build error or parity failure) or "unavailable" on this host."""
+    reason: str | None = None
+    device: str | None = None
+    path: Path | None = None
+    parity: ParityReport | None = None
+    performance: Performance | None = None
+    target: dict[str, Any] = field(default_factory=dict)
+    libraries: dict[str, str] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    build_seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def artifact_report(self, precision: str, signature: Signature) -> dict[str, Any]:
+        """What the registry records with the artifact."""
+        return {
+            "precision": precision,
+            "signature": signature.to_dict(),
+            "parity": self.parity.to_dict() if self.parity else None,
+            "performance": self.performance.to_dict() if self.performance else None,
+            "measured_on": hardware(),
+            "build": {**self.build, "seconds": round(self.build_seconds, 2)},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "device": self.device,
+            "status": self.status,
+            "reason": self.reason,
+            "parity": self.parity.to_dict() if self.parity else None,
+            "performance": self.performance.to_dict() if self.performance else None,
+            "target": self.target,
+            "libraries": self.libraries,
+            "build": self.build,
+            "build_seconds": round(self.build_seconds, 2),
+        }
+
+
+@dataclass
+class CompileReport:
+    signature: Signature
+    precision: str
+    max_batch: int
+    results: list[TargetResult]
+    eager: Performance | None = None
+    """PyTorch eager on the same host and threads: the baseline for speed-ups."""
+
+    def speedup(self, result: TargetResult) -> dict[str, float] | None:
+        if self.eager is None or result.performance is None:
+            return None
+        perf = result.performance
+        return {
+            "latency_batch1": round(self.eager.latency_ms_p50 / perf.latency_ms_p50, 2),
+            "throughput_max_batch": round(perf.throughput_per_s / self.eager.throughput_per_s, 2),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "signature": self.signature.to_dict(),
+            "precision": self.precision,
+            "max_batch": self.max_batch,
+            "eager": self.eager.to_dict() if self.eager else None,
+            "results": [{**r.to_dict(), "speedup": self.speedup(r)} for r in self.results],
+        }
+
+
+def _rows(samples: Mapping[str, np.ndarray], count: int) -> dict[str, np.ndarray]:
+    return {k: np.ascontiguousarray(v[:count]) for k, v in samples.items()}
+
+
+def _calibration_batches(
+    samples: Mapping[str, np.ndarray] | None, count: int, batch: int
+) -> list[dict[str, np.ndarray]]:
+    if samples is None:
+        return []
+    rows = _rows(samples, count)
+    total = next(iter(rows.values())).shape[0]
+    return [
+        {k: v[start : start + batch] for k, v in rows.items()}
+        for start in range(0, total - batch + 1, batch)
+    ]
+
+
+def compile_module(
+    module: nn.Module,
+    signature: Signature,
+    held_out: Mapping[str, np.ndarray],
+    workdir: Path,
+    options: CompileOptions,
+    *,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    progress: Progress = lambda _: None,
+) -> CompileReport:
+    """Build, verify and measure every requested target for `module`.
+
+    `held_out` maps each input name to real samples the model was not trained on; `calibration`
+    (training inputs) feeds INT8 calibration. Engine files are written under `workdir`.
+    Raises `EngineBuildFailed` only when the model cannot be captured at all; per-target
+    problems are reported in the results.
+    """
+    options.validate()
+    module = module.eval()
+    signature = signature.with_max_batch(options.max_batch)
+    torch.set_num_threads(options.threads)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    progress("capturing the model with torch.export")
+    example = example_inputs(signature, held_out)
+    program = export_program(module, signature, example, max_batch=options.max_batch)
+
+    progress("computing reference outputs (PyTorch, fp32)")
+    real = _rows(held_out, options.parity_samples)
+    noise = random_inputs(signature, real, options.random_samples)
+    references = (
+        (real, reference_outputs(module, signature, real)),
+        (noise, reference_outputs(module, signature, noise)),
+    )
+
+    targets: list[str] = list(options.targets)
+    onnx_path = workdir / "model.onnx"
+    onnx_error: str | None = None
+    if any(t in ONNX_TARGETS for t in targets):
+        progress("exporting to ONNX and checking it")
+        try:
+            export_onnx(program, signature, onnx_path)
+            targets.insert(0, "onnx")
+        except EngineBuildFailed as exc:
+            onnx_error = exc.message
+
+    ctx = BuildContext(
+        workdir=workdir,
+        module=module,
+        signature=signature,
+        program=program,
+        example=example,
+        onnx_path=onnx_path,
+        precision=options.precision,
+        max_batch=options.max_batch,
+        threads=options.threads,
+        calibration=_calibration_batches(
+            calibration, options.calibration_samples, min(32, options.max_batch)
+        ),
+        cache_dir=options.cache_dir,
+    )
+    results: list[TargetResult] = []
+    for kind in targets:
+        if onnx_error is not None and kind in ONNX_TARGETS:
+            results.append(TargetResult(kind, "failed", onnx_error))
+            continue
+        results.extend(_build_target(kind, ctx, references, options, progress))
+
+    eager = None
+    if options.measure_seconds > 0 and any(r.performance for r in results):
+        progress("measuring PyTorch eager for comparison")
+        with EagerEngine(module, signature) as baseline:
+            eager = measure(
+                baseline,
+                real,
+                max_batch=options.max_batch,
+                threads=options.threads,
+                budget_s=options.measure_seconds,
+            )
+    return CompileReport(signature, options.precision, options.max_batch, results, eager)
+
+
+def _build_target(
+    kind: str,
+    ctx: BuildContext,
+    references: tuple[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], ...],
+    options: CompileOptions,
+    progress: Progress,
+) -> list[TargetResult]:
+    progress(f"building {kind} ({options.precision})")
+    start = time.perf_counter()
+    try:
+        built = BUILDERS[kind](ctx)
+    except TargetUnavailable as exc:
+        return [TargetResult(kind, "unavailable", str(exc))]
+    except (KilnError, EngineError) as exc:
+        return [TargetResult(kind, "failed", f"build failed: {exc}")]
+    seconds = time.perf_counter() - start
+    results = []
+    for item in built:
+        result = TargetResult(
+            item.kind,
+            "failed",
+            device=item.device,
+            path=item.path,
+            target=item.target,
+            libraries=item.libraries,
+            build=item.build,
+            build_seconds=seconds,
+        )
+        progress(f"verifying {item.kind} on {item.device} against the checkpoint")
+        try:
+            with load(item.path, item.kind, item.options) as engine:
+                result.parity = check_parity(
+                    engine, options.precision, references[0], references[1], options.max_batch
+                )
+                if not result.parity.passed:
+                    result.reason = "parity failed: " + "; ".join(result.parity.failures)
+                else:
+                    result.status = "passed"
+                    if options.measure_seconds > 0:
+                        progress(f"measuring {item.kind} on {item.device}")
+                        result.performance = measure(
+                            engine,
+                            references[0][0],
+                            max_batch=options.max_batch,
+                            threads=options.threads,
+                            budget_s=options.measure_seconds,
+                        )
+        except EngineError as exc:
+            result.reason = f"the built engine does not load or run: {exc}"
+        results.append(result)
+    return results

@@ -1,0 +1,46 @@
+"""The checkpoint as the reference: PyTorch eager outputs, and eager as an Engine for timing."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln_engines import Engine, Signature
+
+
+class EagerEngine(Engine):
+    """A PyTorch module behind the Engine interface: the baseline compiled engines must beat.
+
+    It validates inputs like any engine, so timings compare like with like.
+    """
+
+    kind = "eager"
+
+    def __init__(self, module: nn.Module, signature: Signature) -> None:
+        super().__init__(signature, "cpu")
+        self._module = module.eval()
+        self._inputs = signature.input_names
+        self._outputs = signature.output_names
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            result = self._module(*(torch.from_numpy(inputs[name]) for name in self._inputs))
+        outputs = result if isinstance(result, list | tuple) else (result,)
+        return {name: t.numpy() for name, t in zip(self._outputs, outputs, strict=True)}
+
+
+def reference_outputs(
+    module: nn.Module, signature: Signature, inputs: Mapping[str, np.ndarray], batch: int = 256
+) -> dict[str, np.ndarray]:
+    """The module's fp32 outputs for `inputs`, computed in batches."""
+    engine = EagerEngine(module, signature.with_max_batch(None))
+    total = next(iter(inputs.values())).shape[0]
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in range(0, total, batch):
+        chunk = {k: np.ascontiguousarray(v[start : start + batch]) for k, v in inputs.items()}
+        for name, value in engine.infer(chunk).items():
+            parts.setdefault(name, []).append(value.copy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}

@@ -1,0 +1,119 @@
+"""Compile a registered version: checkpoint and held-out data in, verified artifacts registered.
+
+The thin layer over `compile_module`: resolve the reference, rebuild the model from its
+checkpoint artifact, reload the data set it was trained on with the same split (its test split
+is the held-out data for parity, its training split feeds INT8 calibration), compile, and add
+every engine that passed parity to the version with its report. Engines that failed are not
+registered; the report says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.compile.pipeline import CompileOptions, CompileReport, Progress, compile_module
+from kiln.data import load_dataset
+from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition
+from kiln.registry import Registry
+from kiln.registry.records import Artifact, ModelVersion
+from kiln.settings import Settings
+from kiln.train import CheckpointConfig, load_checkpoint
+from kiln_engines import Signature, TensorSpec
+
+
+@dataclass
+class RegisteredCompile:
+    version: ModelVersion
+    report: CompileReport
+    artifacts: list[Artifact] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        registered = {(a.kind.value, a.target.get("device")): a for a in self.artifacts}
+        report = self.report.to_dict()
+        for result in report["results"]:
+            artifact = registered.get((result["kind"], result["target"].get("device")))
+            result["artifact"] = (
+                {"sha256": artifact.sha256, "size": artifact.size} if artifact else None
+            )
+        return {"ref": self.version.ref, **report, "notes": self.notes}
+
+
+def signature_of(config: CheckpointConfig) -> Signature:
+    """The engine signature a checkpoint's model has: raw inputs in, class scores out."""
+    return Signature(
+        inputs=(TensorSpec(config.input_name, config.input_dtype, (-1, *config.input_shape)),),
+        outputs=(TensorSpec(config.output_name, "float32", (-1, config.num_classes)),),
+    )
+
+
+def compile_version(
+    registry: Registry,
+    ref: str,
+    options: CompileOptions,
+    settings: Settings,
+    *,
+    progress: Progress = lambda _: None,
+) -> RegisteredCompile:
+    """Compile the version `ref` names and register the artifacts that pass parity."""
+    version = registry.resolve(ref)
+    progress(f"loading the checkpoint of {version.ref}")
+    checkpoint = load_checkpoint(
+        registry.artifact_file(registry.checkpoint(version.name, version.version))
+    )
+    config = checkpoint.config
+    split = config.split
+    progress(f"loading held-out data from '{config.dataset}'")
+    try:
+        dataset = load_dataset(
+            config.dataset,
+            settings,
+            seed=int(split.get("seed", config.seed)),
+            val_fraction=float(split.get("val_fraction", 0.1)),
+            test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
+        )
+    except (DatasetNotFound, DatasetInvalid) as exc:
+        raise FailedPrecondition(
+            f"cannot verify {version.ref}: its data set '{config.dataset}' is not available "
+            f"here ({exc.message}); parity needs held-out real samples from it"
+        ) from exc
+    notes = []
+    if config.data_fingerprint and dataset.fingerprint != config.data_fingerprint:
+        notes.append(
+            f"data set '{config.dataset}' changed since training (fingerprint differs); its "
+            "current test split was used as held-out data"
+        )
+    name = config.input_name
+    options = dataclasses.replace(options, cache_dir=options.cache_dir or settings.home / "cache")
+    settings.home.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.home, prefix="compile-") as tmp:
+        report = compile_module(
+            checkpoint.model,
+            signature_of(config),
+            {name: dataset.test.x},
+            Path(tmp),
+            options,
+            calibration={name: dataset.train.x},
+            progress=progress,
+        )
+        artifacts = []
+        for result in report.results:
+            if not result.passed or result.path is None:
+                continue
+            progress(f"registering {result.kind} ({result.device}) with {version.ref}")
+            artifacts.append(
+                registry.add_artifact(
+                    version.name,
+                    version.version,
+                    kind=result.kind,
+                    path=result.path,
+                    target=result.target,
+                    libraries=result.libraries,
+                    report=result.artifact_report(report.precision, report.signature),
+                )
+            )
+    return RegisteredCompile(version, report, artifacts, notes)

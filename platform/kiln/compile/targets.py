@@ -1,0 +1,238 @@
+"""The build targets: each turns the captured model into engine files for one backend.
+
+A builder returns one `Built` per engine file (AOTInductor builds a CPU package and, on a host
+with CUDA, a CUDA package too), raises `TargetUnavailable` when this host or this precision
+cannot have the target (a reason, not a failure), and raises `EngineBuildFailed` (or a
+`kiln_engines.EngineError`) when a build that should work does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from kiln.compile.export import export_program
+from kiln.compile.provenance import cpu_target, gpu_target, library_versions
+from kiln.errors import EngineBuildFailed
+from kiln_engines import EngineOptions, Signature
+from kiln_engines.backends import aotinductor as aoti_backend
+from kiln_engines.backends import onnxruntime as ort_backend
+from kiln_engines.backends import tensorrt as trt_backend
+from kiln_engines.host import cuda_gpus
+from kiln_engines.signature import SIGNATURE_METADATA_KEY
+
+TARGETS = ("onnxruntime", "aotinductor", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+class TargetUnavailable(Exception):
+    """This target cannot be built on this host or at this precision; the message says why."""
+
+
+@dataclass
+class BuildContext:
+    """Everything a target builder may need, prepared once per compile."""
+
+    workdir: Path
+    module: nn.Module
+    signature: Signature
+    program: torch.export.ExportedProgram
+    example: tuple[torch.Tensor, ...]
+    onnx_path: Path
+    precision: str
+    max_batch: int
+    threads: int
+    calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
+    """Batches of real training inputs, for INT8 calibration."""
+    cache_dir: Path | None = None
+
+
+@dataclass
+class Built:
+    kind: str
+    device: str
+    path: Path
+    options: EngineOptions
+    """How to load it for parity and measurement on this host."""
+    target: dict[str, Any]
+    libraries: dict[str, str]
+    build: dict[str, Any] = field(default_factory=dict)
+    """Build settings worth recording (optimisation level, batch range, ...)."""
+
+
+def _cpu_options(ctx: BuildContext) -> EngineOptions:
+    return EngineOptions(device="cpu", intra_op_threads=ctx.threads, inter_op_threads=1)
+
+
+def build_onnx(ctx: BuildContext) -> list[Built]:
+    """The exported ONNX model itself, run by onnxruntime with online optimisation."""
+    if ctx.precision != "fp32":
+        raise TargetUnavailable("the plain ONNX model is fp32")
+    return [
+        Built(
+            "onnx",
+            "cpu",
+            ctx.onnx_path,
+            _cpu_options(ctx),
+            {"device": "any"},
+            library_versions("torch", "onnx", "onnxscript"),
+            {"opset": _opset(ctx.onnx_path)},
+        )
+    ]
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return int(next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
+
+
+def build_onnxruntime(ctx: BuildContext) -> list[Built]:
+    """onnxruntime's portable graph optimisations, applied offline and saved."""
+    if ctx.precision != "fp32":
+        raise TargetUnavailable(
+            f"the onnxruntime target builds fp32 only; for {ctx.precision} use --target "
+            "tensorrt" + (" or aotinductor" if ctx.precision == "bf16" else "")
+        )
+    dest = ctx.workdir / "model.ort.onnx"
+    ort_backend.optimize(ctx.onnx_path, dest, _cpu_options(ctx))
+    return [
+        Built(
+            "onnxruntime",
+            "cpu",
+            dest,
+            _cpu_options(ctx),
+            cpu_target(),
+            library_versions("onnxruntime", "onnx", "torch"),
+            {"graph_optimization": "extended (offline) + layout (online)"},
+        )
+    ]
+
+
+class _Cast(nn.Module):
+    """Run a copy of the model in a reduced precision behind fp32 inputs and outputs."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(module).to(dtype)
+        self.dtype = dtype
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(*(x.to(self.dtype) for x in inputs))
+        return out.float()
+
+
+def build_aotinductor(ctx: BuildContext) -> list[Built]:
+    """torch.export ► AOTInductor .pt2 for the CPU, and for CUDA when this host has it."""
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if ctx.precision not in dtypes:
+        raise TargetUnavailable("the aotinductor target builds fp32, bf16 and fp16, not int8")
+    dtype = dtypes[ctx.precision]
+    program = ctx.program
+    if dtype is not None:
+        program = export_program(
+            _Cast(ctx.module, dtype), ctx.signature, ctx.example, max_batch=ctx.max_batch
+        )
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    built = []
+    for device in devices:
+        dest = ctx.workdir / f"model.{device}.pt2"
+        device_program = program if device == "cpu" else _on_cuda(ctx, dtype)
+        _compile_package(device_program, ctx.signature, dest)
+        if device == "cpu":
+            isa = torch.backends.cpu.get_cpu_capability()
+            options = _cpu_options(ctx)
+            target = cpu_target(isa=isa)
+        else:
+            gpu = cuda_gpus()[0]
+            options = EngineOptions(device="cuda")
+            target = gpu_target(gpu)
+        built.append(
+            Built(
+                "aotinductor",
+                device,
+                dest,
+                options,
+                target,
+                library_versions("torch"),
+                {"dtype": str(dtype or torch.float32).removeprefix("torch.")},
+            )
+        )
+    return built
+
+
+def _on_cuda(ctx: BuildContext, dtype: torch.dtype | None) -> torch.export.ExportedProgram:
+    module = copy.deepcopy(ctx.module).to("cuda")
+    if dtype is not None:
+        module = _Cast(module, dtype)
+    example = tuple(t.to("cuda") for t in ctx.example)
+    return export_program(module, ctx.signature, example, max_batch=ctx.max_batch)
+
+
+def _compile_package(
+    program: torch.export.ExportedProgram, signature: Signature, dest: Path
+) -> None:
+    metadata = {SIGNATURE_METADATA_KEY: json.dumps(signature.to_dict(), sort_keys=True)}
+    try:
+        torch._inductor.aoti_compile_and_package(
+            program,
+            package_path=str(dest),
+            inductor_configs={"aot_inductor.metadata": metadata},
+        )
+    except Exception as exc:
+        raise EngineBuildFailed(
+            f"AOTInductor could not compile the model: {str(exc).splitlines()[0][:300]}. "
+            "It needs a working C++ compiler (g++) and, for CUDA, the CUDA toolkit"
+        ) from exc
+    # The package's own metadata is what the loader trusts; read it back as a check.
+    aoti_backend.read_metadata(dest)
+
+
+def build_tensorrt(ctx: BuildContext) -> list[Built]:
+    """ONNX ► TensorRT plan for this host's GPU, in a Kiln plan file carrying the ONNX."""
+    status = trt_backend.status()
+    if not status.usable:
+        hint = f"; {status.how_to_get}" if status.how_to_get else ""
+        raise TargetUnavailable(f"tensorrt: {status.reason}{hint}")
+    gpu = cuda_gpus()[0]
+    dest = ctx.workdir / "model.plan"
+    config = trt_backend.BuildConfig(precision=ctx.precision, max_batch=ctx.max_batch)
+    header = trt_backend.build_plan_file(
+        ctx.onnx_path,
+        dest,
+        ctx.signature,
+        config,
+        calibration=ctx.calibration if ctx.precision == "int8" else None,
+        cache_dir=ctx.cache_dir,
+    )
+    return [
+        Built(
+            "tensorrt",
+            "cuda",
+            dest,
+            EngineOptions(device="cuda", cache_dir=ctx.cache_dir),
+            gpu_target(gpu),
+            {**library_versions("onnx", "torch"), "tensorrt": header.tensorrt_version},
+            {
+                "precision": header.precision,
+                "batch_range": [header.min_batch, header.opt_batch, header.max_batch],
+            },
+        )
+    ]
+
+
+BUILDERS: Mapping[str, Callable[[BuildContext], list[Built]]] = {
+    "onnx": build_onnx,
+    "onnxruntime": build_onnxruntime,
+    "aotinductor": build_aotinductor,
+    "tensorrt": build_tensorrt,
+}
