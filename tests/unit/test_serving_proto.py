@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FileDescriptor
-from kiln.serving.grpc.generated.inference import grpc_service_pb2, model_config_pb2
 from tritonclient.grpc import model_config_pb2 as triton_config
 from tritonclient.grpc import service_pb2 as triton_service
+
+from kiln.serving.grpc.generated.inference import grpc_service_pb2, model_config_pb2
 
 
 def _messages(descriptors: dict[str, Descriptor]) -> Iterator[Descriptor]:

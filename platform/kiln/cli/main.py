@@ -13,7 +13,7 @@ import click
 import typer
 
 from kiln import __version__
-from kiln.cli import datasets, demo, train
+from kiln.cli import datasets, demo, serve, train
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import KilnError
 
@@ -64,6 +64,7 @@ def version(as_json: bool = JsonOption) -> None:
 app.add_typer(datasets.app, name="datasets")
 app.command(name="train")(train.train)
 app.command(name="demo")(demo.demo)
+app.command(name="serve")(serve.serve)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -1,0 +1,137 @@
+"""`kiln serve`: the KServe v2 gRPC inference server (see kiln.serving)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from kiln.errors import InvalidArgument
+
+Models = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="References to serve: digits (its production alias), digits@candidate, digits:3. "
+        "The first reference to a model picks the version requests get by default; further "
+        "ones load more versions that requests choose with model_version. Default: every "
+        "model's production version.",
+        show_default=False,
+    ),
+]
+
+
+def serve(
+    references: Models = None,
+    models: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--models",
+            "-m",
+            help="Same as the arguments (repeatable; `--models a b` also works).",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind [0.0.0.0].")] = None,
+    port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one [8001].")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus port; 0 picks a free one [8002].")
+    ] = None,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no metrics.")] = False,
+    max_batch_size: Annotated[
+        int | None, typer.Option(help="Most rows per execution; 0 turns batching off [32].")
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int | None,
+        typer.Option(help="How long a request may wait for a batch to fill, in microseconds [0]."),
+    ] = None,
+    max_queue_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Queued requests per model before RESOURCE_EXHAUSTED; 0: no bound [1024]."
+        ),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Threads per engine; 0: one per core [KILN_THREADS].")
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="Artifact kind to load (onnxruntime, aotinductor:cpu, ...) [fastest]."),
+    ] = None,
+    poll_interval: Annotated[
+        float | None, typer.Option(help="Seconds between checks for moved aliases [1].")
+    ] = None,
+    max_message_size: Annotated[
+        int | None, typer.Option(help="Largest gRPC message in bytes [64 MiB].")
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain (TLS).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key (TLS).")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="KILN_SERVE_TOKEN",
+            help="Bearer token required for repository load/unload.",
+            show_envvar=True,
+        ),
+    ] = None,
+    token_for_inference: Annotated[
+        bool, typer.Option(help="Require the token for inference calls too.")
+    ] = False,
+) -> None:
+    """Serve models over gRPC (KServe v2 / Open Inference Protocol, Triton-compatible).
+
+    Prints one line starting with "kiln serve ready:" once it accepts requests. SIGTERM stops
+    accepting, finishes the requests in flight and exits 0.
+    """
+    from kiln.serving.grpc.runner import Endpoints, serve
+    from kiln.serving.settings import ServingSettings
+    from kiln.settings import Settings
+
+    given: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "metrics_port": metrics_port,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_us": max_queue_delay_us,
+        "max_queue_size": max_queue_size,
+        "threads": threads,
+        "engine_kind": engine,
+        "poll_interval_s": poll_interval,
+        "max_message_bytes": max_message_size,
+        "tls_cert": tls_cert,
+        "tls_key": tls_key,
+        "token": token,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    wanted = [r for text in [*(models or []), *(references or [])] for r in text.split(",") if r]
+    if wanted:
+        given["models"] = tuple(wanted)
+    if no_metrics:
+        given["metrics_port"] = None
+    if token_for_inference:
+        given["token_for_inference"] = True
+    try:
+        settings = ServingSettings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidArgument(f"invalid serve options: {problems}") from None
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    def ready(endpoints: Endpoints) -> None:
+        metrics = (
+            f", metrics port {endpoints.metrics_port}" if endpoints.metrics_port is not None else ""
+        )
+        sys.stdout.write(
+            f"kiln serve ready: grpc port {endpoints.grpc_port}{metrics}; "
+            f"serving {', '.join(endpoints.models) or 'no models'}\n"
+        )
+        sys.stdout.flush()
+
+    asyncio.run(serve(settings, Settings(), on_ready=ready))

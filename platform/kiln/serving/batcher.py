@@ -1,0 +1,237 @@
+"""A dynamic batcher with Triton's semantics, for one loaded engine.
+
+Requests queue; a batch runs when it holds `max_batch_size` rows, or when the oldest request has
+waited `max_queue_delay_us` (0: run whatever is queued as soon as the engine is free). While a
+batch runs, new requests keep queueing, so under load batches fill up by themselves without any
+added delay. The queue is bounded: a request that finds `max_queue_size` requests waiting is
+refused at once (`QueueFull`) rather than left to time out. A request's own timeout bounds its
+time in the queue (`RequestTimedOut`); once its batch starts, it completes.
+
+Engine calls run on a single worker thread, never on the event loop: the loop keeps accepting
+and decoding requests (and forming the next batch) while the engine computes, and one batch at
+a time keeps every core for the engine's own intra-op threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kiln.serving.errors import (
+    EngineOutputInvalid,
+    QueueFull,
+    RequestTimedOut,
+    ServerShuttingDown,
+)
+from kiln.serving.messages import Timings
+
+Tensors = dict[str, npt.NDArray[Any]]
+InferFn = Callable[[Tensors], Tensors]
+ExecutionObserver = Callable[[int, int, int, int], None]
+"""Called on the event loop after each execution with (rows, input_ns, infer_ns, output_ns)."""
+
+_QUEUED, _TAKEN = 0, 1
+
+
+class _Pending:
+    __slots__ = ("enqueued_ns", "future", "inputs", "key", "rows", "state", "timer")
+
+    def __init__(
+        self, inputs: Tensors, rows: int, future: asyncio.Future[tuple[Tensors, Timings]]
+    ) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        # Requests batch together only when their non-batch dimensions agree.
+        self.key = tuple(a.shape[1:] for a in inputs.values())
+        self.future = future
+        self.enqueued_ns = time.perf_counter_ns()
+        self.state = _QUEUED
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class DynamicBatcher:
+    """Queues requests for one engine and runs them in batches on a worker thread.
+
+    `max_batch_size` 0 means the engine has no batch dimension: each request runs alone.
+    Create it inside a running event loop; `close()` it to drain.
+    """
+
+    def __init__(
+        self,
+        infer: InferFn,
+        *,
+        label: str,
+        max_batch_size: int,
+        max_queue_delay_us: int = 0,
+        max_queue_size: int = 0,
+        on_execution: ExecutionObserver | None = None,
+    ) -> None:
+        if max_batch_size < 0 or max_queue_delay_us < 0 or max_queue_size < 0:
+            raise ValueError(
+                "max_batch_size, max_queue_delay_us and max_queue_size must be >= 0, got "
+                f"{max_batch_size}, {max_queue_delay_us}, {max_queue_size}"
+            )
+        self.label = label
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_us = max_queue_delay_us
+        self.max_queue_size = max_queue_size
+        self._infer = infer
+        self._max_rows = max(max_batch_size, 1)
+        self._delay_ns = max_queue_delay_us * 1000
+        self._on_execution = on_execution
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-infer-{label}")
+        self._task = self._loop.create_task(self._run(), name=f"kiln-batcher-{label}")
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
+
+    def submit(
+        self, inputs: Tensors, rows: int, timeout_us: int = 0
+    ) -> asyncio.Future[tuple[Tensors, Timings]]:
+        """Queue one request of `rows` rows; the future gives its outputs and timings.
+
+        Raises `QueueFull` or `ServerShuttingDown` at once. The future fails with
+        `RequestTimedOut` when `timeout_us` passes before its batch starts, or with the engine's
+        error. Cancelling the future withdraws a request that has not started.
+        """
+        if self._closing:
+            raise ServerShuttingDown(f"model {self.label} is unloading; retry the request")
+        if self.max_queue_size and len(self._queue) >= self.max_queue_size:
+            raise QueueFull(
+                f"model {self.label} has {len(self._queue)} requests queued (the maximum); "
+                "retry with backoff, or raise --max-queue-size"
+            )
+        pending = _Pending(inputs, rows, self._loop.create_future())
+        if timeout_us > 0:
+            pending.timer = self._loop.call_later(timeout_us / 1e6, self._expire, pending)
+        self._queue.append(pending)
+        self._queued_rows += rows
+        if len(self._queue) == 1 or self._queued_rows >= self._max_rows:
+            self._wakeup.set()
+        return pending.future
+
+    async def close(self) -> None:
+        """Refuse new requests, finish every queued and running one, stop the worker thread."""
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.shield(self._task)
+        self._executor.shutdown(wait=False)
+
+    def _expire(self, pending: _Pending) -> None:
+        if pending.state == _QUEUED and not pending.future.done():
+            waited_us = (time.perf_counter_ns() - pending.enqueued_ns) // 1000
+            pending.future.set_exception(
+                RequestTimedOut(
+                    f"request waited {waited_us} us in the queue of model {self.label}, past "
+                    "its timeout; the server is overloaded: retry later or raise the timeout"
+                )
+            )
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._delay_ns and self._queued_rows < self._max_rows and not self._closing:
+                remaining = self._queue[0].enqueued_ns + self._delay_ns - time.perf_counter_ns()
+                if remaining > 0:
+                    self._wakeup.clear()
+                    timer = self._loop.call_later(remaining / 1e9, self._wakeup.set)
+                    await self._wakeup.wait()
+                    timer.cancel()
+                    continue  # full now, or the delay is over: look again
+            batch = self._take()
+            if batch:
+                await self._execute(batch)
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        rows = 0
+        queue = self._queue
+        while queue:
+            head = queue[0]
+            if head.future.done():  # timed out or cancelled by its client while queued
+                queue.popleft()
+                self._queued_rows -= head.rows
+                continue
+            if batch and (rows + head.rows > self._max_rows or head.key != batch[0].key):
+                break
+            queue.popleft()
+            self._queued_rows -= head.rows
+            head.state = _TAKEN
+            if head.timer is not None:
+                head.timer.cancel()
+            batch.append(head)
+            rows += head.rows
+            if self.max_batch_size == 0:
+                break
+        return batch
+
+    async def _execute(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter_ns()
+        try:
+            results, input_ns, infer_ns, output_ns = await self._loop.run_in_executor(
+                self._executor, self._compute, batch
+            )
+        except Exception as exc:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        rows = sum(p.rows for p in batch)
+        if self._on_execution is not None:
+            self._on_execution(rows, input_ns, infer_ns, output_ns)
+        for pending, outputs in zip(batch, results, strict=True):
+            if not pending.future.done():
+                timings = Timings(
+                    started - pending.enqueued_ns, input_ns, infer_ns, output_ns, rows
+                )
+                pending.future.set_result((outputs, timings))
+
+    def _compute(self, batch: list[_Pending]) -> tuple[list[Tensors], int, int, int]:
+        # Runs on the worker thread.
+        t0 = time.perf_counter_ns()
+        if len(batch) == 1:
+            feed = batch[0].inputs
+        else:
+            feed = {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+            }
+        t1 = time.perf_counter_ns()
+        outputs = self._infer(feed)
+        t2 = time.perf_counter_ns()
+        if len(batch) == 1:
+            results = [outputs]
+        else:
+            total = sum(p.rows for p in batch)
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != total:
+                    raise EngineOutputInvalid(
+                        f"model {self.label}: output '{name}' has shape {list(array.shape)} for "
+                        f"a batch of {total} rows; the engine must keep the batch dimension"
+                    )
+            results = []
+            start = 0
+            for pending in batch:
+                stop = start + pending.rows
+                results.append({name: array[start:stop] for name, array in outputs.items()})
+                start = stop
+        t3 = time.perf_counter_ns()
+        return results, t1 - t0, t2 - t1, t3 - t2

@@ -1,0 +1,89 @@
+"""Run a whole `kiln serve` process: registry, core, gRPC server, metrics endpoint, signals.
+
+`serve` returns when SIGTERM or SIGINT arrives (or `stop` is set): the server stops accepting
+calls, finishes those in flight, drains every model's queue and closes the engines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import kiln.registry
+from kiln.serving.core import FeedbackHook, ServingCore, TrafficHook
+from kiln.serving.grpc.server import GrpcServer
+from kiln.serving.metrics import ServingMetrics
+from kiln.serving.repository import RegistryRepository
+from kiln.serving.settings import ServingSettings
+from kiln.settings import Settings
+from kiln_engines import EngineOptions
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    """Where a started server listens, and what it serves (`name:version (kind/device)`)."""
+
+    grpc_port: int
+    metrics_port: int | None
+    models: tuple[str, ...]
+
+
+async def serve(
+    settings: ServingSettings,
+    kiln_settings: Settings,
+    *,
+    on_ready: Callable[[Endpoints], None] | None = None,
+    stop: asyncio.Event | None = None,
+    traffic_hook: TrafficHook | None = None,
+    feedback_hook: FeedbackHook | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Serve until SIGTERM/SIGINT (when `handle_signals`, which needs the main thread) or until
+    `stop` is set; `on_ready` is called once everything listens."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    threads = settings.threads or kiln_settings.threads
+    registry = kiln.registry.open(settings=kiln_settings)
+    metrics_server = None
+    try:
+        repository = RegistryRepository(
+            registry,
+            options=EngineOptions(intra_op_threads=threads),
+            engine_kind=settings.engine_kind,
+        )
+        metrics = ServingMetrics()
+        core = ServingCore(
+            repository,
+            settings,
+            metrics=metrics,
+            traffic_hook=traffic_hook,
+            feedback_hook=feedback_hook,
+        )
+        try:
+            await core.start(settings.models)
+        except BaseException:
+            await core.stop()
+            raise
+        server = GrpcServer(core, settings)
+        port = await server.start()
+        metrics_port = None
+        if settings.metrics_port is not None:
+            metrics_port, metrics_server = metrics.serve(settings.host, settings.metrics_port)
+        if on_ready is not None:
+            served = tuple(
+                f"{m.label} ({m.opened.kind}/{m.opened.device})" for m in core.loaded_models()
+            )
+            on_ready(Endpoints(port, metrics_port, served))
+        await stop.wait()
+        await server.stop()
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        registry.close()

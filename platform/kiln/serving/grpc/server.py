@@ -1,0 +1,124 @@
+"""The grpc.aio server: the inference and feedback services, health, reflection, TLS, token.
+
+    core = ServingCore(repository, settings)
+    await core.start(settings.models)
+    server = GrpcServer(core, settings)
+    port = await server.start()
+    ...
+    await server.stop()          # stop accepting, finish in-flight calls, then drain the core
+
+Health (`grpc.health.v1`) reports the whole server under "" and each service name, and each
+served model under its name ("digits": SERVING while a version of it takes requests) and under
+"name:version" per loaded version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
+
+from kiln.serving.core import ServingCore
+from kiln.serving.grpc.auth import TokenInterceptor
+from kiln.serving.grpc.generated import POOL
+from kiln.serving.grpc.generated.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
+from kiln.serving.grpc.servicer import FeedbackServicer, InferenceServicer
+from kiln.serving.settings import ServingSettings
+from kiln.serving.table import ModelState
+
+log = logging.getLogger("kiln.serving.grpc")
+
+SERVICES = (
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    feedback_pb2.DESCRIPTOR.services_by_name["Feedback"].full_name,
+    health.SERVICE_NAME,
+    reflection.SERVICE_NAME,
+)
+
+# Reflection answers from Kiln's descriptor pool (see proto/generate.py); health and
+# reflection register in protobuf's default pool, so add their files to Kiln's as well.
+for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+    try:
+        POOL.FindFileByName(_file.name)
+    except KeyError:
+        POOL.AddSerializedFile(_file.serialized_pb)
+
+
+class GrpcServer:
+    """One grpc.aio server over one `ServingCore`."""
+
+    def __init__(self, core: ServingCore, settings: ServingSettings) -> None:
+        self.core = core
+        self.settings = settings
+        self.port: int | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_updates: set[asyncio.Task[None]] = set()
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> int:
+        """Bind, start serving and return the port (the real one when the setting is 0)."""
+        s = self.settings
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        interceptors = []
+        if s.token:
+            interceptors.append(TokenInterceptor(s.token, protect_inference=s.token_for_inference))
+        server = grpc.aio.server(options=options, interceptors=interceptors)
+        # Generated registration functions carry no annotations.
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            InferenceServicer(self.core), server
+        )
+        feedback_pb2_grpc.add_FeedbackServicer_to_server(  # type: ignore[no-untyped-call]
+            FeedbackServicer(self.core), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(SERVICES, server, pool=POOL)
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert and s.tls_key:
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+        if not port:
+            raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
+        await server.start()
+        self._server, self.port = server, int(port)
+        serving = health_pb2.HealthCheckResponse.SERVING
+        for name in ("", *SERVICES[:2]):
+            await self._health.set(name, serving)
+        self.core.add_listener(self._model_state_changed)
+        return int(port)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new calls, let in-flight ones finish (up to `grace` seconds), stop the core."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self.settings.drain_timeout_s if grace is None else grace)
+        await self.core.stop()
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    def _model_state_changed(self, name: str, version: int, state: ModelState) -> None:
+        # Runs inside the core's state change; look at the table once that change is complete.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self._sync_health, name, version, state)
+
+    def _sync_health(self, name: str, version: int, state: ModelState) -> None:
+        status = health_pb2.HealthCheckResponse
+        model = status.SERVING if self.core.model_ready(name) else status.NOT_SERVING
+        one = status.SERVING if state is ModelState.READY else status.NOT_SERVING
+        for service, value in ((name, model), (f"{name}:{version}", one)):
+            task = asyncio.ensure_future(self._health.set(service, value))
+            self._health_updates.add(task)
+            task.add_done_callback(self._health_updates.discard)

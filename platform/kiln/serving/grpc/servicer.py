@@ -1,0 +1,156 @@
+"""`inference.GRPCInferenceService` and `kiln.v1.Feedback` over the serving core.
+
+Each method converts the request (`convert`), calls the core, converts the answer back. Errors
+are translated in one place (`status.rpc`). Shared-memory, trace and log-settings RPCs are not
+overridden: they answer UNIMPLEMENTED, and ServerMetadata does not list them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+
+from kiln import __version__
+from kiln.errors import KilnError
+from kiln.serving.core import ServingCore
+from kiln.serving.errors import FeedbackInvalid
+from kiln.serving.grpc import convert
+from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
+from kiln.serving.grpc.generated.inference import grpc_service_pb2_grpc as pb_grpc
+from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2 as fb
+from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2_grpc as fb_grpc
+from kiln.serving.grpc.status import rpc, status_of
+from kiln.serving.messages import Feedback
+
+EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
+"""The KServe / Triton protocol extensions this server implements, as ServerMetadata lists."""
+
+Context: TypeAlias = grpc.aio.ServicerContext
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    @rpc
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> Any:
+        return pb.ServerLiveResponse(live=self.core.live)
+
+    @rpc
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Context) -> Any:
+        return pb.ServerReadyResponse(ready=self.core.ready)
+
+    @rpc
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Context) -> Any:
+        return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version))
+
+    @rpc
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Context) -> Any:
+        return pb.ServerMetadataResponse(name="kiln", version=__version__, extensions=EXTENSIONS)
+
+    @rpc
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Context) -> Any:
+        return convert.model_metadata(self.core.describe(request.name, request.version))
+
+    @rpc
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Context) -> Any:
+        return convert.model_config(self.core.describe(request.name, request.version))
+
+    @rpc
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Context) -> Any:
+        infer_request = convert.infer_request(request, time.perf_counter_ns())
+        return convert.infer_response(await self.core.infer(infer_request))
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Context
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        # Requests of one stream run concurrently; responses come back as they finish,
+        # each carrying its request's id. A failed request is an error_message on the stream,
+        # not the end of the stream (Triton's semantics).
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        pending: set[asyncio.Task[None]] = set()
+
+        async def one(message: pb.ModelInferRequest) -> None:
+            try:
+                request = convert.infer_request(message, time.perf_counter_ns())
+                response = convert.infer_response(await self.core.infer(request))
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except KilnError as exc:
+                _, text = status_of(exc)
+                failed = pb.ModelInferResponse(id=message.id, model_name=message.model_name)
+                await answers.put(
+                    pb.ModelStreamInferResponse(error_message=text, infer_response=failed)
+                )
+
+        async def read() -> None:
+            async for message in requests:
+                task = asyncio.ensure_future(one(message))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            await asyncio.gather(*pending)
+            await answers.put(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+        finally:
+            reader.cancel()
+            for task in pending:
+                task.cancel()
+
+    @rpc
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Context) -> Any:
+        return convert.model_statistics(self.core.statistics(request.name, request.version))
+
+    @rpc
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Context) -> Any:
+        return convert.repository_index(await self.core.repository_index(request.ready))
+
+    @rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Context
+    ) -> Any:
+        await self.core.load(convert.repository_reference(request.model_name, request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    @rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Context
+    ) -> Any:
+        await self.core.unload(convert.repository_reference(request.model_name, request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+
+
+class FeedbackServicer(fb_grpc.FeedbackServicer):
+    """`kiln.v1.Feedback`: labels for served requests, handed to the core's feedback hook."""
+
+    def __init__(self, core: ServingCore) -> None:
+        self.core = core
+
+    @rpc
+    async def SubmitFeedback(self, request: fb.SubmitFeedbackRequest, context: Context) -> Any:
+        rejected = self.core.feedback([_feedback(request.item)])
+        if rejected:
+            raise FeedbackInvalid(f"feedback rejected: {rejected[0][1]}")
+        return fb.SubmitFeedbackResponse()
+
+    @rpc
+    async def SubmitFeedbackBatch(
+        self, request: fb.SubmitFeedbackBatchRequest, context: Context
+    ) -> Any:
+        rejected = self.core.feedback([_feedback(item) for item in request.items])
+        return fb.SubmitFeedbackBatchResponse(
+            accepted=len(request.items) - len(rejected),
+            rejected=[
+                fb.SubmitFeedbackBatchResponse.Rejected(index=i, reason=r) for i, r in rejected
+            ],
+        )
+
+
+def _feedback(item: fb.FeedbackItem) -> Feedback:
+    return Feedback(item.request_id, item.label, item.model_name, time.time_ns())

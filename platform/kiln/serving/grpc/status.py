@@ -1,0 +1,64 @@
+"""The one table from Kiln error codes to gRPC status codes, and the decorator that applies it.
+
+Every servicer method is wrapped in `rpc`: a `KilnError` becomes its status code with its
+message (which says what was wrong and what to do); an INTERNAL error or an unexpected
+exception becomes INTERNAL with a generic message, its details logged here and never sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+
+from kiln.errors import ErrorCode, KilnError
+
+log = logging.getLogger("kiln.serving.grpc")
+
+STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
+    ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorCode.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorCode.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorCode.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorCode.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.DATA_LOSS: grpc.StatusCode.DATA_LOSS,
+    ErrorCode.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    ErrorCode.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+"""Kiln's error codes as gRPC status codes: the only place they are translated."""
+
+INTERNAL_MESSAGE: Final = "internal server error; the server log has the details"
+
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def status_of(error: KilnError) -> tuple[grpc.StatusCode, str]:
+    """The status code and client-facing message of `error` (INTERNAL details withheld)."""
+    code = STATUS.get(error.code, grpc.StatusCode.INTERNAL)
+    if code is grpc.StatusCode.INTERNAL:
+        log.error("internal error: %s", error.message)
+        return code, INTERNAL_MESSAGE
+    return code, error.message
+
+
+def rpc(method: Method) -> Method:
+    """Translate errors raised by a unary servicer method into gRPC statuses."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except KilnError as exc:
+            code, message = status_of(exc)
+            await context.abort(code, message)
+        except Exception:
+            log.exception("%s failed unexpectedly", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+    return wrapper  # type: ignore[return-value]

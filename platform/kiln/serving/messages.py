@@ -1,0 +1,152 @@
+"""The values that cross between transports and the serving core: requests, responses, timings,
+model descriptions. Plain dataclasses of numpy arrays and strings; no protobuf, no HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kiln.errors import KilnError
+
+ParameterValue = bool | int | float | str
+
+
+@dataclass(slots=True)
+class InferRequest:
+    """One inference request as the core sees it, whatever transport carried it."""
+
+    model: str
+    """The model's name."""
+    inputs: dict[str, npt.NDArray[Any]]
+    """Input tensors by name. Arrays decoded from a request may be read-only views."""
+    version: str = ""
+    """The requested version ("3"); empty for the version the server serves by default."""
+    id: str = ""
+    """The client's request id; the core assigns one when it is empty."""
+    outputs: tuple[str, ...] = ()
+    """Requested output names, in the order the response should list them; empty for all."""
+    timeout_us: int = 0
+    """How long the request may wait in the queue, in microseconds; 0 for no limit."""
+    parameters: Mapping[str, ParameterValue] = field(default_factory=dict)
+    """Request parameters other than those above, as sent."""
+    received_ns: int = 0
+    """`time.perf_counter_ns()` when the transport received it; 0 to let the core stamp it."""
+    transport: str = "grpc"
+    """Which transport carried it, for the traffic log."""
+
+
+@dataclass(slots=True)
+class InferResponse:
+    """The answer to an `InferRequest`: output tensors of the version that computed them."""
+
+    model: str
+    version: str
+    id: str
+    outputs: dict[str, npt.NDArray[Any]]
+    """Output tensors in the requested order (all outputs when none were requested)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Where one request's time went, in nanoseconds.
+
+    The compute durations are those of the batch the request ran in (every request of a batch
+    reports the same ones), as Triton's statistics count them.
+    """
+
+    queue_ns: int
+    """From entering the model's queue to its batch starting."""
+    compute_input_ns: int
+    """Assembling the batch's inputs."""
+    compute_infer_ns: int
+    """Running the engine."""
+    compute_output_ns: int
+    """Splitting the batch's outputs per request."""
+    batch_size: int
+    """Rows in the batch the request ran in (its own rows included)."""
+
+    @property
+    def compute_ns(self) -> int:
+        return self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficEvent:
+    """What the traffic hook receives, once per inference request, success or failure."""
+
+    request: InferRequest
+    response: InferResponse | None
+    """None when the request failed."""
+    error: KilnError | None
+    """The error the client received; None on success. Unexpected failures appear as
+    `KilnError` with code INTERNAL and a generic message."""
+    timings: Timings | None
+    """None when the request failed before it reached a queue (validation, unknown model)."""
+    total_ns: int
+    """From receipt to response (or error)."""
+    served_version: int | None
+    """The version that served (or would have served) it; None when no model was resolved."""
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One input or output of a served model, in KServe terms."""
+
+    name: str
+    datatype: str
+    """A KServe datatype (`FP32`, `INT64`, `BYTES`, …)."""
+    shape: tuple[int, ...]
+    """Full shape including the batch dimension when the model batches; -1 where variable."""
+    dtype: np.dtype[Any]
+    """The numpy dtype requests are decoded to."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelDescription:
+    """What metadata and config RPCs report about one loaded version."""
+
+    name: str
+    version: int
+    versions: tuple[int, ...]
+    """Every loaded version of the model."""
+    platform: str
+    """Triton's platform name for the engine kind, e.g. `onnxruntime_onnx`."""
+    backend: str
+    """The engine kind (`onnxruntime`, `aotinductor`, `tensorrt`)."""
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int
+    """0 when the model has no batch dimension (requests are never combined)."""
+    max_queue_delay_us: int
+    max_queue_size: int
+    default_timeout_us: int
+    instances: int
+    """Model executions that may run at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """One row of the repository index."""
+
+    name: str
+    version: str
+    """Empty for a registered model that is not loaded."""
+    state: str
+    """READY, LOADING, UNLOADING or UNAVAILABLE."""
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """A ground-truth label for a served request, as the feedback hook receives it."""
+
+    request_id: str
+    label: int
+    model: str = ""
+    """The model that served the request, when the client said."""
+    received_at_ns: int = 0
+    """`time.time_ns()` when the server received it."""

@@ -1,0 +1,86 @@
+"""Serving settings: `KILN_SERVE_*` environment variables or `kiln serve` options, passed into
+the core and the server's constructors (nothing in serving reads the environment itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    """How `kiln serve` serves. Every field can be set as `KILN_SERVE_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_SERVE_", extra="ignore")
+
+    host: str = "0.0.0.0"
+    """Address the gRPC server binds to."""
+
+    port: int = Field(default=8001, ge=0, le=65535)
+    """gRPC port (Triton's default); 0 picks a free one, printed on the ready line."""
+
+    metrics_port: int | None = Field(default=8002, ge=0, le=65535)
+    """Prometheus metrics port; 0 picks a free one, None disables the endpoint."""
+
+    models: tuple[str, ...] = ()
+    """References to serve (`digits`, `digits@candidate`, `digits:3`). The first reference
+    to a model chooses the version requests get by default; further ones load more versions
+    that requests select with `model_version`. Empty: every registered model's `production`."""
+
+    max_batch_size: int = Field(default=32, ge=0)
+    """Most rows one execution runs; 0 turns batching off. A model whose engine caps its batch
+    lower gets the engine's cap."""
+
+    max_queue_delay_us: int = Field(default=0, ge=0)
+    """How long the oldest queued request may wait for more to batch with, in microseconds.
+    0: never wait; requests that arrive while the engine is busy still batch together."""
+
+    max_queue_size: int = Field(default=1024, ge=0)
+    """Requests that may wait per model version; beyond it requests fail at once with
+    RESOURCE_EXHAUSTED. 0: unbounded."""
+
+    default_timeout_us: int = Field(default=0, ge=0)
+    """Queue timeout for requests that set none (their `timeout` parameter); 0: none."""
+
+    threads: int = Field(default=0, ge=0)
+    """Threads each engine computes with (intra-op); 0: one per core."""
+
+    engine_kind: str | None = None
+    """Load this artifact kind (`onnxruntime`, `aotinductor:cpu`, ...) instead of the fastest
+    one the host can run."""
+
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    """How often the alias watcher asks the registry whether a served alias moved."""
+
+    warmup: bool = True
+    """Run each engine on zeros at batch 1 and at the maximum batch before it takes traffic."""
+
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM or unload: how long in-flight requests may take to finish."""
+
+    max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
+    """Largest gRPC message received or sent; bigger requests fail with RESOURCE_EXHAUSTED."""
+
+    tls_cert: Path | None = None
+    """PEM certificate chain; with `tls_key`, the server speaks TLS only."""
+
+    tls_key: Path | None = None
+    """PEM private key for `tls_cert`."""
+
+    token: str | None = None
+    """Bearer token required for repository load/unload (`authorization: Bearer TOKEN`)."""
+
+    token_for_inference: bool = False
+    """Require the token for every RPC except health checks and server reflection."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError(
+                "TLS needs both a certificate and its key: pass --tls-cert and --tls-key together"
+            )
+        if self.token_for_inference and not self.token:
+            raise ValueError("token_for_inference needs a token: set --token (KILN_SERVE_TOKEN)")
+        return self

@@ -1,0 +1,130 @@
+"""Checking one request against the model that will serve it, before it joins a batch.
+
+A bad request must fail alone: if it reached the engine inside a batch, every request batched
+with it would fail too. The check runs on the event loop for every request, so it is built
+once per loaded version, compares against precomputed values, and formats a message only when
+something is wrong. Messages use KServe datatype names and say what the model expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NoReturn
+
+import numpy.typing as npt
+
+from kiln.serving.codec import datatype_of
+from kiln.serving.errors import InferRequestInvalid
+from kiln.serving.messages import TensorSpec
+
+DYNAMIC = -1
+
+
+class RequestValidator:
+    """Validates a request's inputs and requested outputs; returns its row count.
+
+    With `max_batch_size` > 0 every input's first dimension is the batch dimension: it must be
+    1..max_batch_size and the same across inputs. With 0 the model takes whole tensors and a
+    request counts as one row.
+    """
+
+    __slots__ = ("_checks", "_inputs", "_label", "_max_batch", "_outputs")
+
+    def __init__(
+        self,
+        label: str,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        max_batch_size: int,
+    ) -> None:
+        self._label = label
+        self._inputs = inputs
+        self._outputs = frozenset(o.name for o in outputs)
+        self._max_batch = max_batch_size
+        self._checks = tuple(
+            (
+                spec.name,
+                spec.dtype,
+                len(spec.shape),
+                tuple((axis, size) for axis, size in enumerate(spec.shape) if size != DYNAMIC),
+            )
+            for spec in inputs
+        )
+
+    def __call__(self, inputs: Mapping[str, npt.NDArray[Any]], outputs: tuple[str, ...]) -> int:
+        if len(inputs) != len(self._checks):
+            self._wrong_names(inputs)
+        rows = -1
+        for name, dtype, rank, fixed in self._checks:
+            array = inputs.get(name)
+            if array is None:
+                self._wrong_names(inputs)
+            if array.dtype != dtype:
+                self._fail(
+                    f"input '{name}' has datatype {_datatype(array)}, but the model expects "
+                    f"{_datatype_of_dtype(dtype)}"
+                )
+            shape = array.shape
+            if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
+                self._fail(
+                    f"input '{name}' has shape {list(shape)}, but the model expects "
+                    f"{self._expected(name)}"
+                )
+            if array.size == 0:
+                self._fail(f"input '{name}' is empty (shape {list(shape)}); send at least one row")
+            if self._max_batch:
+                if rows == -1:
+                    rows = shape[0]
+                elif shape[0] != rows:
+                    self._fail(
+                        f"inputs disagree on the batch size: input '{name}' has {shape[0]} rows, "
+                        f"an earlier input has {rows}"
+                    )
+        if self._max_batch and rows > self._max_batch:
+            self._fail(
+                f"batch of {rows} rows exceeds the model's max_batch_size {self._max_batch}; "
+                "split the request"
+            )
+        if outputs:
+            self._check_outputs(outputs)
+        return rows if self._max_batch else 1
+
+    def _check_outputs(self, outputs: tuple[str, ...]) -> None:
+        unknown = [o for o in outputs if o not in self._outputs]
+        if unknown:
+            self._fail(
+                f"unknown output {', '.join(repr(o) for o in unknown)}; the model's outputs: "
+                f"{', '.join(sorted(self._outputs))}"
+            )
+        if len(set(outputs)) != len(outputs):
+            repeated = sorted({o for o in outputs if outputs.count(o) > 1})
+            self._fail(f"output {', '.join(repr(o) for o in repeated)} requested more than once")
+
+    def _expected(self, name: str) -> str:
+        spec = next(s for s in self._inputs if s.name == name)
+        return f"[{', '.join('-1' if d == DYNAMIC else str(d) for d in spec.shape)}] (-1: any size)"
+
+    def _wrong_names(self, inputs: Mapping[str, Any]) -> NoReturn:
+        expected = {spec.name for spec in self._inputs}
+        missing = sorted(expected - set(inputs))
+        unexpected = sorted(set(inputs) - expected)
+        parts = []
+        if missing:
+            parts.append(f"missing input {', '.join(repr(n) for n in missing)}")
+        if unexpected:
+            parts.append(f"unexpected input {', '.join(repr(n) for n in unexpected)}")
+        self._fail(f"{'; '.join(parts)}; the model's inputs: {', '.join(sorted(expected))}")
+
+    def _fail(self, problem: str) -> NoReturn:
+        raise InferRequestInvalid(f"model {self._label}: {problem}")
+
+
+def _datatype(array: npt.NDArray[Any]) -> str:
+    return _datatype_of_dtype(array.dtype)
+
+
+def _datatype_of_dtype(dtype: Any) -> str:
+    try:
+        return datatype_of(dtype)
+    except ValueError:
+        return str(dtype)
