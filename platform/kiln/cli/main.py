@@ -13,7 +13,7 @@ import click
 import typer
 
 from kiln import __version__
-from kiln.cli import datasets, demo, serve, train
+from kiln.cli import datasets, demo, models, registry_promotion, serve, train
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import KilnError
 
@@ -64,6 +64,10 @@ def version(as_json: bool = JsonOption) -> None:
 app.add_typer(datasets.app, name="datasets")
 app.command(name="train")(train.train)
 app.command(name="demo")(demo.demo)
+app.add_typer(models.app, name="models")
+app.command(name="promote")(registry_promotion.promote)
+app.command(name="rollback")(registry_promotion.rollback)
+app.command(name="gc")(models.gc)
 app.command(name="serve")(serve.serve)
 
 

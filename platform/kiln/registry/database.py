@@ -102,6 +102,13 @@ class Database:
                 delay = min(delay * 2, 0.25)
 
 
+def insert_row(conn: Connection, statement: sa.Insert) -> int:
+    """Execute a one-row INSERT and return the new row's integer primary key."""
+    key = conn.execute(statement).inserted_primary_key
+    assert key is not None  # every registry table has an integer primary key
+    return int(key[0])
+
+
 def _schema_version(conn: Connection) -> int | None:
     if not sa.inspect(conn).has_table(schema.schema_version.name):
         return None

@@ -19,26 +19,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from kiln.errors import (
-    AliasUnchanged,
     ArtifactNotFound,
-    GateFailed,
     InvalidArgument,
-    NothingToRollBack,
-    RegistryBusy,
     VersionInUse,
-    VersionNotFound,
 )
+from kiln.registry import aliases as alias_moves
 from kiln.registry import queries as q
 from kiln.registry.blobs import BlobStore, StoredBlob
 from kiln.registry.bundles import BundleManifest, read_bundle, write_bundle
-from kiln.registry.database import Database
+from kiln.registry.database import Database, insert_row
 from kiln.registry.gates import (
     DEFAULT_ACCURACY_TOLERANCE,
     Gate,
-    GateContext,
     default_gates,
-    run_gates,
 )
+from kiln.registry.importer import import_manifest
 from kiln.registry.records import (
     AliasMove,
     Artifact,
@@ -56,11 +51,10 @@ from kiln.registry.references import (
     parse_reference,
     validate_name,
 )
-from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
+from kiln.registry.schema import aliases, artifacts, lineage_columns, models, versions
 
-# Gates run outside the write lock (an evaluation gate may take minutes); if the alias moved
-# meanwhile, they run again against the new current version, at most this many times.
-_PROMOTE_ATTEMPTS = 5
+# How often promote runs its gates outside the write lock before it runs them under it.
+_OPTIMISTIC_ATTEMPTS = 3
 
 
 class Registry:
@@ -137,7 +131,7 @@ class Registry:
             model = conn.execute(sa.select(models).where(models.c.name == name)).first()
             now = self._clock()
             if model is None:
-                model_pk = _insert(
+                model_pk = insert_row(
                     conn, models.insert().values(name=name, next_version=1, created_at=now)
                 )
                 number = 1
@@ -155,14 +149,14 @@ class Registry:
             conn.execute(
                 models.update().where(models.c.id == model_pk).values(next_version=number + 1)
             )
-            version_pk = _insert(
+            version_pk = insert_row(
                 conn,
                 versions.insert().values(
                     model_id=model_pk,
                     version=number,
                     config=config_json,
                     metrics=metrics_json,
-                    **_lineage_columns(lineage),
+                    **lineage_columns(lineage),
                     description=description,
                     created_at=now,
                 ),
@@ -335,7 +329,7 @@ class Registry:
             if same is not None:
                 return q.to_artifact(same, name, version)
             self._ensure_blob(blob, path)
-            pk = _insert(
+            pk = insert_row(
                 conn,
                 artifacts.insert().values(
                     version_id=row.id,
@@ -426,30 +420,38 @@ class Registry:
         candidate = self.resolve(ref)
         gate_list = list(gates) if gates is not None else self.default_gates()
         who = actor or _os_user()
-        for _ in range(_PROMOTE_ATTEMPTS):
-            current = self._alias_current(candidate.name, alias)
-            if current is not None and current.version == candidate.version:
-                raise AliasUnchanged(
-                    f"{candidate.name}@{alias} already points at {candidate.ref}; nothing to do"
-                )
-            context = GateContext(candidate.name, alias, candidate, current)
-            decision = run_gates(gate_list, context, force=force)
-            if not decision.passed and not force:
-                raise GateFailed(_refusal(candidate, alias, decision))
-            seen = None if current is None else current.version
+        # Gates run outside the write lock first (an evaluation gate may take minutes); the
+        # move then only happens if the alias still points where the gates looked.
+        for _ in range(_OPTIMISTIC_ATTEMPTS):
+            now_serving = self._db.read(lambda c: alias_moves.current(c, candidate.name, alias))
+            decision = alias_moves.decide(candidate, alias, now_serving, gate_list, force=force)
+            seen = None if now_serving is None else now_serving.version
 
-            def work(
+            def attempt(
                 conn: Connection, seen: int | None = seen, decision: GateDecision = decision
             ) -> AliasMove | None:
-                return self._move(conn, candidate, alias, seen, who, reason, decision)
+                return alias_moves.promote(
+                    conn, candidate, alias, seen,
+                    actor=who, reason=reason, decision=decision, at=self._clock(),
+                )  # fmt: skip
 
-            move = self._db.write(work)
+            move = self._db.write(attempt)
             if move is not None:
                 return move
-        raise RegistryBusy(
-            f"{candidate.name}@{alias} kept moving while the gates ran "
-            f"({_PROMOTE_ATTEMPTS} attempts); try again"
-        )
+
+        # The alias kept moving under us: judge and move under the lock, so this one finishes.
+        def locked(conn: Connection) -> AliasMove:
+            now_serving = alias_moves.current(conn, candidate.name, alias)
+            decision = alias_moves.decide(candidate, alias, now_serving, gate_list, force=force)
+            seen = None if now_serving is None else now_serving.version
+            move = alias_moves.promote(
+                conn, candidate, alias, seen,
+                actor=who, reason=reason, decision=decision, at=self._clock(),
+            )  # fmt: skip
+            assert move is not None  # nothing can move the alias while we hold the lock
+            return move
+
+        return self._db.write(locked)
 
     def rollback(
         self,
@@ -468,73 +470,29 @@ class Registry:
         validate_name(name)
         validate_name(alias, "alias name")
         who = actor or _os_user()
-
-        def work(conn: Connection) -> AliasMove:
-            model = q.model_id(conn, name)
-            current = q.alias_version(conn, model, alias)
-            if current is None:
-                raise q.alias_not_found(conn, model, name, alias)
-            stack: list[int] = []
-            for row in q.history_rows(conn, model, alias):
-                if row.action == "rollback":
-                    stack.pop()
-                else:
-                    stack.append(row.to_version)
-            if len(stack) < 2:
-                raise NothingToRollBack(
-                    f"{name}@{alias} has no earlier version to roll back to "
-                    f"(kiln models history {name} --alias {alias}); to point it elsewhere use "
-                    f"kiln promote {name}:VERSION --alias {alias}"
-                )
-            target = stack[-2]
-            found = conn.execute(q.RESOLVE_VERSION, {"name": name, "version": target}).first()
-            if found is None:
-                raise NothingToRollBack(
-                    f"cannot roll {name}@{alias} back to {name}:{target}: that version was "
-                    f"deleted; promote another one: kiln promote {name}:VERSION --alias {alias}"
-                )
-            return self._write_move(
-                conn, model, found.id, name, alias, current, target, who,
-                reason or f"rollback from {name}:{current}", "rollback", None,
-            )  # fmt: skip
-
-        return self._db.write(work)
+        return self._db.write(
+            lambda conn: alias_moves.rollback(
+                conn, name, alias, actor=who, reason=reason, at=self._clock()
+            )
+        )
 
     def history(self, name: str, alias: str | None = None) -> list[AliasMove]:
         """Every alias move of `name` (or of one alias), oldest first."""
+        validate_name(name)
         if alias is not None:
             validate_name(alias, "alias name")
-
-        def work(conn: Connection) -> list[AliasMove]:
-            model = q.model_id(conn, validate_name(name))
-            return [q.to_move(row, name) for row in q.history_rows(conn, model, alias)]
-
-        return self._db.read(work)
+        return self._db.read(lambda conn: alias_moves.history(conn, name, alias))
 
     def alias_at(self, name: str, alias: str, when: datetime) -> int | None:
         """The version `alias` pointed at at `when` (timezone-aware), or None if it pointed
-        nowhere then. "What served at 14:02?"."""
+        nowhere then: "what served at 14:02?"."""
         if when.tzinfo is None:
             raise InvalidArgument(
                 "alias_at needs a timezone-aware time, e.g. datetime(..., tzinfo=UTC)"
             )
+        validate_name(name)
         validate_name(alias, "alias name")
-
-        def work(conn: Connection) -> int | None:
-            model = q.model_id(conn, validate_name(name))
-            found = conn.execute(
-                sa.select(alias_history.c.to_version)
-                .where(
-                    alias_history.c.model_id == model,
-                    alias_history.c.alias == alias,
-                    alias_history.c.at <= when,
-                )
-                .order_by(alias_history.c.at.desc(), alias_history.c.id.desc())
-                .limit(1)
-            ).scalar()
-            return None if found is None else int(found)
-
-        return self._db.read(work)
+        return self._db.read(lambda conn: alias_moves.pointed_at(conn, name, alias, when))
 
     def default_gates(self) -> list[Gate]:
         """The gates `promote` runs when given none."""
@@ -574,7 +532,15 @@ class Registry:
             # damaged local copy of the same blob).
             for artifact in {a.sha256: a for a in manifest.artifacts}.values():
                 store(artifact)
-            return self._db.write(lambda conn: self._import(conn, manifest, store))
+            return self._db.write(
+                lambda conn: import_manifest(
+                    conn,
+                    manifest,
+                    blob_exists=self._blobs.exists,
+                    store=store,
+                    now=self._clock(),
+                )
+            )
 
     def gc(self) -> GcReport:
         """Remove blobs no artifact row references, and temporary files of dead writers.
@@ -621,196 +587,12 @@ class Registry:
             if again.sha256 != blob.sha256:
                 raise InvalidArgument(f"{source} changed while it was being registered")
 
-    def _alias_current(self, name: str, alias: str) -> ModelVersion | None:
-        def work(conn: Connection) -> ModelVersion | None:
-            row = conn.execute(q.RESOLVE_ALIAS, {"name": name, "alias": alias}).first()
-            return None if row is None else q.to_version(row)
-
-        return self._db.read(work)
-
-    def _move(
-        self,
-        conn: Connection,
-        candidate: ModelVersion,
-        alias: str,
-        seen: int | None,
-        actor: str,
-        reason: str,
-        decision: GateDecision,
-    ) -> AliasMove | None:
-        """Move the alias if it still points where the gates saw it; None means re-run them."""
-        model = q.model_id(conn, candidate.name)
-        if q.alias_version(conn, model, alias) != seen:
-            return None
-        row = conn.execute(
-            q.RESOLVE_VERSION, {"name": candidate.name, "version": candidate.version}
-        ).first()
-        if row is None:
-            raise VersionNotFound(f"{candidate.ref} was deleted while it was being promoted")
-        return self._write_move(
-            conn, model, row.id, candidate.name, alias, seen, candidate.version, actor, reason,
-            "promote", decision,
-        )  # fmt: skip
-
-    def _write_move(
-        self,
-        conn: Connection,
-        model: int,
-        version_pk: int,
-        name: str,
-        alias: str,
-        from_version: int | None,
-        to_version: int,
-        actor: str,
-        reason: str,
-        action: str,
-        decision: GateDecision | None,
-    ) -> AliasMove:
-        now = self._clock()
-        if from_version is None:
-            conn.execute(
-                aliases.insert().values(
-                    model_id=model, name=alias, version_id=version_pk, updated_at=now
-                )
-            )
-        else:
-            conn.execute(
-                aliases.update()
-                .where(aliases.c.model_id == model, aliases.c.name == alias)
-                .values(version_id=version_pk, updated_at=now)
-            )
-        forced = decision.forced if decision else False
-        conn.execute(
-            alias_history.insert().values(
-                model_id=model,
-                alias=alias,
-                from_version=from_version,
-                to_version=to_version,
-                at=now,
-                actor=actor,
-                reason=reason,
-                action=action,
-                gate=q.dumps(decision.to_dict()) if decision else None,
-                forced=forced,
-            )
-        )
-        return AliasMove(
-            name, alias, from_version, to_version, now, actor, reason, action, decision, forced
-        )
-
-    def _import(
-        self, conn: Connection, manifest: BundleManifest, store: Callable[[Artifact], None]
-    ) -> ImportResult:
-        source = manifest.version
-        name = source.name
-        config_json, metrics_json = q.dumps(source.config), q.dumps(source.metrics)
-        model = conn.execute(sa.select(models).where(models.c.name == name)).first()
-        if model is None:
-            model_pk = _insert(
-                conn, models.insert().values(name=name, next_version=1, created_at=self._clock())
-            )
-            next_version = 1
-        else:
-            model_pk, next_version = model.id, model.next_version
-        existing = conn.execute(
-            q.RESOLVE_VERSION, {"name": name, "version": source.version}
-        ).first()
-        created = True
-        if (
-            existing is not None
-            and existing.config == config_json
-            and existing.metrics == metrics_json
-            and _checkpoints(conn, existing.id) == _checkpoints_of(manifest)
-        ):
-            version_pk, number, created = existing.id, source.version, False
-        else:
-            number = source.version if source.version >= next_version else next_version
-            conn.execute(
-                models.update()
-                .where(models.c.id == model_pk)
-                .values(next_version=max(next_version, number + 1))
-            )
-            version_pk = _insert(
-                conn,
-                versions.insert().values(
-                    model_id=model_pk,
-                    version=number,
-                    config=config_json,
-                    metrics=metrics_json,
-                    **_lineage_columns(source.lineage),
-                    description=source.description,
-                    created_at=source.created_at,
-                ),
-            )
-        have = {(a.kind, a.sha256, a.target) for a in q.artifact_rows(conn, version_pk)}
-        for artifact in manifest.artifacts:
-            key = (artifact.kind.value, artifact.sha256, q.dumps(artifact.target))
-            if key in have:
-                continue
-            if not self._blobs.exists(artifact.sha256):
-                store(artifact)  # a gc ran between storing it and taking the lock
-            conn.execute(
-                artifacts.insert().values(
-                    version_id=version_pk,
-                    kind=artifact.kind.value,
-                    sha256=artifact.sha256,
-                    size=artifact.size,
-                    filename=artifact.filename,
-                    target=key[2],
-                    libraries=q.dumps(artifact.libraries),
-                    report=q.dumps(artifact.report),
-                    created_at=artifact.created_at,
-                )
-            )
-            have.add(key)
-        version = q.to_version(q.version_row(conn, name, number))
-        rows = q.artifact_rows(conn, version_pk)
-        return ImportResult(
-            version=version,
-            source_ref=manifest.source_ref,
-            created=created,
-            artifacts=tuple(q.to_artifact(r, name, number) for r in rows),
-        )
-
-
-def _insert(conn: Connection, statement: sa.Insert) -> int:
-    """Execute an INSERT of one row and return its integer primary key."""
-    key = conn.execute(statement).inserted_primary_key
-    assert key is not None  # every table here has an integer primary key
-    return int(key[0])
-
-
-def _checkpoints(conn: Connection, version_pk: int) -> set[str]:
-    return {r.sha256 for r in q.artifact_rows(conn, version_pk, ArtifactKind.CHECKPOINT.value)}
-
-
-def _checkpoints_of(manifest: BundleManifest) -> set[str]:
-    return {a.sha256 for a in manifest.artifacts if a.kind is ArtifactKind.CHECKPOINT}
-
-
-def _lineage_columns(lineage: Lineage) -> dict[str, Any]:
-    return {
-        "dataset": lineage.dataset,
-        "data_fingerprint": lineage.data_fingerprint,
-        "parent_version": lineage.parent_version,
-        "run_id": lineage.run_id,
-        "git_commit": lineage.git_commit,
-    }
-
 
 def _json(value: Mapping[str, Any], what: str) -> str:
     try:
         return q.dumps(dict(value))
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{what} must be JSON-serialisable: {exc}") from None
-
-
-def _refusal(candidate: ModelVersion, alias: str, decision: GateDecision) -> str:
-    failed = "; ".join(f"{r.gate}: {r.message}" for r in decision.results if not r.passed)
-    return (
-        f"promotion of {candidate.ref} to {candidate.name}@{alias} refused: {failed}; "
-        "use --force to override (the override is recorded in the history)"
-    )
 
 
 def _os_user() -> str:

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Dialect
 
 from kiln.errors import RegistryIncompatible
+from kiln.registry.records import Lineage
 
 SCHEMA_VERSION = 1
 
@@ -124,6 +125,18 @@ alias_history = sa.Table(
     sa.Column("forced", sa.Boolean, nullable=False),
     sa.Index("ix_alias_history_lookup", "model_id", "alias", "at"),
 )
+
+
+def lineage_columns(lineage: Lineage) -> dict[str, Any]:
+    """A `Lineage` as `versions` columns."""
+    return {
+        "dataset": lineage.dataset,
+        "data_fingerprint": lineage.data_fingerprint,
+        "parent_version": lineage.parent_version,
+        "run_id": lineage.run_id,
+        "git_commit": lineage.git_commit,
+    }
+
 
 Migration = Callable[[Connection], Any]
 

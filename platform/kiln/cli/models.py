@@ -1,0 +1,362 @@
+"""`kiln models list|show|history|delete|export|import` and `kiln gc`: thin over `kiln.registry`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit
+from kiln.errors import InvalidArgument, InvalidReference
+from kiln.registry import AliasMove, Artifact, ModelVersion, Registry, parse_reference
+from kiln.settings import Settings
+
+app = typer.Typer(
+    help="Inspect and manage registered models, versions and their history.",
+    no_args_is_help=True,
+)
+
+# metric key -> column heading in `kiln models show`
+_SHOWN_METRICS = {"test_accuracy": "accuracy", "test_loss": "loss", "ece": "ece"}
+
+
+def open_registry() -> Registry:
+    """The registry the environment names (KILN_REGISTRY_URL / KILN_HOME)."""
+    import kiln.registry
+
+    return kiln.registry.open(settings=Settings())
+
+
+def when(value: datetime) -> str:
+    """A UTC time for tables (their headings say UTC)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "-" if value is None else str(value)
+
+
+def size(value: int) -> str:
+    scaled = float(value)
+    for unit in ("B", "KiB", "MiB"):
+        if scaled < 1024:
+            return f"{value} B" if unit == "B" else f"{scaled:.1f} {unit}"
+        scaled /= 1024
+    return f"{scaled:.1f} GiB"
+
+
+def moves_table(title: str, moves: list[AliasMove]) -> Table:
+    table = Table(title=title)
+    for column in ("time (UTC)", "alias", "move", "action"):
+        table.add_column(column, no_wrap=True)
+    for column in ("actor", "gates", "reason"):
+        table.add_column(column, overflow="fold")
+    for m in moves:
+        if m.gate is None or not m.gate.results:
+            gates = "-"
+        elif m.gate.passed:
+            gates = "[green]pass[/]"
+        else:
+            gates = "[bold yellow]FAIL, forced[/]" if m.forced else "[red]FAIL[/]"
+        origin = "-" if m.from_version is None else str(m.from_version)
+        table.add_row(
+            when(m.at),
+            m.alias,
+            f"{origin} → {m.to_version}",
+            m.action,
+            m.actor,
+            gates,
+            m.reason or "-",
+        )
+    return table
+
+
+@app.command("list")
+def list_models(as_json: bool = JsonOption) -> None:
+    """List registered models with their version counts and aliases."""
+    with open_registry() as registry:
+        found = registry.list_models()
+
+    def render(console: Console) -> None:
+        if not found:
+            console.print("no models registered yet; register one with kiln train --name NAME")
+            return
+        table = Table(title="models")
+        for column in ("name", "versions", "latest", "aliases", "created"):
+            table.add_column(column, overflow="fold")
+        for m in found:
+            aliases = ", ".join(f"{a} → {v}" for a, v in m.aliases.items()) or "-"
+            table.add_row(
+                m.name, str(m.version_count), number(m.latest_version), aliases, when(m.created_at)
+            )
+        console.print(table)
+
+    emit({"models": [m.to_dict() for m in found]}, as_json, render)
+
+
+@app.command("show")
+def show(
+    target: Annotated[
+        str, typer.Argument(metavar="NAME|REF", help="A model name, or a reference (digits:3).")
+    ],
+    limit: Annotated[
+        int, typer.Option(help="Show the newest N versions of a model; 0 shows all.")
+    ] = 20,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a model's versions (metrics, artifacts, aliases), or one version in full."""
+    if limit < 0:
+        raise InvalidArgument(f"--limit must be 0 (all) or positive, got {limit}")
+    if ":" in target or "@" in target:
+        _show_version(target, as_json)
+        return
+    ref = parse_reference(target)
+    with open_registry() as registry:
+        versions = registry.list_versions(ref.name)
+        aliases = registry.aliases(ref.name)
+        shown = versions[-limit:] if limit else versions
+        artifacts = registry.model_artifacts(ref.name)
+    by_version: dict[int, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(version, []).append(alias)
+    payload = {
+        "name": ref.name,
+        "aliases": aliases,
+        "version_count": len(versions),
+        "versions": [
+            {
+                **v.to_dict(),
+                "aliases": by_version.get(v.version, []),
+                "artifacts": [a.to_dict() for a in artifacts.get(v.version, [])],
+            }
+            for v in shown
+        ],
+    }
+
+    def render(console: Console) -> None:
+        table = Table(title=f"{ref.name}: {len(versions)} versions")
+        table.add_column("version", justify="right")
+        table.add_column("created (UTC)", no_wrap=True)
+        for heading in _SHOWN_METRICS.values():
+            table.add_column(heading, justify="right")
+        for column in ("artifacts", "aliases", "about"):
+            table.add_column(column, overflow="fold")
+        for v in shown:
+            kinds = ", ".join(a.kind.value for a in artifacts.get(v.version, [])) or "-"
+            table.add_row(
+                str(v.version),
+                when(v.created_at)[:16],
+                *(number(v.metrics.get(m)) for m in _SHOWN_METRICS),
+                kinds,
+                ", ".join(f"[bold]{a}[/]" for a in by_version.get(v.version, [])) or "-",
+                v.description or (f"run {v.lineage.run_id}" if v.lineage.run_id else "-"),
+            )
+        console.print(table)
+        if len(shown) < len(versions):
+            console.print(
+                f"{len(versions) - len(shown)} older versions not shown (--limit 0 shows all)"
+            )
+        if not aliases:
+            console.print(f"no aliases yet: kiln promote {ref.name}:VERSION")
+
+    emit(payload, as_json, render)
+
+
+def _show_version(target: str, as_json: bool) -> None:
+    with open_registry() as registry:
+        version = registry.resolve(target)
+        found = registry.artifacts(version.name, version.version)
+        aliases = [a for a, v in registry.aliases(version.name).items() if v == version.version]
+    payload = {
+        **version.to_dict(),
+        "aliases": aliases,
+        "artifacts": [a.to_dict() for a in found],
+    }
+
+    def render(console: Console) -> None:
+        console.print(_version_table(version, aliases))
+        console.print(_artifacts_table(found))
+
+    emit(payload, as_json, render)
+
+
+def _version_table(version: ModelVersion, aliases: list[str]) -> Table:
+    table = Table(title=version.ref, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("created", when(version.created_at) + " UTC")
+    table.add_row("aliases", ", ".join(aliases) or "-")
+    table.add_row("description", version.description or "-")
+    for key, value in version.lineage.to_dict().items():
+        table.add_row(key.replace("_", " "), number(value))
+    for key, value in sorted(version.metrics.items()):
+        if isinstance(value, int | float | str | None):
+            table.add_row(f"metric {key}", number(value))
+    for key, value in sorted(version.config.items()):
+        table.add_row(f"config {key}", str(value))
+    return table
+
+
+def _artifacts_table(found: list[Artifact]) -> Table:
+    table = Table(title="artifacts")
+    for column in ("kind", "file", "size", "sha256", "target", "libraries"):
+        table.add_column(column, overflow="fold")
+    for a in found:
+        table.add_row(
+            a.kind.value,
+            a.filename,
+            size(a.size),
+            a.sha256[:16] + "…",
+            ", ".join(f"{k}={v}" for k, v in a.target.items()) or "-",
+            ", ".join(f"{k} {v}" for k, v in a.libraries.items()) or "-",
+        )
+    return table
+
+
+@app.command("history")
+def history(
+    name: Annotated[str, typer.Argument(help="A model name.")],
+    alias: Annotated[str | None, typer.Option(help="Only this alias's moves.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Also say which version the alias pointed at at this time "
+            "(ISO 8601; without an offset it is UTC), e.g. 2026-11-23T14:02.",
+        ),
+    ] = None,
+    as_json: bool = JsonOption,
+) -> None:
+    """Every move of a model's aliases: from, to, when, who, why and the gate decision."""
+    ref = parse_reference(name)
+    if ref.version is not None or "@" in name:
+        raise InvalidReference(f"history takes a model name, not a reference: {ref.name}")
+    if at is not None and alias is None:
+        alias = "production"
+    with open_registry() as registry:
+        moves = registry.history(ref.name, alias)
+        served = None
+        instant = None
+        if at is not None and alias is not None:
+            instant = _parse_time(at)
+            served = registry.alias_at(ref.name, alias, instant)
+    payload: dict[str, Any] = {
+        "name": ref.name,
+        "alias": alias,
+        "moves": [m.to_dict() for m in moves],
+    }
+    if instant is not None:
+        payload["at"] = {"time": instant.isoformat(), "version": served}
+
+    def render(console: Console) -> None:
+        if not moves:
+            console.print(f"no alias moves for {ref.name} yet: kiln promote {ref.name}:VERSION")
+        else:
+            title = f"{ref.name}@{alias} history" if alias else f"{ref.name} alias history"
+            console.print(moves_table(title, moves))
+        if instant is not None:
+            pointed = "nothing" if served is None else f"{ref.name}:{served}"
+            console.print(
+                f"at {when(instant)} UTC, {ref.name}@{alias} pointed at [bold]{pointed}[/]"
+            )
+
+    emit(payload, as_json, render)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"--at '{text}' is not an ISO 8601 time; e.g. 2026-11-23T14:02 or "
+            "2026-11-23T14:02:00+01:00"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@app.command("delete")
+def delete(
+    ref: Annotated[str, typer.Argument(metavar="NAME:VERSION", help="The version to delete.")],
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete a version (refused while an alias points at it). Run `kiln gc` to free space."""
+    parsed = parse_reference(ref)
+    if parsed.version is None:
+        raise InvalidReference(
+            f"delete takes NAME:VERSION (e.g. {parsed.name}:3), not '{ref}': "
+            "aliases are moved with kiln promote / kiln rollback, never deleted by reference"
+        )
+    with open_registry() as registry:
+        deleted = registry.delete_version(parsed.name, parsed.version)
+
+    def render(console: Console) -> None:
+        console.print(f"deleted {deleted.ref}; kiln gc frees blobs no version uses any more")
+
+    emit({"deleted": deleted.to_dict()}, as_json, render)
+
+
+@app.command("export")
+def export(
+    ref: Annotated[str, typer.Argument(help="The version: digits:3, digits@production, digits.")],
+    file: Annotated[Path, typer.Argument(help="Bundle to write (.tar, or .tar.gz to compress).")],
+    as_json: bool = JsonOption,
+) -> None:
+    """Write one version with all its artifacts to a self-contained bundle file."""
+    with open_registry() as registry:
+        manifest = registry.export_version(ref, file)
+    written = file.stat().st_size
+    payload = {
+        "file": str(file),
+        "ref": manifest.version.ref,
+        "artifacts": [a.to_dict() for a in manifest.artifacts],
+        "bytes": written,
+    }
+
+    def render(console: Console) -> None:
+        console.print(
+            f"exported {manifest.version.ref} ({len(manifest.artifacts)} artifacts, "
+            f"{size(written)}) to {file}"
+        )
+
+    emit(payload, as_json, render)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="A bundle written by kiln models export.")],
+    as_json: bool = JsonOption,
+) -> None:
+    """Import a version from a bundle, checking every artifact's sha256."""
+    with open_registry() as registry:
+        result = registry.import_bundle(file)
+
+    def render(console: Console) -> None:
+        ref = result.version.ref
+        if not result.created:
+            console.print(f"{ref} is already in this registry; nothing new imported")
+        elif ref != result.source_ref:
+            console.print(f"imported {result.source_ref} as [bold]{ref}[/] (that number is taken)")
+        else:
+            console.print(f"imported [bold]{ref}[/] ({len(result.artifacts)} artifacts)")
+
+    emit(result.to_dict(), as_json, render)
+
+
+def gc(as_json: bool = JsonOption) -> None:
+    """Remove artifact blobs no version references, and temporary files of dead writers."""
+    with open_registry() as registry:
+        report = registry.gc()
+
+    def render(console: Console) -> None:
+        console.print(
+            f"removed {len(report.removed_blobs)} unreferenced blobs "
+            f"({size(report.freed_bytes)}) and {len(report.removed_temp_files)} stale "
+            f"temporary files; kept {report.kept_blobs} blobs"
+        )
+
+    emit(report.to_dict(), as_json, render)
