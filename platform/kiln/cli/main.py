@@ -13,7 +13,16 @@ import click
 import typer
 
 from kiln import __version__
-from kiln.cli import datasets, demo, models, registry_promotion, serve, train
+from kiln.cli import (
+    compile,
+    datasets,
+    demo,
+    engines,
+    models,
+    registry_promotion,
+    serve,
+    train,
+)
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import KilnError
 
@@ -68,6 +77,8 @@ app.add_typer(models.app, name="models")
 app.command(name="promote")(registry_promotion.promote)
 app.command(name="rollback")(registry_promotion.rollback)
 app.command(name="gc")(models.gc)
+app.command(name="compile")(compile.compile_command)
+app.command(name="engines")(engines.engines)
 app.command(name="serve")(serve.serve)
 
 

@@ -43,7 +43,7 @@ _OPERATOR_PATTERNS = (
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Keep exporter chatter off stdout (which `--json` reserves) and deprecation noise away."""
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
@@ -100,7 +100,7 @@ def export_program(
         {0: batch} if spec.shape and spec.shape[0] == DYNAMIC else {} for spec in signature.inputs
     )
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             return torch.export.export(module.eval(), example, dynamic_shapes=dynamic)
     except Exception as exc:
         op = failing_operator(exc)
@@ -121,7 +121,7 @@ def export_onnx(
 ) -> onnx.ModelProto:
     """Translate a captured program to ONNX at `dest`; check it and stamp the signature."""
     try:
-        with _quiet():
+        with quiet():
             torch.onnx.export(
                 program,
                 f=str(dest),

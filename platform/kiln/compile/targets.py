@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from kiln.compile.export import export_program
+from kiln.compile.export import export_program, quiet
 from kiln.compile.provenance import cpu_target, gpu_target, library_versions
 from kiln.errors import EngineBuildFailed
 from kiln_engines import EngineOptions, Signature
@@ -183,11 +183,12 @@ def _compile_package(
 ) -> None:
     metadata = {SIGNATURE_METADATA_KEY: json.dumps(signature.to_dict(), sort_keys=True)}
     try:
-        torch._inductor.aoti_compile_and_package(
-            program,
-            package_path=str(dest),
-            inductor_configs={"aot_inductor.metadata": metadata},
-        )
+        with quiet():
+            torch._inductor.aoti_compile_and_package(
+                program,
+                package_path=str(dest),
+                inductor_configs={"aot_inductor.metadata": metadata},
+            )
     except Exception as exc:
         raise EngineBuildFailed(
             f"AOTInductor could not compile the model: {str(exc).splitlines()[0][:300]}. "
@@ -202,7 +203,7 @@ def build_tensorrt(ctx: BuildContext) -> list[Built]:
     status = trt_backend.status()
     if not status.usable:
         hint = f"; {status.how_to_get}" if status.how_to_get else ""
-        raise TargetUnavailable(f"tensorrt: {status.reason}{hint}")
+        raise TargetUnavailable(f"{status.reason}{hint}")
     gpu = cuda_gpus()[0]
     dest = ctx.workdir / "model.plan"
     config = trt_backend.BuildConfig(precision=ctx.precision, max_batch=ctx.max_batch)

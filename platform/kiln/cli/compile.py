@@ -1,0 +1,203 @@
+"""`kiln compile REF`: build engines for a registered version, verify them, register them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.errors import EngineBuildFailed, KilnError, ParityFailed, Unavailable
+from kiln.settings import Settings
+
+TARGET_CHOICES = ("onnxruntime", "aotinductor", "tensorrt", "all")
+
+
+def _diff(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1e}"
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return "100%" if value == 1.0 else f"{value:.1%}"
+
+
+def parity_table(payload: dict[str, Any]) -> Table:
+    """One row per engine: its status and how closely it matches the checkpoint."""
+    title = f"{payload['ref']} ({payload['precision']}): parity with the checkpoint"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("artifact", "device", "status"):
+        table.add_column(column, no_wrap=True)
+    for column in ("Δ held-out", "top-1", "Δ random", "top-1"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in payload["results"]:
+        parity = r["parity"] or {}
+        held = (parity.get("held_out") or [{}])[0]
+        rand = (parity.get("random") or [{}])[0]
+        style = {"passed": "green", "failed": "red"}.get(r["status"], "yellow")
+        table.add_row(
+            r["kind"],
+            r["device"] or "-",
+            f"[{style}]{'registered' if r.get('artifact') else r['status']}[/]",
+            _diff(held.get("max_abs_diff")),
+            _pct(held.get("top1_agreement")),
+            _diff(rand.get("max_abs_diff")),
+            _pct(rand.get("top1_agreement")),
+        )
+    return table
+
+
+def speed_table(payload: dict[str, Any]) -> Table | None:
+    """Latency and throughput of each verified engine next to PyTorch eager on this host."""
+    eager = payload.get("eager")
+    if not eager:
+        return None
+    batch = payload["max_batch"]
+    table = Table(title=f"speed on this host ({eager['threads']} threads)", box=box.SIMPLE_HEAD)
+    for column in ("engine", "device"):
+        table.add_column(column, no_wrap=True)
+    for column in ("b=1 ms", "vs eager", f"b={batch} /s", "vs eager"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_row(
+        "pytorch eager",
+        "cpu",
+        f"{eager['latency_ms_p50']:.3f}",
+        "1.00x",
+        f"{eager['throughput_per_s']:,.0f}",
+        "1.00x",
+    )
+    for r in payload["results"]:
+        perf, speed = r["performance"], r["speedup"]
+        if perf and speed:
+            table.add_row(
+                r["kind"],
+                r["device"],
+                f"{perf['latency_ms_p50']:.3f}",
+                f"{speed['latency_batch1']:.2f}x",
+                f"{perf['throughput_per_s']:,.0f}",
+                f"{speed['throughput_max_batch']:.2f}x",
+            )
+    return table
+
+
+def render(payload: dict[str, Any], console: Console) -> None:
+    console.print(parity_table(payload))
+    speed = speed_table(payload)
+    if speed is not None:
+        console.print(speed)
+    for r in payload["results"]:
+        if r["reason"]:
+            console.print(f"[bold]{r['kind']}[/]: {escape(r['reason'])}", soft_wrap=True)
+    for note in payload.get("notes", []):
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+
+
+def failure_for(payload: dict[str, Any], explicit: bool) -> KilnError | None:
+    """The error that makes the command exit non-zero, or None when everything asked for passed."""
+    failed = [r for r in payload["results"] if r["status"] == "failed"]
+    parity = [r for r in failed if r["parity"] is not None]
+    if parity:
+        kinds = ", ".join(f"{r['kind']} ({r['device']})" for r in parity)
+        return ParityFailed(
+            f"{kinds} did not match the checkpoint and were not registered; see the report "
+            "above. Try --precision fp32, or another target"
+        )
+    if failed:
+        reasons = "; ".join(f"{r['kind']}: {r['reason']}" for r in failed)
+        return EngineBuildFailed(f"not registered: {reasons}")
+    missing = [r for r in payload["results"] if r["status"] == "unavailable"]
+    if explicit and missing:
+        return Unavailable("; ".join(f"{r['kind']}: {r['reason']}" for r in missing))
+    if not any(r.get("artifact") for r in payload["results"]):
+        return Unavailable("no target could be built on this host (kiln engines)")
+    return None
+
+
+def run_compile(
+    ref: str,
+    targets: list[str],
+    precision: str = "fp32",
+    max_batch: int = 64,
+    threads: int = 0,
+    parity_samples: int = 512,
+    as_json: bool = False,
+) -> dict[str, Any]:
+    """Compile, print the report (table or JSON), and raise when something asked for failed.
+
+    Shared by `kiln compile` and `kiln train --compile`.
+    """
+    from kiln.compile import TARGETS, CompileOptions, compile_version
+    from kiln.registry import open_registry
+
+    settings = Settings()
+    explicit = "all" not in targets
+    chosen = tuple(TARGETS) if not explicit else tuple(dict.fromkeys(targets))
+    options = CompileOptions(
+        targets=chosen,
+        precision=precision,
+        max_batch=max_batch,
+        threads=threads or settings.thread_count(),
+        parity_samples=parity_samples,
+    )
+    options.validate()
+    with (
+        open_registry(settings=settings) as registry,
+        err_console.status("compiling", spinner="dots") as status,
+    ):
+
+        def progress(message: str) -> None:
+            err_console.print(f"[dim]· {escape(message)}[/]", highlight=False)
+            status.update(message)
+
+        outcome = compile_version(registry, ref, options, settings, progress=progress)
+    payload = outcome.to_dict()
+    emit(payload, as_json, lambda console: render(payload, console))
+    error = failure_for(payload, explicit)
+    if error is not None:
+        raise error
+    return payload
+
+
+def compile_command(
+    ref: Annotated[str, typer.Argument(help="Model reference: name, name:VERSION or name@ALIAS.")],
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--target",
+            "-t",
+            help="onnxruntime, aotinductor, tensorrt or all; repeat for several.",
+        ),
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, bf16 or int8 (reduced precision: tensorrt, bf16 aoti).")
+    ] = "fp32",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Largest batch the engines accept.")
+    ] = 64,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for verifying and timing; 0 = KILN_THREADS or all.")
+    ] = 0,
+    parity_samples: Annotated[
+        int, typer.Option("--parity-samples", help="Held-out samples compared with the checkpoint.")
+    ] = 512,
+    as_json: bool = JsonOption,
+) -> None:
+    """Build engines for a version, check them against the checkpoint, register those that pass.
+
+    Each artifact records its parity report (held-out and random inputs), the library versions
+    and hardware, and latency at batch 1 and throughput at --max-batch on this host.
+    """
+    targets = target or ["onnxruntime"]
+    unknown = [t for t in targets if t not in TARGET_CHOICES]
+    if unknown:
+        from kiln.errors import InvalidArgument
+
+        raise InvalidArgument(
+            f"unknown --target {', '.join(unknown)}; choose from {', '.join(TARGET_CHOICES)}"
+        )
+    run_compile(ref, targets, precision, max_batch, threads, parity_samples, as_json)
