@@ -136,3 +136,23 @@ def test_errors_show_no_traceback_unless_debug(kiln_home: Path) -> None:
     assert "kiln datasets list" in plain.stderr
     debug = run_kiln("--debug", "datasets", "show", "nope")
     assert debug.exit_code != 0 and "Traceback" in debug.stderr
+
+
+def test_train_with_name_registers_a_version_with_lineage(cli: Any) -> None:
+    first = cli("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--name",
+                "digits-mlp", "--json")  # fmt: skip
+    assert first.exit_code == 0, first.stderr
+    assert first.json()["registered"]["reference"] == "digits-mlp:1"
+    second = cli("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1", "--name",
+                 "digits-mlp", "--json")  # fmt: skip
+    assert second.json()["registered"]["version"] == 2
+    shown = cli("models", "show", "digits-mlp", "--json")
+    assert shown.exit_code == 0, shown.stderr
+    text = shown.stdout
+    assert first.json()["data_fingerprint"] in text and first.json()["run_id"] in text
+
+
+def test_bad_model_name_fails_before_training(cli: Any) -> None:
+    result = cli("train", "--dataset", "digits", "--model", "mlp", "--name", "Bad Name!")
+    assert result.exit_code == 2
+    assert "epoch" not in result.stderr

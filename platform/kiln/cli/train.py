@@ -76,6 +76,10 @@ def train(
         threads=threads,
     )
     config.validate()
+    if name is not None:
+        from kiln.registry import validate_name
+
+        validate_name(name)  # before training: a typo should not cost minutes
     result = run_training(config, settings, show_progress=progress and not as_json)
     payload: dict[str, Any] = {
         "run_id": result.run_id,
@@ -117,21 +121,36 @@ def train(
     emit(payload, as_json, render)
 
 
+def source_commit() -> str | None:
+    """The git commit of the working directory, when it is a clean-enough checkout."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
 def register(name: str, result: Any, settings: Settings) -> dict[str, Any]:
     """Register the trained checkpoint as a new version of `name`."""
-    from kiln.registry import Lineage, open_registry
+    import kiln.registry
+    from kiln.registry import Lineage
 
-    registry = open_registry(settings=settings)
-    version = registry.register_version(
-        name,
-        checkpoint=result.checkpoint,
-        config=result.config.model_dump(),
-        metrics=result.config.metrics,
-        lineage=Lineage(
-            dataset=result.dataset.name,
-            data_fingerprint=result.dataset.fingerprint,
-            run_id=result.run_id,
-        ),
-    )
-    err_console.print(f"registered {name}:{version.version}")
-    return {"name": name, "version": version.version, "reference": f"{name}:{version.version}"}
+    with kiln.registry.open(settings=settings) as registry:
+        version = registry.register_version(
+            name,
+            checkpoint=result.checkpoint,
+            config=result.config.model_dump(),
+            metrics=result.config.metrics,
+            lineage=Lineage(
+                dataset=result.dataset.name,
+                data_fingerprint=result.dataset.fingerprint,
+                run_id=result.run_id,
+                git_commit=source_commit(),
+            ),
+        )
+    err_console.print(f"registered {version.ref}")
+    return {"name": name, "version": version.version, "reference": version.ref}
