@@ -162,6 +162,18 @@ class ParityFailed(FailedPrecondition):
     """A compiled engine does not compute the same function as its checkpoint."""
 
 
+# -- traffic and evaluation ---------------------------------------------------------------------
+
+
+class TrafficNotFound(NotFound):
+    """No traffic has been logged for the model (or none in the requested window)."""
+
+
+class FeedbackRejected(InvalidArgument):
+    """Labels that cannot be stored: a file that is unreadable, lacks `request_id`/`label` or
+    has values of the wrong type; an empty request id; a negative label."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

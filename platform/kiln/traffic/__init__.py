@@ -1,1 +1,65 @@
-"""Production traffic: Polars schemas, the request logger, feedback and readers."""
+"""Production traffic: the request log, ground-truth feedback, and lazy readers over both.
+
+Serving logs each request with a `TrafficLogger`; labels arrive through a `FeedbackWriter`
+(servers) or `import_feedback` (files); `scan_traffic` / `scan_feedback` give Polars lazy
+frames over the Parquet partitions for `traffic_stats` and `kiln.evaluate`::
+
+    from kiln.traffic import TrafficLogger, TrafficRecord
+
+    logger = TrafficLogger(settings.home)      # one per process; a background writer thread
+    logger.log(TrafficRecord(request_id, timestamp_us, "digits", 3, latency_us,
+                             input=x, output=logits, queue_us=q, batch_size=8))
+    logger.close()                             # on shutdown: writes everything buffered
+
+Layout (`KILN_HOME`): ``traffic/model=NAME/date=YYYY-MM-DD/part-*.parquet`` and
+``feedback/date=YYYY-MM-DD/part-*.parquet``, each file written atomically.
+"""
+
+from __future__ import annotations
+
+from kiln.traffic.feedback import FeedbackWriter, ImportResult, import_feedback, read_feedback_file
+from kiln.traffic.logger import TrafficLogger, TrafficSettings
+from kiln.traffic.metrics import TrafficCollector
+from kiln.traffic.readers import (
+    Scan,
+    Window,
+    latest_labels,
+    parse_since,
+    run_query,
+    scan_feedback,
+    scan_traffic,
+    traffic_models,
+)
+from kiln.traffic.records import TrafficRecord, predictions_and_confidences
+from kiln.traffic.schema import FEEDBACK_SCHEMA, STATUS_OK, TRAFFIC_SCHEMA, Route, Transport
+from kiln.traffic.shutdown import close_on_signals
+from kiln.traffic.stats import traffic_stats
+from kiln.traffic.writer import WriterStats
+
+__all__ = [
+    "FEEDBACK_SCHEMA",
+    "STATUS_OK",
+    "TRAFFIC_SCHEMA",
+    "FeedbackWriter",
+    "ImportResult",
+    "Route",
+    "Scan",
+    "TrafficCollector",
+    "TrafficLogger",
+    "TrafficRecord",
+    "TrafficSettings",
+    "Transport",
+    "Window",
+    "WriterStats",
+    "close_on_signals",
+    "import_feedback",
+    "latest_labels",
+    "parse_since",
+    "predictions_and_confidences",
+    "read_feedback_file",
+    "run_query",
+    "scan_feedback",
+    "scan_traffic",
+    "traffic_models",
+    "traffic_stats",
+]

@@ -1,0 +1,100 @@
+"""The request logger: one `TrafficRecord` per served request, written to Parquet in the
+background under ``KILN_HOME/traffic/model=NAME/date=YYYY-MM-DD/``."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kiln.traffic.layout import model_dir, remove_stale_temporaries, traffic_root
+from kiln.traffic.records import TrafficRecord, records_to_frame, utc_date
+from kiln.traffic.writer import BackgroundWriter, WriterStats
+
+
+class TrafficSettings(BaseSettings):
+    """How traffic is logged. Every field can be set as `KILN_TRAFFIC_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_TRAFFIC_", extra="ignore")
+
+    enabled: bool = True
+    """Log served requests at all."""
+
+    input_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Fraction of requests whose input tensor is logged (drift needs some); 0 logs none.
+    Everything else about a request (output, latency, status) is always logged."""
+
+    flush_rows: int = Field(default=10_000, ge=1)
+    """Write a part file as soon as this many rows wait."""
+
+    flush_interval_s: float = Field(default=5.0, gt=0)
+    """...or when this much time has passed since the last write. A process killed with
+    SIGKILL loses at most this much traffic (or `max_buffered_rows`, whichever is less)."""
+
+    max_buffered_rows: int = Field(default=100_000, ge=1)
+    """Rows held in memory at most; when the disk cannot keep up, further rows are dropped
+    and counted (`kiln_traffic_rows_dropped_total`) rather than slowing requests down."""
+
+
+class TrafficLogger:
+    """Logs requests without making them wait: `log` appends to a bounded buffer.
+
+    Create one per process (server, BentoML worker) over a KILN_HOME; call `close()` on
+    shutdown (the server does on SIGTERM) so that every buffered row is written.
+    """
+
+    def __init__(self, home: Path, settings: TrafficSettings | None = None) -> None:
+        self.settings = settings or TrafficSettings()
+        self.root = traffic_root(home)
+        remove_stale_temporaries(self.root)
+        self._sample_rate = self.settings.input_sample_rate
+        self._random = random.Random()
+        self._writer: BackgroundWriter[TrafficRecord] = BackgroundWriter(
+            "traffic",
+            self._to_parts,
+            max_rows=self.settings.max_buffered_rows,
+            flush_rows=self.settings.flush_rows,
+            flush_interval_s=self.settings.flush_interval_s,
+        )
+
+    def log(self, record: TrafficRecord) -> bool:
+        """Buffer one request; False when it was dropped (buffer full or logger closed)."""
+        rate = self._sample_rate
+        if (
+            record.input is not None
+            and rate < 1.0
+            and (rate == 0.0 or self._random.random() >= rate)
+        ):
+            record.input = None
+        return self._writer.put(record)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything logged before this call; True when done within `timeout`."""
+        return self._writer.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Write everything buffered and stop; True when finished within `timeout`."""
+        return self._writer.close(timeout)
+
+    @property
+    def stats(self) -> WriterStats:
+        return self._writer.stats
+
+    def __enter__(self) -> TrafficLogger:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _to_parts(self, records: list[TrafficRecord]) -> Iterator[tuple[Path, pl.DataFrame]]:
+        groups: defaultdict[tuple[str, str], list[TrafficRecord]] = defaultdict(list)
+        for record in records:
+            groups[(record.model, utc_date(record.timestamp_us))].append(record)
+        for (model, day), group in groups.items():
+            directory = model_dir(self.root, model) / f"date={day}"
+            yield directory, records_to_frame(group)

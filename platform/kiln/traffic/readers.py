@@ -1,0 +1,227 @@
+"""Lazy scans over the traffic and feedback partitions.
+
+A scan lists the part files of the wanted model and dates only (the partition pushdown: other
+directories are never opened), checks each file's schema from its footer, and skips, with a
+warning that names it, any file that is corrupt or is not a Kiln file of the right kind. The
+result is a Polars `LazyFrame`: queries over it stream, so logs far larger than memory work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+import polars as pl
+
+from kiln.errors import InvalidArgument, TrafficNotFound
+from kiln.traffic.layout import feedback_root, model_dir, model_of_dir, part_files, traffic_root
+from kiln.traffic.schema import (
+    FEEDBACK_REQUIRED,
+    FEEDBACK_SCHEMA,
+    TRAFFIC_REQUIRED,
+    TRAFFIC_SCHEMA,
+    schema_problem,
+)
+
+log = logging.getLogger("kiln.traffic")
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """`24h`, `30m`, `7d`, `90s`, `2w` before `now`, or an ISO date/time (UTC unless given)."""
+    now = now or datetime.now(UTC)
+    value = text.strip()
+    unit = value[-1:].lower()
+    if unit in _UNITS and value[:-1].replace(".", "", 1).isdigit():
+        return now - timedelta(seconds=float(value[:-1]) * _UNITS[unit])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"--since '{text}' is neither a duration nor a date; use e.g. 24h, 30m, 7d or "
+            "2026-11-24T08:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open time range [since, until) in UTC."""
+
+    since: datetime
+    until: datetime
+
+    @classmethod
+    def last(cls, since: str, now: datetime | None = None) -> Window:
+        now = now or datetime.now(UTC)
+        return cls(parse_since(since, now), now)
+
+    @property
+    def first_day(self) -> date:
+        return self.since.astimezone(UTC).date()
+
+    @property
+    def last_day(self) -> date:
+        return self.until.astimezone(UTC).date()
+
+    @property
+    def seconds(self) -> float:
+        return max((self.until - self.since).total_seconds(), 1e-9)
+
+
+@dataclass
+class Scan:
+    """The readable part files of a query, the ones skipped (path -> why), and how to scan them.
+
+    `frame` is rebuilt from `files` on each access, so after `drop_damaged` removed a file,
+    the next query no longer reads it.
+    """
+
+    files: list[Path]
+    skipped: dict[str, str]
+    build: Callable[[list[Path]], pl.LazyFrame]
+
+    @property
+    def frame(self) -> pl.LazyFrame:
+        return self.build(self.files)
+
+
+def traffic_models(home: Path) -> list[str]:
+    """Models that have a traffic directory."""
+    root = traffic_root(home)
+    if not root.is_dir():
+        return []
+    return sorted(m for d in root.iterdir() if d.is_dir() and (m := model_of_dir(d)) is not None)
+
+
+def scan_traffic(home: Path, model: str, window: Window | None = None) -> Scan:
+    """Traffic rows of `model` (inside `window` when given). Raises `TrafficNotFound` when
+    the model has never logged traffic here."""
+    directory = model_dir(traffic_root(home), model)
+    if not directory.is_dir():
+        known = traffic_models(home)
+        raise TrafficNotFound(
+            f"no traffic logged for model '{model}' under {traffic_root(home)}; "
+            + (
+                f"models with traffic: {', '.join(known)}"
+                if known
+                else "serve it with `kiln serve` (traffic logging is on by default)"
+            )
+        )
+    good, skipped = _readable(
+        part_files(directory, *_days(window)), TRAFFIC_SCHEMA, TRAFFIC_REQUIRED
+    )
+
+    def build(files: list[Path]) -> pl.LazyFrame:
+        frame = _lazy(files, TRAFFIC_SCHEMA).filter(pl.col("model") == model)
+        return frame if window is None else frame.filter(_between("timestamp", window))
+
+    return Scan(good, skipped, build)
+
+
+def scan_feedback(home: Path, window: Window | None = None) -> Scan:
+    """Feedback rows received inside `window` (all when None); empty when none exist."""
+    files = part_files(feedback_root(home), *_days(window))
+    good, skipped = _readable(files, FEEDBACK_SCHEMA, FEEDBACK_REQUIRED)
+
+    def build(files: list[Path]) -> pl.LazyFrame:
+        frame = _lazy(files, FEEDBACK_SCHEMA)
+        return frame if window is None else frame.filter(_between("received_at", window))
+
+    return Scan(good, skipped, build)
+
+
+def latest_labels(feedback: pl.LazyFrame, model: str | None = None) -> pl.LazyFrame:
+    """One label per request id: the last one received. Feedback that names another model is
+    left out; feedback that names none is kept."""
+    if model is not None:
+        feedback = feedback.filter(pl.col("model").is_null() | (pl.col("model") == model))
+    return feedback.group_by("request_id").agg(
+        pl.col("label").sort_by("received_at").last(),
+        pl.col("received_at").max(),
+    )
+
+
+T = TypeVar("T")
+
+
+def run_query(query: Callable[[], T], *scans: Scan) -> T:
+    """Run `query`; if it fails on a file that is damaged past its footer (a footer check
+    cannot see a bad data page), find such files by reading each, skip them with a warning,
+    and run it once more."""
+    try:
+        return query()
+    except (pl.exceptions.ComputeError, OSError):
+        if not drop_damaged(*scans):
+            raise
+        return query()
+
+
+def drop_damaged(*scans: Scan) -> bool:
+    """Read every file of `scans` in full; remove unreadable ones (warning, `skipped`)."""
+    dropped = False
+    for scan in scans:
+        keep = []
+        for path in scan.files:
+            try:
+                pl.read_parquet(path)
+            except (pl.exceptions.PolarsError, OSError) as exc:
+                why = f"damaged Parquet data ({type(exc).__name__}: {exc})"
+                scan.skipped[str(path)] = why
+                log.warning("skipping %s: %s", path, why)
+                dropped = True
+            else:
+                keep.append(path)
+        scan.files = keep
+    return dropped
+
+
+def _days(window: Window | None) -> tuple[date | None, date | None]:
+    return (None, None) if window is None else (window.first_day, window.last_day)
+
+
+def _between(column: str, window: Window) -> pl.Expr:
+    return (pl.col(column) >= window.since) & (pl.col(column) < window.until)
+
+
+def _readable(
+    files: Sequence[Path], schema: pl.Schema, required: tuple[str, ...]
+) -> tuple[list[Path], dict[str, str]]:
+    """Split `files` into those whose footer has a compatible schema and the rest (-> why).
+
+    Only the footer is read: cheap enough to do for every file of every query."""
+    good: list[Path] = []
+    skipped: dict[str, str] = {}
+    for path in files:
+        try:
+            found = pl.Schema(pl.read_parquet_schema(path))
+        except (pl.exceptions.PolarsError, OSError) as exc:
+            why = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+        else:
+            problem = schema_problem(found, schema, required)
+            if problem is None:
+                good.append(path)
+                continue
+            why = problem
+        skipped[str(path)] = why
+        log.warning("skipping %s: %s", path, why)
+    return good, skipped
+
+
+def _lazy(files: list[Path], schema: pl.Schema) -> pl.LazyFrame:
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    # Partitions were pruned by directory name already; the window's timestamp predicate is
+    # pushed into the scan and skips row groups by their statistics.
+    return pl.scan_parquet(
+        files,
+        schema=dict(schema),
+        hive_partitioning=False,
+        missing_columns="insert",
+        extra_columns="ignore",
+    )

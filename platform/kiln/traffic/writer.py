@@ -1,0 +1,228 @@
+"""A bounded buffer drained to Parquet by one background thread.
+
+The caller's side (`put`) appends to a deque and returns: it never touches the disk, never
+waits for the writer, and never blocks on a lock except when the buffer is full or a flush is
+due (then it sets an event). When the buffer holds `max_rows`, new rows are dropped and
+counted; the writer thread logs the count, and `stats` exposes it for Prometheus.
+
+The writer thread wakes every `flush_interval_s`, or as soon as `flush_rows` rows wait, takes
+everything buffered, turns it into part files (`to_parts`) and writes each atomically. A
+process killed with SIGKILL loses what was buffered and not yet written: at most `max_rows`
+rows, normally at most `flush_interval_s` worth of traffic. `close()` (called on SIGTERM by
+whoever owns the writer) writes everything before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import polars as pl
+
+from kiln.traffic.layout import write_part
+
+log = logging.getLogger("kiln.traffic")
+
+Row = TypeVar("Row")
+PartsFn = Callable[[list[Row]], Iterable[tuple[Path, pl.DataFrame]]]
+"""Turns buffered rows into (directory, frame) pairs, one part file each."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """Counters since the writer started (monotonic; Prometheus counters read them)."""
+
+    written: int
+    """Rows on disk in complete part files."""
+    dropped_full: int
+    """Rows refused because the buffer was full."""
+    dropped_closed: int
+    """Rows offered after `close()`."""
+    failed: int
+    """Rows lost because writing their part file failed (disk full, permissions, ...)."""
+    files: int
+    """Part files written."""
+    buffered: int
+    """Rows waiting in the buffer now."""
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_full + self.dropped_closed + self.failed
+
+
+class BackgroundWriter(Generic[Row]):
+    """Buffers rows and writes them as Parquet part files from a daemon thread.
+
+    `max_rows` bounds memory (rows beyond it are dropped and counted); a flush happens when
+    `flush_rows` rows wait or `flush_interval_s` has passed, whichever comes first.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        to_parts: PartsFn[Row],
+        *,
+        max_rows: int,
+        flush_rows: int,
+        flush_interval_s: float,
+    ) -> None:
+        if max_rows < 1 or flush_rows < 1 or flush_interval_s <= 0:
+            raise ValueError(
+                "max_rows and flush_rows must be >= 1 and flush_interval_s > 0, got "
+                f"{max_rows}, {flush_rows}, {flush_interval_s}"
+            )
+        self.name = name
+        self._to_parts = to_parts
+        self._max_rows = max_rows
+        self._flush_rows = min(flush_rows, max_rows)
+        self._interval = flush_interval_s
+        self._rows: deque[Row] = deque()
+        self._wake = threading.Event()
+        self._done = threading.Condition()
+        self._requested = 0  # flush generations asked for (under _done)
+        self._completed = 0  # flush generations finished (under _done)
+        self._closed = False
+        self._written = 0
+        self._dropped_full = 0
+        self._dropped_closed = 0
+        self._failed = 0
+        self._files = 0
+        self._drop_lock = threading.Lock()
+        self._reported_drops = 0
+        self._thread = threading.Thread(target=self._run, name=f"kiln-{name}-writer", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side ----------------------------------------------------------------------
+
+    def put(self, row: Row) -> bool:
+        """Buffer one row; False (and counted) when it had to be dropped. Never waits on disk."""
+        if self._closed:
+            with self._drop_lock:
+                self._dropped_closed += 1
+            return False
+        rows = self._rows
+        size = len(rows)
+        if size >= self._max_rows:
+            with self._drop_lock:
+                self._dropped_full += 1
+            self._wake.set()
+            return False
+        # deque.append is atomic; concurrent callers may overshoot max_rows by at most their
+        # own number, which keeps memory bounded without a lock on the fast path.
+        rows.append(row)
+        if size + 1 == self._flush_rows:
+            self._wake.set()
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write every row buffered before this call; True when done within `timeout`."""
+        with self._done:
+            self._requested += 1
+            generation = self._requested
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._completed >= generation, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop taking rows, write everything buffered, stop the thread; idempotent.
+
+        True when the thread finished within `timeout` (then nothing accepted was lost
+        except rows whose write failed, counted in `stats.failed`).
+        """
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        # A put() that saw the writer open an instant before close() may have appended after
+        # the final drain: count such rows rather than lose them silently.
+        leftover = len(self._rows)
+        if leftover:
+            self._rows.clear()
+            with self._drop_lock:
+                self._dropped_closed += leftover
+        return True
+
+    @property
+    def stats(self) -> WriterStats:
+        return WriterStats(
+            written=self._written,
+            dropped_full=self._dropped_full,
+            dropped_closed=self._dropped_closed,
+            failed=self._failed,
+            files=self._files,
+            buffered=len(self._rows),
+        )
+
+    # -- the writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            closing = self._closed
+            with self._done:
+                generation = self._requested
+            # Everything appended before `generation` was read is in the deque now.
+            self._drain()
+            self._report_drops()
+            with self._done:
+                self._completed = generation
+                self._done.notify_all()
+            if closing:
+                # put() may have appended between the drain and the flag being seen.
+                self._drain()
+                with self._done:
+                    self._completed = self._requested
+                    self._done.notify_all()
+                return
+
+    def _drain(self) -> None:
+        rows = self._rows
+        while rows:
+            batch = [rows.popleft() for _ in range(min(len(rows), self._max_rows))]
+            self._write(batch)
+
+    def _write(self, batch: list[Row]) -> None:
+        started = time.perf_counter()
+        try:
+            parts = list(self._to_parts(batch))
+        except Exception:
+            log.exception(
+                "%s writer: %d row(s) could not be converted and are lost", self.name, len(batch)
+            )
+            self._failed += len(batch)
+            return
+        for directory, frame in parts:
+            try:
+                write_part(directory, frame)
+            except Exception as exc:
+                self._failed += frame.height
+                log.error(
+                    "%s writer: could not write %d row(s) to %s: %s; they are lost "
+                    "(check free space and permissions)",
+                    self.name, frame.height, directory, exc,
+                )  # fmt: skip
+                continue
+            self._written += frame.height
+            self._files += 1
+        log.debug(
+            "%s writer: %d row(s) in %d file(s) in %.1f ms",
+            self.name, len(batch), len(parts), 1e3 * (time.perf_counter() - started),
+        )  # fmt: skip
+
+    def _report_drops(self) -> None:
+        dropped = self._dropped_full + self._dropped_closed
+        if dropped > self._reported_drops:
+            log.warning(
+                "%s writer dropped %d row(s) (%d in total): its buffer of %d rows was full; "
+                "the disk is slower than the request rate, or raise the buffer size",
+                self.name, dropped - self._reported_drops, dropped, self._max_rows,
+            )  # fmt: skip
+            self._reported_drops = dropped
