@@ -70,6 +70,8 @@ class CheckpointConfig(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     run_id: str = ""
     torch_version: str = ""
+    reference: dict[str, Any] = Field(default_factory=dict)
+    """Input and prediction profile for drift (`kiln.data.profile`); empty for old versions."""
 
     @property
     def num_classes(self) -> int:

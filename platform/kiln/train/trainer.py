@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kiln.data import Dataset, load_dataset
+from kiln.data.profile import reference_profile
 from kiln.settings import Settings
 from kiln.train.builders import build_model, normalization_shape
 from kiln.train.checkpoint import save_checkpoint
@@ -202,7 +203,8 @@ def train(
 
     model.load_state_dict(best_state)
     model.eval()
-    test = classification_report(predict_logits(model, ds.test.x), ds.test.y, ds.class_names)
+    test_logits = predict_logits(model, ds.test.x)
+    test = classification_report(test_logits, ds.test.y, ds.class_names)
     duration = time.perf_counter() - started
     # Throughput of the optimisation loop alone; epoch "seconds" also include validation.
     samples = sum(len(ds.train) for _ in history)
@@ -235,6 +237,8 @@ def train(
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "duration_s")},
         run_id=run_id,
         torch_version=torch.__version__,
+        # What production traffic is compared with to measure drift (kiln evaluate).
+        reference=reference_profile(ds.train.x, ds.input_shape, test_logits, ds.test.y),
     )
     checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint")
     plot_curves(history, run_dir / "curves.png", title=f"{config.model} on {ds.name}")
