@@ -144,7 +144,9 @@ def open_engine(path: Path, options: EngineOptions, kind: str = NAME) -> AOTIndu
             torch.set_num_threads(options.intra_op_threads)
     device_index = options.device_index if options.device_type == "cuda" else -1
     try:
-        runner = torch._inductor.aoti_load_package(str(path), device_index=device_index)
+        # A file object, not a path: registry blobs have no .pt2 suffix, which torch warns about.
+        with open(path, "rb") as package:
+            runner = torch._inductor.aoti_load_package(package, device_index=device_index)
     except Exception as exc:
         raise EngineLoadError(
             f"torch {torch.__version__} could not load {path}: {exc}. Rebuild it with "
