@@ -100,7 +100,10 @@ class ServingCore:
         self._control = ThreadPoolExecutor(2, thread_name_prefix="kiln-control")
         self._watcher: asyncio.Task[None] | None = None
         self._started = False
+        self._refusing = False  # draining for shutdown: new inference requests are refused
         self._stopping = False
+        self._inflight = 0
+        self._last_arrival_ns = 0
         self._hook_failures = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -134,6 +137,25 @@ class ServingCore:
                     await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
         self._control.shutdown(wait=False)
 
+    def refuse_new(self) -> None:
+        """Start draining for shutdown: report not ready, refuse new inference (UNAVAILABLE)."""
+        self._refusing = True
+
+    async def drained(self, quiet_s: float = 0.1, timeout_s: float = 30.0) -> None:
+        """Wait until no inference is in flight and none has arrived for `quiet_s` seconds.
+
+        Requests a transport received but had not dispatched yet still arrive after
+        `refuse_new`; waiting for quiet lets them be refused with a clear status instead of
+        being cut off when the transport stops.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            quiet_ns = time.perf_counter_ns() - self._last_arrival_ns
+            if self._inflight == 0 and quiet_ns >= quiet_s * 1e9:
+                return
+            await asyncio.sleep(min(quiet_s, 0.02))
+
     def add_listener(self, listener: StateListener) -> None:
         """Be told of every version state change from now on (and of the current states)."""
         self._listeners.append(listener)
@@ -150,6 +172,7 @@ class ServingCore:
         """Started, not draining, and every served model has a ready default version."""
         return (
             self._started
+            and not self._refusing
             and not self._stopping
             and all(
                 s.default is not None and s.default.state is ModelState.READY
@@ -168,11 +191,24 @@ class ServingCore:
         their own code, `InternalError` for anything unexpected.
         """
         received = request.received_ns or time.perf_counter_ns()
+        self._last_arrival_ns = received
         if not request.id:
             request.id = uuid.uuid4().hex
+        self._inflight += 1
+        try:
+            return await self._infer(request, received)
+        finally:
+            self._inflight -= 1
+
+    async def _infer(self, request: InferRequest, received: int) -> InferResponse:
         loaded: LoadedModel | None = None
         timings: Timings | None = None
         try:
+            if self._refusing:
+                raise ServerShuttingDown(
+                    "the server is shutting down and accepts no new requests; send to another "
+                    "replica or retry when it is back"
+                )
             loaded = self.resolve(request.model, request.version)
             rows = loaded.validator(request.inputs, request.outputs)
             future = loaded.batcher.submit(
@@ -277,7 +313,9 @@ class ServingCore:
                 entries.append(IndexEntry(name, "", state.value, reason))
                 continue
             for loaded in _by_version(served):
-                entries.append(IndexEntry(name, str(loaded.version), loaded.state.value))
+                # A failed swap leaves the default serving; say why it was not replaced.
+                reason = served.reason if loaded is served.default else ""
+                entries.append(IndexEntry(name, str(loaded.version), loaded.state.value, reason))
         if ready_only:
             entries = [e for e in entries if e.state == ModelState.READY]
         return entries
@@ -381,6 +419,7 @@ class ServingCore:
         new = served.versions.get(version) or await self._open(served.name, version)
         served.versions[version] = new
         served.default = new
+        served.failed_version, served.reason = None, ""
         if old is not None:
             log.info("%s now serves version %d (was %d)", served.name, version, old.version)
             if old.version not in served.pinned:

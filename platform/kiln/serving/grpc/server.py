@@ -101,8 +101,13 @@ class GrpcServer:
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new calls, let in-flight ones finish (up to `grace` seconds), stop the core."""
         await self._health.enter_graceful_shutdown()
+        drain = self.settings.drain_timeout_s if grace is None else grace
+        # Refuse new inference with UNAVAILABLE while calls the server already received are
+        # dispatched and answered; stopping gRPC at once would cancel those instead.
+        self.core.refuse_new()
+        await self.core.drained(timeout_s=drain)
         if self._server is not None:
-            await self._server.stop(self.settings.drain_timeout_s if grace is None else grace)
+            await self._server.stop(drain)
         await self.core.stop()
 
     async def wait_for_termination(self) -> None:

@@ -1,0 +1,175 @@
+"""Hot swap under load: clients keep sending while the served alias moves; nothing fails.
+
+Eight client threads send requests back to back with the stock Triton client. Meanwhile the
+registry's `production` alias is promoted from version 1 to version 2, then rolled back. Every
+request must succeed, each client must see versions change only in the order the alias moved,
+every answer must be exactly what its version's engine computes, and the version that is no
+longer served must be unloaded.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as triton
+
+import kiln.registry
+from kiln.settings import Settings
+from tests.integration.grpc_harness import (
+    INPUT,
+    OUTPUT,
+    RunningServer,
+    images,
+    reference_outputs,
+    register,
+    running_server,
+)
+
+CLIENTS = 8
+
+
+class Load:
+    """Client threads that send the same image until stopped, recording what came back."""
+
+    def __init__(self, server: RunningServer, x: np.ndarray) -> None:
+        self.x = x
+        self.server = server
+        self.stop = threading.Event()
+        self.versions: list[list[str]] = [[] for _ in range(CLIENTS)]
+        self.outputs: dict[str, set[bytes]] = {}
+        self.errors: list[BaseException] = []
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _run(self, index: int) -> None:
+        tensor = triton.InferInput(INPUT, list(self.x.shape), "FP32")
+        tensor.set_data_from_numpy(self.x)
+        with self.server.client() as client:
+            while not self.stop.is_set():
+                try:
+                    result = client.infer("digits", [tensor], client_timeout=30)
+                except BaseException as exc:
+                    with self._lock:
+                        self.errors.append(exc)
+                    continue
+                version = result.get_response().model_version
+                self.versions[index].append(version)
+                with self._lock:
+                    self.outputs.setdefault(version, set()).add(result.as_numpy(OUTPUT).tobytes())
+
+    def total(self) -> int:
+        return sum(len(v) for v in self.versions)
+
+    def wait_until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert not self.errors, self.errors[:3]
+            assert time.monotonic() < deadline, "timed out waiting for the load to progress"
+            time.sleep(0.01)
+
+    def latest(self) -> set[str]:
+        return {v[-1] for v in self.versions if v}
+
+
+def _changes(seen: list[str]) -> list[str]:
+    return [v for i, v in enumerate(seen) if i == 0 or seen[i - 1] != v]
+
+
+def test_alias_moves_under_load_without_a_failed_request(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+        register(registry, tmp_path, "digits", seed=2, alias=None)
+    x = images(1, seed=3)
+    with (
+        running_server(home, models=("digits",), poll_interval_s=0.05) as server,
+        kiln.registry.open(settings=Settings(home=home)) as registry,
+        Load(server, x) as load,
+    ):
+        load.wait_until(lambda: load.total() >= 200 and load.latest() == {"1"})
+
+        registry.promote("digits:2", "production", gates=[], reason="hot swap test")
+        load.wait_until(lambda: load.latest() == {"2"})
+        swapped_at = load.total()
+        load.wait_until(lambda: load.total() >= swapped_at + 200)
+
+        registry.rollback("digits", reason="hot swap test")
+        load.wait_until(lambda: load.latest() == {"1"})
+        rolled_back_at = load.total()
+        load.wait_until(lambda: load.total() >= rolled_back_at + 200)
+        load.stop.set()
+        expected = {v: reference_outputs(registry, "digits", int(v), x) for v in ("1", "2")}
+
+    assert load.errors == []
+    for seen in load.versions:
+        assert _changes(seen) == ["1", "2", "1"]
+    assert set(load.outputs) == {"1", "2"}
+    for version, outputs in load.outputs.items():
+        assert len(outputs) == 1  # every answer of a version is the same, bit for bit
+        got = np.frombuffer(next(iter(outputs)), np.float32).reshape(1, 10)
+        np.testing.assert_allclose(got, expected[version], atol=1e-5)
+
+
+def test_the_old_version_is_unloaded_after_the_swap(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+        register(registry, tmp_path, "digits", seed=2, alias=None)
+        with (
+            running_server(home, models=("digits",), poll_interval_s=0.05) as server,
+            server.client() as client,
+        ):
+            assert client.is_model_ready("digits", "1")
+            registry.promote("digits:2", "production", gates=[], reason="test")
+            deadline = time.monotonic() + 60
+            while client.is_model_ready("digits", "1"):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert client.is_model_ready("digits", "2")
+            index = client.get_model_repository_index(as_json=True)["models"]
+            assert index == [{"name": "digits", "version": "2", "state": "READY"}]
+            stats = client.get_inference_statistics("digits").model_stats
+            assert [s.version for s in stats] == ["2"]
+
+
+def test_a_version_that_cannot_load_leaves_the_old_one_serving(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+        checkpoint = tmp_path / "only-a-checkpoint.safetensors"
+        checkpoint.write_bytes(b"no engine")
+        broken = registry.register_version("digits", checkpoint=checkpoint, config={}, metrics={})
+        with (
+            running_server(home, models=("digits",), poll_interval_s=0.05) as server,
+            server.client() as client,
+        ):
+            registry.promote(broken.ref, "production", gates=[], reason="no engine to serve")
+            deadline = time.monotonic() + 60
+            while "reason" not in _index_entry(client):
+                assert time.monotonic() < deadline
+                tensor = triton.InferInput(INPUT, [1, 1, 28, 28], "FP32")
+                tensor.set_data_from_numpy(images(1))
+                assert client.infer("digits", [tensor]).get_response().model_version == "1"
+                time.sleep(0.02)
+            assert client.is_model_ready("digits", "1")
+
+
+def _index_entry(client: triton.InferenceServerClient) -> dict[str, str]:
+    entries = client.get_model_repository_index(as_json=True)["models"]
+    return next(e for e in entries if e["name"] == "digits")
