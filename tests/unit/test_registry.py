@@ -6,6 +6,7 @@ import itertools
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -575,3 +576,19 @@ def test_forward_migrations_run_once_in_order(
         assert conn.execute(sa.select(registry_schema.schema_version.c.version)).scalar() == 2
         assert "owner" in {c["name"] for c in sa.inspect(conn).get_columns("models")}
     engine.dispose()
+
+
+def test_one_registry_shared_by_threads(registry: Registry, make_checkpoint: Checkpoint) -> None:
+    paths = [make_checkpoint() for _ in range(16)]
+
+    def job(path: Path) -> int:
+        version = registry.register_version("digits", checkpoint=path, config={}, metrics={})
+        registry.promote(version.ref, gates=[])
+        return registry.resolve(version.ref).version
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        numbers = sorted(pool.map(job, paths))
+    assert numbers == list(range(1, 17))
+    moves = registry.history("digits")
+    assert len(moves) == 16
+    assert all(b.from_version == a.to_version for a, b in itertools.pairwise(moves))

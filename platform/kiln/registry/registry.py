@@ -196,7 +196,8 @@ class Registry:
                 return q.to_version(q.version_row(conn, parsed.name, parsed.version))
             return q.to_version(q.alias_row(conn, parsed.name, parsed.alias or DEFAULT_ALIAS))
 
-        return self._db.read(work)
+        # One statement answers a hit; a miss only builds an error message from more.
+        return self._db.read(work, snapshot=False)
 
     def list_models(self) -> list[ModelSummary]:
         """Every model, by name, with its version count, latest version and aliases."""
