@@ -18,9 +18,12 @@ from kiln.cli import (
     datasets,
     demo,
     engines,
+    evaluate,
+    feedback,
     models,
     registry_promotion,
     serve,
+    traffic,
     train,
 )
 from kiln.cli.output import JsonOption, emit, err_console
@@ -80,6 +83,9 @@ app.command(name="gc")(models.gc)
 app.command(name="compile")(compile.compile_command)
 app.command(name="engines")(engines.engines)
 app.command(name="serve")(serve.serve)
+app.add_typer(traffic.app, name="traffic")
+app.add_typer(feedback.app, name="feedback")
+app.command(name="evaluate")(evaluate.evaluate)
 
 
 def _debug_requested(argv: list[str]) -> bool:

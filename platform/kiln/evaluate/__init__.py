@@ -1,1 +1,26 @@
-"""Offline and online evaluation: metrics, drift and promotion gates."""
+"""Evaluation: online metrics on labelled production traffic, drift against the training
+reference, and the HTML report.
+
+    from kiln.evaluate import evaluate_traffic, version_infos
+    from kiln.traffic import Window
+
+    report = evaluate_traffic(home, "digits", Window.last("24h"), version_infos(registry, "digits"))
+    report["accuracy"], report["drift"]["versions"][0]["inputs"]["drifted"]
+"""
+
+from __future__ import annotations
+
+from kiln.evaluate.drift import DriftThresholds
+from kiln.evaluate.online import VersionInfo, evaluate_traffic, expected_calibration_error
+from kiln.evaluate.references import version_infos
+from kiln.evaluate.report import render_html, write_report
+
+__all__ = [
+    "DriftThresholds",
+    "VersionInfo",
+    "evaluate_traffic",
+    "expected_calibration_error",
+    "render_html",
+    "version_infos",
+    "write_report",
+]

@@ -38,7 +38,7 @@ def bucket_for(window: Window, points: int = 24) -> Bucket:
 def _percentiles(column: str, prefix: str, quantiles: tuple[float, ...]) -> list[pl.Expr]:
     ok = pl.col("status") == STATUS_OK
     return [
-        pl.col(column).filter(ok).quantile(q, "nearest").alias(f"{prefix}_p{round(q * 100)}_us")
+        pl.col(column).filter(ok).quantile(q, "linear").alias(f"{prefix}_p{round(q * 100)}_us")
         for q in quantiles
     ]
 

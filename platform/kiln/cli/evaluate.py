@@ -1,0 +1,112 @@
+"""`kiln evaluate NAME`: accuracy, calibration and drift of a model on its production traffic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.cli.traffic import SinceOption, warn_skipped
+from kiln.settings import Settings
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def evaluate(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    since: Annotated[str, SinceOption] = "24h",
+    report: Annotated[
+        Path | None, typer.Option(help="Also write a self-contained HTML report here.")
+    ] = None,
+    psi_threshold: Annotated[
+        float, typer.Option(help="PSI above which a feature or the class mix counts as drift.")
+    ] = 0.2,
+    ks_alpha: Annotated[float, typer.Option(help="KS p-value below which to flag.")] = 0.01,
+    sample: Annotated[
+        int, typer.Option(help="Logged inputs examined for drift at most (hash-sampled).")
+    ] = 50_000,
+    as_json: bool = JsonOption,
+) -> None:
+    """Evaluate served versions on labelled traffic and measure drift against training."""
+    import kiln.registry
+    from kiln.evaluate import DriftThresholds, evaluate_traffic, version_infos, write_report
+    from kiln.traffic import Window
+
+    settings = Settings()
+    with kiln.registry.open(settings=settings) as registry:
+        versions = version_infos(registry, name)
+    result = evaluate_traffic(
+        settings.home,
+        name,
+        Window.last(since),
+        versions,
+        thresholds=DriftThresholds(psi=psi_threshold, ks_alpha=ks_alpha),
+        sample_size=sample,
+    )
+    warn_skipped(result["skipped_files"])
+    if report is not None:
+        result["report"] = str(write_report(result, report))
+        err_console.print(f"report: {result['report']}")
+
+    def render(console: Console) -> None:
+        console.print(
+            f"[bold]{name}[/] since {result['since']:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{result['requests']} requests, {result['labelled']} labelled "
+            f"(coverage {_num(result['label_coverage'], 3)}), "
+            f"{result['feedback']['unmatched']} unmatched label(s)"
+        )
+        table = Table(title="accuracy on labelled traffic")
+        for col in ("version", "route", "requests", "labelled", "accuracy", "coverage"):
+            table.add_column(col, justify="right")
+        for a in result["accuracy"]:
+            table.add_row(
+                str(a["version"]), a["route"], str(a["requests"]), str(a["labelled"]),
+                _num(a["accuracy"]), _num(a["label_coverage"], 3),
+            )  # fmt: skip
+        console.print(table)
+        for v in result["versions"]:
+            worst = [c for c in v["per_class"] if c["accuracy"] is not None]
+            worst.sort(key=lambda c: c["accuracy"])
+            console.print(
+                f"version {v['version']}: accuracy {_num(v['accuracy'])}, "
+                f"ECE {_num(v['calibration']['ece'])}"
+                + (
+                    f", hardest class '{worst[0]['name']}' at {worst[0]['accuracy']:.3f}"
+                    if worst
+                    else ""
+                )
+            )
+        for d in result["drift"]["versions"]:
+            if "note" in d:
+                console.print(f"version {d['version']}: {d['note']}")
+                continue
+            inputs, preds = d["inputs"], d["predictions"]
+            verdict = "[bold red]DRIFT[/]" if d["drift"] else "[green]stable[/]"
+            console.print(f"version {d['version']} drift: {verdict}")
+            if inputs["judged"]:
+                top = sorted(inputs["features"], key=lambda f: -f["psi"])[:5]
+                console.print(
+                    f"  inputs ({inputs['samples']} samples): moved "
+                    f"{', '.join(inputs['drifted']) or 'none'}; largest PSI "
+                    + ", ".join(f"{f['name']} {f['psi']:.3f}" for f in top)
+                )
+            else:
+                console.print(f"  inputs: {inputs['note']}")
+            if preds["judged"]:
+                console.print(
+                    f"  predictions: class mix PSI {preds['psi']:.3f}, moved "
+                    f"{', '.join(preds['moved_classes']) or 'none'}; confidence PSI "
+                    f"{preds['confidence']['psi']:.3f}, mean "
+                    f"{_num(preds['confidence']['current_mean'], 3)} vs "
+                    f"{_num(preds['confidence']['reference_mean'], 3)} at training"
+                )
+            else:
+                console.print(f"  predictions: {preds['note']}")
+
+    emit(result, as_json, render)

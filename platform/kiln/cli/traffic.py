@@ -1,0 +1,85 @@
+"""`kiln traffic stats`: requests, errors, throughput and latency from the request log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.settings import Settings
+
+app = typer.Typer(help="Inspect the production request log.", no_args_is_help=True)
+
+SinceOption = typer.Option(
+    "--since", help="Window start: a duration back from now (24h, 30m, 7d) or an ISO time (UTC)."
+)
+
+
+def _us(value: Any) -> str:
+    return "-" if value is None else f"{value / 1000:.2f}"
+
+
+def warn_skipped(skipped: dict[str, str]) -> None:
+    for path, why in skipped.items():
+        err_console.print(f"[yellow]warning:[/] skipped {path}: {why}", highlight=False)
+
+
+@app.command("stats")
+def stats(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    since: Annotated[str, SinceOption] = "24h",
+    as_json: bool = JsonOption,
+) -> None:
+    """Requests, error rate, throughput over time and latency p50/p95/p99 per version and route."""
+    from kiln.traffic import Window, traffic_stats
+
+    report = traffic_stats(Settings().home, name, Window.last(since))
+    warn_skipped(report["skipped_files"])
+
+    def render(console: Console) -> None:
+        rate = report["error_rate"]
+        console.print(
+            f"[bold]{name}[/]: {report['requests']} requests, {report['errors']} errors"
+            + (f" ({rate:.2%})" if rate is not None else "")
+            + f" since {report['since']:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        table = Table(title="by version and route (latency of answered requests, ms)")
+        for col in ("version", "route", "requests", "errors", "req/s", "p50", "p95", "p99",
+                    "queue p50", "batch"):  # fmt: skip
+            table.add_column(col, justify="right")
+        for g in report["by_version_route"]:
+            table.add_row(
+                "-" if g["version"] is None else str(g["version"]),
+                g["route"],
+                str(g["requests"]),
+                f"{g['errors']} ({g['error_rate']:.1%})",
+                "-" if g["requests_per_s"] is None else f"{g['requests_per_s']:.1f}",
+                _us(g["latency_p50_us"]),
+                _us(g["latency_p95_us"]),
+                _us(g["latency_p99_us"]),
+                _us(g["queue_p50_us"]),
+                "-" if g["mean_batch_size"] is None else f"{g['mean_batch_size']:.1f}",
+            )
+        console.print(table)
+        over = Table(title=f"over time (per {report['bucket']}, UTC)")
+        for col in ("start", "version", "requests", "errors", "req/s", "p95 ms"):
+            over.add_column(col, justify="right")
+        for p in report["over_time"]:
+            over.add_row(
+                f"{p['start']:%m-%d %H:%M:%S}",
+                "-" if p["version"] is None else str(p["version"]),
+                str(p["requests"]),
+                str(p["errors"]),
+                f"{p['requests_per_s']:.2f}",
+                _us(p["latency_p95_us"]),
+            )
+        console.print(over)
+        if report["statuses"]:
+            console.print(
+                "statuses: " + ", ".join(f"{k} {v}" for k, v in report["statuses"].items())
+            )
+
+    emit(report, as_json, render)

@@ -1,0 +1,234 @@
+"""Drift: how far production inputs and predictions are from a version's reference profile.
+
+Two measures per feature, both against what `kiln.data.profile` stored at training time:
+
+- the population stability index over the reference's decile bins,
+  ``PSI = sum((cur - ref) * ln(cur / ref))``; the usual reading is < 0.1 stable,
+  0.1-0.2 moderate, > 0.2 drifted (the default threshold);
+- a two-sample Kolmogorov-Smirnov test. The reference side is its stored 101 quantiles (its
+  empirical CDF to within 1%), with its sample size for the p-value. With large samples KS
+  finds even harmless differences significant, so a feature is flagged by KS only when the
+  statistic is also large (`ks_statistic`).
+
+Prediction drift compares the class shares (PSI, with each class's contribution, so that the
+classes that moved can be named) and the confidence distribution (PSI and KS).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from kiln.data.profile import bin_fractions, features
+
+Array = npt.NDArray[Any]
+FLOOR = 1e-4
+"""Empty bins count as this fraction, so that the logarithm stays finite."""
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """When a difference counts as drift. Defaults follow common practice for PSI."""
+
+    psi: float = 0.2
+    """PSI above this flags a feature (or the class distribution, or confidence)."""
+    ks_alpha: float = 0.01
+    """KS p-value below this ..."""
+    ks_statistic: float = 0.1
+    """... and a KS statistic above this flag a feature too."""
+    class_contribution: float = 0.02
+    """A class whose PSI term exceeds this is named as one that moved."""
+    min_samples: int = 100
+    """Fewer current samples than this: drift is not judged (too noisy)."""
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def psi_terms(reference: npt.ArrayLike, current: npt.ArrayLike) -> Array:
+    """Per-bin PSI terms; their sum is the PSI."""
+    ref = np.maximum(np.asarray(reference, dtype=np.float64), FLOOR)
+    cur = np.maximum(np.asarray(current, dtype=np.float64), FLOOR)
+    return np.asarray((cur - ref) * np.log(cur / ref))
+
+
+def kolmogorov_pvalue(statistic: float, n: int, m: int) -> float:
+    """Asymptotic p-value of a two-sample KS statistic (Numerical Recipes' `probks`)."""
+    if n == 0 or m == 0:
+        return 1.0
+    en = math.sqrt(n * m / (n + m))
+    lam = (en + 0.12 + 0.11 / en) * statistic
+    if lam < 1e-3:
+        return 1.0
+    total, sign = 0.0, 1.0
+    for j in range(1, 101):
+        term = sign * math.exp(-2.0 * j * j * lam * lam)
+        total += term
+        if abs(term) < 1e-10:
+            break
+        sign = -sign
+    return float(min(max(2.0 * total, 0.0), 1.0))
+
+
+def reference_cdf(points: Array, quantiles: Sequence[float]) -> Array:
+    """The reference CDF at `points`, from its quantiles at 0, 1/k, ..., 1, interpolated
+    linearly between distinct quantiles (ties are steps)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    k = len(q) - 1
+    j = np.searchsorted(q, points, side="right")  # quantiles <= x
+    lo = np.clip(j - 1, 0, k)
+    hi = np.clip(j, 0, k)
+    span = q[hi] - q[lo]
+    frac = np.where(span > 0, (points - q[lo]) / np.where(span > 0, span, 1.0), 0.0)
+    cdf = (lo + np.clip(frac, 0.0, 1.0)) / k
+    return np.where(j == 0, 0.0, np.where(j > k, 1.0, cdf))
+
+
+def ks_against_quantiles(
+    current: Array, quantiles: Sequence[float], reference_samples: int
+) -> tuple[float, float]:
+    """KS statistic and p-value of `current` against a reference known by its quantiles."""
+    values = np.sort(np.asarray(current, dtype=np.float64))
+    if values.size == 0:
+        return 0.0, 1.0
+    points = np.unique(np.concatenate([values, np.asarray(quantiles, dtype=np.float64)]))
+    at = np.searchsorted(values, points, side="right") / values.size
+    before = np.searchsorted(values, points, side="left") / values.size
+    ref = reference_cdf(points, quantiles)
+    statistic = float(max(np.abs(at - ref).max(), np.abs(before - ref).max()))
+    return statistic, kolmogorov_pvalue(statistic, values.size, reference_samples)
+
+
+def feature_drift(
+    name: str, values: Array, summary: dict[str, Any], reference_samples: int, t: DriftThresholds
+) -> dict[str, Any]:
+    """PSI and KS of one feature's current values against its reference summary."""
+    terms = psi_terms(summary["fractions"], bin_fractions(values, summary["edges"]))
+    psi = float(terms.sum())
+    ks, p = ks_against_quantiles(values, summary["quantiles"], reference_samples)
+    by_psi = psi > t.psi
+    by_ks = p < t.ks_alpha and ks > t.ks_statistic
+    return {
+        "name": name,
+        "psi": psi,
+        "ks_statistic": ks,
+        "ks_pvalue": p,
+        "reference_mean": summary["mean"],
+        "current_mean": float(np.mean(values)) if values.size else None,
+        "drift": bool(by_psi or by_ks),
+    }
+
+
+def samples_from_inputs(
+    inputs: Sequence[Array | None], shapes: Sequence[Sequence[int] | None], input_shape: list[int]
+) -> tuple[Array, int]:
+    """Stack logged inputs into (samples, *input_shape); a request may hold several samples.
+    Returns the array and the number of logged inputs whose size did not fit the shape."""
+    per_sample = int(np.prod(input_shape))
+    parts: list[Array] = []
+    misfit = 0
+    for flat, shape in zip(inputs, shapes, strict=True):
+        if flat is None or shape is None:
+            continue
+        size = len(flat)
+        if per_sample == 0 or size == 0 or size % per_sample:
+            misfit += 1
+            continue
+        parts.append(np.asarray(flat, dtype=np.float32).reshape(-1, *input_shape))
+    if not parts:
+        return np.empty((0, *input_shape), dtype=np.float32), misfit
+    return np.concatenate(parts), misfit
+
+
+def input_drift(x: Array, profile: dict[str, Any], t: DriftThresholds) -> dict[str, Any]:
+    """Drift of current inputs `x` (samples, *input_shape) per reference feature."""
+    if len(x) < t.min_samples:
+        return {
+            "samples": len(x),
+            "judged": False,
+            "note": f"{len(x)} logged input sample(s), fewer than the {t.min_samples} needed "
+            "(log more inputs: KILN_TRAFFIC_INPUT_SAMPLE_RATE, or widen --since)",
+            "features": [],
+            "drifted": [],
+        }
+    names, matrix = features(x, profile)
+    summaries = profile["features"]
+    rows = [
+        feature_drift(name, matrix[:, i], summaries[name], int(profile["samples"]), t)
+        for i, name in enumerate(names)
+    ]
+    return {
+        "samples": len(x),
+        "judged": True,
+        "features": rows,
+        "drifted": [r["name"] for r in rows if r["drift"]],
+    }
+
+
+def prediction_drift(
+    class_counts: Sequence[int],
+    confidences: Array,
+    profile: dict[str, Any],
+    class_names: Sequence[str],
+    t: DriftThresholds,
+) -> dict[str, Any]:
+    """Drift of the predicted-class shares and of the confidence, against the reference.
+
+    `class_counts` counts every answered request per predicted class; `confidences` may be a
+    sample of them (the KS test and the confidence histogram use it)."""
+    total = int(sum(class_counts))
+    if total < t.min_samples:
+        return {
+            "samples": total,
+            "judged": False,
+            "note": f"{total} prediction(s), fewer than the {t.min_samples} needed",
+            "classes": [],
+            "moved_classes": [],
+        }
+    ref = list(profile["class_fractions"])
+    k = max(len(ref), len(class_counts))
+    ref += [0.0] * (k - len(ref))
+    counts = np.zeros(k)
+    counts[: len(class_counts)] = class_counts
+    current = counts / total
+    terms = psi_terms(ref, current)
+    names = [class_names[i] if i < len(class_names) else str(i) for i in range(k)]
+    classes = [
+        {
+            "class": i,
+            "name": names[i],
+            "reference": ref[i],
+            "current": float(current[i]),
+            "contribution": float(terms[i]),
+            "moved": bool(terms[i] > t.class_contribution),
+        }
+        for i in range(k)
+    ]
+    psi = float(terms.sum())
+    conf = profile["confidence"]
+    conf_terms = psi_terms(conf["fractions"], bin_fractions(confidences, conf["edges"]))
+    ks, p = ks_against_quantiles(confidences, conf["quantiles"], int(profile["samples"]))
+    conf_psi = float(conf_terms.sum())
+    confidence = {
+        "samples": len(confidences),
+        "psi": conf_psi,
+        "ks_statistic": ks,
+        "ks_pvalue": p,
+        "reference_mean": conf["mean"],
+        "current_mean": float(np.mean(confidences)) if len(confidences) else None,
+        "drift": bool(conf_psi > t.psi or (p < t.ks_alpha and ks > t.ks_statistic)),
+    }
+    return {
+        "samples": total,
+        "judged": True,
+        "psi": psi,
+        "drift": bool(psi > t.psi),
+        "classes": classes,
+        "moved_classes": [c["name"] for c in classes if c["moved"]],
+        "confidence": confidence,
+    }

@@ -1,0 +1,293 @@
+"""The evaluation as one self-contained HTML page: tables plus PNG plots embedded as base64
+(accuracy over time, drift per feature, latency over time). Needs matplotlib."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import Unavailable
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise Unavailable(
+            "the HTML report needs matplotlib: pip install 'kiln[train]' (or matplotlib), "
+            "or leave out --report"
+        ) from exc
+    return plt
+
+
+def _png(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png")
+    finally:
+        plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cls = ' class="flag"' if flag is not None and row[flag] is True else ""
+        cells = "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row)
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _img(b64: str, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _by_version(
+    points: Sequence[Mapping[str, Any]], key: str
+) -> dict[Any, tuple[list[Any], list[Any]]]:
+    series: dict[Any, tuple[list[Any], list[Any]]] = {}
+    for p in points:
+        xs, ys = series.setdefault(p["version"], ([], []))
+        xs.append(p["start"])
+        ys.append(p[key])
+    return series
+
+
+def _accuracy_plot(report: Mapping[str, Any]) -> str:
+    def draw(ax: Any) -> None:
+        for version, (xs, ys) in _by_version(report["accuracy_over_time"], "accuracy").items():
+            ax.plot(xs, ys, marker="o", label=f"version {version}")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("accuracy (labelled)")
+        ax.set_title(f"accuracy per {report['bucket']}")
+        ax.grid(alpha=0.3)
+        if report["accuracy_over_time"]:
+            ax.legend()
+
+    return _png(draw)
+
+
+def _drift_plot(version: Mapping[str, Any], threshold: float) -> str:
+    features = version["inputs"]["features"]
+
+    def draw(ax: Any) -> None:
+        names = [f["name"] for f in features]
+        values = [f["psi"] for f in features]
+        colors = ["#c0392b" if f["drift"] else "#2c7fb8" for f in features]
+        ax.barh(names, values, color=colors)
+        ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold}")
+        ax.invert_yaxis()
+        ax.set_xlabel("PSI vs reference")
+        ax.set_title(f"input drift per feature, version {version['version']}")
+        ax.legend()
+
+    return _png(draw, height=max(3.0, 0.22 * len(features) + 1.0))
+
+
+def _latency_plot(report: Mapping[str, Any]) -> str:
+    def draw(ax: Any) -> None:
+        points = report["latency_over_time"]
+        for key, style in (("latency_p50_us", "-"), ("latency_p99_us", "--")):
+            for version, (xs, ys) in _by_version(points, key).items():
+                if version is None:
+                    continue
+                ms = [None if y is None else y / 1000 for y in ys]
+                ax.plot(xs, ms, style, marker=".", label=f"v{version} {key[8:11]}")
+        ax.set_ylabel("latency (ms)")
+        ax.set_title(f"latency per {report['bucket']} (answered requests)")
+        ax.grid(alpha=0.3)
+        if points:
+            ax.legend()
+
+    return _png(draw)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}tr.flag td{background:#fbe3e0}
+.drift{color:#c0392b;font-weight:bold}.ok{color:#1e8449;font-weight:bold}img{max-width:100%}
+"""
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """The page for an `evaluate_traffic` result."""
+    title = f"Kiln evaluation: {report['model']}"
+    threshold = report["drift"]["thresholds"]["psi"]
+    verdict = (
+        '<span class="drift">drift detected</span>'
+        if report["drift_detected"]
+        else '<span class="ok">no drift detected</span>'
+    )
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{_fmt(report['since'])} to {_fmt(report['until'])} UTC: {report['requests']} "
+        f"requests, {report['answered']} answered, {report['labelled']} labelled "
+        f"(coverage {_fmt(report['label_coverage'], 3)}); "
+        f"{report['feedback']['unmatched']} unmatched feedback label(s); {verdict}.</p>",
+        "<h2>Accuracy by version and route</h2>",
+        _table(
+            ["version", "route", "requests", "answered", "labelled", "accuracy", "coverage"],
+            [
+                [
+                    a["version"],
+                    a["route"],
+                    a["requests"],
+                    a["answered"],
+                    a["labelled"],
+                    a["accuracy"],
+                    a["label_coverage"],
+                ]
+                for a in report["accuracy"]
+            ],
+        ),
+        _img(_accuracy_plot(report), "accuracy over time"),
+    ]
+    for v in report["versions"]:
+        parts += [
+            f"<h2>Version {v['version']}: {v['labelled']} labelled, accuracy "
+            f"{_fmt(v['accuracy'])}, ECE {_fmt(v['calibration']['ece'])}</h2>",
+            "<h3>Per class</h3>",
+            _table(
+                ["class", "name", "labelled", "accuracy"],
+                [[c["class"], c["name"], c["labelled"], c["accuracy"]] for c in v["per_class"]],
+            ),
+            "<h3>Confusion matrix (rows: truth, columns: prediction)</h3>",
+            _table(
+                ["", *v["confusion"]["classes"]],
+                [
+                    [name, *row]
+                    for name, row in zip(
+                        v["confusion"]["classes"], v["confusion"]["matrix"], strict=True
+                    )
+                ],
+            ),
+        ]
+    parts.append(f"<h2>Drift (PSI threshold {threshold})</h2>")
+    for d in report["drift"]["versions"]:
+        parts.append(f"<h3>Version {d['version']}</h3>")
+        if "note" in d:
+            parts.append(f"<p>{html.escape(d['note'])}</p>")
+            continue
+        inputs, preds = d["inputs"], d["predictions"]
+        if inputs["judged"]:
+            moved = ", ".join(inputs["drifted"]) or "none"
+            parts += [
+                f"<p>{inputs['samples']} input samples; features that moved: "
+                f"<b>{html.escape(moved)}</b></p>",
+                _img(_drift_plot(d, threshold), "drift per feature"),
+                _table(
+                    [
+                        "feature",
+                        "PSI",
+                        "KS",
+                        "KS p-value",
+                        "reference mean",
+                        "current mean",
+                        "drift",
+                    ],
+                    [
+                        [
+                            f["name"],
+                            f["psi"],
+                            f["ks_statistic"],
+                            f["ks_pvalue"],
+                            f["reference_mean"],
+                            f["current_mean"],
+                            f["drift"],
+                        ]
+                        for f in inputs["features"]
+                    ],
+                    flag=6,
+                ),
+            ]
+        else:
+            parts.append(f"<p>Inputs: {html.escape(inputs['note'])}</p>")
+        if preds["judged"]:
+            conf = preds["confidence"]
+            parts += [
+                f"<p>Predicted classes: PSI {_fmt(preds['psi'])} "
+                f"({'drift' if preds['drift'] else 'stable'}); classes that moved: "
+                f"<b>{html.escape(', '.join(preds['moved_classes']) or 'none')}</b>. "
+                f"Confidence: PSI {_fmt(conf['psi'])}, KS {_fmt(conf['ks_statistic'])} "
+                f"(p {_fmt(conf['ks_pvalue'])}), mean {_fmt(conf['current_mean'])} vs "
+                f"{_fmt(conf['reference_mean'])} at training.</p>",
+                _table(
+                    ["class", "name", "reference share", "current share", "PSI term", "moved"],
+                    [
+                        [
+                            c["class"],
+                            c["name"],
+                            c["reference"],
+                            c["current"],
+                            c["contribution"],
+                            c["moved"],
+                        ]
+                        for c in preds["classes"]
+                    ],
+                    flag=5,
+                ),
+            ]
+        else:
+            parts.append(f"<p>Predictions: {html.escape(preds['note'])}</p>")
+    parts += [
+        "<h2>Latency</h2>",
+        _table(
+            ["version", "route", "requests", "errors", "p50 (µs)", "p95 (µs)", "p99 (µs)"],
+            [
+                [
+                    r["version"],
+                    r["route"],
+                    r["requests"],
+                    r["errors"],
+                    r["latency_p50_us"],
+                    r["latency_p95_us"],
+                    r["latency_p99_us"],
+                ]
+                for r in report["latency"]
+            ],
+        ),
+        _img(_latency_plot(report), "latency over time"),
+    ]
+    if report["skipped_files"]:
+        parts.append("<h2>Skipped files</h2>")
+        parts.append(_table(["file", "why"], list(report["skipped_files"].items())))
+    body = "\n".join(parts)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
+    )
+
+
+def write_report(report: Mapping[str, Any], path: Path) -> Path:
+    """Write `render_html(report)` to `path` (atomically) and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(render_html(report), encoding="utf-8")
+    temp.replace(path)
+    return path

@@ -1,0 +1,142 @@
+"""Feedback: labels from servers and files, stored, joined with traffic, unmatched reported;
+files with missing columns or wrong types rejected with a message that says what to fix."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kiln.errors import FeedbackRejected
+from kiln.traffic import (
+    FeedbackWriter,
+    TrafficLogger,
+    TrafficRecord,
+    TrafficSettings,
+    Window,
+    import_feedback,
+    latest_labels,
+    scan_feedback,
+    scan_traffic,
+)
+
+NOW = datetime.now(UTC)
+
+
+def log_requests(home: Path, ids: list[str], model: str = "digits") -> None:
+    ts = int((NOW - timedelta(minutes=5)).timestamp() * 1e6)
+    with TrafficLogger(home, TrafficSettings(flush_interval_s=60)) as logger:
+        for i, rid in enumerate(ids):
+            out = np.eye(3, dtype=np.float32)[i % 3][None]
+            logger.log(TrafficRecord(rid, ts + i, model, 1, 100, output=out))
+
+
+def labels_of(home: Path, model: str | None = None) -> dict[str, int]:
+    frame = latest_labels(scan_feedback(home).frame, model).collect()
+    return dict(zip(frame["request_id"], frame["label"], strict=True))
+
+
+def test_import_csv_reports_matched_and_unmatched(tmp_path: Path) -> None:
+    log_requests(tmp_path, ["a", "b", "c"])
+    csv = tmp_path / "labels.csv"
+    csv.write_text("request_id,label\na,0\nb,2\nzzz,1\nb,1\n")
+    result = import_feedback(tmp_path, csv)
+    assert (result.rows, result.matched, result.unmatched) == (4, 2, 1)
+    assert result.duplicates == 1 and result.unmatched_examples == ["zzz"]
+    stored = labels_of(tmp_path)
+    assert stored["a"] == 0 and stored["zzz"] == 1  # unmatched labels are kept
+    assert stored["b"] in (1, 2)  # same received_at: either; a later import wins below
+    csv.write_text("request_id,label\nb,1\n")
+    import_feedback(tmp_path, csv, now=NOW + timedelta(seconds=1))
+    assert labels_of(tmp_path)["b"] == 1
+
+
+def test_unmatched_labels_match_once_their_request_is_logged(tmp_path: Path) -> None:
+    log_requests(tmp_path, ["first"])
+    csv = tmp_path / "early.csv"
+    csv.write_text("request_id,label\nlater,2\n")
+    assert import_feedback(tmp_path, csv).unmatched == 1
+    log_requests(tmp_path, ["later"])
+    traffic = scan_traffic(tmp_path, "digits").frame
+    joined = traffic.join(latest_labels(scan_feedback(tmp_path).frame), on="request_id").collect()
+    assert joined["request_id"].to_list() == ["later"]
+
+
+def test_parquet_and_numeric_ids_and_whole_float_labels(tmp_path: Path) -> None:
+    log_requests(tmp_path, ["007", "8"])
+    csv = tmp_path / "ids.csv"
+    csv.write_text("request_id,label\n007,1\n8,2.0\n")
+    assert import_feedback(tmp_path, csv).matched == 2  # '007' stays '007'
+    parquet = tmp_path / "labels.parquet"
+    pl.DataFrame({"request_id": ["8"], "label": [0], "model": ["digits"]}).write_parquet(parquet)
+    assert import_feedback(tmp_path, parquet, now=NOW + timedelta(seconds=1)).matched == 1
+    assert labels_of(tmp_path, "digits") == {"007": 1, "8": 0}
+    # Labels without a model count for any model; the later one names digits only.
+    assert labels_of(tmp_path, "letters") == {"007": 1, "8": 2}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("id,label\na,1\n", "lacks the column(s) request_id"),
+        ("request_id,class\na,1\n", "lacks the column(s) label"),
+        ("request_id,label\na,cat\n", "integer class index, found String values such as 'cat'"),
+        ("request_id,label\na,1.5\n", "must be whole class indices; row(s) [0]"),
+        ("request_id,label\na,1\nb,-2\n", "missing or negative in row(s) [1]"),
+        ("request_id,label\na,1\nb,\n", "missing or negative in row(s) [1]"),
+        ("request_id,label\na,1\n,2\n", "empty request_id in row(s) [1]"),
+    ],
+)  # fmt: skip
+def test_bad_files_are_rejected_and_store_nothing(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    with pytest.raises(FeedbackRejected) as err:
+        import_feedback(tmp_path, bad)
+    assert message in str(err.value)
+    assert not (tmp_path / "feedback").exists()
+
+
+def test_unreadable_and_unknown_files(tmp_path: Path) -> None:
+    with pytest.raises(FeedbackRejected, match="does not exist"):
+        import_feedback(tmp_path, tmp_path / "missing.csv")
+    (tmp_path / "labels.json").write_text("{}")
+    with pytest.raises(FeedbackRejected, match=r"neither \.csv nor \.parquet"):
+        import_feedback(tmp_path, tmp_path / "labels.json")
+    (tmp_path / "broken.parquet").write_bytes(b"not parquet")
+    with pytest.raises(FeedbackRejected, match="cannot read feedback file"):
+        import_feedback(tmp_path, tmp_path / "broken.parquet")
+
+
+def test_the_cli_exits_2_with_the_message(cli: Any, kiln_home: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,label\na,cat\n")
+    result = cli("feedback", "import", str(bad))
+    assert result.exit_code == 2
+    assert "map class names to their indices" in result.stderr
+    good = tmp_path / "good.csv"
+    good.write_text("request_id,label\na,3\n")
+    result = cli("feedback", "import", str(good), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["rows"] == 1 and result.json()["unmatched"] == 1
+
+
+def test_writer_add_is_buffered_and_validated(tmp_path: Path) -> None:
+    with FeedbackWriter(tmp_path, TrafficSettings(flush_interval_s=60)) as writer:
+        assert writer.add("r1", 4, model="digits", received_at_ns=1)
+        assert writer.add("r2", 0, source="http")
+        with pytest.raises(FeedbackRejected, match="request id"):
+            writer.add("", 1)
+        with pytest.raises(FeedbackRejected, match="class indices from 0"):
+            writer.add("r3", -1)
+    frame = scan_feedback(tmp_path).frame.collect().sort("request_id")
+    assert frame["request_id"].to_list() == ["r1", "r2"]
+    assert frame["source"].to_list() == ["grpc", "http"]
+    assert frame["received_at"][0] == datetime(1970, 1, 1, tzinfo=UTC)
+    window = Window(NOW - timedelta(hours=1), NOW + timedelta(hours=1))
+    assert scan_feedback(tmp_path, window).frame.collect()["request_id"].to_list() == ["r2"]
