@@ -14,6 +14,7 @@ import typer
 
 from kiln import __version__
 from kiln.cli import (
+    bento,
     compile,
     datasets,
     demo,
@@ -76,6 +77,7 @@ def version(as_json: bool = JsonOption) -> None:
 app.add_typer(datasets.app, name="datasets")
 app.command(name="train")(train.train)
 app.command(name="demo")(demo.demo)
+app.add_typer(bento.app, name="bento")
 app.add_typer(models.app, name="models")
 app.command(name="promote")(registry_promotion.promote)
 app.command(name="rollback")(registry_promotion.rollback)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from kiln.data.builtin import to_mnist_frame
 from kiln.data.catalog import CATALOG, DatasetInfo, load_dataset, load_raw
 from kiln.data.dataset import Dataset, Split, SplitSpec
+from kiln.data.user import prepare_image
 
 __all__ = [
     "CATALOG",
@@ -18,5 +19,6 @@ __all__ = [
     "SplitSpec",
     "load_dataset",
     "load_raw",
+    "prepare_image",
     "to_mnist_frame",
 ]

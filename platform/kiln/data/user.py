@@ -51,6 +51,27 @@ def _decode_image(data: bytes, where: str) -> np.ndarray:
     return array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def prepare_image(data: bytes, channels: int, size: tuple[int, int], where: str) -> np.ndarray:
+    """Decode PNG/JPEG bytes into a (channels, height, width) float32 array in [0, 1].
+
+    The same steps the image-folder loader applies, so a served image is preprocessed exactly
+    as training images were. Raises DatasetInvalid naming `where` for bytes that are no image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise DatasetInvalid(f"cannot make a {channels}-channel image from {where}; 1 or 3 only")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            converted = img.convert("L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetInvalid(f"cannot read image {where}: {exc}; send a PNG or JPEG file") from exc
+    array = np.asarray(converted, dtype=np.float32) / 255.0
+    planes = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return _conform(planes, channels, size)
+
+
 def _stack_lists(column: list[object], file: Path, col: str) -> np.ndarray:
     lengths = Counter(len(v) if isinstance(v, list | tuple | np.ndarray) else -1 for v in column)
     if -1 in lengths:

@@ -1,0 +1,206 @@
+"""The BentoML service: `bentoml serve kiln.serving.bento:KilnService`.
+
+It runs the same serving core as `kiln serve` (model table, hot swap following the alias,
+statistics, the traffic hook) behind BentoML's HTTP server, with BentoML's adaptive batching
+on `predict`. Configuration is read from the environment once, at import, because BentoML's
+decorators need the batch limits then:
+
+- `KILN_MODEL`: registry reference to serve (`digits`, `digits@candidate`, `digits:3`);
+  default: the registry's only model, at its `production` alias.
+- `KILN_BENTO_MODEL`: a `kiln-NAME:vN` tag in BentoML's model store instead (what a built Bento
+  serves; default there: the store's only `kiln-*` model).
+- `KILN_BENTO_MAX_BATCH_SIZE` (32), `KILN_BENTO_MAX_LATENCY_MS` (20): adaptive batching.
+- `KILN_BENTO_THREADS` (0: all cores), `KILN_BENTO_ENGINE_KIND`, `KILN_BENTO_POLL_INTERVAL_S`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kiln.errors import InvalidArgument, KilnError
+from kiln.serving.bento.contract import (
+    CONTRACT,
+    Inputs,
+    Prediction,
+    class_names_or_indices,
+    softmax,
+)
+from kiln.serving.bento.errors import to_http
+from kiln.serving.bento.source import ModelSource, open_source
+from kiln.serving.core import ServingCore
+from kiln.serving.messages import InferRequest
+from kiln.serving.settings import ServingSettings
+from kiln.serving.table import ModelState
+from kiln.settings import Settings
+from kiln_engines import EngineOptions
+
+log = logging.getLogger("kiln.serving.bento")
+
+
+class BentoSettings(BaseSettings):
+    """The BentoML service's settings (`KILN_BENTO_*`, plus `KILN_MODEL`)."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_BENTO_", extra="ignore")
+
+    reference: str | None = Field(default=None, validation_alias=AliasChoices("KILN_MODEL"))
+    """Registry reference to serve; None: the registry's only model."""
+    store_tag: str | None = Field(default=None, validation_alias=AliasChoices("KILN_BENTO_MODEL"))
+    """A `kiln-NAME:vN` model in BentoML's store to serve instead of the registry."""
+    max_batch_size: int = Field(default=32, ge=2)
+    max_latency_ms: int = Field(default=20, ge=1)
+    threads: int = Field(default=0, ge=0)
+    engine_kind: str | None = None
+    poll_interval_s: float = Field(default=1.0, gt=0)
+
+
+SETTINGS = BentoSettings()
+
+
+@bentoml.service(name="kiln", traffic={"timeout": 60, "max_concurrency": 256})
+class KilnService:
+    # Declared so that `bentoml build` packs the exported model into the Bento.
+    kiln_model = bentoml.models.BentoModel(SETTINGS.store_tag) if SETTINGS.store_tag else None
+
+    def __init__(self) -> None:
+        settings = Settings()
+        options = EngineOptions(intra_op_threads=SETTINGS.threads or settings.thread_count())
+        self.source: ModelSource = open_source(
+            reference=SETTINGS.reference,
+            store_tag=SETTINGS.store_tag,
+            settings=settings,
+            options=options,
+            engine_kind=SETTINGS.engine_kind,
+        )
+        self.name = self.source.reference.split("@")[0].split(":")[0]
+        serving = ServingSettings(
+            max_batch_size=SETTINGS.max_batch_size,
+            max_queue_delay_us=0,  # BentoML's dispatcher already waited to form the batch
+            metrics_port=None,  # BentoML serves /metrics
+            poll_interval_s=SETTINGS.poll_interval_s,
+            threads=options.intra_op_threads,
+        )
+        self.core = ServingCore(self.source.repository, serving)
+        self.core.add_listener(self._on_state)
+        log.info("kiln: serving %s from %s", self.source.reference, self.source.description)
+
+    @bentoml.on_startup
+    async def _start(self) -> None:
+        await self.core.start([self.source.reference])
+        self._update_contract()
+
+    @bentoml.on_shutdown
+    async def _stop(self) -> None:
+        await self.core.stop()
+        self.source.close()
+
+    def __is_ready__(self) -> bool:
+        return self.core.ready
+
+    def _on_state(self, name: str, version: int, state: ModelState) -> None:
+        if state is ModelState.READY and name == self.name:
+            self._update_contract()
+
+    def _update_contract(self) -> None:
+        try:
+            description = self.core.describe(self.name)
+        except KilnError:
+            return
+        spec = description.inputs[0]
+        CONTRACT.set(tuple(spec.shape[1:]), spec.dtype, SETTINGS.max_batch_size)
+
+    async def _classify(
+        self, inputs: np.ndarray, model: str = "", version: str = ""
+    ) -> list[Prediction]:
+        name = model or self.name
+        try:
+            loaded = self.core.resolve(name, version)
+            request = InferRequest(
+                model=name,
+                version=version,
+                inputs={loaded.description.inputs[0].name: CONTRACT.check(inputs)},
+                transport="http",
+            )
+            response = await self.core.infer(request)
+        except KilnError as exc:
+            raise to_http(exc) from exc
+        logits = next(iter(response.outputs.values()))
+        probs = softmax(logits.astype(np.float32, copy=False))
+        top = probs.argmax(axis=1)
+        served = int(response.version)
+        labels = class_names_or_indices(self.source.class_names(served), probs.shape[1])
+        return [
+            Prediction(
+                request_id=uuid.uuid4().hex,
+                model=name,
+                version=served,
+                prediction=int(top[i]),
+                label=labels[int(top[i])],
+                scores=probs[i].tolist(),
+            )
+            for i in range(probs.shape[0])
+        ]
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=SETTINGS.max_batch_size,
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    async def predict(self, inputs: Inputs) -> list[Prediction]:
+        """Classify a batch of raw inputs (shape (N, ...) as in training); one answer per row.
+
+        Requests are joined by BentoML's adaptive batching, so each row gets its own request id.
+        """
+        return await self._classify(inputs)
+
+    @bentoml.api
+    async def infer(self, inputs: Inputs, model: str = "", version: str = "") -> list[Prediction]:
+        """Like `predict`, for a chosen model and loaded version (`version` "" = the default)."""
+        return await self._classify(inputs, model, version)
+
+    @bentoml.api
+    async def classify_image(self, image: Path) -> Prediction:
+        """Classify one PNG or JPEG image, preprocessed exactly as training read images."""
+        from kiln.data import prepare_image
+
+        try:
+            spec = self.core.describe(self.name).inputs[0]
+            if len(spec.shape) != 4:
+                raise InvalidArgument(
+                    f"'{self.name}' takes inputs of shape {spec.shape}, not images; "
+                    "send arrays to /predict instead"
+                )
+            channels, height, width = (int(d) for d in spec.shape[1:])
+            array = prepare_image(image.read_bytes(), channels, (height, width), image.name)
+        except KilnError as exc:
+            raise to_http(exc) from exc
+        return (await self._classify(array[None]))[0]
+
+    @bentoml.api
+    def model_info(self) -> dict[str, Any]:
+        """The served model: name, default version, inputs, outputs, class names."""
+        try:
+            d = self.core.describe(self.name)
+        except KilnError as exc:
+            raise to_http(exc) from exc
+        return {
+            "model": d.name,
+            "version": d.version,
+            "versions": list(d.versions),
+            "backend": d.backend,
+            "inputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in d.inputs
+            ],
+            "outputs": [
+                {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in d.outputs
+            ],
+            "class_names": self.source.class_names(d.version),
+            "source": self.source.description,
+        }

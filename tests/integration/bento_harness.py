@@ -1,0 +1,90 @@
+"""Real `bentoml serve` subprocesses for tests: started on a free port, awaited on /readyz."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from kiln.compile import CompileOptions, compile_version
+from kiln.registry import Lineage, Registry
+from kiln.settings import Settings
+from kiln.train import TrainConfig, train
+
+BENTOML = str(Path(sys.executable).with_name("bentoml"))
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def train_and_register(registry: Registry, settings: Settings, name: str, seed: int) -> int:
+    """Train a small real model (digits, mlp), register it, compile it for onnxruntime."""
+    result = train(
+        TrainConfig(dataset="digits", model="mlp", epochs=2, seed=seed),
+        settings,
+        show_progress=False,
+    )
+    version = registry.register_version(
+        name,
+        checkpoint=result.checkpoint,
+        config=result.config.model_dump(),
+        metrics=result.config.metrics,
+        lineage=Lineage(dataset="digits", data_fingerprint=result.dataset.fingerprint),
+    )
+    compile_version(
+        registry, version.ref, CompileOptions(measure_seconds=0.0, parity_samples=64), settings
+    )
+    return version.version
+
+
+@contextmanager
+def bento_serve(target: str, env: dict[str, str], cwd: Path = REPO) -> Iterator[str]:
+    """Run `bentoml serve TARGET` and yield its URL once /readyz answers 200."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    log: list[bytes] = []
+    assert proc.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"bentoml serve exited: {b''.join(log).decode()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready in 120 s: {b''.join(log).decode()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            # Wait for the server to say something (or 0.2 s) before asking again.
+            if selector.select(timeout=0.2):
+                log.append(os.read(proc.stdout.fileno(), 65536))
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
