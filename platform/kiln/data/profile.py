@@ -38,8 +38,16 @@ Array = npt.NDArray[Any]
 
 
 def _round(values: Array | Sequence[float]) -> list[float]:
-    # Six significant digits keep the stored profile compact without changing any statistic.
+    # Six significant digits keep fractions and moments compact; they are only compared
+    # approximately.
     return [float(f"{v:.6g}") for v in np.asarray(values, dtype=np.float64).tolist()]
+
+
+def _exact(values: Array | Sequence[float]) -> list[float]:
+    # Edges and quantiles keep full precision: served inputs give exactly the values the
+    # reference had (a discrete feature sits on them), and a rounded edge would move them
+    # to the neighbouring bin.
+    return [float(v) for v in np.asarray(values, dtype=np.float64).tolist()]
 
 
 def is_image(input_shape: Sequence[int]) -> bool:
@@ -137,7 +145,7 @@ def bin_edges(values: Array) -> list[float]:
     """Interior bin edges at the deciles of `values` (duplicates removed: constant features
     get one edge, i.e. two bins)."""
     inner = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1])
-    return _round(np.unique(inner))
+    return _exact(np.unique(inner))
 
 
 def bin_fractions(values: Array, edges: Sequence[float]) -> Array:
@@ -153,7 +161,7 @@ def feature_summary(values: Array) -> dict[str, Any]:
     return {
         "edges": edges,
         "fractions": _round(bin_fractions(values, edges)),
-        "quantiles": _round(np.quantile(values, np.linspace(0, 1, QUANTILES))),
+        "quantiles": _exact(np.quantile(values, np.linspace(0, 1, QUANTILES))),
         "mean": _round([values.mean()])[0],
         "std": _round([values.std()])[0],
     }
@@ -195,7 +203,7 @@ def prediction_profile(scores: Array, labels: Array | None = None) -> dict[str, 
         "confidence": {
             "edges": list(CONFIDENCE_EDGES[1:-1]),
             "fractions": _round(bin_fractions(conf, CONFIDENCE_EDGES[1:-1])),
-            "quantiles": _round(np.quantile(conf, np.linspace(0, 1, QUANTILES))),
+            "quantiles": _exact(np.quantile(conf, np.linspace(0, 1, QUANTILES))),
             "mean": _round([conf.mean()])[0],
         },
     }

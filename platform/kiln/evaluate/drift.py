@@ -42,7 +42,9 @@ class DriftThresholds:
     ks_statistic: float = 0.1
     """... and a KS statistic above this flag a feature too."""
     class_contribution: float = 0.02
-    """A class whose PSI term exceeds this is named as one that moved."""
+    """A class whose PSI term exceeds this, and whose share changed significantly (two-
+    proportion z-test, |z| > `class_z`), is named as one that moved."""
+    class_z: float = 3.0
     min_samples: int = 100
     """Fewer current samples than this: drift is not judged (too noisy)."""
 
@@ -75,12 +77,13 @@ def kolmogorov_pvalue(statistic: float, n: int, m: int) -> float:
     return float(min(max(2.0 * total, 0.0), 1.0))
 
 
-def reference_cdf(points: Array, quantiles: Sequence[float]) -> Array:
-    """The reference CDF at `points`, from its quantiles at 0, 1/k, ..., 1, interpolated
-    linearly between distinct quantiles (ties are steps)."""
+def reference_cdf(points: Array, quantiles: Sequence[float], *, left: bool = False) -> Array:
+    """The reference CDF at `points` (just below them when `left`), from its quantiles at
+    0, 1/k, ..., 1: linear between distinct quantiles, a step where quantiles repeat (a value
+    that holds many samples, as discrete features have)."""
     q = np.asarray(quantiles, dtype=np.float64)
     k = len(q) - 1
-    j = np.searchsorted(q, points, side="right")  # quantiles <= x
+    j = np.searchsorted(q, points, side="left" if left else "right")
     lo = np.clip(j - 1, 0, k)
     hi = np.clip(j, 0, k)
     span = q[hi] - q[lo]
@@ -92,15 +95,22 @@ def reference_cdf(points: Array, quantiles: Sequence[float]) -> Array:
 def ks_against_quantiles(
     current: Array, quantiles: Sequence[float], reference_samples: int
 ) -> tuple[float, float]:
-    """KS statistic and p-value of `current` against a reference known by its quantiles."""
+    """KS statistic and p-value of `current` against a reference known by its quantiles.
+
+    Both CDFs are compared at and just below every current value and reference quantile,
+    which is where their difference can peak."""
     values = np.sort(np.asarray(current, dtype=np.float64))
     if values.size == 0:
         return 0.0, 1.0
     points = np.unique(np.concatenate([values, np.asarray(quantiles, dtype=np.float64)]))
     at = np.searchsorted(values, points, side="right") / values.size
-    before = np.searchsorted(values, points, side="left") / values.size
-    ref = reference_cdf(points, quantiles)
-    statistic = float(max(np.abs(at - ref).max(), np.abs(before - ref).max()))
+    below = np.searchsorted(values, points, side="left") / values.size
+    statistic = float(
+        max(
+            np.abs(at - reference_cdf(points, quantiles)).max(),
+            np.abs(below - reference_cdf(points, quantiles, left=True)).max(),
+        )
+    )
     return statistic, kolmogorov_pvalue(statistic, values.size, reference_samples)
 
 
@@ -197,6 +207,10 @@ def prediction_drift(
     counts[: len(class_counts)] = class_counts
     current = counts / total
     terms = psi_terms(ref, current)
+    n_ref = int(profile["samples"])
+    pooled = (np.asarray(ref) * n_ref + counts) / (n_ref + total)
+    spread = np.sqrt(pooled * (1 - pooled) * (1 / n_ref + 1 / total))
+    z = np.abs(current - np.asarray(ref)) / np.where(spread > 0, spread, np.inf)
     names = [class_names[i] if i < len(class_names) else str(i) for i in range(k)]
     classes = [
         {
@@ -205,14 +219,15 @@ def prediction_drift(
             "reference": ref[i],
             "current": float(current[i]),
             "contribution": float(terms[i]),
-            "moved": bool(terms[i] > t.class_contribution),
+            "z": float(z[i]),
+            "moved": bool(terms[i] > t.class_contribution and z[i] > t.class_z),
         }
         for i in range(k)
     ]
     psi = float(terms.sum())
     conf = profile["confidence"]
     conf_terms = psi_terms(conf["fractions"], bin_fractions(confidences, conf["edges"]))
-    ks, p = ks_against_quantiles(confidences, conf["quantiles"], int(profile["samples"]))
+    ks, p = ks_against_quantiles(confidences, conf["quantiles"], n_ref)
     conf_psi = float(conf_terms.sum())
     confidence = {
         "samples": len(confidences),
