@@ -31,7 +31,9 @@ class Performance:
         return asdict(self)
 
 
-def _time_calls(engine: Engine, inputs: Mapping[str, np.ndarray], budget_s: float) -> list[float]:
+def time_calls(engine: Engine, inputs: Mapping[str, np.ndarray], budget_s: float) -> list[float]:
+    """Seconds per `engine.infer(inputs)` call: 3 warm-up calls, then at least 5 timed calls
+    and as many as fit in `budget_s`."""
     for _ in range(3):
         engine.infer(inputs)
     times = []
@@ -59,8 +61,8 @@ def measure(
     for name, a in samples.items():
         reps = -(-max_batch // a.shape[0])
         full[name] = np.ascontiguousarray(np.concatenate([a] * reps)[:max_batch])
-    latency = np.asarray(_time_calls(engine, one, budget_s / 2)) * 1e3
-    batched = _time_calls(engine, full, budget_s / 2)
+    latency = np.asarray(time_calls(engine, one, budget_s / 2)) * 1e3
+    batched = time_calls(engine, full, budget_s / 2)
     return Performance(
         threads=threads,
         latency_ms_p50=round(float(np.percentile(latency, 50)), 4),
