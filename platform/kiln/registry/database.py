@@ -61,7 +61,7 @@ class Database:
         one statement (each statement is atomic on its own), it saves a round trip on the
         hottest path, alias resolution.
         """
-        return self._run(work, write=False, snapshot=snapshot)
+        return self._run(work, write=False, snapshot=snapshot, lock_row=False)
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run `work` in a write transaction holding the database's write lock; commit.
@@ -69,18 +69,22 @@ class Database:
         `work` may run more than once (when the database was busy), so it must not have
         effects outside the transaction that a second run would duplicate.
         """
-        return self._run(work, write=True, snapshot=True)
+        return self._run(work, write=True, snapshot=True, lock_row=True)
 
     def ensure_schema(self) -> None:
         """Create the tables or bring them forward; cheap when they are current."""
         current = self.read(_schema_version)
         if current != schema.SCHEMA_VERSION:
-            self.write(schema.ensure_schema)
+            # The lock row may not exist yet: creation is serialised by BEGIN IMMEDIATE on
+            # SQLite and by a transaction-scoped advisory lock on PostgreSQL.
+            self._run(_create_or_migrate, write=True, snapshot=True, lock_row=False)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
-    def _run(self, work: Callable[[Connection], T], *, write: bool, snapshot: bool) -> T:
+    def _run(
+        self, work: Callable[[Connection], T], *, write: bool, snapshot: bool, lock_row: bool
+    ) -> T:
         deadline = time.monotonic() + self.retry_budget_s
         delay = 0.005
         while True:
@@ -91,7 +95,7 @@ class Database:
                     elif not snapshot:
                         conn.execution_options(**{_SINGLE: True})
                     with conn.begin():
-                        if write and not self.is_sqlite:
+                        if lock_row and not self.is_sqlite:
                             conn.execute(
                                 sa.select(schema.schema_version.c.id).with_for_update()
                             ).all()
@@ -115,6 +119,12 @@ def insert_row(conn: Connection, statement: sa.Insert) -> int:
     key = conn.execute(statement).inserted_primary_key
     assert key is not None  # every registry table has an integer primary key
     return int(key[0])
+
+
+def _create_or_migrate(conn: Connection) -> int:
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7403772)"))  # any fixed key
+    return schema.ensure_schema(conn)
 
 
 def _schema_version(conn: Connection) -> int | None:
