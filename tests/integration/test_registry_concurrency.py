@@ -25,7 +25,7 @@ def _worker(home: str, index: int, barrier: Any, out: str) -> None:
     try:
         # Every worker opens a registry that does not exist yet: creating the schema races too.
         with kiln.registry.open(settings=Settings(home=Path(home))) as registry:
-            barrier.wait(timeout=120)
+            barrier.wait(timeout=300)
             for r in range(ROUNDS):
                 checkpoint = Path(home) / f"w{index}-r{r}.safetensors"
                 checkpoint.write_bytes(os.urandom(256))
