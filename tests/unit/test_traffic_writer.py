@@ -150,6 +150,7 @@ def test_close_writes_everything_and_refuses_later_rows(tmp_path: Path) -> None:
     assert not logger.log(record(999))
     assert logger.stats.dropped_closed == 1
     assert logger.close()  # idempotent
+    assert logger.flush(0.1)  # nothing left to write: returns at once
 
 
 def test_flush_is_a_barrier(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ class TrafficSettings(BaseSettings):
     Everything else about a request (output, latency, status) is always logged."""
 
     flush_rows: int = Field(default=10_000, ge=1)
-    """Write a part file as soon as this many rows wait."""
+    """Write a part file as soon as this many rows wait; also the most rows one file holds."""
 
     flush_interval_s: float = Field(default=5.0, gt=0)
     """...or when this much time has passed since the last write. A process killed with

@@ -1,8 +1,8 @@
 """A bounded buffer drained to Parquet by one background thread.
 
-The caller's side (`put`) appends to a deque and returns: it never touches the disk, never
-waits for the writer, and never blocks on a lock except when the buffer is full or a flush is
-due (then it sets an event). When the buffer holds `max_rows`, new rows are dropped and
+The caller's side (`put`) appends to a deque under a lock that only `put` and `close` take
+(held for a few hundred nanoseconds) and returns: it never touches the disk and never waits
+for the writer. When the buffer holds `max_rows`, new rows are dropped and
 counted; the writer thread logs the count, and `stats` exposes it for Prometheus.
 
 The writer thread wakes every `flush_interval_s`, or as soon as `flush_rows` rows wait, takes
@@ -88,12 +88,15 @@ class BackgroundWriter(Generic[Row]):
         self._requested = 0  # flush generations asked for (under _done)
         self._completed = 0  # flush generations finished (under _done)
         self._closed = False
+        self._exited = False  # the thread has written its last row (under _done)
         self._written = 0
         self._dropped_full = 0
         self._dropped_closed = 0
         self._failed = 0
         self._files = 0
-        self._drop_lock = threading.Lock()
+        # Orders put() against close(): once close() holds it, no row can join the buffer
+        # after the writer's final drain. Never held while writing.
+        self._put_lock = threading.Lock()
         self._reported_drops = 0
         self._thread = threading.Thread(target=self._run, name=f"kiln-{name}-writer", daemon=True)
         self._thread.start()
@@ -102,32 +105,33 @@ class BackgroundWriter(Generic[Row]):
 
     def put(self, row: Row) -> bool:
         """Buffer one row; False (and counted) when it had to be dropped. Never waits on disk."""
-        if self._closed:
-            with self._drop_lock:
+        with self._put_lock:
+            if self._closed:
                 self._dropped_closed += 1
-            return False
-        rows = self._rows
-        size = len(rows)
-        if size >= self._max_rows:
-            with self._drop_lock:
+                return False
+            size = len(self._rows)
+            if size >= self._max_rows:
                 self._dropped_full += 1
+                full = True
+            else:
+                self._rows.append(row)
+                full = False
+        if full or size + 1 == self._flush_rows:
             self._wake.set()
-            return False
-        # deque.append is atomic; concurrent callers may overshoot max_rows by at most their
-        # own number, which keeps memory bounded without a lock on the fast path.
-        rows.append(row)
-        if size + 1 == self._flush_rows:
-            self._wake.set()
-        return True
+        return not full
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write every row buffered before this call; True when done within `timeout`."""
         with self._done:
+            if self._exited:
+                return True  # closed: everything was written then
             self._requested += 1
             generation = self._requested
         self._wake.set()
         with self._done:
-            return self._done.wait_for(lambda: self._completed >= generation, timeout)
+            return self._done.wait_for(
+                lambda: self._completed >= generation or self._exited, timeout
+            )
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop taking rows, write everything buffered, stop the thread; idempotent.
@@ -135,19 +139,11 @@ class BackgroundWriter(Generic[Row]):
         True when the thread finished within `timeout` (then nothing accepted was lost
         except rows whose write failed, counted in `stats.failed`).
         """
-        self._closed = True
+        with self._put_lock:
+            self._closed = True
         self._wake.set()
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            return False
-        # A put() that saw the writer open an instant before close() may have appended after
-        # the final drain: count such rows rather than lose them silently.
-        leftover = len(self._rows)
-        if leftover:
-            self._rows.clear()
-            with self._drop_lock:
-                self._dropped_closed += leftover
-        return True
+        return not self._thread.is_alive()
 
     @property
     def stats(self) -> WriterStats:
@@ -176,17 +172,18 @@ class BackgroundWriter(Generic[Row]):
                 self._completed = generation
                 self._done.notify_all()
             if closing:
-                # put() may have appended between the drain and the flag being seen.
-                self._drain()
+                # close() set the flag under the put lock before it was read here, so the
+                # drain above took the last row. Release any flush() still waiting.
                 with self._done:
-                    self._completed = self._requested
+                    self._exited = True
                     self._done.notify_all()
                 return
 
     def _drain(self) -> None:
+        # At most flush_rows per file: bounded conversion memory, and progress under load.
         rows = self._rows
         while rows:
-            batch = [rows.popleft() for _ in range(min(len(rows), self._max_rows))]
+            batch = [rows.popleft() for _ in range(min(len(rows), self._flush_rows))]
             self._write(batch)
 
     def _write(self, batch: list[Row]) -> None:
