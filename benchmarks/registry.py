@@ -3,10 +3,12 @@
 Builds a fresh registry in a temporary KILN_HOME through the public API only:
 
 - ``digits``: `--versions` versions (default 500: a model retrained daily for over a year),
-  every 5th promoted to production (gates on), a few other aliases;
+  every 5th promoted to production, a few other aliases; each version's config carries a
+  ~30 KB data profile, as `kiln train` records;
 - ``big``: `--big` versions (default 10,000), for listing.
 
-Then it times, per call with `time.perf_counter_ns` after a warm-up: resolving
+Then it times, per call with `time.perf_counter_ns` after a warm-up: following
+``digits@production`` to its number (`version_of`, what a server polls), resolving
 ``digits@production``, ``digits`` and ``digits:N``, resolving on ``big``; listing ``big``'s
 versions, its artifacts, all models; the alias history; one registration. Prints a table.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -50,16 +53,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def data_profile() -> dict[str, object]:
+    """Shaped like the drift reference `kiln train` stores in each version's config (~30 KB)."""
+    rng = random.Random(0)
+    pixels = 784
+    return {
+        "input": {
+            "mean": [round(rng.random(), 6) for _ in range(pixels)],
+            "std": [round(rng.random(), 6) for _ in range(pixels)],
+            "quantiles": [[round(rng.random(), 4) for _ in range(5)] for _ in range(256)],
+        },
+        "prediction": {"class_frequencies": [round(rng.random(), 6) for _ in range(10)]},
+    }
+
+
 def populate(registry: Registry, name: str, count: int, work: Path, promote_every: int) -> float:
-    """Register `count` versions (a 4 KiB checkpoint each); return seconds per registration."""
+    """Register `count` versions (4 KiB checkpoint, ~30 KB config each); seconds per one."""
     checkpoint = work / f"{name}.safetensors"
+    profile = data_profile()
     start = time.perf_counter()
     for i in range(1, count + 1):
         checkpoint.write_bytes(os.urandom(4096))
         version = registry.register_version(
             name,
             checkpoint=checkpoint,
-            config={"model": "cnn", "epochs": 8, "lr": 3e-3, "batch_size": 64, "seed": i},
+            config={"model": "cnn", "epochs": 8, "seed": i, "reference": profile},
             metrics={"test_accuracy": 0.95 + (i % 7) / 1000, "test_loss": 0.15, "ece": 0.02},
             lineage=Lineage(
                 dataset="mnist-5k", data_fingerprint=f"sha256:{i:064x}", run_id=f"r{i}"
@@ -94,11 +112,24 @@ def main() -> None:
         n, lists = args.calls, args.lists
         history_n = len(registry.history("digits"))
         plan: list[tuple[str, Callable[[], object], int, int]] = [
+            (
+                "version_of digits@production",
+                lambda: registry.version_of("digits@production"),
+                n,
+                500,
+            ),
             ("resolve digits@production", lambda: registry.resolve("digits@production"), n, 500),
             ("resolve digits (= @production)", lambda: registry.resolve("digits"), n, 500),
             (f"resolve digits:{middle}", lambda: registry.resolve(f"digits:{middle}"), n, 500),
             ("resolve big@production", lambda: registry.resolve("big@production"), n, 500),
             (f"list_versions big ({args.big})", lambda: registry.list_versions("big"), lists, 2),
+            (
+                "list_versions big, newest 20",
+                lambda: registry.list_versions("big", limit=20),
+                200,
+                10,
+            ),
+            ("get_model big", lambda: registry.get_model("big"), 200, 10),
             ("model_artifacts big", lambda: registry.model_artifacts("big"), lists, 2),
             ("list_models", registry.list_models, 200, 10),
             (f"history digits ({history_n} moves)", lambda: registry.history("digits"), 200, 10),

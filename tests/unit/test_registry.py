@@ -123,14 +123,41 @@ def test_register_then_resolve(registry: Registry, make_checkpoint: Checkpoint) 
     assert got.lineage.git_commit == "abc123"
     assert got.created_at.tzinfo is not None
     assert registry.get_version("digits", 2) == v2
+    assert registry.version_of("digits:2") == 2
+    assert hash(got) == hash(registry.resolve("digits:1"))  # immutable and hashable
     [checkpoint] = registry.artifacts("digits", 1)
     assert checkpoint.kind is ArtifactKind.CHECKPOINT
     assert checkpoint.filename == "model.safetensors"
     assert checkpoint.size == len(b"weights")
     assert registry.artifact_file(checkpoint).read_bytes() == b"weights"
     assert [v.version for v in registry.list_versions("digits")] == [1, 2]
+    assert [v.version for v in registry.list_versions("digits", limit=1)] == [2]
+    with pytest.raises(InvalidArgument, match="positive"):
+        registry.list_versions("digits", limit=0)
     [summary] = registry.list_models()
     assert (summary.name, summary.version_count, summary.latest_version) == ("digits", 2, 2)
+    assert registry.get_model("digits") == summary
+    with pytest.raises(ModelNotFound, match="did you mean 'digits'"):
+        registry.get_model("digit")
+
+
+def test_config_and_metrics_decode_on_first_access(
+    registry: Registry, make_checkpoint: Checkpoint
+) -> None:
+    profile = {"histogram": [[i / 7 for i in range(64)] for _ in range(64)]}  # tens of KiB
+    registry.register_version(
+        "digits",
+        checkpoint=make_checkpoint(),
+        config={"reference": profile, "model": "cnn"},
+        metrics={"test_accuracy": 0.97},
+    )
+    v = registry.resolve("digits:1")
+    assert "config" not in vars(v)  # nothing decoded yet
+    assert v.config["reference"] == profile and v.metrics == {"test_accuracy": 0.97}
+    assert v.config is v.config  # decoded once
+    v.config["model"] = "changed locally"
+    assert registry.resolve("digits:1").config["model"] == "cnn"
+    assert "histogram" not in repr(v)
 
 
 def test_identical_checkpoints_share_one_blob(
@@ -199,6 +226,12 @@ def test_unknown_names_get_suggestions(registry: Registry, make_checkpoint: Chec
     registry.promote("digits:1", "production")
     with pytest.raises(AliasNotFound, match="did you mean 'production'"):
         registry.resolve("digits@prodution")
+    assert registry.version_of("digits") == registry.version_of("digits@production") == 1
+    for bad, error in (("digit", ModelNotFound), ("digits:9", VersionNotFound)):
+        with pytest.raises(error):
+            registry.version_of(bad)
+    with pytest.raises(AliasNotFound, match="did you mean 'production'"):
+        registry.version_of("digits@prodution")
     with pytest.raises(AliasNotFound, match="aliases: production"):
         registry.resolve("digits@canary")
 

@@ -118,17 +118,21 @@ def show(
         return
     ref = parse_reference(target)
     with open_registry() as registry:
-        versions = registry.list_versions(ref.name)
-        aliases = registry.aliases(ref.name)
-        shown = versions[-limit:] if limit else versions
-        artifacts = registry.model_artifacts(ref.name)
+        summary = registry.get_model(ref.name)
+        aliases = summary.aliases
+        shown = registry.list_versions(ref.name, limit=limit or None)
+        if limit:
+            artifacts = {v.version: registry.artifacts(ref.name, v.version) for v in shown}
+        else:
+            artifacts = registry.model_artifacts(ref.name)
+    total = summary.version_count
     by_version: dict[int, list[str]] = {}
     for alias, version in aliases.items():
         by_version.setdefault(version, []).append(alias)
     payload = {
         "name": ref.name,
         "aliases": aliases,
-        "version_count": len(versions),
+        "version_count": total,
         "versions": [
             {
                 **v.to_dict(),
@@ -140,7 +144,7 @@ def show(
     }
 
     def render(console: Console) -> None:
-        table = Table(title=f"{ref.name}: {len(versions)} versions")
+        table = Table(title=f"{ref.name}: {total} versions")
         table.add_column("version", justify="right")
         table.add_column("created (UTC)", no_wrap=True)
         for heading in _SHOWN_METRICS.values():
@@ -158,10 +162,8 @@ def show(
                 v.description or (f"run {v.lineage.run_id}" if v.lineage.run_id else "-"),
             )
         console.print(table)
-        if len(shown) < len(versions):
-            console.print(
-                f"{len(versions) - len(shown)} older versions not shown (--limit 0 shows all)"
-            )
+        if len(shown) < total:
+            console.print(f"{total - len(shown)} older versions not shown (--limit 0 shows all)")
         if not aliases:
             console.print(f"no aliases yet: kiln promote {ref.name}:VERSION")
 

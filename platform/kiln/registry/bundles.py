@@ -181,9 +181,9 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
         v = data["version"]
         name = validate_name(str(v["name"]))
         number = int(v["version"])
-        version = ModelVersion(
-            name=name,
-            version=number,
+        version = ModelVersion.create(
+            name,
+            number,
             config=dict(v["config"]),
             metrics=dict(v["metrics"]),
             lineage=Lineage.from_dict(dict(v.get("lineage") or {})),

@@ -32,7 +32,7 @@ def import_manifest(
     """Insert the manifest's version and artifacts; `store` re-stores a blob a gc removed."""
     source = manifest.version
     name = source.name
-    config_json, metrics_json = q.dumps(source.config), q.dumps(source.metrics)
+    config_json, metrics_json = source.config_json, source.metrics_json
     model = conn.execute(sa.select(models).where(models.c.name == name)).first()
     if model is None:
         model_pk = insert_row(

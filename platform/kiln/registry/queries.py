@@ -21,6 +21,7 @@ from kiln.registry.records import (
     GateDecision,
     Lineage,
     ModelVersion,
+    canonical_json,
 )
 from kiln.registry.references import format_version_ranges
 from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
@@ -59,12 +60,24 @@ RESOLVE_VERSION = (
 )
 
 
-_loads = json.JSONDecoder().decode
+RESOLVE_ALIAS_NUMBER = (
+    sa.select(versions.c.version)
+    .select_from(
+        models.join(aliases, aliases.c.model_id == models.c.id).join(
+            versions, versions.c.id == aliases.c.version_id
+        )
+    )
+    .where(models.c.name == sa.bindparam("name"), aliases.c.name == sa.bindparam("alias"))
+)
 
+RESOLVE_VERSION_NUMBER = (
+    sa.select(versions.c.version)
+    .select_from(models.join(versions, versions.c.model_id == models.c.id))
+    .where(models.c.name == sa.bindparam("name"), versions.c.version == sa.bindparam("version"))
+)
 
-def dumps(value: Any) -> str:
-    """JSON for a stored column: sorted keys, so equal values store equal text."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+dumps = canonical_json
+"""JSON for a stored column: sorted keys, so equal values store equal text."""
 
 
 def to_version(row: AnyRow) -> ModelVersion:
@@ -73,13 +86,13 @@ def to_version(row: AnyRow) -> ModelVersion:
     (name, _pk, version, config, metrics, dataset, fingerprint, parent, run_id, commit,
      description, created_at) = row  # fmt: skip
     return ModelVersion(
-        name=name,
-        version=version,
-        config=_loads(config),
-        metrics=_loads(metrics),
-        lineage=Lineage(dataset, fingerprint, parent, run_id, commit),
-        description=description,
-        created_at=created_at,
+        name,
+        version,
+        config,
+        metrics,
+        Lineage(dataset, fingerprint, parent, run_id, commit),
+        description,
+        created_at,
     )
 
 
@@ -174,6 +187,19 @@ def alias_row(conn: Connection, name: str, alias: str) -> AnyRow:
     if row is None:
         raise alias_not_found(conn, model_id(conn, name), name, alias)
     return row
+
+
+def version_number(conn: Connection, name: str, version: int | None, alias: str) -> int:
+    """The number a reference names, reading nothing else; the diagnosis on a miss."""
+    if version is not None:
+        found = conn.execute(RESOLVE_VERSION_NUMBER, {"name": name, "version": version}).scalar()
+        if found is None:
+            raise version_not_found(conn, model_id(conn, name), name, version)
+    else:
+        found = conn.execute(RESOLVE_ALIAS_NUMBER, {"name": name, "alias": alias}).scalar()
+        if found is None:
+            raise alias_not_found(conn, model_id(conn, name), name, alias)
+    return int(found)
 
 
 def alias_version(conn: Connection, model: int, alias: str) -> int | None:

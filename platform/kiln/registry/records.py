@@ -1,18 +1,26 @@
 """The registry's records: immutable values returned by `Registry` methods.
 
 Mapping fields (config, metrics, target, ...) are plain dicts decoded from the database for
-each call; mutating one changes nothing stored. `to_dict()` gives a JSON-ready form, used by
+each record; mutating one changes nothing stored. `to_dict()` gives a JSON-ready form, used by
 `--json` output and export bundles.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 from kiln.errors import InvalidArgument
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 class ArtifactKind(StrEnum):
@@ -70,17 +78,59 @@ class Lineage:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ModelVersion:
-    """One immutable version of a model."""
+    """One immutable version of a model.
+
+    `config` and `metrics` are decoded from their stored JSON on first access: a trainer's
+    config can carry tens of kilobytes (the data profile used for drift), and resolving an
+    alias, which a server does on every poll, should not pay for decoding it. Build one with
+    `ModelVersion.create`.
+    """
 
     name: str
     version: int
-    config: dict[str, Any]
-    metrics: dict[str, Any]
+    config_json: str = field(repr=False)
+    """`config` as canonical JSON (sorted keys), as stored."""
+    metrics_json: str = field(repr=False)
+    """`metrics` as canonical JSON (sorted keys), as stored."""
     lineage: Lineage
     description: str
     created_at: datetime
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        version: int,
+        *,
+        config: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        lineage: Lineage,
+        description: str,
+        created_at: datetime,
+    ) -> ModelVersion:
+        return cls(
+            name,
+            version,
+            canonical_json(dict(config)),
+            canonical_json(dict(metrics)),
+            lineage,
+            description,
+            created_at,
+        )
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The training config (model builder, arguments, data set, ...)."""
+        value: dict[str, Any] = json.loads(self.config_json)
+        return value
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        """Recorded metrics, e.g. ``test_accuracy``, ``test_loss``, ``ece``."""
+        value: dict[str, Any] = json.loads(self.metrics_json)
+        return value
 
     @property
     def ref(self) -> str:

@@ -199,54 +199,51 @@ class Registry:
         # One statement answers a hit; a miss only builds an error message from more.
         return self._db.read(work, snapshot=False)
 
+    def version_of(self, ref: str | Reference) -> int:
+        """The version number a reference names, without loading the version.
+
+        The cheapest way to follow an alias (a server polling ``digits@production`` calls
+        this); raises exactly what `resolve` raises.
+        """
+        parsed = parse_reference(ref) if isinstance(ref, str) else ref
+        return self._db.read(
+            lambda conn: q.version_number(
+                conn, parsed.name, parsed.version, parsed.alias or DEFAULT_ALIAS
+            ),
+            snapshot=False,
+        )
+
     def list_models(self) -> list[ModelSummary]:
         """Every model, by name, with its version count, latest version and aliases."""
+        return self._db.read(lambda conn: _summaries(conn, None))
 
-        def work(conn: Connection) -> list[ModelSummary]:
-            counts = (
-                sa.select(
-                    models.c.id,
-                    models.c.name,
-                    models.c.created_at,
-                    sa.func.count(versions.c.id).label("n_versions"),
-                    sa.func.max(versions.c.version).label("latest"),
-                )
-                .select_from(models.outerjoin(versions, versions.c.model_id == models.c.id))
-                .group_by(models.c.id, models.c.name, models.c.created_at)
-                .order_by(models.c.name)
-            )
-            pointers: dict[int, dict[str, int]] = {}
-            for row in conn.execute(
-                sa.select(aliases.c.model_id, aliases.c.name, versions.c.version)
-                .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
-                .order_by(aliases.c.name)
-            ):
-                pointers.setdefault(row.model_id, {})[row.name] = row.version
-            return [
-                ModelSummary(
-                    name=row.name,
-                    created_at=row.created_at,
-                    version_count=row.n_versions,
-                    latest_version=row.latest,
-                    aliases=pointers.get(row.id, {}),
-                )
-                for row in conn.execute(counts)
-            ]
+    def get_model(self, name: str) -> ModelSummary:
+        """One model's summary; `ModelNotFound` (with a suggestion) if there is none."""
+        validate_name(name)
+
+        def work(conn: Connection) -> ModelSummary:
+            found = _summaries(conn, name)
+            if not found:
+                raise q.model_not_found(conn, name)
+            return found[0]
 
         return self._db.read(work)
 
-    def list_versions(self, name: str) -> list[ModelVersion]:
-        """Every version of `name`, oldest first."""
+    def list_versions(self, name: str, *, limit: int | None = None) -> list[ModelVersion]:
+        """The versions of `name`, oldest first: all of them, or the newest `limit`."""
+        if limit is not None and limit < 1:
+            raise InvalidArgument(f"limit must be a positive number of versions, got {limit}")
 
         def work(conn: Connection) -> list[ModelVersion]:
             model = q.model_id(conn, validate_name(name))
-            rows = conn.execute(
+            query = (
                 sa.select(*q.VERSION_COLUMNS)
                 .select_from(models.join(versions, versions.c.model_id == models.c.id))
                 .where(versions.c.model_id == model)
-                .order_by(versions.c.version)
+                .order_by(versions.c.version.desc())
+                .limit(limit)
             )
-            return [q.to_version(row) for row in rows]
+            return [q.to_version(row) for row in reversed(conn.execute(query).all())]
 
         return self._db.read(work)
 
@@ -587,6 +584,44 @@ class Registry:
             again = self._blobs.put_file(source)
             if again.sha256 != blob.sha256:
                 raise InvalidArgument(f"{source} changed while it was being registered")
+
+
+def _summaries(conn: Connection, name: str | None) -> list[ModelSummary]:
+    counts = (
+        sa.select(
+            models.c.id,
+            models.c.name,
+            models.c.created_at,
+            sa.func.count(versions.c.id).label("n_versions"),
+            sa.func.max(versions.c.version).label("latest"),
+        )
+        .select_from(models.outerjoin(versions, versions.c.model_id == models.c.id))
+        .group_by(models.c.id, models.c.name, models.c.created_at)
+        .order_by(models.c.name)
+    )
+    pointing = (
+        sa.select(aliases.c.model_id, aliases.c.name, versions.c.version)
+        .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+        .order_by(aliases.c.name)
+    )
+    if name is not None:
+        counts = counts.where(models.c.name == name)
+        pointing = pointing.join(models, models.c.id == aliases.c.model_id).where(
+            models.c.name == name
+        )
+    pointers: dict[int, dict[str, int]] = {}
+    for row in conn.execute(pointing):
+        pointers.setdefault(row.model_id, {})[row.name] = row.version
+    return [
+        ModelSummary(
+            name=row.name,
+            created_at=row.created_at,
+            version_count=row.n_versions,
+            latest_version=row.latest,
+            aliases=pointers.get(row.id, {}),
+        )
+        for row in conn.execute(counts)
+    ]
 
 
 def _json(value: Mapping[str, Any], what: str) -> str:
