@@ -7,6 +7,7 @@ import logging
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -30,15 +31,15 @@ DAY1 = int(datetime(2026, 11, 23, 23, 59, 59, tzinfo=UTC).timestamp() * 1e6)
 DAY2 = int(datetime(2026, 11, 24, 0, 0, 1, tzinfo=UTC).timestamp() * 1e6)
 
 
-def record(i: int, model: str = "digits", ts: int = DAY2, **kw: object) -> TrafficRecord:
+def record(i: int, model: str = "digits", ts: int = DAY2, **kw: Any) -> TrafficRecord:
     rng = np.random.default_rng(i)
-    defaults: dict[str, object] = {
+    defaults: dict[str, Any] = {
         "input": rng.random((1, 1, 4, 4), dtype=np.float32),
         "output": rng.standard_normal((1, 3)).astype(np.float32),
         "queue_us": 5,
         "batch_size": 2,
     }
-    return TrafficRecord(f"req-{i}", ts + i, model, 1, 100 + i, **{**defaults, **kw})  # type: ignore[arg-type]
+    return TrafficRecord(f"req-{i}", ts + i, model, 1, 100 + i, **{**defaults, **kw})
 
 
 def read_all(home: Path) -> pl.DataFrame:
@@ -46,8 +47,8 @@ def read_all(home: Path) -> pl.DataFrame:
     return pl.read_parquet(files, hive_partitioning=False) if files else pl.DataFrame()
 
 
-def settings(**kw: object) -> TrafficSettings:
-    return TrafficSettings(**{"flush_interval_s": 60.0, **kw})  # type: ignore[arg-type]
+def settings(**kw: Any) -> TrafficSettings:
+    return TrafficSettings(**{"flush_interval_s": 60.0, **kw})
 
 
 def test_n_rows_logged_are_exactly_n_rows_read(tmp_path: Path) -> None:
