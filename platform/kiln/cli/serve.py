@@ -56,7 +56,8 @@ def serve(
         ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option(help="Threads per engine; 0: one per core [KILN_THREADS].")
+        int | None,
+        typer.Option(help="Threads per engine [KILN_THREADS, else one per core but one]."),
     ] = None,
     engine: Annotated[
         str | None,

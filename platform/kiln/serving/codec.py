@@ -75,13 +75,15 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
     """The KServe datatype of a numpy dtype; raises ValueError for dtypes KServe cannot carry."""
+    name = _BY_DTYPE.get(dtype)  # the common case: one hash lookup
+    if name is not None:
+        return name
     if dtype.kind in "OSU":
         return BYTES
     if dtype.name == "bfloat16":
         return BF16
-    name = _BY_DTYPE.get(dtype.newbyteorder("<") if dtype.byteorder == ">" else dtype)
-    if name is not None:
-        return name
+    if dtype.byteorder == ">":
+        return datatype_of(dtype.newbyteorder("<"))
     raise ValueError(f"numpy dtype {dtype} has no KServe v2 datatype")
 
 

@@ -64,7 +64,7 @@ class RegistryRepository:
         self._engine_kind = engine_kind
 
     def resolve(self, reference: Reference) -> int:
-        return self._registry.resolve(reference).version
+        return self._registry.version_of(reference)  # one indexed query: the polling path
 
     def open(self, name: str, version: int) -> OpenedEngine:
         artifacts = [

@@ -45,7 +45,8 @@ class ServingSettings(BaseSettings):
     """Queue timeout for requests that set none (their `timeout` parameter); 0: none."""
 
     threads: int = Field(default=0, ge=0)
-    """Threads each engine computes with (intra-op); 0: one per core."""
+    """Threads each engine computes with (intra-op); 0: KILN_THREADS, else one per core but one
+    (the event loop needs a core of its own)."""
 
     engine_kind: str | None = None
     """Load this artifact kind (`onnxruntime`, `aotinductor:cpu`, ...) instead of the fastest

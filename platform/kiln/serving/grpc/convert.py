@@ -129,7 +129,7 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> npt.NDArray[Any]:
 
 
 def _requested_output(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> str:
-    unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS
+    unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS if output.parameters else ()
     if unsupported:
         raise InferRequestInvalid(
             f"output '{output.name}' asks for {', '.join(sorted(unsupported))}, which this "

@@ -1,0 +1,388 @@
+"""Serving benchmark: `kiln serve` vs the in-process engine vs a gRPC server that runs no model.
+
+    python benchmarks/serving.py                          # concurrency 1, 8, 32; prints a table
+    python benchmarks/serving.py --rounds 5 --seconds 4 --json .bench/serving.json
+
+Targets, side by side in one run:
+  (a) kiln       `kiln serve` in a subprocess, exactly as users run it;
+  (b) in-process the same ServingCore (dynamic batcher + engine, same settings) called from
+                 asyncio tasks in this process: no transport at all;
+  (c) no-model   a grpc.aio server on Kiln's generated stubs that answers every ModelInfer with
+                 a precomputed response: the ceiling of this harness (client + grpc.aio + host).
+Clients: NVIDIA's perf_analyzer (C++, when installed: ../shared/tools/install-perf-analyzer)
+and a Python asyncio client (grpc.aio stub, one prebuilt request, N tasks).
+
+Measurements are interleaved round by round (every target at one concurrency, then the next
+concurrency, then the next round) and the median of the rounds is reported, so background
+load on a shared host affects every target alike. The model is the trainer's CNN digit
+classifier compiled for onnxruntime; it is trained and compiled into --home on first use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+KILN = Path(sys.executable).with_name("kiln")
+MODEL = "digits"
+
+
+@dataclass
+class Sample:
+    target: str
+    client: str
+    concurrency: int
+    throughput: float
+    p50_us: float
+    p99_us: float
+
+
+# -- the model --------------------------------------------------------------------------------
+
+
+def ensure_model(home: Path) -> None:
+    """Train, compile and promote the digit classifier into `home` unless it is there."""
+    env = {**os.environ, "KILN_HOME": str(home)}
+    probe = subprocess.run(
+        [str(KILN), "models", "show", MODEL, "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if probe.returncode == 0 and '"production"' in probe.stdout:
+        return
+    print(f"preparing {MODEL} in {home}: train 1 epoch, compile for onnxruntime, promote")
+    for args in (
+        ["train", "--epochs", "1", "--name", MODEL, "--no-progress"],
+        ["compile", f"{MODEL}:1", "--target", "onnxruntime"],
+        ["promote", f"{MODEL}:1", "--reason", "serving benchmark"],
+    ):
+        subprocess.run([str(KILN), *args], env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+# -- the servers ------------------------------------------------------------------------------
+
+
+def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
+    command = [
+        str(KILN), "serve", MODEL, "--host", "127.0.0.1", "--port", "0", "--no-metrics",
+        "--max-batch-size", str(args.max_batch_size),
+        "--max-queue-delay-us", str(args.max_queue_delay_us),
+    ]  # fmt: skip
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    env = {**os.environ, "KILN_HOME": str(home)}
+    return _start(command, env, re.compile(r"kiln serve ready: grpc port (\d+)"), stack)
+
+
+def start_null(kiln_port: int, stack: ExitStack) -> int:
+    command = [sys.executable, __file__, "--null-server", str(kiln_port)]
+    return _start(command, dict(os.environ), re.compile(r"null server ready: port (\d+)"), stack)
+
+
+def _start(
+    command: list[str], env: dict[str, str], ready: re.Pattern[str], stack: ExitStack
+) -> int:
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    stack.callback(_stop, process)
+    assert process.stdout is not None
+    for line in process.stdout:
+        if match := ready.search(line):
+            return int(match.group(1))
+    raise RuntimeError(f"{command[:3]} exited before it was ready")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+async def null_server(kiln_port: int) -> None:
+    """Answer like kiln serve does (its metadata and config, replayed), computing nothing."""
+    from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
+    from kiln.serving.grpc.generated.inference import grpc_service_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{kiln_port}") as channel:
+        kiln = pb_grpc.GRPCInferenceServiceStub(channel)
+        metadata = await kiln.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
+        config = await kiln.ModelConfig(pb.ModelConfigRequest(name=MODEL))
+    response = pb.ModelInferResponse(model_name=MODEL, model_version=metadata.versions[-1])
+    response.outputs.add(name="logits", datatype="FP32", shape=[1, 10])
+    response.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
+
+    class NoModel(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        async def ServerLive(self, request: Any, context: Any) -> Any:
+            return pb.ServerLiveResponse(live=True)
+
+        async def ServerReady(self, request: Any, context: Any) -> Any:
+            return pb.ServerReadyResponse(ready=True)
+
+        async def ModelReady(self, request: Any, context: Any) -> Any:
+            return pb.ModelReadyResponse(ready=True)
+
+        async def ServerMetadata(self, request: Any, context: Any) -> Any:
+            return pb.ServerMetadataResponse(name="no-model", version="0")
+
+        async def ModelMetadata(self, request: Any, context: Any) -> Any:
+            return metadata
+
+        async def ModelConfig(self, request: Any, context: Any) -> Any:
+            return config
+
+        async def ModelInfer(self, request: Any, context: Any) -> Any:
+            response.id = request.id
+            return response
+
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NoModel(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"null server ready: port {port}", flush=True)
+    await server.wait_for_termination()
+
+
+# -- the clients ------------------------------------------------------------------------------
+
+
+def infer_request() -> Any:
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
+    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    request.raw_input_contents.append(image.tobytes())
+    return request
+
+
+async def python_client(port: int, concurrency: int, seconds: float, warmup: float) -> Sample:
+    from tritonclient.grpc import service_pb2_grpc
+
+    request = infer_request()
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        started = time.perf_counter()
+        measure_from, measure_to = started + warmup, started + warmup + seconds
+
+        async def worker() -> None:
+            while (now := time.perf_counter()) < measure_to:
+                await stub.ModelInfer(request)
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append(done - now)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _sample("", "python", concurrency, latencies, seconds)
+
+
+async def in_process(core: Any, concurrency: int, seconds: float, warmup: float) -> Sample:
+    from kiln.serving.messages import InferRequest
+
+    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    measure_from, measure_to = started + warmup, started + warmup + seconds
+
+    async def worker() -> None:
+        while (now := time.perf_counter()) < measure_to:
+            await core.infer(InferRequest(MODEL, {"input": image}, transport="benchmark"))
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _sample("in-process", "python", concurrency, latencies, seconds)
+
+
+def perf_analyzer(binary: Path, port: int, concurrency: int, seconds: float) -> Sample | None:
+    result = subprocess.run(
+        [
+            str(binary), "-m", MODEL, "-i", "grpc", "-u", f"127.0.0.1:{port}",
+            "--concurrency-range", f"{concurrency}:{concurrency}",
+            "--measurement-interval", str(int(seconds * 1000 / 3)),
+            "--stability-percentage", "100", "--max-trials", "6",
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    found = {
+        key: re.search(rf"{pattern}: ([\d.]+)", result.stdout)
+        for key, pattern in (("tp", "Throughput"), ("p50", "p50 latency"), ("p99", "p99 latency"))
+    }
+    if result.returncode != 0 or not all(found.values()):
+        print(f"  perf_analyzer failed at concurrency {concurrency}: {result.stdout[-300:]}")
+        return None
+    tp, p50, p99 = (float(m.group(1)) for m in found.values() if m)
+    return Sample("", "perf_analyzer", concurrency, tp, p50, p99)
+
+
+def _sample(
+    target: str, client: str, concurrency: int, latencies: list[float], seconds: float
+) -> Sample:
+    ordered = np.sort(np.asarray(latencies)) * 1e6
+    return Sample(
+        target,
+        client,
+        concurrency,
+        len(ordered) / seconds,
+        float(np.percentile(ordered, 50)),
+        float(np.percentile(ordered, 99)),
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import kiln.registry
+    from kiln.serving.core import ServingCore
+    from kiln.serving.repository import RegistryRepository
+    from kiln.serving.settings import ServingSettings
+    from kiln.settings import Settings
+    from kiln_engines import EngineOptions, host_info
+
+    home = args.home.resolve()
+    ensure_model(home)
+    threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
+    samples: list[Sample] = []
+    load_before = os.getloadavg()
+    with ExitStack() as stack:
+        kiln_port = start_kiln(home, args, stack)
+        null_port = start_null(kiln_port, stack)
+        registry = stack.enter_context(kiln.registry.open(settings=Settings(home=home)))
+        core = ServingCore(
+            RegistryRepository(registry, options=EngineOptions(intra_op_threads=threads)),
+            ServingSettings(
+                max_batch_size=args.max_batch_size, max_queue_delay_us=args.max_queue_delay_us
+            ),
+        )
+        await core.start([MODEL])
+        pa = args.perf_analyzer if args.perf_analyzer.exists() else None
+        if pa is None:
+            print(f"perf_analyzer not found at {args.perf_analyzer}: Python client only")
+        for round_ in range(args.rounds):
+            for c in args.concurrency:
+                print(f"round {round_ + 1}/{args.rounds}, concurrency {c}", flush=True)
+                for target, port in (("kiln", kiln_port), ("no-model", null_port)):
+                    s = await python_client(port, c, args.seconds, args.warmup)
+                    s.target = target
+                    samples.append(s)
+                    if pa is not None:
+                        p = perf_analyzer(pa, port, c, args.seconds)
+                        if p is not None:
+                            p.target = target
+                            samples.append(p)
+                samples.append(await in_process(core, c, args.seconds, args.warmup))
+        await core.stop()
+    host = host_info()
+    return {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{host.machine}, {host.cpu_count} cores ({host.cpu}), "
+        f"{'GPU' if host.gpus else 'no GPU'}, Python {platform.python_version()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "engine_threads": threads,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+        },
+        "samples": [asdict(s) for s in samples],
+        "summary": summarise(samples),
+    }
+
+
+def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
+    keyed: dict[tuple[str, str, int], list[Sample]] = {}
+    for s in samples:
+        keyed.setdefault((s.client, s.target, s.concurrency), []).append(s)
+    rows = []
+    for (client, target, c), group in sorted(keyed.items(), key=lambda kv: (kv[0][2], kv[0][0])):
+        rows.append(
+            {
+                "concurrency": c,
+                "client": client,
+                "target": target,
+                "throughput": statistics.median(s.throughput for s in group),
+                "p50_us": statistics.median(s.p50_us for s in group),
+                "p99_us": statistics.median(s.p99_us for s in group),
+            }
+        )
+    for row in rows:
+        ceiling = next(
+            (r for r in rows if r["target"] == "no-model" and r["client"] == row["client"]
+             and r["concurrency"] == row["concurrency"]),
+            None,
+        )  # fmt: skip
+        row["throughput_vs_no_model"] = (
+            row["throughput"] / ceiling["throughput"] if ceiling else None
+        )
+        row["p50_vs_no_model"] = row["p50_us"] / ceiling["p50_us"] if ceiling else None
+    return rows
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['machine']}, {result['date']}; settings {result['settings']}")
+    before, after = result["load_average_before"], result["load_average_after"]
+    print(f"load average before {before}, after {after}")
+    print(
+        f"{'conc':>4}  {'client':<13} {'target':<10} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8}"
+        f"  {'tput vs no-model':>16} {'p50 vs no-model':>15}"
+    )
+    for r in result["summary"]:
+        ratio, p50 = r["throughput_vs_no_model"], r["p50_vs_no_model"]
+        print(
+            f"{r['concurrency']:>4}  {r['client']:<13} {r['target']:<10} {r['throughput']:>8.0f} "
+            f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f}  {ratio:>16.0%} {p50:>14.2f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=REPO / ".bench" / "serving-home")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured per sample")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="engine threads; 0: cores - 1")
+    parser.add_argument(
+        "--perf-analyzer", type=Path, default=REPO / ".bench" / "perf_analyzer" / "perf_analyzer"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--null-server", type=int, metavar="KILN_PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.null_server:
+        asyncio.run(null_server(args.null_server))
+        return
+    result = asyncio.run(run(args))
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
