@@ -18,6 +18,7 @@ from kiln.evaluate.drift import (
     ks_against_quantiles,
     prediction_drift,
     psi_terms,
+    samples_from_inputs,
 )
 from kiln.traffic import TrafficLogger, TrafficRecord, TrafficSettings, Window
 
@@ -124,3 +125,13 @@ def test_too_few_inputs_are_not_judged(tmp_path: Path) -> None:
     (drift,) = report["drift"]["versions"]
     assert drift["inputs"]["judged"] is False and "fewer than the 100" in drift["inputs"]["note"]
     assert drift["drift"] is False
+
+
+def test_samples_from_inputs_splits_requests_and_skips_misfits() -> None:
+    one = np.arange(4, dtype=np.float32)  # one 2x2 sample
+    two = np.arange(8, dtype=np.float32) + 10  # a request of two samples
+    odd = np.arange(3, dtype=np.float32)  # fits no 2x2 shape
+    flat = np.concatenate([one, odd, two])
+    x, misfit = samples_from_inputs(flat, np.array([4, 3, 8]), [2, 2])
+    assert misfit == 1 and x.shape == (3, 2, 2)
+    assert x[0].ravel().tolist() == one.tolist() and x[2].ravel().tolist() == two[4:].tolist()

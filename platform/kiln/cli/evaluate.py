@@ -66,7 +66,8 @@ def evaluate(
             table.add_column(col, justify="right")
         for a in result["accuracy"]:
             table.add_row(
-                str(a["version"]), a["route"], str(a["requests"]), str(a["labelled"]),
+                "-" if a["version"] is None else str(a["version"]), a["route"],
+                str(a["requests"]), str(a["labelled"]),
                 _num(a["accuracy"]), _num(a["label_coverage"], 3),
             )  # fmt: skip
         console.print(table)

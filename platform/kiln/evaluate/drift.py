@@ -135,24 +135,24 @@ def feature_drift(
 
 
 def samples_from_inputs(
-    inputs: Sequence[Array | None], shapes: Sequence[Sequence[int] | None], input_shape: list[int]
+    flat: Array, lengths: Array, input_shape: Sequence[int]
 ) -> tuple[Array, int]:
-    """Stack logged inputs into (samples, *input_shape); a request may hold several samples.
-    Returns the array and the number of logged inputs whose size did not fit the shape."""
-    per_sample = int(np.prod(input_shape))
-    parts: list[Array] = []
-    misfit = 0
-    for flat, shape in zip(inputs, shapes, strict=True):
-        if flat is None or shape is None:
-            continue
-        size = len(flat)
-        if per_sample == 0 or size == 0 or size % per_sample:
-            misfit += 1
-            continue
-        parts.append(np.asarray(flat, dtype=np.float32).reshape(-1, *input_shape))
-    if not parts:
-        return np.empty((0, *input_shape), dtype=np.float32), misfit
-    return np.concatenate(parts), misfit
+    """Logged inputs as (samples, *input_shape): `flat` holds the flattened inputs of several
+    requests back to back, `lengths` each one's size. A request may carry several samples;
+    one whose size is not a whole number of samples is left out. Returns the samples and the
+    number of requests left out."""
+    shape = [int(d) for d in input_shape]
+    per_sample = int(np.prod(shape))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    fits = (
+        (lengths > 0) & (lengths % per_sample == 0) if per_sample else np.zeros_like(lengths, bool)
+    )
+    misfit = int((~fits).sum())
+    values = np.asarray(flat, dtype=np.float32)
+    if misfit:
+        keep = np.repeat(fits, lengths)
+        values = values[keep]
+    return values.reshape(-1, *shape), misfit
 
 
 def input_drift(x: Array, profile: dict[str, Any], t: DriftThresholds) -> dict[str, Any]:

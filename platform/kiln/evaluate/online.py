@@ -255,7 +255,7 @@ def _drift(
     ).select("version", "confidence")
     inputs = _sampled(
         base.filter(pl.col("input_shape").is_not_null()), with_input, sample_size
-    ).select("version", "input", "input_shape")
+    ).select("version", "input")
     class_df, conf_df, input_df = pl.collect_all(
         [class_counts, confidences, inputs], engine="streaming"
     )
@@ -271,10 +271,10 @@ def _drift(
             )
             results.append(entry)
             continue
-        rows = input_df.filter(pl.col("version") == v)
+        logged = input_df.filter(pl.col("version") == v)["input"]
         x, misfit = samples_from_inputs(
-            rows["input"].to_list(),
-            rows["input_shape"].to_list(),
+            logged.explode().to_numpy(),
+            logged.list.len().to_numpy(),
             reference["inputs"]["input_shape"],
         )
         entry["inputs"] = input_drift(x, reference["inputs"], t)

@@ -48,7 +48,7 @@ def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRec
         version=event.served_version,
         latency_us=event.total_ns // 1000,
         status=STATUS_OK if error is None else error.code.value,
-        route=str(getattr(event, "route", Route.PRIMARY)),
+        route=getattr(event, "route", Route.PRIMARY),
         transport=request.transport,
         input=next(iter(request.inputs.values()), None),
         output=output,
@@ -61,8 +61,12 @@ def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRec
 class TrafficSink:
     """A request logger and a feedback store over one KILN_HOME, as the core's two hooks."""
 
-    def __init__(self, home: Path, settings: TrafficSettings | None = None) -> None:
+    def __init__(
+        self, home: Path, settings: TrafficSettings | None = None, *, feedback_source: str = "grpc"
+    ) -> None:
         settings = settings or TrafficSettings()
+        self.feedback_source = feedback_source
+        """Recorded with each label: the transport that carried it."""
         self.logger = TrafficLogger(home, settings)
         self.feedback = FeedbackWriter(home, settings)
         self.collector = TrafficCollector(traffic=self.logger, feedback=self.feedback)
@@ -79,7 +83,7 @@ class TrafficSink:
                 item.request_id,
                 item.label,
                 model=item.model or None,
-                source="grpc",
+                source=self.feedback_source,
                 received_at_ns=item.received_at_ns,
             )
 
