@@ -64,38 +64,41 @@ def predictions_and_confidences(
 
 def _predictions(
     outputs: list[npt.NDArray[Any] | None],
-) -> tuple[list[int | None], list[float | None]]:
+) -> tuple[pa.Array, pa.Array]:
     """Prediction and confidence per request; null unless the request held one sample."""
-    predictions: list[int | None] = [None] * len(outputs)
-    confidences: list[float | None] = [None] * len(outputs)
+    n = len(outputs)
+    predictions = np.zeros(n, dtype=np.int64)
+    confidences = np.zeros(n, dtype=np.float32)
+    known = np.zeros(n, dtype=bool)
     # Group one-sample outputs by class count and compute each group in one numpy call.
     by_width: dict[int, list[int]] = {}
     for i, out in enumerate(outputs):
         if out is not None and out.size and (out.ndim == 1 or out.shape[0] == 1):
             by_width.setdefault(out.size, []).append(i)
     for width, rows in by_width.items():
-        stacked = np.stack([np.asarray(outputs[i]).reshape(width) for i in rows])
+        stacked = np.concatenate([outputs[i].reshape(1, width) for i in rows])  # type: ignore[union-attr]
         top, conf = predictions_and_confidences(stacked)
-        for i, t, c in zip(rows, top.tolist(), conf.tolist(), strict=True):
-            predictions[i] = t
-            confidences[i] = c
-    return predictions, confidences
+        predictions[rows], confidences[rows], known[rows] = top, conf, True
+    return pa.array(predictions, mask=~known), pa.array(confidences, mask=~known)
 
 
 def _list_column(arrays: list[npt.NDArray[Any] | None], dtype: type[np.generic]) -> pa.Array:
     """A list array of the flattened arrays (null where None), built without Python loops
     over elements: one concatenation and an offsets vector."""
-    lengths = np.fromiter((0 if a is None else a.size for a in arrays), np.int64, len(arrays))
+    missing = np.fromiter((a is None for a in arrays), bool, len(arrays))
+    present = [a.reshape(-1) for a in arrays if a is not None]
+    lengths = np.zeros(len(arrays), dtype=np.int64)
+    lengths[~missing] = [a.size for a in present]
     offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    present = [np.asarray(a, dtype=dtype).ravel() for a in arrays if a is not None]
-    values = np.concatenate(present) if present else np.empty(0, dtype=dtype)
-    mask = pa.array([a is None for a in arrays], type=pa.bool_())
-    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values), mask=mask)
+    values = np.concatenate(present).astype(dtype, copy=False) if present else np.empty(0, dtype)
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets), pa.array(values), mask=pa.array(missing)
+    )
 
 
 def _shape_column(arrays: list[npt.NDArray[Any] | None]) -> pa.Array:
-    shapes = [None if a is None else np.asarray(a.shape, dtype=np.int64) for a in arrays]
+    shapes = [None if a is None else np.array(a.shape, dtype=np.int64) for a in arrays]
     return _list_column(shapes, np.int64)
 
 
@@ -116,8 +119,8 @@ def records_to_frame(records: list[TrafficRecord]) -> pl.DataFrame:
         "input_shape": _shape_column(inputs),
         "output_shape": _shape_column(outputs),
         "scores": _list_column(outputs, np.float32),
-        "prediction": pa.array(predictions, pa.int64()),
-        "confidence": pa.array(confidences, pa.float32()),
+        "prediction": predictions,
+        "confidence": confidences,
         "latency_us": pa.array([r.latency_us for r in records], pa.int64()),
         "queue_us": pa.array([r.queue_us for r in records], pa.int64()),
         "batch_size": pa.array([r.batch_size for r in records], pa.int64()),
