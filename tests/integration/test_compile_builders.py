@@ -79,3 +79,30 @@ def test_builder_round_trips_every_local_backend(builder: str, tmp_path: Path) -
             atol=1e-4,
         )
         assert engine.signature.max_batch == 16
+
+
+@pytest.mark.slow
+def test_int8_onnxruntime_keeps_top1_on_held_out_data(tmp_path: Path) -> None:
+    """Static int8 quantization, calibrated on training inputs, gated at >= 99.5% top-1."""
+    from kiln.compile import signature_of
+    from kiln.settings import Settings
+    from kiln.train import TrainConfig, load_checkpoint, train
+
+    config = TrainConfig(dataset="digits", model="cnn", epochs=3, threads=1)
+    trained = train(config, Settings(home=tmp_path / "home"), show_progress=False)
+    report = compile_module(
+        load_checkpoint(trained.checkpoint).model,
+        signature_of(trained.config),
+        {"input": trained.dataset.test.x},
+        tmp_path / "work",
+        CompileOptions(targets=("onnxruntime",), precision="int8", max_batch=32, measure_seconds=0),
+        calibration={"input": trained.dataset.train.x},
+    )
+    [result] = report.results
+    assert result.kind == "onnxruntime"
+    assert result.status == "passed", result.reason
+    assert result.parity is not None
+    top1 = result.parity.held_out[0].top1_agreement
+    assert top1 is not None
+    assert top1 >= 0.995
+    assert result.build["quantization"]["calibration_samples"] > 0

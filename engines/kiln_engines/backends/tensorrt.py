@@ -508,7 +508,7 @@ class TensorRTEngine(Engine):
                         self._buffers[spec.name], array.ctypes.data, array.nbytes, h2d, self._stream
                     )
                 )
-            if not self._context.execute_async_v3(self._stream):
+            if not self._context.execute_async_v3(int(self._stream)):
                 raise EngineError("TensorRT failed to run the engine (execute_async_v3 failed)")
             outputs = {}
             for spec in self.signature.outputs:

@@ -32,7 +32,8 @@ from kiln_engines import EngineError, Signature, load
 Progress = Callable[[str], None]
 
 ONNX_TARGETS = ("onnxruntime", "tensorrt")
-"""Targets built from the ONNX export; asking for one also yields the verified `onnx` artifact."""
+"""Targets built from the ONNX export; asking for one at fp32 also yields the verified `onnx`
+artifact (the export itself, which TensorRT plans are rebuilt from)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,8 @@ def compile_module(
         progress("exporting to ONNX and checking it")
         try:
             export_onnx(program, signature, onnx_path)
-            targets.insert(0, "onnx")
+            if options.precision == "fp32":  # the plain export is an fp32 model
+                targets.insert(0, "onnx")
         except EngineBuildFailed as exc:
             onnx_error = exc.message
 
