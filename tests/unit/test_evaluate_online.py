@@ -12,7 +12,7 @@ from kiln.evaluate import VersionInfo, evaluate_traffic, render_html
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord, TrafficSettings, Window
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-WINDOW = Window(NOW - timedelta(hours=1), NOW + timedelta(minutes=1))
+WINDOW = Window(NOW - timedelta(hours=1), NOW + timedelta(hours=1))  # feedback arrives "now"
 
 # id: (version, route, class probabilities served, true label or None)
 SERVED: dict[str, tuple[int, str, list[float], int | None]] = {

@@ -44,7 +44,7 @@ def test_import_csv_reports_matched_and_unmatched(tmp_path: Path) -> None:
     log_requests(tmp_path, ["a", "b", "c"])
     csv = tmp_path / "labels.csv"
     csv.write_text("request_id,label\na,0\nb,2\nzzz,1\nb,1\n")
-    result = import_feedback(tmp_path, csv)
+    result = import_feedback(tmp_path, csv, now=NOW)
     assert (result.rows, result.matched, result.unmatched) == (4, 2, 1)
     assert result.duplicates == 1 and result.unmatched_examples == ["zzz"]
     stored = labels_of(tmp_path)
@@ -70,7 +70,7 @@ def test_parquet_and_numeric_ids_and_whole_float_labels(tmp_path: Path) -> None:
     log_requests(tmp_path, ["007", "8"])
     csv = tmp_path / "ids.csv"
     csv.write_text("request_id,label\n007,1\n8,2.0\n")
-    assert import_feedback(tmp_path, csv).matched == 2  # '007' stays '007'
+    assert import_feedback(tmp_path, csv, now=NOW).matched == 2  # '007' stays '007'
     parquet = tmp_path / "labels.parquet"
     pl.DataFrame({"request_id": ["8"], "label": [0], "model": ["digits"]}).write_parquet(parquet)
     assert import_feedback(tmp_path, parquet, now=NOW + timedelta(seconds=1)).matched == 1
