@@ -107,7 +107,7 @@ class Registry:
         self,
         name: str,
         *,
-        checkpoint: Path,
+        checkpoint: Path | str,
         config: Mapping[str, Any],
         metrics: Mapping[str, Any],
         lineage: Lineage | None = None,
@@ -121,6 +121,7 @@ class Registry:
         `VersionNotFound` when `lineage.parent_version` does not exist.
         """
         validate_name(name)
+        checkpoint = Path(checkpoint)
         lineage = lineage or Lineage()
         config_json = _json(config, "config")
         metrics_json = _json(metrics, "metrics")
@@ -298,7 +299,7 @@ class Registry:
         version: int,
         *,
         kind: ArtifactKind | str,
-        path: Path,
+        path: Path | str,
         target: Mapping[str, Any] | None = None,
         libraries: Mapping[str, str] | None = None,
         report: Mapping[str, Any] | None = None,
@@ -309,6 +310,7 @@ class Registry:
         returns the existing artifact.
         """
         kind = ArtifactKind.parse(kind) if isinstance(kind, str) else kind
+        path = Path(path)
         target_json = _json(target or {}, "target")
         libraries_json = _json(libraries or {}, "libraries")
         report_json = _json(report or {}, "report")
@@ -498,11 +500,12 @@ class Registry:
 
     # -- bundles and housekeeping ---------------------------------------------------------
 
-    def export_version(self, ref: str | Reference, file: Path) -> BundleManifest:
+    def export_version(self, ref: str | Reference, file: Path | str) -> BundleManifest:
         """Write the version `ref` names, with every artifact, to a bundle file.
 
         Each blob is verified first: a corrupted artifact is never exported.
         """
+        file = Path(file)
         version = self.resolve(ref)
         found = self.artifacts(version.name, version.version)
         blobs: dict[str, Path] = {}
@@ -512,7 +515,7 @@ class Registry:
         write_bundle(file, manifest, list(blobs.items()))
         return manifest
 
-    def import_bundle(self, file: Path) -> ImportResult:
+    def import_bundle(self, file: Path | str) -> ImportResult:
         """Import a bundle written by `export_version`, checking every blob's hash.
 
         The version keeps its number when that number was never used here; otherwise it gets
@@ -520,7 +523,7 @@ class Registry:
         changes nothing the second time. Raises `BundleInvalid` for a foreign, truncated or
         malformed file and `ArtifactCorrupted` when a blob does not match its hash.
         """
-        with read_bundle(file) as (manifest, contents):
+        with read_bundle(Path(file)) as (manifest, contents):
 
             def store(artifact: Artifact) -> None:
                 with contents.open(artifact.sha256, artifact.size) as stream:
