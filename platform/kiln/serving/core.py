@@ -1,10 +1,11 @@
 """The serving core: the data plane every transport calls, with no transport in it.
 
-`ServingCore` owns the model table, one dynamic batcher per loaded version, the alias watcher
-that hot-swaps versions, statistics, metrics and the traffic and feedback hooks. Transports
-convert their messages to `kiln.serving.messages` values, call one method here and convert the
-result back. Every error raised to a transport is a `KilnError` (its `code` says what kind);
-anything unexpected is logged here with its traceback and surfaces as `InternalError`.
+`ServingCore` ties together the model table (`table`), the lifecycle that loads, unloads and
+hot-swaps versions (`lifecycle`), one dynamic batcher per loaded version (`batcher`),
+statistics, metrics and the traffic and feedback hooks. Transports convert their messages to
+`kiln.serving.messages` values, call one method here and convert the result back. Every error
+raised to a transport is a `KilnError` (its `code` says what kind); anything unexpected is
+logged here with its traceback and surfaces as `InternalError`.
 
 Threads: all methods run on the event loop; engine calls run on each batcher's worker thread,
 registry calls and engine loading on a small control pool.
@@ -13,31 +14,22 @@ registry calls and engine loading on a small control pool.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
 
-from kiln.errors import ErrorCode, FailedPrecondition, KilnError, did_you_mean
-from kiln.registry import parse_reference
-from kiln.registry.references import format_version_ranges
-from kiln.serving.batcher import DynamicBatcher
+from kiln.errors import ErrorCode, KilnError
 from kiln.serving.errors import (
     EngineFailed,
     FeedbackDisabled,
-    InferRequestInvalid,
     InternalError,
-    ModelNotReady,
-    ModelNotServed,
     RequestCancelled,
     ServerShuttingDown,
-    VersionNotServed,
 )
+from kiln.serving.lifecycle import ModelLifecycle, StateListener
 from kiln.serving.messages import (
     Feedback,
     IndexEntry,
@@ -51,14 +43,7 @@ from kiln.serving.metrics import ServingMetrics
 from kiln.serving.repository import ModelRepository
 from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
-from kiln.serving.table import (
-    LoadedModel,
-    ModelState,
-    ServedModel,
-    describe,
-    warmup_inputs,
-)
-from kiln.serving.validation import RequestValidator
+from kiln.serving.table import LoadedModel, ModelState, ModelTable
 from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")
@@ -72,14 +57,9 @@ FeedbackHook = Callable[[Sequence[Feedback]], None]
 """Called on the event loop with the accepted labels of one feedback call. Must return quickly;
 an exception fails that call (the client may retry)."""
 
-StateListener = Callable[[str, int, ModelState], None]
-"""Called on the event loop when a version's state changes: (model, version, state)."""
-
-T = TypeVar("T")
-
 
 class ServingCore:
-    """The model table and everything that acts on it. See the module docstring."""
+    """The data plane over the model table. See the module docstring."""
 
     def __init__(
         self,
@@ -94,18 +74,16 @@ class ServingCore:
         self.metrics = metrics or ServingMetrics()
         self.traffic_hook = traffic_hook
         self.feedback_hook = feedback_hook
+        self.table = ModelTable()
+        self.lifecycle = ModelLifecycle(self.table, repository, settings, self.metrics)
         self._repository = repository
-        self._models: dict[str, ServedModel] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._listeners: list[StateListener] = []
-        self._control = ThreadPoolExecutor(2, thread_name_prefix="kiln-control")
-        self._watcher: asyncio.Task[None] | None = None
         self._started = False
         self._refusing = False  # draining for shutdown: new inference requests are refused
-        self._stopping = False
         self._inflight = 0
         self._last_arrival_ns = 0
         self._hook_failures = 0
+        # Request ids: a per-server random prefix and a counter. Unique across restarts and
+        # replicas, and far cheaper than uuid4 per request (os.urandom is a system call).
         self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
         self._ids = itertools.count(1)
 
@@ -117,28 +95,15 @@ class ServingCore:
         Raises the first load failure: a server that cannot serve what it was asked to should
         not report ready.
         """
-        if not references:
-            references = await self._production_references()
-        for reference in references:
-            await self.load(reference)
-        self._watcher = asyncio.get_running_loop().create_task(
-            self._watch(), name="kiln-alias-watcher"
-        )
+        for reference in references or await self.lifecycle.production_references():
+            await self.lifecycle.load(reference)
+        self.lifecycle.watch()
         self._started = True
 
     async def stop(self) -> None:
         """Refuse new requests, let queued and running ones finish, close every engine."""
-        self._stopping = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-        for name in list(self._models):
-            async with self._lock(name):
-                served = self._models.pop(name, None)
-                if served is not None:
-                    await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
-        self._control.shutdown(wait=False)
+        self._refusing = True
+        await self.lifecycle.stop()
 
     def refuse_new(self) -> None:
         """Start draining for shutdown: report not ready, refuse new inference (UNAVAILABLE)."""
@@ -161,14 +126,21 @@ class ServingCore:
 
     def add_listener(self, listener: StateListener) -> None:
         """Be told of every version state change from now on (and of the current states)."""
-        self._listeners.append(listener)
-        for served in self._models.values():
-            for loaded in served.versions.values():
-                listener(loaded.name, loaded.version, loaded.state)
+        self.lifecycle.listeners.append(listener)
+        for loaded in self.table.loaded():
+            listener(loaded.name, loaded.version, loaded.state)
+
+    async def load(self, reference: str) -> LoadedModel:
+        """Serve a reference (`digits`, `digits@candidate`, `digits:3`); see `ModelLifecycle`."""
+        return await self.lifecycle.load(reference)
+
+    async def unload(self, reference: str) -> None:
+        """Stop serving a model (`digits`) or one version (`digits:3`), draining first."""
+        await self.lifecycle.unload(reference)
 
     @property
     def live(self) -> bool:
-        return not self._stopping
+        return not self.lifecycle.stopping
 
     @property
     def ready(self) -> bool:
@@ -176,10 +148,8 @@ class ServingCore:
         return (
             self._started
             and not self._refusing
-            and not self._stopping
             and all(
-                s.default is not None and s.default.state is ModelState.READY
-                for s in self._models.values()
+                s.default is not None and s.default.state is ModelState.READY for s in self.table
             )
         )
 
@@ -196,8 +166,6 @@ class ServingCore:
         received = request.received_ns or time.perf_counter_ns()
         self._last_arrival_ns = received
         if not request.id:
-            # A per-server random prefix and a counter: unique across restarts and replicas,
-            # and far cheaper than uuid4 per request (os.urandom is a syscall).
             request.id = f"{self._id_prefix}{next(self._ids):x}"
         self._inflight += 1
         try:
@@ -214,7 +182,8 @@ class ServingCore:
                     "the server is shutting down and accepts no new requests; send to another "
                     "replica or retry when it is back"
                 )
-            loaded = self.resolve(request.model, request.version)
+            # Resolving and queueing happen in one synchronous step: see `table`.
+            loaded = self.table.resolve(request.model, request.version)
             rows = loaded.validator(request.inputs, request.outputs)
             future = loaded.batcher.submit(
                 request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
@@ -247,46 +216,23 @@ class ServingCore:
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
         """The loaded version a request for (`name`, `version`) goes to; "" is the default."""
-        served = self._models.get(name)
-        if served is None:
-            if self._stopping:
-                raise ServerShuttingDown("the server is shutting down; send to another replica")
-            served_names = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotServed(
-                f"model '{name}' is not served here{did_you_mean(name, self._models)}; "
-                f"served models: {served_names} (load one with RepositoryModelLoad)"
-            )
-        if not version:
-            loaded = served.default
-            if loaded is None:
-                raise ModelNotReady(f"model '{name}' is loading; retry shortly")
-        else:
-            loaded = served.versions.get(_version_number(name, version))
-            if loaded is None:
-                loaded_versions = format_version_ranges(list(served.versions)) or "none"
-                raise VersionNotServed(
-                    f"model '{name}' version {version} is not loaded; loaded versions: "
-                    f"{loaded_versions} (load it with RepositoryModelLoad '{name}:{version}')"
-                )
-        if loaded.state is not ModelState.READY:
-            raise ModelNotReady(f"model {loaded.label} is {loaded.state.lower()}; retry shortly")
-        return loaded
+        return self.table.resolve(name, version)
 
     # -- metadata and statistics ---------------------------------------------------------------
 
     def describe(self, name: str, version: str = "") -> ModelDescription:
         """Metadata and configuration of the version a request would reach."""
-        loaded = self.resolve(name, version)
-        versions = tuple(sorted(self._models[name].versions))
+        loaded = self.table.resolve(name, version)
+        versions = tuple(sorted(self.table.models[name].versions))
         return dataclasses.replace(loaded.description, versions=versions)
 
     def loaded_models(self) -> list[LoadedModel]:
         """Every loaded version, by model name and version."""
-        return [m for s in self._sorted() for m in _by_version(s)]
+        return self.table.loaded()
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.resolve(name, version)
+            self.table.resolve(name, version)
         except KilnError:
             return False
         return True
@@ -294,30 +240,23 @@ class ServingCore:
     def statistics(self, name: str = "", version: str = "") -> list[ModelStatistics]:
         """Statistics of every loaded version (of `name`; of one version when given)."""
         if not name:
-            return [m.statistics for s in self._sorted() for m in _by_version(s)]
-        served = self._models.get(name)
-        if served is None:
-            self.resolve(name)  # raises ModelNotServed with the message
-            return []
+            return [m.statistics for m in self.table.loaded()]
         if version:
-            loaded = served.versions.get(_version_number(name, version))
-            if loaded is None:
-                self.resolve(name, version)  # raises VersionNotServed
-            return [loaded.statistics] if loaded else []
-        return [m.statistics for m in _by_version(served)]
+            return [self.table.version(name, version).statistics]
+        return [m.statistics for m in self.table.served(name).by_version()]
 
     async def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
         """Every registered model: its loaded versions with their state, or UNAVAILABLE."""
-        names = set(await self._blocking(self._repository.model_names)) | set(self._models)
+        registered = await self.lifecycle.blocking(self._repository.model_names)
         entries: list[IndexEntry] = []
-        for name in sorted(names):
-            served = self._models.get(name)
+        for name in sorted(set(registered) | set(self.table.models)):
+            served = self.table.models.get(name)
             if served is None or not served.versions:
                 state = ModelState.LOADING if served else ModelState.UNAVAILABLE
                 reason = served.reason if served else "not loaded"
                 entries.append(IndexEntry(name, "", state.value, reason))
                 continue
-            for loaded in _by_version(served):
+            for loaded in served.by_version():
                 # A failed swap leaves the default serving; say why it was not replaced.
                 reason = served.reason if loaded is served.default else ""
                 entries.append(IndexEntry(name, str(loaded.version), loaded.state.value, reason))
@@ -346,189 +285,7 @@ class ServingCore:
             self.feedback_hook(accepted)
         return rejected
 
-    # -- repository control ---------------------------------------------------------------------
-
-    async def load(self, text: str) -> LoadedModel:
-        """Serve `text` (`digits`, `digits@candidate`, `digits:3`); returns the loaded version.
-
-        A new model's first reference sets its default version. For a served model, an alias
-        reference becomes the one its default follows (swapping now if it points elsewhere);
-        a version reference loads that version beside the default.
-        """
-        if self._stopping:
-            raise ServerShuttingDown("the server is shutting down")
-        reference = parse_reference(text)
-        async with self._lock(reference.name):
-            version = await self._blocking(self._repository.resolve, reference)
-            served = self._models.get(reference.name)
-            if served is None:
-                served = self._models[reference.name] = ServedModel(reference.name, reference)
-                try:
-                    loaded = await self._open(reference.name, version)
-                except BaseException:
-                    del self._models[reference.name]
-                    raise
-                served.versions[version] = loaded
-                served.default = loaded
-            elif reference.version is not None:
-                loaded = served.versions.get(version) or await self._open(reference.name, version)
-                served.versions[version] = loaded
-            else:
-                served.reference = reference
-                served.failed_version = None
-                loaded = await self._swap(served, version)
-            if reference.version is not None:
-                served.pinned.add(version)
-            return loaded
-
-    async def unload(self, text: str) -> None:
-        """Stop serving a model (`digits`) or one of its versions (`digits:3`), draining first."""
-        name, _, number = text.partition(":")
-        if "@" in name:
-            raise InferRequestInvalid(
-                f"unload takes a model name or NAME:VERSION, not an alias ('{text}')"
-            )
-        async with self._lock(name):
-            served = self._models.get(name)
-            if served is None:
-                self.resolve(name)  # raises ModelNotServed
-                return
-            if not number:
-                del self._models[name]
-                await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
-                return
-            loaded = served.versions.get(_version_number(name, number))
-            if loaded is None:
-                self.resolve(name, number)  # raises VersionNotServed
-                return
-            if loaded is served.default:
-                raise FailedPrecondition(
-                    f"{loaded.label} is the version '{name}' serves by default; unload '{name}' "
-                    f"to stop serving the model, or load another default first"
-                )
-            del served.versions[loaded.version]
-            served.pinned.discard(loaded.version)
-            await self._retire(loaded)
-
     # -- internals ------------------------------------------------------------------------------
-
-    async def _swap(self, served: ServedModel, version: int) -> LoadedModel:
-        old = served.default
-        if old is not None and old.version == version:
-            return old
-        # Load and warm the new version BEFORE touching the old one. Until the new engine has
-        # proven it runs, the old keeps serving every request: a slow load costs no latency
-        # and a bad artifact costs no availability. Only then does the default move (one
-        # assignment, atomic on the event loop), and the old version drains what it already
-        # queued before its engine closes, so no request fails during the swap.
-        new = served.versions.get(version) or await self._open(served.name, version)
-        served.versions[version] = new
-        served.default = new
-        served.failed_version, served.reason = None, ""
-        if old is not None:
-            log.info("%s now serves version %d (was %d)", served.name, version, old.version)
-            if old.version not in served.pinned:
-                del served.versions[old.version]
-                await self._retire(old)
-        return new
-
-    async def _open(self, name: str, version: int) -> LoadedModel:
-        label = f"{name}:{version}"
-        self._notify(name, version, ModelState.LOADING)
-        self.metrics.state(name, version, "loading")
-        try:
-            opened = await self._blocking(self._repository.open, name, version)
-            description = describe(name, version, opened, self.settings)
-            if self.settings.warmup:
-                for feed in warmup_inputs(description):
-                    await self._blocking(opened.engine.infer, feed)
-        except BaseException:
-            self._notify(name, version, ModelState.UNAVAILABLE)
-            self.metrics.state(name, version, "unloaded")
-            raise
-        statistics = ModelStatistics(name, version)
-        metrics = self.metrics.bind(name, version)
-
-        def executed(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
-            statistics.record_execution(rows, input_ns, infer_ns, output_ns)
-            metrics.executed(rows, (input_ns + infer_ns + output_ns) / 1e9)
-
-        loaded = LoadedModel(
-            name=name,
-            version=version,
-            opened=opened,
-            description=description,
-            validator=RequestValidator(
-                label, description.inputs, description.outputs, description.max_batch_size
-            ),
-            batcher=DynamicBatcher(
-                opened.engine.infer,
-                label=label,
-                max_batch_size=description.max_batch_size,
-                max_queue_delay_us=self.settings.max_queue_delay_us,
-                max_queue_size=self.settings.max_queue_size,
-                on_execution=executed,
-            ),
-            statistics=statistics,
-            metrics=metrics,
-        )
-        log.info("loaded %s (%s on %s)", label, opened.kind, opened.device)
-        self._notify(name, version, ModelState.READY)
-        self.metrics.state(name, version, "ready")
-        return loaded
-
-    async def _retire(self, loaded: LoadedModel) -> None:
-        loaded.state = ModelState.UNLOADING
-        self._notify(loaded.name, loaded.version, ModelState.UNLOADING)
-        self.metrics.state(loaded.name, loaded.version, "unloading")
-        try:
-            await asyncio.wait_for(loaded.batcher.close(), self.settings.drain_timeout_s or None)
-        except TimeoutError:
-            log.warning("%s did not drain in %.0f s", loaded.label, self.settings.drain_timeout_s)
-        await self._blocking(loaded.opened.engine.close)
-        loaded.state = ModelState.UNAVAILABLE
-        self._notify(loaded.name, loaded.version, ModelState.UNAVAILABLE)
-        self.metrics.state(loaded.name, loaded.version, "unloaded")
-        log.info("unloaded %s", loaded.label)
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.poll_interval_s)
-            for served in list(self._models.values()):
-                if served.tracks_alias and served.default is not None:
-                    await self._follow(served)
-
-    async def _follow(self, served: ServedModel) -> None:
-        try:
-            version = await self._blocking(self._repository.resolve, served.reference)
-        except KilnError as exc:
-            log.warning("cannot resolve %s: %s", served.reference, exc)
-            return
-        current = served.default.version if served.default else None
-        if version in (current, served.failed_version):
-            return
-        async with self._lock(served.name):
-            if self._models.get(served.name) is not served or served.default is None:
-                return  # unloaded or reloaded meanwhile
-            try:
-                await self._swap(served, version)
-            except Exception as exc:
-                served.failed_version = version
-                served.reason = f"cannot serve {served.name}:{version}: {exc}"
-                log.error("%s moved to %d but stays on %d: %s", served.reference, version,
-                          served.default.version, exc)  # fmt: skip
-
-    async def _production_references(self) -> list[str]:
-        names = await self._blocking(self._repository.model_names)
-        references = []
-        for name in names:
-            try:
-                await self._blocking(self._repository.resolve, parse_reference(name))
-            except KilnError:
-                log.warning("%s has no production version; not serving it", name)
-                continue
-            references.append(name)
-        return references
 
     def _failed(
         self, request: InferRequest, loaded: LoadedModel | None, error: KilnError, received: int
@@ -551,34 +308,6 @@ class ServingCore:
             self._hook_failures += 1
             if self._hook_failures in (1, 10, 100) or self._hook_failures % 1000 == 0:
                 log.exception("the traffic hook failed (%d times so far)", self._hook_failures)
-
-    def _notify(self, name: str, version: int, state: ModelState) -> None:
-        for listener in self._listeners:
-            listener(name, version, state)
-
-    def _lock(self, name: str) -> asyncio.Lock:
-        lock = self._locks.get(name)
-        if lock is None:
-            lock = self._locks[name] = asyncio.Lock()
-        return lock
-
-    def _sorted(self) -> Iterable[ServedModel]:
-        return (self._models[name] for name in sorted(self._models))
-
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
-
-
-def _by_version(served: ServedModel) -> list[LoadedModel]:
-    return [served.versions[v] for v in sorted(served.versions)]
-
-
-def _version_number(name: str, version: str) -> int:
-    if not version.isascii() or not version.isdigit():
-        raise VersionNotServed(
-            f"model '{name}' has no version '{version}': versions are positive integers"
-        )
-    return int(version)
 
 
 def _code(code: str) -> ErrorCode:

@@ -9,30 +9,20 @@ new one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
 
-import numpy as np
-
+from kiln.errors import did_you_mean
 from kiln.registry import Reference
+from kiln.registry.references import format_version_ranges
 from kiln.serving.batcher import DynamicBatcher
-from kiln.serving.codec import datatype_of
-from kiln.serving.messages import ModelDescription, TensorSpec
+from kiln.serving.errors import ModelNotReady, ModelNotServed, VersionNotServed
+from kiln.serving.messages import ModelDescription
 from kiln.serving.metrics import VersionMetrics
 from kiln.serving.repository import OpenedEngine
-from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.validation import RequestValidator
-from kiln_engines import DYNAMIC, Signature
-
-PLATFORMS = {
-    "onnxruntime": "onnxruntime_onnx",
-    "onnx": "onnxruntime_onnx",
-    "tensorrt": "tensorrt_plan",
-    "aotinductor": "pytorch_aotinductor",
-}
-"""Triton's platform name for each artifact kind (clients show it; perf_analyzer reads it)."""
 
 
 class ModelState(StrEnum):
@@ -81,54 +71,65 @@ class ServedModel:
     def tracks_alias(self) -> bool:
         return self.reference.version is None
 
-
-def describe(
-    name: str, version: int, opened: OpenedEngine, settings: ServingSettings
-) -> ModelDescription:
-    """A version's metadata and configuration, from its engine's signature and the settings.
-
-    The model batches when every input and output has a dynamic leading dimension; its
-    max_batch_size is the setting, capped by what the engine accepts.
-    """
-    signature: Signature = opened.engine.signature
-    specs = (*signature.inputs, *signature.outputs)
-    batched = all(s.shape and s.shape[0] == DYNAMIC for s in specs)
-    max_batch = 0
-    if batched and settings.max_batch_size:
-        max_batch = min(settings.max_batch_size, signature.max_batch or settings.max_batch_size)
-
-    def spec(name: str, dtype: str, shape: tuple[int, ...]) -> TensorSpec:
-        np_dtype: np.dtype[Any] = np.dtype(dtype)
-        return TensorSpec(name, datatype_of(np_dtype), shape, np_dtype)
-
-    return ModelDescription(
-        name=name,
-        version=version,
-        versions=(version,),
-        platform=PLATFORMS.get(opened.kind, opened.kind),
-        backend="onnxruntime" if opened.kind == "onnx" else opened.kind,
-        inputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.inputs),
-        outputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.outputs),
-        max_batch_size=max_batch,
-        max_queue_delay_us=settings.max_queue_delay_us,
-        max_queue_size=settings.max_queue_size,
-        default_timeout_us=settings.default_timeout_us,
-        instances=1,
-    )
+    def by_version(self) -> list[LoadedModel]:
+        return [self.versions[v] for v in sorted(self.versions)]
 
 
-def warmup_inputs(description: ModelDescription) -> list[dict[str, Any]]:
-    """Zero inputs at batch 1 and at the maximum batch (numeric inputs only; none for BYTES)."""
-    if any(s.dtype == np.dtype(object) for s in description.inputs):
-        return []
-    sizes = [1] if description.max_batch_size <= 1 else [1, description.max_batch_size]
-    feeds = []
-    for rows in sizes:
-        feed = {}
-        for s in description.inputs:
-            shape = [1 if d == DYNAMIC else d for d in s.shape]
-            if description.max_batch_size and shape:
-                shape[0] = rows
-            feed[s.name] = np.zeros(shape, dtype=s.dtype)
-        feeds.append(feed)
-    return feeds
+class ModelTable:
+    """Served models by name, and the lookups requests make (no I/O, event loop only)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ServedModel] = {}
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        """Served models in name order."""
+        return (self.models[name] for name in sorted(self.models))
+
+    def served(self, name: str) -> ServedModel:
+        """The served model `name`; `ModelNotServed` listing what is served otherwise."""
+        served = self.models.get(name)
+        if served is None:
+            names = ", ".join(sorted(self.models)) or "none"
+            raise ModelNotServed(
+                f"model '{name}' is not served here{did_you_mean(name, self.models)}; "
+                f"served models: {names} (load one with RepositoryModelLoad)"
+            )
+        return served
+
+    def version(self, name: str, version: str) -> LoadedModel:
+        """Loaded version `version` ("3") of `name`, in whatever state it is."""
+        served = self.served(name)
+        loaded = served.versions.get(version_number(name, version))
+        if loaded is None:
+            loaded_versions = format_version_ranges(list(served.versions)) or "none"
+            raise VersionNotServed(
+                f"model '{name}' version {version} is not loaded; loaded versions: "
+                f"{loaded_versions} (load it with RepositoryModelLoad '{name}:{version}')"
+            )
+        return loaded
+
+    def resolve(self, name: str, version: str = "") -> LoadedModel:
+        """The ready version a request for (`name`, `version`) goes to; "" is the default."""
+        if version:
+            loaded = self.version(name, version)
+        else:
+            default = self.served(name).default
+            if default is None:
+                raise ModelNotReady(f"model '{name}' is loading; retry shortly")
+            loaded = default
+        if loaded.state is not ModelState.READY:
+            raise ModelNotReady(f"model {loaded.label} is {loaded.state.lower()}; retry shortly")
+        return loaded
+
+    def loaded(self) -> list[LoadedModel]:
+        """Every loaded version, by model name and version."""
+        return [m for served in self for m in served.by_version()]
+
+
+def version_number(name: str, version: str) -> int:
+    """A request's version string as the registry's integer; `VersionNotServed` otherwise."""
+    if not version.isascii() or not version.isdigit():
+        raise VersionNotServed(
+            f"model '{name}' has no version '{version}': versions are positive integers"
+        )
+    return int(version)

@@ -1,0 +1,336 @@
+"""Loading, unloading and hot-swapping versions in the model table.
+
+`ModelLifecycle` opens versions from the repository (on a control thread), warms them, builds
+their batchers and puts them in the table; it retires versions by draining their queues before
+closing their engines; and its watcher polls the registry for aliases that moved and swaps the
+new version in. Changes for one model are serialised by a per-model lock; requests never wait
+on it (they only read the table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import numpy as np
+
+from kiln.errors import FailedPrecondition, KilnError
+from kiln.registry import parse_reference
+from kiln.serving.batcher import DynamicBatcher
+from kiln.serving.codec import datatype_of
+from kiln.serving.errors import InferRequestInvalid, ServerShuttingDown
+from kiln.serving.messages import ModelDescription, TensorSpec
+from kiln.serving.metrics import ServingMetrics
+from kiln.serving.repository import ModelRepository, OpenedEngine
+from kiln.serving.settings import ServingSettings
+from kiln.serving.statistics import ModelStatistics
+from kiln.serving.table import LoadedModel, ModelState, ModelTable, ServedModel
+from kiln.serving.validation import RequestValidator
+from kiln_engines import DYNAMIC, Signature
+
+log = logging.getLogger("kiln.serving")
+
+StateListener = Callable[[str, int, ModelState], None]
+"""Called on the event loop when a version's state changes: (model, version, state)."""
+
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "onnx": "onnxruntime_onnx",
+    "tensorrt": "tensorrt_plan",
+    "aotinductor": "pytorch_aotinductor",
+}
+"""Triton's platform name for each artifact kind (clients show it; perf_analyzer reads it)."""
+
+T = TypeVar("T")
+
+
+class ModelLifecycle:
+    """Puts versions into the table and takes them out, including hot swaps."""
+
+    def __init__(
+        self,
+        table: ModelTable,
+        repository: ModelRepository,
+        settings: ServingSettings,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.table = table
+        self.repository = repository
+        self.settings = settings
+        self.metrics = metrics
+        self.listeners: list[StateListener] = []
+        self.stopping = False
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._control = ThreadPoolExecutor(2, thread_name_prefix="kiln-control")
+        self._watcher: asyncio.Task[None] | None = None
+
+    def watch(self) -> None:
+        """Start polling the registry for moved aliases (every `poll_interval_s`)."""
+        self._watcher = asyncio.get_running_loop().create_task(
+            self._watch(), name="kiln-alias-watcher"
+        )
+
+    async def stop(self) -> None:
+        """Stop watching, drain and close every version."""
+        self.stopping = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for name in list(self.table.models):
+            async with self._lock(name):
+                served = self.table.models.pop(name, None)
+                if served is not None:
+                    await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
+        self._control.shutdown(wait=False)
+
+    async def load(self, text: str) -> LoadedModel:
+        """Serve `text` (`digits`, `digits@candidate`, `digits:3`); returns the loaded version.
+
+        A new model's first reference sets its default version. For a served model, an alias
+        reference becomes the one its default follows (swapping now if it points elsewhere);
+        a version reference loads that version beside the default.
+        """
+        if self.stopping:
+            raise ServerShuttingDown("the server is shutting down")
+        reference = parse_reference(text)
+        models = self.table.models
+        async with self._lock(reference.name):
+            version = await self.blocking(self.repository.resolve, reference)
+            served = models.get(reference.name)
+            if served is None:
+                served = models[reference.name] = ServedModel(reference.name, reference)
+                try:
+                    loaded = await self._open(reference.name, version)
+                except BaseException:
+                    del models[reference.name]
+                    raise
+                served.versions[version] = loaded
+                served.default = loaded
+            elif reference.version is not None:
+                loaded = served.versions.get(version) or await self._open(reference.name, version)
+                served.versions[version] = loaded
+            else:
+                served.reference = reference
+                served.failed_version = None
+                loaded = await self._swap(served, version)
+            if reference.version is not None:
+                served.pinned.add(version)
+            return loaded
+
+    async def unload(self, text: str) -> None:
+        """Stop serving a model (`digits`) or one of its versions (`digits:3`), draining first."""
+        name, _, number = text.partition(":")
+        if "@" in name:
+            raise InferRequestInvalid(
+                f"unload takes a model name or NAME:VERSION, not an alias ('{text}')"
+            )
+        async with self._lock(name):
+            served = self.table.served(name)
+            if not number:
+                del self.table.models[name]
+                await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
+                return
+            loaded = self.table.version(name, number)
+            if loaded is served.default:
+                raise FailedPrecondition(
+                    f"{loaded.label} is the version '{name}' serves by default; unload '{name}' "
+                    f"to stop serving the model, or load another default first"
+                )
+            del served.versions[loaded.version]
+            served.pinned.discard(loaded.version)
+            await self._retire(loaded)
+
+    async def production_references(self) -> list[str]:
+        """Every registered model that has a `production` version."""
+        references = []
+        for name in await self.blocking(self.repository.model_names):
+            try:
+                await self.blocking(self.repository.resolve, parse_reference(name))
+            except KilnError:
+                log.warning("%s has no production version; not serving it", name)
+                continue
+            references.append(name)
+        return references
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking call (registry, engine loading) on a control thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    async def _swap(self, served: ServedModel, version: int) -> LoadedModel:
+        old = served.default
+        if old is not None and old.version == version:
+            return old
+        # Load and warm the new version BEFORE touching the old one. Until the new engine has
+        # proven it runs, the old keeps serving every request: a slow load costs no latency
+        # and a bad artifact costs no availability. Only then does the default move (one
+        # assignment, atomic on the event loop), and the old version drains what it already
+        # queued before its engine closes, so no request fails during the swap.
+        new = served.versions.get(version) or await self._open(served.name, version)
+        served.versions[version] = new
+        served.default = new
+        served.failed_version, served.reason = None, ""
+        if old is not None:
+            log.info("%s now serves version %d (was %d)", served.name, version, old.version)
+            if old.version not in served.pinned:
+                del served.versions[old.version]
+                await self._retire(old)
+        return new
+
+    async def _open(self, name: str, version: int) -> LoadedModel:
+        label = f"{name}:{version}"
+        self._set_state(name, version, ModelState.LOADING)
+        try:
+            opened = await self.blocking(self.repository.open, name, version)
+            description = describe(name, version, opened, self.settings)
+            if self.settings.warmup:
+                for feed in warmup_inputs(description):
+                    await self.blocking(opened.engine.infer, feed)
+        except BaseException:
+            self._set_state(name, version, ModelState.UNAVAILABLE)
+            raise
+        statistics = ModelStatistics(name, version)
+        metrics = self.metrics.bind(name, version)
+
+        def executed(rows: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+            statistics.record_execution(rows, input_ns, infer_ns, output_ns)
+            metrics.executed(rows, (input_ns + infer_ns + output_ns) / 1e9)
+
+        loaded = LoadedModel(
+            name=name,
+            version=version,
+            opened=opened,
+            description=description,
+            validator=RequestValidator(
+                label, description.inputs, description.outputs, description.max_batch_size
+            ),
+            batcher=DynamicBatcher(
+                opened.engine.infer,
+                label=label,
+                max_batch_size=description.max_batch_size,
+                max_queue_delay_us=self.settings.max_queue_delay_us,
+                max_queue_size=self.settings.max_queue_size,
+                on_execution=executed,
+            ),
+            statistics=statistics,
+            metrics=metrics,
+        )
+        log.info("loaded %s (%s on %s)", label, opened.kind, opened.device)
+        self._set_state(name, version, ModelState.READY)
+        return loaded
+
+    async def _retire(self, loaded: LoadedModel) -> None:
+        loaded.state = ModelState.UNLOADING
+        self._set_state(loaded.name, loaded.version, ModelState.UNLOADING)
+        try:
+            await asyncio.wait_for(loaded.batcher.close(), self.settings.drain_timeout_s or None)
+        except TimeoutError:
+            log.warning("%s did not drain in %.0f s", loaded.label, self.settings.drain_timeout_s)
+        await self.blocking(loaded.opened.engine.close)
+        loaded.state = ModelState.UNAVAILABLE
+        self._set_state(loaded.name, loaded.version, ModelState.UNAVAILABLE)
+        log.info("unloaded %s", loaded.label)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            for served in list(self.table.models.values()):
+                if served.tracks_alias and served.default is not None:
+                    await self._follow(served)
+
+    async def _follow(self, served: ServedModel) -> None:
+        try:
+            version = await self.blocking(self.repository.resolve, served.reference)
+        except KilnError as exc:
+            log.warning("cannot resolve %s: %s", served.reference, exc)
+            return
+        current = served.default.version if served.default else None
+        if version in (current, served.failed_version):
+            return
+        async with self._lock(served.name):
+            if self.table.models.get(served.name) is not served or served.default is None:
+                return  # unloaded or reloaded meanwhile
+            try:
+                await self._swap(served, version)
+            except Exception as exc:
+                served.failed_version = version
+                served.reason = f"cannot serve {served.name}:{version}: {exc}"
+                log.error("%s moved to %d but stays on %d: %s", served.reference, version,
+                          served.default.version, exc)  # fmt: skip
+
+    def _set_state(self, name: str, version: int, state: ModelState) -> None:
+        self.metrics.state(name, version, _METRIC_STATES[state])
+        for listener in self.listeners:
+            listener(name, version, state)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+
+_METRIC_STATES = {
+    ModelState.LOADING: "loading",
+    ModelState.READY: "ready",
+    ModelState.UNLOADING: "unloading",
+    ModelState.UNAVAILABLE: "unloaded",
+}
+
+
+def describe(
+    name: str, version: int, opened: OpenedEngine, settings: ServingSettings
+) -> ModelDescription:
+    """A version's metadata and configuration, from its engine's signature and the settings.
+
+    The model batches when every input and output has a dynamic leading dimension; its
+    max_batch_size is the setting, capped by what the engine accepts.
+    """
+    signature: Signature = opened.engine.signature
+    specs = (*signature.inputs, *signature.outputs)
+    batched = all(s.shape and s.shape[0] == DYNAMIC for s in specs)
+    max_batch = 0
+    if batched and settings.max_batch_size:
+        max_batch = min(settings.max_batch_size, signature.max_batch or settings.max_batch_size)
+
+    def spec(name: str, dtype: str, shape: tuple[int, ...]) -> TensorSpec:
+        np_dtype: np.dtype[Any] = np.dtype(dtype)
+        return TensorSpec(name, datatype_of(np_dtype), shape, np_dtype)
+
+    return ModelDescription(
+        name=name,
+        version=version,
+        versions=(version,),
+        platform=PLATFORMS.get(opened.kind, opened.kind),
+        backend="onnxruntime" if opened.kind == "onnx" else opened.kind,
+        inputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.inputs),
+        outputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.outputs),
+        max_batch_size=max_batch,
+        max_queue_delay_us=settings.max_queue_delay_us,
+        max_queue_size=settings.max_queue_size,
+        default_timeout_us=settings.default_timeout_us,
+        instances=1,
+    )
+
+
+def warmup_inputs(description: ModelDescription) -> Sequence[dict[str, Any]]:
+    """Zero inputs at batch 1 and at the maximum batch (numeric inputs only; none for BYTES)."""
+    if any(s.dtype == np.dtype(object) for s in description.inputs):
+        return []
+    sizes = [1] if description.max_batch_size <= 1 else [1, description.max_batch_size]
+    feeds = []
+    for rows in sizes:
+        feed = {}
+        for s in description.inputs:
+            shape = [1 if d == DYNAMIC else d for d in s.shape]
+            if description.max_batch_size and shape:
+                shape[0] = rows
+            feed[s.name] = np.zeros(shape, dtype=s.dtype)
+        feeds.append(feed)
+    return feeds
