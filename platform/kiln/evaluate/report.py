@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -78,10 +79,20 @@ def _by_version(
     return series
 
 
+def _time_axis(ax: Any, report: Mapping[str, Any]) -> None:
+    """The window on the x axis, labelled in UTC (a lone point would get a year-wide axis)."""
+    mdates: Any = importlib.import_module("matplotlib.dates")  # untyped library
+    ax.set_xlim(report["since"], report["until"])
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.set_xlabel("UTC")
+
+
 def _accuracy_plot(report: Mapping[str, Any]) -> str:
     def draw(ax: Any) -> None:
         for version, (xs, ys) in _by_version(report["accuracy_over_time"], "accuracy").items():
             ax.plot(xs, ys, marker="o", label=f"version {version}")
+        _time_axis(ax, report)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy (labelled)")
         ax.set_title(f"accuracy per {report['bucket']}")
@@ -104,7 +115,7 @@ def _drift_plot(version: Mapping[str, Any], threshold: float) -> str:
         ax.invert_yaxis()
         ax.set_xlabel("PSI vs reference")
         ax.set_title(f"input drift per feature, version {version['version']}")
-        ax.legend()
+        ax.legend(loc="lower right")
 
     return _png(draw, height=max(3.0, 0.22 * len(features) + 1.0))
 
@@ -118,6 +129,7 @@ def _latency_plot(report: Mapping[str, Any]) -> str:
                     continue
                 ms = [None if y is None else y / 1000 for y in ys]
                 ax.plot(xs, ms, style, marker=".", label=f"v{version} {key[8:11]}")
+        _time_axis(ax, report)
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"latency per {report['bucket']} (answered requests)")
         ax.grid(alpha=0.3)
