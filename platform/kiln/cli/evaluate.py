@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
-from kiln.cli.traffic import SinceOption, warn_skipped
+from kiln.cli.traffic import SinceOption
 from kiln.settings import Settings
 
 
@@ -49,7 +49,6 @@ def evaluate(
         thresholds=DriftThresholds(psi=psi_threshold, ks_alpha=ks_alpha),
         sample_size=sample,
     )
-    warn_skipped(result["skipped_files"])
     if report is not None:
         result["report"] = str(write_report(result, report))
         err_console.print(f"report: {result['report']}")

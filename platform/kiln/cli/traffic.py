@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cli.output import JsonOption, emit, err_console
+from kiln.cli.output import JsonOption, emit
 from kiln.settings import Settings
 
 app = typer.Typer(help="Inspect the production request log.", no_args_is_help=True)
@@ -22,11 +22,6 @@ def _us(value: Any) -> str:
     return "-" if value is None else f"{value / 1000:.2f}"
 
 
-def warn_skipped(skipped: dict[str, str]) -> None:
-    for path, why in skipped.items():
-        err_console.print(f"[yellow]warning:[/] skipped {path}: {why}", highlight=False)
-
-
 @app.command("stats")
 def stats(
     name: Annotated[str, typer.Argument(help="Model name.")],
@@ -36,8 +31,8 @@ def stats(
     """Requests, error rate, throughput over time and latency p50/p95/p99 per version and route."""
     from kiln.traffic import Window, traffic_stats
 
+    # Skipped files are logged (a warning naming each) by the reader, and listed in the JSON.
     report = traffic_stats(Settings().home, name, Window.last(since))
-    warn_skipped(report["skipped_files"])
 
     def render(console: Console) -> None:
         rate = report["error_rate"]
