@@ -71,3 +71,22 @@ def run_kiln(*args: str, env: dict[str, str] | None = None, timeout: float = 300
         check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def wait_until(condition: Any, timeout: float, interval: float = 0.1) -> bool:
+    """Poll `condition()` until it is true or `timeout` seconds pass; returns the last answer.
+
+    For states another process reaches on its own schedule (a file appearing, a server
+    swapping versions): the test waits on the state itself, never for a fixed time.
+    """
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()
+    while True:
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        pause.wait(interval)

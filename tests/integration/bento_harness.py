@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import selectors
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,36 +51,39 @@ def train_and_register(registry: Registry, settings: Settings, name: str, seed: 
 
 
 @contextmanager
-def bento_serve(target: str, env: dict[str, str], cwd: Path = REPO) -> Iterator[str]:
-    """Run `bentoml serve TARGET` and yield its URL once /readyz answers 200."""
+def bento_serve(
+    target: str, env: dict[str, str], cwd: Path = REPO, log_path: Path | None = None
+) -> Iterator[str]:
+    """Run `bentoml serve TARGET` and yield its URL once /readyz answers 200.
+
+    The server's output goes to `log_path` (a temporary file by default), whose tail is shown
+    when the server fails to start.
+    """
     port = free_port()
+    log_path = log_path or Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd,
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    log: list[bytes] = []
-    assert proc.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)
     deadline = time.monotonic() + 120
+    pause = threading.Event()
     try:
         while True:
             if proc.poll() is not None:
-                raise AssertionError(f"bentoml serve exited: {b''.join(log).decode()[-3000:]}")
+                raise AssertionError(f"bentoml serve exited: {_tail(log_path)}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"not ready in 120 s: {b''.join(log).decode()[-3000:]}")
+                raise AssertionError(f"not ready in 120 s: {_tail(log_path)}")
             try:
                 if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
-            # Wait for the server to say something (or 0.2 s) before asking again.
-            if selector.select(timeout=0.2):
-                log.append(os.read(proc.stdout.fileno(), 65536))
+            pause.wait(0.2)  # between readiness probes
         yield url
     finally:
         proc.terminate()
@@ -88,3 +92,8 @@ def bento_serve(target: str, env: dict[str, str], cwd: Path = REPO) -> Iterator[
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
+
+
+def _tail(path: Path, size: int = 4000) -> str:
+    return path.read_bytes()[-size:].decode(errors="replace")

@@ -21,9 +21,11 @@ from PIL import Image
 
 import kiln.registry
 from kiln.data import load_dataset
+from kiln.errors import KilnError
 from kiln.registry import ArtifactKind
 from kiln.settings import Settings
 from kiln_engines import load
+from tests.conftest import wait_until
 from tests.integration.bento_harness import BENTOML, REPO, bento_serve, train_and_register
 
 pytestmark = pytest.mark.slow
@@ -59,6 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home")),
         "KILN_BENTO_POLL_INTERVAL_S": "0.2",
         "KILN_THREADS": "1",
+        "KILN_TRAFFIC_FLUSH_INTERVAL_S": "0.2",
     }
     x = load_dataset("digits", Settings()).test.x[:6]
     return World(home, env, x)
@@ -66,7 +69,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 @pytest.fixture(scope="module")
 def url(world: World) -> Iterator[str]:
-    with bento_serve("kiln.serving.bento:KilnService", world.env) as served:
+    log = world.home / "bentoml-serve.log"
+    with bento_serve("kiln.serving.bento:KilnService", world.env, log_path=log) as served:
         yield served
 
 
@@ -195,4 +199,32 @@ def test_built_bento_serves_without_a_registry(world: World, tmp_path: Path) -> 
     assert response.status_code == 200, response.text
     expected = world.expected(1, world.x).argmax(axis=1)
     assert [a["prediction"] for a in response.json()] == expected.tolist()
-    assert not (tmp_path / "no-registry").exists()
+    # It served from BentoML's store: no registry was created (its traffic log is there).
+    assert not (tmp_path / "no-registry" / "registry.db").exists()
+
+
+def test_every_answered_row_is_logged_and_feedback_joins(url: str, world: World) -> None:
+    from kiln.traffic import scan_feedback, scan_traffic
+
+    ids = []
+    for i in range(5):
+        response = _post(url, "predict", {"inputs": world.x[i : i + 1].tolist()})
+        assert response.status_code == 200
+        ids.append(response.json()[0]["request_id"])
+    receipt = _post(url, "feedback", {"items": [{"request_id": r, "label": 3} for r in ids]})
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["accepted"] == 5
+
+    # The service writes its buffer every flush interval; wait for the rows to appear.
+    def rows() -> tuple[list[str], set[str]]:
+        try:
+            frame = scan_traffic(world.home, "digits").frame.collect()
+        except KilnError:  # no traffic directory yet
+            return [], set()
+        logged = frame.filter(frame["request_id"].is_in(ids))["request_id"].to_list()
+        labelled = set(scan_feedback(world.home).frame.collect()["request_id"].to_list())
+        return logged, labelled
+
+    assert wait_until(lambda: len(rows()[0]) == len(ids) and set(ids) <= rows()[1], 60)
+    logged, _ = rows()
+    assert sorted(logged) == sorted(ids)  # exactly one row per answered request

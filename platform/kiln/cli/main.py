@@ -21,6 +21,7 @@ from kiln.cli import (
     engines,
     evaluate,
     feedback,
+    loop,
     models,
     registry_promotion,
     serve,
@@ -88,6 +89,7 @@ app.command(name="serve")(serve.serve)
 app.add_typer(traffic.app, name="traffic")
 app.add_typer(feedback.app, name="feedback")
 app.command(name="evaluate")(evaluate.evaluate)
+app.command(name="retrain")(loop.retrain)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -27,7 +27,7 @@ from kiln.data import Dataset, load_dataset
 from kiln.data.profile import reference_profile
 from kiln.settings import Settings
 from kiln.train.builders import build_model, normalization_shape
-from kiln.train.checkpoint import save_checkpoint
+from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
 from kiln.train.metrics import classification_report
@@ -97,8 +97,13 @@ def train(
     *,
     dataset: Dataset | None = None,
     show_progress: bool = True,
+    warm_start: LoadedCheckpoint | None = None,
 ) -> TrainResult:
-    """Train, keep the best epoch by validation loss, evaluate it on the test split, save it."""
+    """Train, keep the best epoch by validation loss, evaluate it on the test split, save it.
+
+    `dataset` replaces loading `config.dataset` (retraining passes a mixed one); `warm_start`
+    begins from a checkpoint's weights and normalisation instead of a fresh initialisation.
+    """
     config.validate()
     started = time.perf_counter()
     threads = config.threads or settings.thread_count()
@@ -111,10 +116,12 @@ def train(
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
-    norm = normalization_stats(ds.train.x)
+    norm = warm_start.config.normalization if warm_start else normalization_stats(ds.train.x)
     model = build_model(
         config.model, ds.input_shape, ds.num_classes, normalization=norm, **config.model_args
     )
+    if warm_start is not None:
+        model.load_state_dict(warm_start.model.state_dict())
     x_train, y_train = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
     n = len(ds.train)
     steps_per_epoch = math.ceil(n / config.batch_size)

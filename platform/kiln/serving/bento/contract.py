@@ -77,6 +77,19 @@ class Prediction(BaseModel):
     scores: list[float] = Field(description="Softmax probability of every class, in class order.")
 
 
+class FeedbackItem(BaseModel):
+    """The true label of an answered request."""
+
+    request_id: str = Field(min_length=1)
+    label: int = Field(ge=0, description="The true class index.")
+    model: str = ""
+
+
+class FeedbackReceipt(BaseModel):
+    accepted: int
+    rejected: list[dict[str, Any]] = Field(default_factory=list)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

@@ -16,6 +16,7 @@ decorators need the batch limits then:
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kiln.errors import InvalidArgument, KilnError
 from kiln.serving.bento.contract import (
     CONTRACT,
+    FeedbackItem,
+    FeedbackReceipt,
     Inputs,
     Prediction,
     class_names_or_indices,
@@ -36,9 +39,10 @@ from kiln.serving.bento.contract import (
 from kiln.serving.bento.errors import to_http
 from kiln.serving.bento.source import ModelSource, open_source
 from kiln.serving.core import ServingCore
-from kiln.serving.messages import InferRequest
+from kiln.serving.messages import Feedback, InferRequest, InferResponse, TrafficEvent
 from kiln.serving.settings import ServingSettings
 from kiln.serving.table import ModelState
+from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
 from kiln_engines import EngineOptions
 
@@ -64,12 +68,26 @@ class BentoSettings(BaseSettings):
 SETTINGS = BentoSettings()
 
 
+def _import_lazy_modules() -> None:
+    """Import pandas now, on one thread, if it is installed.
+
+    BentoML's batch splitter imports pandas lazily on the request path, and the traffic
+    writer's Polars/Arrow conversions can do the same on their thread; two threads importing
+    it at once fail with "partially initialized module 'pandas.core.frame'" (seen here).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pandas") is not None:
+        importlib.import_module("pandas")
+
+
 @bentoml.service(name="kiln", traffic={"timeout": 60, "max_concurrency": 256})
 class KilnService:
     # Declared so that `bentoml build` packs the exported model into the Bento.
     kiln_model = bentoml.models.BentoModel(SETTINGS.store_tag) if SETTINGS.store_tag else None
 
     def __init__(self) -> None:
+        _import_lazy_modules()
         settings = Settings()
         options = EngineOptions(intra_op_threads=SETTINGS.threads or settings.thread_count())
         self.source: ModelSource = open_source(
@@ -87,7 +105,12 @@ class KilnService:
             poll_interval_s=SETTINGS.poll_interval_s,
             threads=options.intra_op_threads,
         )
-        self.core = ServingCore(self.source.repository, serving)
+        # BentoML joins requests into batches before the core sees them, so the service logs
+        # each row itself (the core's traffic hook would see one event per batch).
+        self.sink = TrafficSink(settings.home, feedback_source="http")
+        self.core = ServingCore(
+            self.source.repository, serving, feedback_hook=self.sink.on_feedback
+        )
         self.core.add_listener(self._on_state)
         log.info("kiln: serving %s from %s", self.source.reference, self.source.description)
 
@@ -99,6 +122,7 @@ class KilnService:
     @bentoml.on_shutdown
     async def _stop(self) -> None:
         await self.core.stop()
+        self.sink.close()
         self.source.close()
 
     def __is_ready__(self) -> bool:
@@ -120,25 +144,28 @@ class KilnService:
         self, inputs: np.ndarray, model: str = "", version: str = ""
     ) -> list[Prediction]:
         name = model or self.name
+        received = time.perf_counter_ns()
+        request = InferRequest(model=name, version=version, inputs={}, transport="http")
         try:
             loaded = self.core.resolve(name, version)
-            request = InferRequest(
-                model=name,
-                version=version,
-                inputs={loaded.description.inputs[0].name: CONTRACT.check(inputs)},
-                transport="http",
-            )
+            request.inputs = {loaded.description.inputs[0].name: CONTRACT.check(inputs)}
             response = await self.core.infer(request)
         except KilnError as exc:
+            self.sink.on_request(
+                TrafficEvent(request, None, exc, None, time.perf_counter_ns() - received, None)
+            )
             raise to_http(exc) from exc
+        total_ns = time.perf_counter_ns() - received
         logits = next(iter(response.outputs.values()))
         probs = softmax(logits.astype(np.float32, copy=False))
         top = probs.argmax(axis=1)
         served = int(response.version)
         labels = class_names_or_indices(self.source.class_names(served), probs.shape[1])
+        ids = [uuid.uuid4().hex for _ in range(probs.shape[0])]
+        self._log_rows(request, response, ids, total_ns, served)
         return [
             Prediction(
-                request_id=uuid.uuid4().hex,
+                request_id=ids[i],
                 model=name,
                 version=served,
                 prediction=int(top[i]),
@@ -147,6 +174,32 @@ class KilnService:
             )
             for i in range(probs.shape[0])
         ]
+
+    def _log_rows(
+        self,
+        request: InferRequest,
+        response: InferResponse,
+        ids: list[str],
+        total_ns: int,
+        version: int,
+    ) -> None:
+        """One traffic row per answered row: each has its own request id for feedback."""
+        (input_name, batch), (output_name, outputs) = (
+            next(iter(request.inputs.items())),
+            next(iter(response.outputs.items())),
+        )
+        for i, request_id in enumerate(ids):
+            row = InferRequest(
+                model=request.model,
+                inputs={input_name: batch[i : i + 1]},
+                version=request.version,
+                id=request_id,
+                transport="http",
+            )
+            answer = InferResponse(
+                response.model, response.version, request_id, {output_name: outputs[i : i + 1]}
+            )
+            self.sink.on_request(TrafficEvent(row, answer, None, None, total_ns, version))
 
     @bentoml.api(
         batchable=True,
@@ -204,3 +257,15 @@ class KilnService:
             "class_names": self.source.class_names(d.version),
             "source": self.source.description,
         }
+
+    @bentoml.api
+    def feedback(self, items: list[FeedbackItem]) -> FeedbackReceipt:
+        """Ground truth for answered requests: `[{"request_id": ..., "label": 3}, ...]`."""
+        now = time.time_ns()
+        rejected = self.core.feedback(
+            [Feedback(i.request_id, i.label, i.model or self.name, now) for i in items]
+        )
+        return FeedbackReceipt(
+            accepted=len(items) - len(rejected),
+            rejected=[{"index": index, "reason": reason} for index, reason in rejected],
+        )

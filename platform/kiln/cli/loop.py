@@ -1,0 +1,69 @@
+"""`kiln retrain` and `kiln loop`: production traffic drives new versions."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.settings import Settings
+
+
+def retrain(
+    name: Annotated[str, typer.Argument(help="The model to retrain (its production version).")],
+    since: Annotated[
+        str, typer.Option(help="Traffic window: 30m, 24h, 7d, or an ISO time.")
+    ] = "24h",
+    min_labels: Annotated[int, typer.Option(help="Labelled requests needed to retrain.")] = 100,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the parent's).")] = None,
+    warm_start: Annotated[bool, typer.Option(help="Start from the parent's weights.")] = False,
+    alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "candidate",
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    as_json: bool = JsonOption,
+) -> None:
+    """Train a new version on the parent's data plus labelled traffic; point ALIAS at it."""
+    import kiln.registry
+    from kiln.loop.retrain import RetrainOptions
+    from kiln.loop.retrain import retrain as run
+
+    options = RetrainOptions(
+        since=since,
+        min_labels=min_labels,
+        epochs=epochs,
+        warm_start=warm_start,
+        alias=alias,
+        show_progress=progress and not as_json,
+    )
+    with kiln.registry.open(settings=Settings()) as registry:
+        result = run(
+            registry,
+            name,
+            Settings(),
+            options,
+            progress=(lambda m: err_console.print(f"· {m}")) if progress else (lambda _: None),
+        )
+    payload = result.to_dict()
+
+    def render(console: Console) -> None:
+        table = Table(
+            title=f"retrained {result.version.ref} from {result.parent.ref}", show_header=False
+        )
+        table.add_column("", style="bold")
+        table.add_column("")
+        used = (
+            f"{result.labels} ({result.trained_on} trained on, {result.held_out} held out "
+            f"for the gates, repeated x{result.repeat})"
+        )
+        table.add_row("labelled requests", used)
+        table.add_row("test accuracy", f"{result.metrics['test_accuracy']:.4f}")
+        table.add_row("engines", ", ".join(result.engines))
+        table.add_row(alias, result.version.ref)
+        console.print(table)
+        console.print(
+            f"next: kiln promote {result.version.ref}  (the gates compare it with production)"
+        )
+
+    emit(payload, as_json, render)

@@ -1,0 +1,251 @@
+"""Retraining from production traffic: parent data + labelled traffic ► train ► compile ►
+register ► `candidate`.
+
+The new training set is the parent version's own data set (found by lineage: its checkpoint
+config names the data set and split) plus the labelled requests of the traffic window, minus
+the held-out slice the promotion gates judge on. Labelled traffic is scarce next to the
+original data, so its rows are repeated until they make up about a quarter of the training
+set: enough to learn the new inputs without forgetting the old ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kiln.compile import CompileOptions, compile_version
+from kiln.data import Dataset, Split, load_dataset
+from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
+from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
+from kiln.registry import AliasMove, ArtifactKind, Lineage, ModelVersion, Registry
+from kiln.settings import Settings
+from kiln.traffic import Window
+from kiln.train import TrainConfig, load_checkpoint, train
+
+Progress = Callable[[str], None]
+TRAFFIC_SHARE = 0.25
+"""Target share of (repeated) traffic rows in the retraining set."""
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    since: str = "24h"
+    min_labels: int = 100
+    holdout_fraction: float = DEFAULT_HOLDOUT
+    warm_start: bool = False
+    epochs: int | None = None
+    """None: the parent's epochs."""
+    alias: str = "candidate"
+    show_progress: bool = True
+
+
+@dataclass
+class RetrainResult:
+    version: ModelVersion
+    parent: ModelVersion
+    window: Window
+    labels: int
+    """Labelled requests found in the window (after de-duplication)."""
+    trained_on: int
+    """Of them, used for training (the rest are held out for the gates)."""
+    held_out: int
+    repeat: int
+    metrics: dict[str, Any]
+    engines: list[str]
+    alias_move: AliasMove | None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version.ref,
+            "parent": self.parent.ref,
+            "window": {
+                "since": self.window.since.isoformat(),
+                "until": self.window.until.isoformat(),
+            },
+            "labels": self.labels,
+            "trained_on": self.trained_on,
+            "held_out": self.held_out,
+            "repeat": self.repeat,
+            "metrics": self.metrics,
+            "engines": self.engines,
+            "alias": self.alias_move.alias if self.alias_move else None,
+        }
+
+
+def deduplicate(rows: LabelledTraffic) -> LabelledTraffic:
+    """Keep one row per distinct input (the last labelled one)."""
+    flat = rows.x.reshape(len(rows), -1)
+    keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+    last = {k: i for i, k in enumerate(keys)}
+    keep = np.zeros(len(rows), dtype=bool)
+    keep[list(last.values())] = True
+    return rows.subset(keep)
+
+
+def parent_dataset(parent: ModelVersion, settings: Settings) -> Dataset:
+    config = parent.config
+    split = config.get("split") or {}
+    name = str(config.get("dataset", ""))
+    try:
+        return load_dataset(
+            name,
+            settings,
+            seed=int(split.get("seed", config.get("seed", 0))),
+            val_fraction=float(split.get("val_fraction", 0.1)),
+            test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
+        )
+    except (DatasetNotFound, DatasetInvalid) as exc:
+        raise FailedPrecondition(
+            f"cannot retrain {parent.ref}: its data set '{name}' is not available here "
+            f"({exc.message}). Restore it, or train a new version with kiln train"
+        ) from exc
+
+
+def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[Dataset, int]:
+    """Base splits plus traffic rows (90% train, 10% validation); returns it and the repeat."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(traffic))
+    n_val = max(1, len(traffic) // 10)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    repeat = int(np.clip(round(TRAFFIC_SHARE * len(base.train) / max(1, len(train_idx))), 1, 8))
+    tx = np.concatenate([base.train.x, *([traffic.x[train_idx]] * repeat)])
+    ty = np.concatenate([base.train.y, *([traffic.y[train_idx]] * repeat)])
+    vx = np.concatenate([base.val.x, traffic.x[val_idx]])
+    vy = np.concatenate([base.val.y, traffic.y[val_idx]])
+    digest = hashlib.sha256(base.fingerprint.encode())
+    digest.update(np.ascontiguousarray(traffic.x).tobytes())
+    digest.update(np.ascontiguousarray(traffic.y).tobytes())
+    mixed = dataclasses.replace(
+        base,
+        train=Split(tx, ty),
+        val=Split(vx, vy),
+        fingerprint=digest.hexdigest(),
+        source=f"{base.source} + {len(traffic)} labelled requests",
+    )
+    return mixed, repeat
+
+
+def retrain(
+    registry: Registry,
+    name: str,
+    settings: Settings,
+    options: RetrainOptions = RetrainOptions(),
+    progress: Progress = lambda _: None,
+) -> RetrainResult:
+    """Train a new version of `name` on its production version's data plus labelled traffic.
+
+    Checks everything that can fail cheaply (a production version, its data set, enough
+    labels) before training. Raises FailedPrecondition with what to do; leaves no version
+    behind when compiling the new one fails.
+    """
+    parent = registry.resolve(f"{name}@production")
+    window = Window.last(options.since)
+    base = parent_dataset(parent, settings)
+    progress(f"reading labelled traffic of '{name}' since {window.since:%Y-%m-%d %H:%M} UTC")
+    try:
+        rows = deduplicate(labelled_traffic(settings.home, name, window))
+    except KilnError as exc:
+        raise FailedPrecondition(f"cannot retrain '{name}': {exc.message}") from exc
+    if len(rows) < options.min_labels:
+        raise FailedPrecondition(
+            f"only {len(rows)} labelled requests for '{name}' in the last {options.since}; "
+            f"retraining needs at least {options.min_labels} (--min-labels). Send ground truth "
+            "with the kiln.v1 feedback service, the service's /feedback endpoint or "
+            "`kiln feedback import FILE`, or widen --since"
+        )
+    if rows.x.shape[1:] != base.input_shape:
+        raise FailedPrecondition(
+            f"logged inputs have shape {rows.x.shape[1:]}, but {parent.ref} takes "
+            f"{base.input_shape}; this traffic cannot train it"
+        )
+    held = holdout_mask(rows.request_ids, options.holdout_fraction)
+    learn = rows.subset(~held)
+    config = dict(parent.config)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    train_config = TrainConfig(
+        **{k: v for k, v in (config.get("train") or {}).items() if k in known}
+    )
+    if options.epochs is not None:
+        train_config = dataclasses.replace(train_config, epochs=options.epochs)
+    dataset, repeat = mixed_dataset(base, learn, train_config.seed)
+    warm = None
+    if options.warm_start:
+        warm = load_checkpoint(registry.artifact_file(registry.checkpoint(name, parent.version)))
+    progress(
+        f"training on {len(base.train)} {base.name} samples + {len(learn)} labelled requests "
+        f"(x{repeat}); {int(held.sum())} held out for the gates"
+    )
+    result = train(
+        train_config, settings, dataset=dataset, show_progress=options.show_progress,
+        warm_start=warm,
+    )  # fmt: skip
+    retrain_info = {
+        "parent": parent.ref,
+        "since": window.since.isoformat(),
+        "until": window.until.isoformat(),
+        "labels": len(rows),
+        "trained_on": len(learn),
+        "held_out": int(held.sum()),
+        "repeat": repeat,
+        "warm_start": options.warm_start,
+    }
+    version = registry.register_version(
+        name,
+        checkpoint=result.checkpoint,
+        config=result.config.model_dump() | {"retrain": retrain_info},
+        metrics=result.config.metrics,
+        lineage=Lineage(
+            dataset=base.name,
+            data_fingerprint=dataset.fingerprint,
+            parent_version=parent.version,
+            run_id=result.run_id,
+            git_commit=(parent.lineage.git_commit if parent.lineage else None),
+        ),
+        description=f"retrained from {parent.ref} on {len(learn)} labelled requests",
+    )
+    targets = _parent_targets(registry, parent)
+    progress(f"compiling {version.ref} for {', '.join(targets)}")
+    try:
+        compiled = compile_version(registry, version.ref, CompileOptions(targets=targets), settings)
+        engines = sorted({a.kind.value for a in compiled.artifacts})
+        if not _has_engine(registry, version):
+            raise FailedPrecondition(
+                f"no engine of {version.ref} passed parity; see `kiln compile {version.ref}`"
+            )
+    except BaseException:
+        registry.delete_version(name, version.version)  # nothing half-done: no version without engines
+        raise
+    move = registry.promote(
+        version.ref, options.alias, reason=f"retrained from {parent.ref}", gates=[]
+    )
+    return RetrainResult(
+        version=registry.get_version(name, version.version),
+        parent=parent,
+        window=window,
+        labels=len(rows),
+        trained_on=len(learn),
+        held_out=int(held.sum()),
+        repeat=repeat,
+        metrics=result.metrics,
+        engines=engines,
+        alias_move=move,
+    )
+
+
+def _parent_targets(registry: Registry, parent: ModelVersion) -> tuple[str, ...]:
+    kinds = {a.kind.value for a in registry.artifacts(parent.name, parent.version)}
+    targets = tuple(k for k in ("onnxruntime", "aotinductor", "tensorrt") if k in kinds)
+    return targets or ("onnxruntime",)
+
+
+def _has_engine(registry: Registry, version: ModelVersion) -> bool:
+    return any(
+        a.kind not in (ArtifactKind.CHECKPOINT, ArtifactKind.ONNX)
+        for a in registry.artifacts(version.name, version.version)
+    )
