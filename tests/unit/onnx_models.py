@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from kiln_engines.signature import SIGNATURE_METADATA_KEY, Signature
 from onnx import TensorProto, helper, numpy_helper
+
+from kiln_engines.signature import SIGNATURE_METADATA_KEY, Signature
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((4, 3)).astype(np.float32)

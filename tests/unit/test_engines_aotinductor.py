@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from kiln_engines import EngineLoadError, load
 from kiln_engines.signature import SIGNATURE_METADATA_KEY, Signature, TensorSpec
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kiln_engines import EngineClosed, EngineInputError, EngineLoadError, EngineOptions, load
 from kiln_engines.backends import onnxruntime as ort_backend
 from kiln_engines.signature import Signature, TensorSpec
-
 from tests.unit.onnx_models import RNG, expected, linear_model
 
 

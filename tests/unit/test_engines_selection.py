@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kiln_engines import BackendStatus, BackendUnavailable, Candidate, choose, rank
 
 CPU_HOST = {

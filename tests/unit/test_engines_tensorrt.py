@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kiln_engines import BackendUnavailable, EngineLoadError, EngineOptions, load
 from kiln_engines.backends import tensorrt as trt_backend
 from kiln_engines.backends.tensorrt_plan import (
@@ -23,7 +24,6 @@ from kiln_engines.backends.tensorrt_plan import (
 )
 from kiln_engines.host import Gpu, cuda_gpus
 from kiln_engines.signature import Signature, TensorSpec
-
 from tests.unit.onnx_models import expected, linear_model
 
 SIG = Signature((TensorSpec("x", "float32", (-1, 4)),), (TensorSpec("y", "float32", (-1, 3)),), 32)
