@@ -137,6 +137,11 @@ class NothingToRollBack(FailedPrecondition):
     """An alias has no earlier version to roll back to (or that version was deleted)."""
 
 
+class RolloutRefused(FailedPrecondition):
+    """A canary or shadow rollout cannot start: no second version to send traffic to, it is
+    the version production already serves, or it has no engine to serve with."""
+
+
 class BundleInvalid(InvalidArgument):
     """A file given to import is not a Kiln bundle, or is truncated or damaged."""
 

@@ -593,20 +593,22 @@ def test_forward_migrations_run_once_in_order(
     with kiln.registry.open(settings=settings) as registry:
         register(registry, make_checkpoint)
     ran: list[int] = []
+    following = registry_schema.SCHEMA_VERSION + 1
 
     def add_column(conn: sa.Connection) -> None:
-        ran.append(2)
+        ran.append(following)
         conn.exec_driver_sql("ALTER TABLE models ADD COLUMN owner TEXT")
 
-    monkeypatch.setattr(registry_schema, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(registry_schema.MIGRATIONS, 2, add_column)
+    monkeypatch.setattr(registry_schema, "SCHEMA_VERSION", following)
+    monkeypatch.setitem(registry_schema.MIGRATIONS, following, add_column)
     for _ in range(2):
         with kiln.registry.open(settings=settings) as registry:
             assert registry.resolve("digits:1").version == 1
-    assert ran == [2]
+    assert ran == [following]
     engine = sa.create_engine(settings.resolved_registry_url)
     with engine.connect() as conn:
-        assert conn.execute(sa.select(registry_schema.schema_version.c.version)).scalar() == 2
+        version = sa.select(registry_schema.schema_version.c.version)
+        assert conn.execute(version).scalar() == following
         assert "owner" in {c["name"] for c in sa.inspect(conn).get_columns("models")}
     engine.dispose()
 

@@ -21,6 +21,8 @@ evaluate, the CLI) goes through this API, from as many processes at once as it l
     path = registry.artifact_file(ckpt)        # sha256-verified file on disk
     registry.rollback("digits")                # back to what production served before
     registry.alias_at("digits", "production", when)   # which version served at `when`
+    registry.set_rollout("digits", "canary", percent=10)  # 10% to digits@candidate
+    registry.rollout("digits")                 # what servers poll: mode, percent, version
 
 References (`parse_reference`): ``digits:3`` is a version, ``digits@candidate`` an alias,
 ``digits`` means ``digits@production``.
@@ -36,6 +38,8 @@ Guarantees:
 - A registration killed at any point leaves no visible version; `gc` removes what it left.
 - Every alias move is a history row: from, to, when (UTC), who, why, the gate decision and
   whether it was forced.
+- Every rollout change (canary, shadow, off) is a history row too; a refused one writes
+  nothing.
 - Busy databases are retried; callers see `RegistryBusy` only after minutes of contention.
 
 Errors are `kiln.errors.KilnError` subclasses whose messages say what exists and what to run.
@@ -62,14 +66,19 @@ from kiln.registry.records import (
     Lineage,
     ModelSummary,
     ModelVersion,
+    Rollout,
+    RolloutChange,
+    RolloutMode,
 )
 from kiln.registry.references import DEFAULT_ALIAS, Reference, parse_reference, validate_name
 from kiln.registry.registry import Registry
+from kiln.registry.rollouts import DEFAULT_ROLLOUT_ALIAS
 from kiln.settings import Settings
 
 __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_ALIAS",
+    "DEFAULT_ROLLOUT_ALIAS",
     "AccuracyGate",
     "AliasMove",
     "Artifact",
@@ -86,6 +95,9 @@ __all__ = [
     "ModelVersion",
     "Reference",
     "Registry",
+    "Rollout",
+    "RolloutChange",
+    "RolloutMode",
     "default_gates",
     "open",
     "open_registry",

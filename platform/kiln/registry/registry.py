@@ -9,6 +9,7 @@ unreferenced blob, which `gc` removes; the version itself never appears.
 from __future__ import annotations
 
 import getpass
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from kiln.errors import (
 )
 from kiln.registry import aliases as alias_moves
 from kiln.registry import queries as q
+from kiln.registry import rollouts as rollout_state
 from kiln.registry.blobs import BlobStore, StoredBlob
 from kiln.registry.bundles import BundleManifest, read_bundle, write_bundle
 from kiln.registry.database import Database, insert_row
@@ -44,6 +46,9 @@ from kiln.registry.records import (
     Lineage,
     ModelSummary,
     ModelVersion,
+    Rollout,
+    RolloutChange,
+    RolloutMode,
 )
 from kiln.registry.references import (
     DEFAULT_ALIAS,
@@ -498,6 +503,55 @@ class Registry:
         """The gates `promote` runs when given none."""
         return default_gates(accuracy_tolerance=self._accuracy_tolerance)
 
+    # -- rollouts -------------------------------------------------------------------------
+
+    def set_rollout(
+        self,
+        name: str,
+        mode: RolloutMode | str,
+        *,
+        percent: float | None = None,
+        alias: str = rollout_state.DEFAULT_ROLLOUT_ALIAS,
+        actor: str | None = None,
+        reason: str = "",
+    ) -> Rollout:
+        """Start, change or end a canary or shadow rollout of `name`; return the new state.
+
+        ``canary`` sends `percent` (0 < p <= 100, required) of requests to the version
+        `alias` names instead of production; ``shadow`` copies `percent` (default 100) of
+        requests to it and only logs its answers; ``off`` ends either (a no-op, writing
+        nothing, when none is running). Every change is a `rollout_history` row.
+
+        Raises `InvalidArgument` for a bad mode or percent, `ModelNotFound` (with a
+        suggestion) for an unknown model, and `RolloutRefused` when the model has no
+        production version, no version at `alias`, the same version at both, or no compiled
+        engine for the second one. A refused change writes nothing.
+        """
+        validate_name(name)
+        validate_name(alias, "alias name")
+        mode = RolloutMode.parse(mode) if isinstance(mode, str) else mode
+        share = _rollout_percent(mode, percent)
+        who = actor or _os_user()
+        return self._db.write(
+            lambda conn: rollout_state.change(
+                conn, name, mode, share, alias, actor=who, reason=reason, at=self._clock()
+            )
+        )
+
+    def rollout(self, name: str) -> Rollout:
+        """The rollout of `name` now: mode off when it never had one.
+
+        One indexed statement (servers poll it every second or so); also answers which version
+        the rollout's alias points at. `ModelNotFound` for an unknown model.
+        """
+        validate_name(name)
+        return self._db.read(lambda conn: rollout_state.state(conn, name), snapshot=False)
+
+    def rollout_history(self, name: str) -> list[RolloutChange]:
+        """Every rollout change of `name`, oldest first."""
+        validate_name(name)
+        return self._db.read(lambda conn: rollout_state.history(conn, name))
+
     # -- bundles and housekeeping ---------------------------------------------------------
 
     def export_version(self, ref: str | Reference, file: Path | str) -> BundleManifest:
@@ -625,6 +679,28 @@ def _summaries(conn: Connection, name: str | None) -> list[ModelSummary]:
         )
         for row in conn.execute(counts)
     ]
+
+
+def _rollout_percent(mode: RolloutMode, percent: float | None) -> float:
+    if mode is RolloutMode.OFF:
+        if percent is not None:
+            raise InvalidArgument("a percent makes no sense when turning a rollout off; omit it")
+        return 0.0
+    if percent is None:
+        if mode is RolloutMode.CANARY:
+            raise InvalidArgument(
+                "a canary needs the share of requests to send to the second version, "
+                "e.g. percent=10 (kiln rollout NAME --canary 10)"
+            )
+        return 100.0
+    if isinstance(percent, bool) or not isinstance(percent, int | float):
+        raise InvalidArgument(f"percent must be a number, got {percent!r}")
+    if not (math.isfinite(percent) and 0 < percent <= 100):
+        raise InvalidArgument(
+            f"percent must be in (0, 100], got {percent:g}; to end a {mode.value}, turn the "
+            "rollout off (kiln rollout NAME --off)"
+        )
+    return float(percent)
 
 
 def _json(value: Mapping[str, Any], what: str) -> str:

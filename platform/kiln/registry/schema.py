@@ -1,7 +1,8 @@
 """The registry's tables (SQLAlchemy Core) and their forward migrations.
 
-Rows are never updated except `aliases` (a pointer) and `models.next_version` (a counter);
-versions, artifacts and alias history are append-only. Version numbers come from
+Rows are never updated except `aliases` (a pointer), `rollouts` (a model's canary or shadow
+state) and `models.next_version` (a counter); versions, artifacts, alias history and rollout
+history are append-only. Version numbers come from
 `models.next_version`, never from ``max(version) + 1``, so a deleted number is never reused
 and ``digits:5`` means one thing forever.
 
@@ -23,7 +24,7 @@ from sqlalchemy.engine import Connection, Dialect
 from kiln.errors import RegistryIncompatible
 from kiln.registry.records import Lineage
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
@@ -126,6 +127,39 @@ alias_history = sa.Table(
     sa.Index("ix_alias_history_lookup", "model_id", "alias", "at"),
 )
 
+# One row per model that ever had a rollout; servers poll it (primary key lookup by model).
+# The second version is named by an alias, not a number, so moving `candidate` during a
+# canary moves the canary with it.
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), primary_key=True),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("percent", sa.Float, nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Versions as numbers (what the aliases pointed at when the rollout changed), as in
+# alias_history: the record outlives the versions.
+rollout_history = sa.Table(
+    "rollout_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id"), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("percent", sa.Float, nullable=False),
+    sa.Column("alias", sa.String(64), nullable=False),
+    sa.Column("candidate_version", sa.Integer),
+    sa.Column("production_version", sa.Integer),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Index("ix_rollout_history_lookup", "model_id", "at"),
+)
+
 
 def lineage_columns(lineage: Lineage) -> dict[str, Any]:
     """A `Lineage` as `versions` columns."""
@@ -140,8 +174,15 @@ def lineage_columns(lineage: Lineage) -> dict[str, Any]:
 
 Migration = Callable[[Connection], Any]
 
+
+def _add_rollouts(conn: Connection) -> None:
+    """1 -> 2: canary and shadow state, and its history."""
+    rollouts.create(conn)
+    rollout_history.create(conn)
+
+
 # MIGRATIONS[n] takes a database at schema version n - 1 to version n.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {2: _add_rollouts}
 
 
 def ensure_schema(conn: Connection) -> int:
