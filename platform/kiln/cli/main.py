@@ -24,6 +24,7 @@ from kiln.cli import (
     loop,
     models,
     registry_promotion,
+    rollout,
     serve,
     traffic,
     train,
@@ -82,6 +83,7 @@ app.add_typer(bento.app, name="bento")
 app.add_typer(models.app, name="models")
 app.command(name="promote")(registry_promotion.promote)
 app.command(name="rollback")(registry_promotion.rollback)
+app.command(name="rollout")(rollout.rollout)
 app.command(name="gc")(models.gc)
 app.command(name="compile")(compile.compile_command)
 app.command(name="engines")(engines.engines)

@@ -125,6 +125,7 @@ def show(
             artifacts = {v.version: registry.artifacts(ref.name, v.version) for v in shown}
         else:
             artifacts = registry.model_artifacts(ref.name)
+        rollout = registry.rollout(ref.name)
     total = summary.version_count
     by_version: dict[int, list[str]] = {}
     for alias, version in aliases.items():
@@ -132,6 +133,7 @@ def show(
     payload = {
         "name": ref.name,
         "aliases": aliases,
+        "rollout": rollout.to_dict(),
         "version_count": total,
         "versions": [
             {
@@ -166,6 +168,8 @@ def show(
             console.print(f"{total - len(shown)} older versions not shown (--limit 0 shows all)")
         if not aliases:
             console.print(f"no aliases yet: kiln promote {ref.name}:VERSION")
+        if rollout.active:
+            console.print(f"rollout: [bold]{rollout.describe()}[/] (kiln rollout {ref.name})")
 
     emit(payload, as_json, render)
 
