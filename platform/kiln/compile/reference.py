@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from kiln.compile.parity import run_batched
 from kiln_engines import Engine, Signature
 
 
@@ -33,14 +34,8 @@ class EagerEngine(Engine):
 
 
 def reference_outputs(
-    module: nn.Module, signature: Signature, inputs: Mapping[str, np.ndarray], batch: int = 256
+    module: nn.Module, signature: Signature, inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """The module's fp32 outputs for `inputs`, computed in batches."""
     engine = EagerEngine(module, signature.with_max_batch(None))
-    total = next(iter(inputs.values())).shape[0]
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in range(0, total, batch):
-        chunk = {k: np.ascontiguousarray(v[start : start + batch]) for k, v in inputs.items()}
-        for name, value in engine.infer(chunk).items():
-            parts.setdefault(name, []).append(value.copy())
-    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    return run_batched(engine.infer, inputs, max_batch=256)
