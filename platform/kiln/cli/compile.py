@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
-from kiln.errors import EngineBuildFailed, KilnError, ParityFailed, Unavailable
+from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError, ParityFailed, Unavailable
 from kiln.settings import Settings
 
 TARGET_CHOICES = ("onnxruntime", "aotinductor", "tensorrt", "all")
@@ -118,22 +118,26 @@ def failure_for(payload: dict[str, Any], explicit: bool) -> KilnError | None:
     return None
 
 
-def run_compile(
+def compile_ref(
     ref: str,
     targets: list[str],
     precision: str = "fp32",
     max_batch: int = 64,
     threads: int = 0,
     parity_samples: int = 512,
-    as_json: bool = False,
-) -> dict[str, Any]:
-    """Compile, print the report (table or JSON), and raise when something asked for failed.
-
-    Shared by `kiln compile` and `kiln train --compile`.
+) -> tuple[dict[str, Any], KilnError | None]:
+    """Compile `ref` with progress on stderr; return the report and the error that should end
+    the command (None when everything asked for was registered). Prints nothing on stdout, so
+    `kiln train --compile` can embed the report in its own output.
     """
     from kiln.compile import TARGETS, CompileOptions, compile_version
     from kiln.registry import open_registry
 
+    unknown = [t for t in targets if t not in TARGET_CHOICES]
+    if unknown:
+        raise InvalidArgument(
+            f"unknown --target {', '.join(unknown)}; choose from {', '.join(TARGET_CHOICES)}"
+        )
     settings = Settings()
     explicit = "all" not in targets
     chosen = tuple(TARGETS) if not explicit else tuple(dict.fromkeys(targets))
@@ -156,11 +160,7 @@ def run_compile(
 
         outcome = compile_version(registry, ref, options, settings, progress=progress)
     payload = outcome.to_dict()
-    emit(payload, as_json, lambda console: render(payload, console))
-    error = failure_for(payload, explicit)
-    if error is not None:
-        raise error
-    return payload
+    return payload, failure_for(payload, explicit)
 
 
 def compile_command(
@@ -192,12 +192,9 @@ def compile_command(
     Each artifact records its parity report (held-out and random inputs), the library versions
     and hardware, and latency at batch 1 and throughput at --max-batch on this host.
     """
-    targets = target or ["onnxruntime"]
-    unknown = [t for t in targets if t not in TARGET_CHOICES]
-    if unknown:
-        from kiln.errors import InvalidArgument
-
-        raise InvalidArgument(
-            f"unknown --target {', '.join(unknown)}; choose from {', '.join(TARGET_CHOICES)}"
-        )
-    run_compile(ref, targets, precision, max_batch, threads, parity_samples, as_json)
+    payload, error = compile_ref(
+        ref, target or ["onnxruntime"], precision, max_batch, threads, parity_samples
+    )
+    emit(payload, as_json, lambda console: render(payload, console))
+    if error is not None:
+        raise error
