@@ -12,12 +12,14 @@ what to do about it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import json
 import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -96,9 +98,12 @@ def export_program(
 ) -> torch.export.ExportedProgram:
     """Capture `module` with a dynamic batch axis (1..max_batch) on every batched input."""
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
-    dynamic = tuple(
+    dynamic: tuple[Any, ...] = tuple(
         {0: batch} if spec.shape and spec.shape[0] == DYNAMIC else {} for spec in signature.inputs
     )
+    parameters = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):
+        dynamic = (dynamic,)  # forward(*inputs): torch.export sees one tuple argument
     try:
         with quiet(), torch.no_grad():
             return torch.export.export(module.eval(), example, dynamic_shapes=dynamic)

@@ -66,6 +66,8 @@ class CompileOptions:
             raise InvalidArgument(f"--max-batch must be in 1..65536, got {self.max_batch}")
         if self.threads < 1:
             raise InvalidArgument(f"threads must be >= 1, got {self.threads}")
+        if self.parity_samples < 1 or self.random_samples < 1:
+            raise InvalidArgument("parity needs at least one held-out and one random sample")
 
 
 @dataclass
