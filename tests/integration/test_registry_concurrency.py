@@ -107,7 +107,15 @@ def test_eight_kiln_promote_commands_at_once(tmp_path: Path) -> None:
     env = {**os.environ, "KILN_HOME": str(home)}
     env.pop("KILN_REGISTRY_URL", None)
     commands = [
-        [str(kiln_exe), "promote", f"digits:{i + 1}", "--reason", f"p{i}", "--json"]
+        [
+            str(kiln_exe),
+            "promote",
+            f"digits:{i + 1}",
+            "--reason",
+            f"p{i}",
+            "--no-eval-gates",
+            "--json",
+        ]
         for i in range(PROCESSES)
     ]
     procs = [

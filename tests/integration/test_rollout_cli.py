@@ -53,7 +53,7 @@ def test_a_model_without_a_candidate_is_refused(cli: Any, seeded: Settings) -> N
 
 
 def test_canary_shadow_off_and_show(cli: Any, seeded: Settings) -> None:
-    assert cli("promote", "digits:2", "--alias", "candidate").exit_code == 0
+    assert cli("promote", "digits:2", "--alias", "candidate", "--no-eval-gates").exit_code == 0
 
     canary = cli("rollout", "digits", "--canary", "10", "--reason", "first look", "--json")
     assert canary.exit_code == 0, canary.stderr
@@ -116,7 +116,7 @@ def test_canary_shadow_off_and_show(cli: Any, seeded: Settings) -> None:
 def test_bad_input_exits_2_and_writes_nothing(
     cli: Any, seeded: Settings, args: tuple[str, ...], message: str
 ) -> None:
-    assert cli("promote", "digits:2", "--alias", "candidate").exit_code == 0
+    assert cli("promote", "digits:2", "--alias", "candidate", "--no-eval-gates").exit_code == 0
     assert message in error_of(cli("rollout", "digits", *args))
     assert history_length(seeded) == 0
 

@@ -1,4 +1,10 @@
-"""`kiln promote` and `kiln rollback`: move aliases, with gates and a recorded history."""
+"""`kiln promote` and `kiln rollback`: move aliases, with gates and a recorded history.
+
+`kiln promote` runs the recorded-accuracy gate and, unless `--no-eval-gates`, the evaluation
+gates (`kiln.evaluate.gates`: parity, held-out regression, traffic gain, latency). The gate
+table is printed whether the move happens or is refused; the registry stores the decision
+(forced or not) with the move.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,24 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli.models import moves_table, open_registry
-from kiln.cli.output import JsonOption, emit
-from kiln.registry import DEFAULT_ACCURACY_TOLERANCE, AliasMove, default_gates
+from kiln.cli.output import JsonOption, emit, err_console
+from kiln.errors import GateFailed
+from kiln.registry import (
+    DEFAULT_ACCURACY_TOLERANCE,
+    AliasMove,
+    Gate,
+    GateContext,
+    GateResult,
+    default_gates,
+)
+from kiln.settings import Settings
+
+# `kiln.evaluate.gates.GateThresholds` defaults, spelled out so that starting the CLI does
+# not import the evaluation stack (a test keeps the two equal).
+DEFAULT_MIN_TRAFFIC_GAIN = 0.0
+DEFAULT_MAX_REGRESSION = 0.01
+DEFAULT_LATENCY_BUDGET = 1.5
+DEFAULT_TRAFFIC_WINDOW = "24h"
 
 
 def promote(
@@ -26,25 +48,105 @@ def promote(
         float,
         typer.Option(
             min=0.0,
-            help="How far the candidate's test_accuracy may fall below the current version's.",
+            help="How far the candidate's recorded test_accuracy may fall below the current "
+            "version's.",
         ),
     ] = DEFAULT_ACCURACY_TOLERANCE,
+    min_traffic_gain: Annotated[
+        float,
+        typer.Option(
+            help="Accuracy gain over the current version required on held-out labelled "
+            "traffic (0: not worse).",
+        ),
+    ] = DEFAULT_MIN_TRAFFIC_GAIN,
+    max_regression: Annotated[
+        float,
+        typer.Option(
+            help="Largest accuracy drop allowed on the held-out test split of the current "
+            "version's data set.",
+        ),
+    ] = DEFAULT_MAX_REGRESSION,
+    latency_budget: Annotated[
+        float,
+        typer.Option(help="Candidate batch-1 latency at most this times the current one's."),
+    ] = DEFAULT_LATENCY_BUDGET,
+    since: Annotated[
+        str, typer.Option(help="Labelled traffic window: 30m, 24h, 7d, or an ISO time.")
+    ] = DEFAULT_TRAFFIC_WINDOW,
+    eval_gates: Annotated[
+        bool,
+        typer.Option(
+            "--eval-gates/--no-eval-gates",
+            help="Run the evaluation gates (parity, held-out, traffic, latency); without "
+            "them only the recorded-accuracy gate runs.",
+        ),
+    ] = True,
     actor: Annotated[
         str | None, typer.Option(help="Who is promoting; defaults to the OS user.")
     ] = None,
     as_json: bool = JsonOption,
 ) -> None:
     """Point an alias (default: production) at a version, after the promotion gates pass."""
+    from kiln.evaluate.gates import GateThresholds, evaluation_gates
+
+    thresholds = GateThresholds(
+        min_traffic_gain=min_traffic_gain,
+        max_heldout_regression=max_regression,
+        latency_budget=latency_budget,
+        traffic_window=since,
+    )
     with open_registry() as registry:
-        move = registry.promote(
-            ref,
-            alias,
-            actor=actor,
-            reason=reason,
-            force=force,
-            gates=default_gates(accuracy_tolerance=tolerance),
-        )
+        gates: list[Gate] = default_gates(accuracy_tolerance=tolerance)
+        if eval_gates:
+            gates += evaluation_gates(registry, Settings(), thresholds)
+            err_console.print(
+                f"· running the evaluation gates on {ref} (held-out data, labelled traffic "
+                f"of the last {since})"
+            )
+        recorded = _Recorded(gates)
+        try:
+            move = registry.promote(
+                ref, alias, actor=actor, reason=reason, force=force, gates=recorded.gates
+            )
+        except GateFailed:
+            # The error (stderr, exit 2) names the failed gates; the table shows every number.
+            results = recorded.results()
+            refused = {
+                "ref": ref,
+                "alias": alias,
+                "promoted": False,
+                "gates": [r.to_dict() for r in results],
+            }
+            emit(refused, as_json, lambda console: console.print(gates_table(results)))
+            raise
     _report(move, as_json)
+
+
+class _Recorded:
+    """Wraps gates to keep each one's latest result: a refused promotion raises `GateFailed`
+    without a decision, and the table should still show every gate's numbers."""
+
+    def __init__(self, gates: list[Gate]) -> None:
+        self._latest: dict[str, GateResult] = {}
+        self.gates: list[Gate] = [_RecordingGate(g, self._latest) for g in gates]
+
+    def results(self) -> list[GateResult]:
+        return list(self._latest.values())
+
+
+class _RecordingGate:
+    def __init__(self, gate: Gate, latest: dict[str, GateResult]) -> None:
+        self._gate = gate
+        self._latest = latest
+
+    @property
+    def name(self) -> str:
+        return self._gate.name
+
+    def __call__(self, context: GateContext) -> GateResult:
+        result = self._gate(context)
+        self._latest[result.gate] = result
+        return result
 
 
 def rollback(
@@ -65,16 +167,7 @@ def rollback(
 def _report(move: AliasMove, as_json: bool) -> None:
     def render(console: Console) -> None:
         if move.gate is not None and move.gate.results:
-            gates = Table(title="gates")
-            for column in ("gate", "result", "numbers", "detail"):
-                gates.add_column(column, overflow="fold")
-            for r in move.gate.results:
-                verdict = "[green]pass[/]" if r.passed else "[bold red]FAIL[/]"
-                numbers = ", ".join(
-                    f"{k}={'-' if v is None else f'{v:.4g}'}" for k, v in r.numbers.items()
-                )
-                gates.add_row(r.gate, verdict, numbers, r.message)
-            console.print(gates)
+            console.print(gates_table(list(move.gate.results), forced=move.forced))
         console.print(moves_table("moved", [move]))
         origin = "nowhere" if move.from_version is None else f"{move.name}:{move.from_version}"
         forced = " [bold yellow](forced past a failed gate)[/]" if move.forced else ""
@@ -83,3 +176,18 @@ def _report(move: AliasMove, as_json: bool) -> None:
         )
 
     emit(move.to_dict(), as_json, render)
+
+
+def gates_table(results: list[GateResult], *, forced: bool = False) -> Table:
+    """Every gate's verdict, numbers and message."""
+    table = Table(title="gates")
+    for column in ("gate", "result", "numbers", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        if r.passed:
+            verdict = "[green]pass[/]"
+        else:
+            verdict = "[bold yellow]FAIL, forced[/]" if forced else "[bold red]FAIL[/]"
+        numbers = ", ".join(f"{k}={'-' if v is None else f'{v:.4g}'}" for k, v in r.numbers.items())
+        table.add_row(r.gate, verdict, numbers, r.message)
+    return table

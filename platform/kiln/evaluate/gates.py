@@ -2,19 +2,27 @@
 and no worse elsewhere.
 
 They plug into the registry's promotion hook (`Registry.promote(..., gates=...)`) and judge
-the candidate against what the alias serves now, by running both versions' engines:
+the candidate against what the alias points at now, by running both versions' engines (the
+ones a server on this host would load) on the same inputs:
 
-- `HeldOutGate`: accuracy on the parent data set's held-out test split may fall by at most
+- `ParityGate`: the candidate's engine has a passed parity check against its checkpoint;
+- `HeldOutGate`: accuracy on the held-out test split of the data set the current version was
+  trained on (for a retrained candidate: its parent's) may fall by at most
   `max_heldout_regression`;
-- `TrafficGate`: accuracy on the held-out slice of recent labelled traffic must rise by at
-  least `min_traffic_gain` (the slice retraining never saw: `labelled.holdout_mask`);
-- `LatencyGate`: the candidate's batch-1 latency (measured at compile time) within
-  `latency_budget` times the current version's;
-- `ParityGate`: the candidate has an engine whose parity check passed.
+- `TrafficGate`: accuracy on the held-out slice of recent labelled traffic (the requests
+  `labelled.holdout_mask` keeps out of retraining, minus any whose input retraining saw under
+  another request id) must rise by at least `min_traffic_gain`;
+- `LatencyGate`: the candidate's batch-1 p50 latency (measured at compile time) at most
+  `latency_budget` times the current version's.
+
+A gate that cannot evaluate (no engine, data set gone, unreadable traffic) fails with the
+reason instead of raising: the promotion is refused with every gate's numbers, and `--force`
+can still override it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,11 +30,9 @@ from typing import Any
 import numpy as np
 
 from kiln.data import load_dataset
-from kiln.errors import KilnError
+from kiln.errors import FailedPrecondition, InvalidArgument, KilnError, TrafficNotFound
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.registry import (
-    Artifact,
-    ArtifactKind,
     Gate,
     GateContext,
     GateResult,
@@ -36,7 +42,11 @@ from kiln.registry import (
 from kiln.registry.engines import choose_artifact, open_engine
 from kiln.settings import Settings
 from kiln.traffic import Window
-from kiln_engines import EngineOptions
+from kiln_engines import EngineError, EngineOptions
+
+# Either kind of failure means "could not evaluate": a Kiln error (no engine, data set gone,
+# unreadable traffic) or an engine error (inputs of another shape, a backend missing here).
+_EVALUATION_ERRORS = (KilnError, EngineError)
 
 
 @dataclass(frozen=True)
@@ -50,26 +60,65 @@ class GateThresholds:
     latency_budget: float = 1.5
     """Candidate batch-1 p50 latency at most this many times the current version's."""
     min_traffic_samples: int = 20
-    """Fewer labelled held-out requests than this cannot show a gain."""
+    """Fewer labelled held-out requests than this cannot show a gain: the traffic gate then
+    passes only when no gain is required (`min_traffic_gain` <= 0)."""
     traffic_window: str = "24h"
+    """How far back labelled traffic is read: 30m, 24h, 7d or an ISO time."""
     holdout_fraction: float = DEFAULT_HOLDOUT
+    """The share of labelled requests retraining keeps out; must match retraining's."""
+
+    def validate(self) -> None:
+        """Raise `InvalidArgument` for a threshold that cannot be meant."""
+        for name in ("min_traffic_gain", "max_heldout_regression"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and -1 <= value <= 1):
+                raise InvalidArgument(
+                    f"{name.replace('_', '-')} is an accuracy difference in [-1, 1], got {value}"
+                )
+        if not (math.isfinite(self.latency_budget) and self.latency_budget > 0):
+            raise InvalidArgument(
+                f"latency budget is a factor of the current version's latency (e.g. 1.5), "
+                f"got {self.latency_budget}"
+            )
+        if self.min_traffic_samples < 1:
+            raise InvalidArgument(
+                f"min_traffic_samples must be at least 1, got {self.min_traffic_samples}"
+            )
+        if not 0 < self.holdout_fraction < 1:
+            raise InvalidArgument(
+                f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}"
+            )
+        Window.last(self.traffic_window)  # InvalidArgument for a window that does not parse
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((predictions == labels).mean()) if labels.size else math.nan
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """A data set's test split, as the gates judge on it."""
+
+    x: np.ndarray
+    y: np.ndarray
+    dataset: str
+    split: dict[str, Any]
+
+
 @dataclass
 class Evaluator:
-    """Runs versions on the evaluation data, once each, shared by the gates of one promotion."""
+    """Runs versions on the evaluation data, once each, shared by the gates of one promotion
+    (`Registry.promote` may run its gates more than once when the alias moves meanwhile)."""
 
     registry: Registry
     settings: Settings
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     _predictions: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)
+    _held_out: dict[str, HeldOut] = field(default_factory=dict)
     _traffic_by_model: dict[str, LabelledTraffic] = field(default_factory=dict)
 
     def predict(self, version: ModelVersion, x: np.ndarray, data: str) -> np.ndarray:
+        """Top-1 classes of `version` on `x`; `data` names `x` for the cache."""
         key = (version.name, version.version, data)
         if key not in self._predictions:
             engine, _ = open_engine(
@@ -77,9 +126,10 @@ class Evaluator:
             )
             try:
                 name = engine.signature.inputs[0].name
+                output = engine.signature.outputs[0].name
                 step = engine.signature.max_batch or 256
                 parts = [
-                    next(iter(engine.infer({name: x[i : i + step]}).values())).argmax(axis=1)
+                    engine.infer({name: x[i : i + step]})[output].argmax(axis=1)
                     for i in range(0, len(x), step)
                 ]
             finally:
@@ -87,27 +137,38 @@ class Evaluator:
             self._predictions[key] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return self._predictions[key]
 
-    def held_out(self, version: ModelVersion) -> tuple[np.ndarray, np.ndarray, str]:
+    def held_out(self, version: ModelVersion) -> HeldOut:
+        """The test split of the data set `version` was trained on (same split settings)."""
         config = version.config
-        split = config.get("split") or {}
-        dataset = load_dataset(
-            str(config["dataset"]),
-            self.settings,
-            seed=int(split.get("seed", config.get("seed", 0))),
-            val_fraction=float(split.get("val_fraction", 0.1)),
-            test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
-        )
-        return dataset.test.x, dataset.test.y, str(config["dataset"])
+        name = config.get("dataset")
+        if not name:
+            raise FailedPrecondition(f"{version.ref} records no data set to evaluate it on")
+        split = dict(config.get("split") or {})
+        cache = f"{name}:{sorted(split.items())}:{config.get('seed', 0)}"
+        if cache not in self._held_out:
+            dataset = load_dataset(
+                str(name),
+                self.settings,
+                seed=int(split.get("seed", config.get("seed", 0))),
+                val_fraction=float(split.get("val_fraction", 0.1)),
+                test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
+            )
+            self._held_out[cache] = HeldOut(dataset.test.x, dataset.test.y, str(name), split)
+        return self._held_out[cache]
 
     def traffic(self, name: str) -> LabelledTraffic:
+        """Held-out labelled requests of `name` in the window; none when it logged no traffic.
+
+        Other errors (unreadable files) propagate: the traffic gate reports them.
+        """
         if name not in self._traffic_by_model:
             try:
                 rows = labelled_traffic(
                     self.settings.home, name, Window.last(self.thresholds.traffic_window)
                 )
-            except KilnError:
+            except TrafficNotFound:
                 rows = labelled_traffic_empty()
-            mask = holdout_mask(rows.request_ids, self.thresholds.holdout_fraction)
+            mask = unseen_holdout_mask(rows, self.thresholds.holdout_fraction)
             self._traffic_by_model[name] = rows.subset(mask)
         return self._traffic_by_model[name]
 
@@ -115,6 +176,20 @@ class Evaluator:
 def labelled_traffic_empty() -> LabelledTraffic:
     empty = np.zeros((0,), dtype=np.int64)
     return LabelledTraffic(np.zeros((0,), np.float32), empty, [], empty, empty, empty)
+
+
+def unseen_holdout_mask(rows: LabelledTraffic, fraction: float) -> np.ndarray:
+    """`holdout_mask`, minus held-out requests whose input also came in a request retraining
+    could learn from (clients resend the same image; held out by id, seen by content)."""
+    held = holdout_mask(rows.request_ids, fraction)
+    if not held.any() or held.all():
+        return held
+    flat = rows.x.reshape(len(rows), -1)
+    keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+    trained = {k for k, h in zip(keys, held, strict=True) if not h}
+    unseen = np.fromiter((k not in trained for k in keys), dtype=bool, count=len(keys))
+    mask: np.ndarray = held & unseen
+    return mask
 
 
 class HeldOutGate:
@@ -125,29 +200,38 @@ class HeldOutGate:
 
     def __call__(self, context: GateContext) -> GateResult:
         limit = self.evaluator.thresholds.max_heldout_regression
+        # Judge on the data the current version was made for: "no worse elsewhere" means no
+        # worse at what production does now. With nothing served, the candidate's own data.
+        judged_by = context.current or context.candidate
         try:
-            x, y, dataset = self.evaluator.held_out(context.candidate)
-            candidate = _accuracy(self.evaluator.predict(context.candidate, x, dataset), y)
+            data = self.evaluator.held_out(judged_by)
+            key = f"held-out:{data.dataset}:{sorted(data.split.items())}"
+            candidate = _accuracy(self.evaluator.predict(context.candidate, data.x, key), data.y)
             if context.current is None:
                 return GateResult(
-                    self.name, True, {"candidate": candidate},
-                    f"{context.alias} points nowhere yet; candidate scores {candidate:.4f}",
+                    self.name, True, {"candidate": candidate, "limit": limit},
+                    f"{context.alias} points nowhere yet; {data.dataset} held-out accuracy "
+                    f"{candidate:.4f}",
                 )  # fmt: skip
-            current = _accuracy(self.evaluator.predict(context.current, x, dataset), y)
-        except KilnError as exc:
-            return GateResult(self.name, False, {}, f"could not evaluate: {exc.message}")
+            current = _accuracy(self.evaluator.predict(context.current, data.x, key), data.y)
+        except _EVALUATION_ERRORS as exc:
+            return GateResult(self.name, False, {"limit": limit}, f"could not evaluate: {exc}")
         drop = current - candidate
         numbers: dict[str, float | None] = {
             "candidate": candidate, "current": current, "drop": drop, "limit": limit,
         }  # fmt: skip
-        passed = drop <= limit
-        return GateResult(
-            self.name,
-            passed,
-            numbers,
-            f"{dataset} held-out accuracy {candidate:.4f} vs {current:.4f} "
-            f"({-drop:+.4f}; at most -{limit:g} allowed)",
+        passed = drop <= limit + 1e-12  # a drop of exactly the limit is allowed
+        message = (
+            f"{data.dataset} held-out accuracy ({len(data.y)} samples) {candidate:.4f} vs "
+            f"{current:.4f} ({-drop:+.4f}; at most -{limit:g} allowed)"
         )
+        theirs = context.candidate.config
+        if theirs.get("dataset") != data.dataset or (theirs.get("split") or {}) != data.split:
+            message += (
+                f"; note: {context.candidate.ref} was trained on other data or another split, "
+                "so some of these samples may be in its training set"
+            )
+        return GateResult(self.name, passed, numbers, message)
 
 
 class TrafficGate:
@@ -158,32 +242,35 @@ class TrafficGate:
 
     def __call__(self, context: GateContext) -> GateResult:
         t = self.evaluator.thresholds
-        rows = self.evaluator.traffic(context.name)
-        numbers: dict[str, Any] = {"samples": len(rows), "min_gain": t.min_traffic_gain}
-        if len(rows) < t.min_traffic_samples:
-            passed = t.min_traffic_gain <= 0
-            return GateResult(
-                self.name, passed, numbers,
-                f"only {len(rows)} held-out labelled requests in the last {t.traffic_window} "
-                f"(need {t.min_traffic_samples} to measure a gain)",
-            )  # fmt: skip
+        numbers: dict[str, Any] = {"samples": 0, "min_gain": t.min_traffic_gain}
         try:
+            rows = self.evaluator.traffic(context.name)
+            numbers["samples"] = len(rows)
+            if len(rows) < t.min_traffic_samples:
+                passed = t.min_traffic_gain <= 0
+                verdict = "no gain required" if passed else "a gain is required"
+                return GateResult(
+                    self.name, passed, numbers,
+                    f"only {len(rows)} held-out labelled requests in the last "
+                    f"{t.traffic_window} (need {t.min_traffic_samples} to measure a gain; "
+                    f"{verdict})",
+                )  # fmt: skip
             candidate = _accuracy(
                 self.evaluator.predict(context.candidate, rows.x, "traffic"), rows.y
             )
-            current = (
-                _accuracy(self.evaluator.predict(context.current, rows.x, "traffic"), rows.y)
-                if context.current is not None
-                else math.nan
-            )
-        except KilnError as exc:
-            return GateResult(self.name, False, numbers, f"could not evaluate: {exc.message}")
-        if context.current is None:
-            numbers["candidate"] = candidate
-            return GateResult(self.name, True, numbers, f"{context.alias} points nowhere yet")
+            if context.current is None:
+                numbers["candidate"] = candidate
+                return GateResult(
+                    self.name, True, numbers,
+                    f"{context.alias} points nowhere yet; accuracy on {len(rows)} held-out "
+                    f"labelled requests {candidate:.4f}",
+                )  # fmt: skip
+            current = _accuracy(self.evaluator.predict(context.current, rows.x, "traffic"), rows.y)
+        except _EVALUATION_ERRORS as exc:
+            return GateResult(self.name, False, numbers, f"could not evaluate: {exc}")
         gain = candidate - current
         numbers.update({"candidate": candidate, "current": current, "gain": gain})
-        passed = gain >= t.min_traffic_gain
+        passed = gain >= t.min_traffic_gain - 1e-12  # exactly the required gain passes
         return GateResult(
             self.name,
             passed,
@@ -196,7 +283,7 @@ class TrafficGate:
 def _latency_ms(registry: Registry, version: ModelVersion) -> float | None:
     try:
         artifact = choose_artifact(registry, version.name, version.version).artifact
-    except KilnError:
+    except _EVALUATION_ERRORS:
         return None
     performance = (artifact.report or {}).get("performance") or {}
     value = performance.get("latency_ms_p50")
@@ -214,21 +301,27 @@ class LatencyGate:
         candidate = _latency_ms(self.evaluator.registry, context.candidate)
         current = _latency_ms(self.evaluator.registry, context.current) if context.current else None
         numbers = {"candidate_ms": candidate, "current_ms": current, "budget": budget}
+        if context.current is None:
+            return GateResult(self.name, True, numbers, f"{context.alias} points nowhere yet")
         if candidate is None or current is None:
-            return GateResult(self.name, True, numbers, "no latency measured to compare")
+            unmeasured = [
+                v.ref
+                for v, ms in ((context.candidate, candidate), (context.current, current))
+                if ms is None
+            ]
+            return GateResult(
+                self.name, True, numbers,
+                f"no latency to compare: {' and '.join(unmeasured)} "
+                f"{'was' if len(unmeasured) == 1 else 'were'} compiled without timing",
+            )  # fmt: skip
         # 50 µs of slack: sub-millisecond timings on a busy host jitter by that much.
         passed = candidate <= current * budget + 0.05
         return GateResult(
             self.name,
             passed,
             numbers,
-            f"batch-1 p50 {candidate:.3f} ms vs {current:.3f} ms (budget {budget:g}x)",
+            f"batch-1 p50 {candidate:.3f} ms vs {current:.3f} ms (at most {budget:g}x allowed)",
         )
-
-
-def _parity_passed(artifact: Artifact) -> bool:
-    parity = (artifact.report or {}).get("parity") or {}
-    return bool(parity.get("passed"))
 
 
 class ParityGate:
@@ -238,29 +331,46 @@ class ParityGate:
         self.evaluator = evaluator
 
     def __call__(self, context: GateContext) -> GateResult:
-        engines = [
-            a
-            for a in self.evaluator.registry.artifacts(
-                context.candidate.name, context.candidate.version
+        version = context.candidate
+        # The engine a server here would load is the one that must be verified.
+        try:
+            artifact = choose_artifact(self.evaluator.registry, version.name, version.version)
+        except _EVALUATION_ERRORS as exc:
+            return GateResult(
+                self.name, False, {"verified": 0},
+                f"{version.ref} has no engine to serve here ({exc}); run kiln compile "
+                f"{version.ref}",
+            )  # fmt: skip
+        kind = artifact.artifact.kind.value
+        parity = (artifact.artifact.report or {}).get("parity") or {}
+        passed = parity.get("passed") is True
+        held_out = parity.get("held_out") or []
+        agreement = [p.get("top1_agreement") for p in held_out if isinstance(p, dict)]
+        numbers: dict[str, float | None] = {
+            "verified": 1.0 if passed else 0.0,
+            "top1_agreement": min(
+                (float(a) for a in agreement if isinstance(a, int | float)), default=None
+            ),
+        }
+        if passed:
+            return GateResult(
+                self.name, True, numbers, f"{kind} engine of {version.ref} passed parity"
             )
-            if a.kind is not ArtifactKind.CHECKPOINT
-        ]
-        verified = [a.kind.value for a in engines if _parity_passed(a)]
         return GateResult(
-            self.name,
-            bool(verified),
-            {"engines": len(engines), "verified": len(verified)},
-            f"verified engines: {', '.join(verified)}"
-            if verified
-            else f"{context.candidate.ref} has no engine that passed parity; run kiln compile",
-        )
+            self.name, False, numbers,
+            f"the {kind} engine of {version.ref} has no passed parity check; run kiln compile "
+            f"{version.ref}",
+        )  # fmt: skip
 
 
 def evaluation_gates(
     registry: Registry, settings: Settings, thresholds: GateThresholds | None = None
 ) -> list[Gate]:
-    """The gates `kiln promote` runs: parity, held-out regression, traffic gain, latency."""
-    evaluator = Evaluator(registry, settings, thresholds or GateThresholds())
+    """The gates `kiln promote` runs beside the recorded-accuracy gate: parity, held-out
+    regression, traffic gain, latency. Raises `InvalidArgument` for bad thresholds."""
+    thresholds = thresholds or GateThresholds()
+    thresholds.validate()
+    evaluator = Evaluator(registry, settings, thresholds)
     return [
         ParityGate(evaluator),
         HeldOutGate(evaluator),
@@ -272,9 +382,11 @@ def evaluation_gates(
 __all__ = [
     "Evaluator",
     "GateThresholds",
+    "HeldOut",
     "HeldOutGate",
     "LatencyGate",
     "ParityGate",
     "TrafficGate",
     "evaluation_gates",
+    "unseen_holdout_mask",
 ]
