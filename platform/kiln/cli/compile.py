@@ -174,7 +174,8 @@ def compile_command(
         ),
     ] = None,
     precision: Annotated[
-        str, typer.Option(help="fp32, fp16, bf16 or int8 (reduced precision: tensorrt, bf16 aoti).")
+        str,
+        typer.Option(help="fp32; fp16/bf16 (aotinductor, tensorrt); int8 (onnxruntime, tensorrt)."),
     ] = "fp32",
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Largest batch the engines accept.")
@@ -189,8 +190,9 @@ def compile_command(
 ) -> None:
     """Build engines for a version, check them against the checkpoint, register those that pass.
 
-    Each artifact records its parity report (held-out and random inputs), the library versions
-    and hardware, and latency at batch 1 and throughput at --max-batch on this host.
+    Each artifact records its parity report (held-out and random inputs), the library
+    versions and hardware, and latency at batch 1 and throughput at --max-batch on this host.
+    Exits 2 when a target fails to build or fails parity, or is named but cannot be built here.
     """
     payload, error = compile_ref(
         ref, target or ["onnxruntime"], precision, max_batch, threads, parity_samples
