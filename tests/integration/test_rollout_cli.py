@@ -22,7 +22,10 @@ def seeded(settings: Settings, tmp_path: Path) -> Settings:
             (files / "model.safetensors").write_bytes(os.urandom(64))
             (files / "model.onnx").write_bytes(os.urandom(64))
             version = registry.register_version(
-                "digits", checkpoint=files / "model.safetensors", config={}, metrics={}
+                "digits",
+                checkpoint=files / "model.safetensors",
+                config={},
+                metrics={"test_accuracy": 0.9},
             )
             registry.add_artifact(
                 "digits", version.version, kind="onnxruntime", path=files / "model.onnx"
@@ -124,3 +127,15 @@ def test_bad_input_exits_2_and_writes_nothing(
 def test_an_unknown_model_gets_a_suggestion(cli: Any, seeded: Settings) -> None:
     message = error_of(cli("rollout", "digit", "--canary", "10"))
     assert "no model 'digit'; did you mean 'digits'?" in message
+
+
+def test_promoting_the_canary_says_the_rollout_is_moot(cli: Any, seeded: Settings) -> None:
+    assert cli("promote", "digits:2", "--alias", "candidate", "--no-eval-gates").exit_code == 0
+    assert cli("rollout", "digits", "--canary", "50").exit_code == 0
+    promoted = cli("promote", "digits:2", "--no-eval-gates")
+    assert promoted.exit_code == 0, promoted.stderr
+    assert "now runs digits:2 beside itself; end it with kiln rollout digits --off" in " ".join(
+        promoted.stderr.split()
+    )
+    state = cli("rollout", "digits", "--json").json()
+    assert (state["rollout"]["version"], state["production_version"]) == (2, 2)

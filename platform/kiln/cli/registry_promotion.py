@@ -119,7 +119,16 @@ def promote(
             }
             emit(refused, as_json, lambda console: console.print(gates_table(results)))
             raise
+        rollout = registry.rollout(move.name)
     _report(move, as_json)
+    if rollout.active and rollout.version == move.to_version and alias == "production":
+        # Harmless (servers route everything to production when both are one version), but
+        # the rollout no longer compares anything.
+        err_console.print(
+            f"note: the {rollout.mode.value} of {move.name}@{rollout.alias} now runs "
+            f"{move.name}:{move.to_version} beside itself; end it with kiln rollout "
+            f"{move.name} --off"
+        )
 
 
 class _Recorded:
