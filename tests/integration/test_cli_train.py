@@ -156,3 +156,20 @@ def test_bad_model_name_fails_before_training(cli: Any) -> None:
     result = cli("train", "--dataset", "digits", "--model", "mlp", "--name", "Bad Name!")
     assert result.exit_code == 2
     assert "epoch" not in result.stderr
+
+
+def test_train_with_compile_registers_a_verified_engine(cli: Any) -> None:
+    result = cli("train", "--dataset", "digits", "--model", "mlp", "--epochs", "1",
+                 "--name", "quick", "--compile", "onnxruntime", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    report = result.json()["compile"]
+    statuses = {r["kind"]: r["status"] for r in report["results"]}
+    assert statuses["onnxruntime"] == "passed"
+    shown = cli("models", "show", "quick:1", "--json").stdout
+    assert "onnxruntime" in shown
+
+
+def test_compile_needs_a_name(cli: Any) -> None:
+    result = cli("train", "--dataset", "digits", "--model", "mlp", "--compile", "onnxruntime")
+    assert result.exit_code == 2
+    assert "add --name NAME" in result.stderr

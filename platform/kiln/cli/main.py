@@ -11,6 +11,7 @@ from typing import Annotated
 
 import click
 import typer
+from rich.markup import escape
 
 from kiln import __version__
 from kiln.cli import (
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     except KilnError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
+        )
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
             "This is a bug in Kiln. Run again with --debug for the traceback.",
             highlight=False,
         )

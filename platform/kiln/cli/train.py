@@ -55,6 +55,14 @@ def train(
     name: Annotated[
         str | None, typer.Option(help="Register the result as a new version of this model.")
     ] = None,
+    compile_targets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--compile",
+            help="After registering, compile for this target (onnxruntime, aotinductor, "
+            "tensorrt, all); repeat for several. Needs --name.",
+        ),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     as_json: bool = JsonOption,
 ) -> None:
@@ -76,6 +84,11 @@ def train(
         threads=threads,
     )
     config.validate()
+    if compile_targets and name is None:
+        raise InvalidArgument(
+            "--compile builds engines for a registered version: add --name NAME "
+            "(e.g. kiln train --name digits --compile onnxruntime)"
+        )
     if name is not None:
         from kiln.registry import validate_name
 
@@ -92,8 +105,15 @@ def train(
         "history": result.history,
         "duration_s": result.duration_s,
     }
+    compile_error = None
     if name is not None:
         payload["registered"] = register(name, result, settings)
+        if compile_targets:
+            from kiln.cli.compile import compile_ref
+
+            payload["compile"], compile_error = compile_ref(
+                payload["registered"]["reference"], compile_targets
+            )
 
     def render(console: Console) -> None:
         m = result.metrics
@@ -117,8 +137,14 @@ def train(
         console.print(f"run: {result.run_dir}  (curves.png, metrics.jsonl, checkpoint/)")
         if "registered" in payload:
             console.print(f"registered [bold]{payload['registered']['reference']}[/]")
+        if "compile" in payload:
+            from kiln.cli.compile import render as render_compile
+
+            render_compile(payload["compile"], console)
 
     emit(payload, as_json, render)
+    if compile_error is not None:
+        raise compile_error
 
 
 def source_commit() -> str | None:
