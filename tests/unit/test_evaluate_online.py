@@ -89,7 +89,7 @@ def test_per_class_confusion_and_calibration(report: dict[str, Any]) -> None:
 def test_latency_and_time_series(report: dict[str, Any]) -> None:
     assert sum(p["labelled"] for p in report["accuracy_over_time"]) == 7
     latency = {(r["version"], r["route"]): r for r in report["latency"]}
-    assert latency[(2, "canary")]["latency_p50_us"] == pytest.approx(850)  # of 700..1000
+    assert latency[(2, "canary")]["latency_p50_us"] == pytest.approx(800, rel=0.005)  # 700..1000
 
 
 def test_versions_without_reference_say_so(report: dict[str, Any]) -> None:

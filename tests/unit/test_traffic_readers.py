@@ -24,6 +24,7 @@ from kiln.traffic import (
     scan_traffic,
     traffic_stats,
 )
+from kiln.traffic.stats import log_bucket, percentiles
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 WINDOW = Window(NOW - timedelta(hours=24), NOW)
@@ -136,9 +137,10 @@ def test_stats_by_version_and_route(tmp_path: Path) -> None:
     assert stats["requests"] == 10 and stats["errors"] == 0
     (group,) = stats["by_version_route"]
     assert (group["version"], group["route"]) == (1, "primary")
-    latencies = sorted(1000 + 10 * i for i in range(10))
-    assert group["latency_p50_us"] == pytest.approx(np.quantile(latencies, 0.5))
-    assert group["latency_p99_us"] == pytest.approx(np.quantile(latencies, 0.99))
+    # Nearest-rank percentiles, read off 1%-wide log buckets: within 0.5% of the value.
+    assert group["latency_p50_us"] == pytest.approx(1040, rel=0.005)  # 5th of 1000..1090
+    assert group["latency_p95_us"] == pytest.approx(1090, rel=0.005)
+    assert group["latency_p99_us"] == pytest.approx(1090, rel=0.005)
     assert sum(p["requests"] for p in stats["over_time"]) == 10
 
 
@@ -160,3 +162,14 @@ def test_parse_since(text: str, expected: datetime) -> None:
 def test_parse_since_says_what_it_accepts() -> None:
     with pytest.raises(InvalidArgument, match="24h, 30m, 7d"):
         parse_since("yesterday", NOW)
+
+
+def test_histogram_percentiles_are_within_half_a_percent() -> None:
+    rng = np.random.default_rng(0)
+    latencies = np.concatenate([rng.gamma(4.0, 120.0, 50_000), [0, 1, 3e7]]).astype(np.int64)
+    frame = pl.DataFrame({"latency_us": latencies}).select(log_bucket("latency_us").alias("b"))
+    hist = frame.group_by("b").len()
+    ours = percentiles(hist["b"].to_numpy(), hist["len"].to_numpy(), (0.01, 0.5, 0.99, 1.0))
+    exact = np.quantile(latencies, [0.01, 0.5, 0.99, 1.0], method="inverted_cdf")
+    assert ours == pytest.approx(exact.tolist(), rel=0.005)
+    assert percentiles(np.array([]), np.array([]), (0.5,)) == [None]

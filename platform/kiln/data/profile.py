@@ -105,10 +105,17 @@ def image_features(x: Array, spec: dict[str, Any]) -> tuple[list[str], Array]:
     return names, np.stack(columns, axis=1)
 
 
+CHUNK = 4096
+"""Images featurised at a time: the float64 work arrays stay small whatever len(x) is."""
+
+
 def features(x: Array, spec: dict[str, Any]) -> tuple[list[str], Array]:
     """The profile's feature matrix for inputs `x` (samples x features), as `spec` says."""
     if spec["kind"] == "image":
-        return image_features(x, spec)
+        if len(x) <= CHUNK:
+            return image_features(x, spec)
+        parts = [image_features(x[i : i + CHUNK], spec) for i in range(0, len(x), CHUNK)]
+        return parts[0][0], np.concatenate([m for _, m in parts])
     flat = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
     indices = list(spec["indices"])
     return [f"x[{i}]" for i in indices], flat[:, indices]
