@@ -250,9 +250,12 @@ def _matched_ids(home: Path, ids: pl.DataFrame, model: str | None) -> pl.DataFra
 
 
 def _ids_in(scan: Scan, ids: pl.DataFrame) -> pl.DataFrame:
+    # The file's ids are the small side: filter the streamed traffic by them (a hash join
+    # would build its table over the traffic).
+    wanted = ids["request_id"].implode()
     return (
         scan.frame.select("request_id")
-        .join(ids.lazy(), on="request_id", how="semi")
+        .filter(pl.col("request_id").is_in(wanted))
         .unique()
         .collect(engine="streaming")
     )
