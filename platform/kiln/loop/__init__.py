@@ -1,1 +1,4 @@
-"""Retraining from production traffic: traffic + feedback ► dataset ► train ► compile ► candidate."""
+"""The closed loop: labelled traffic ► dataset ► train ► compile ► candidate ► gates ► promote.
+
+`retrain` builds a new version from production traffic; `demo` runs the whole story.
+"""
