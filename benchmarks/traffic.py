@@ -50,7 +50,7 @@ from kiln.traffic import TRAFFIC_SCHEMA, TrafficSettings
 
 KILN = Path(sys.executable).with_name("kiln")
 ROWS_PER_FILE = 10_000
-console = Console()
+console = Console(width=150)
 
 
 # -- (a) logging overhead ------------------------------------------------------------------------
@@ -296,14 +296,14 @@ MEASURE = (
     "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
     "elapsed = time.perf_counter() - t\n"
     "assert p.returncode == 0, p.stderr[-3000:]\n"
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "print(elapsed, rss)\n"
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(elapsed, r.ru_maxrss, r.ru_utime + r.ru_stime)\n"
     "sys.stderr.write(p.stdout)\n"
 )
 
 
-def timed(args: list[str], home: Path) -> tuple[float, float, str]:
-    """Wall seconds, peak RSS (MiB) and stdout of a fresh `args` process."""
+def timed(args: list[str], home: Path) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS (MiB), CPU seconds and stdout of a fresh `args` process."""
     result = subprocess.run(
         [sys.executable, "-c", MEASURE, *args],
         capture_output=True,
@@ -311,8 +311,8 @@ def timed(args: list[str], home: Path) -> tuple[float, float, str]:
         env={**os.environ, "KILN_HOME": str(home)},
         check=True,
     )
-    elapsed, rss_kib = result.stdout.split()
-    return float(elapsed), int(rss_kib) / 1024, result.stderr
+    elapsed, rss_kib, cpu = result.stdout.split()
+    return float(elapsed), int(rss_kib) / 1024, float(cpu), result.stderr
 
 
 def dataset(workdir: Path, millions: int) -> Path:
@@ -338,12 +338,12 @@ def evaluate_scaling(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
         # by the data's age so every row counts however long ago it was generated.
         made = datetime.fromisoformat((home / ".complete").read_text())
         since = f"{24 + (datetime.now(UTC) - made).total_seconds() / 3600:.3f}h"
-        eval_s, eval_rss, out = timed(
+        eval_s, eval_rss, eval_cpu, out = timed(
             [str(KILN), "evaluate", "digits", "--since", since, "--json"], home
         )
         report = json.loads(out)
         assert report["requests"] == millions * 1_000_000, report["requests"]
-        stats_s, stats_rss, _ = timed(
+        stats_s, stats_rss, stats_cpu, _ = timed(
             [str(KILN), "traffic", "stats", "digits", "--since", since, "--json"], home
         )
         results.append(
@@ -352,8 +352,10 @@ def evaluate_scaling(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
                 "files": report["files"],
                 "mib_on_disk": size / 2**20,
                 "evaluate_s": eval_s,
+                "evaluate_cpu_s": eval_cpu,
                 "evaluate_peak_rss_mib": eval_rss,
                 "stats_s": stats_s,
+                "stats_cpu_s": stats_cpu,
                 "stats_peak_rss_mib": stats_rss,
                 "labelled": report["labelled"],
                 "input_samples": report["drift"]["versions"][0]["inputs"]["samples"],
@@ -378,7 +380,8 @@ def main() -> None:
     args = parser.parse_args()
     console.print(
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"polars {pl.__version__}, {datetime.now(UTC):%Y-%m-%d}"
+        f"polars {pl.__version__}, {datetime.now(UTC):%Y-%m-%d}, "
+        f"load average {os.getloadavg()[0]:.1f} (other processes share these cores)"
     )
 
     hook = hook_cost()
@@ -407,14 +410,16 @@ def main() -> None:
     if not args.skip_evaluate:
         sizes = [int(s) for s in args.sizes.split(",")]
         table = Table(title="(b) kiln evaluate / kiln traffic stats over the log, --since 24h")
-        for col in ("rows", "files", "on disk", "evaluate", "peak RSS", "traffic stats",
-                    "peak RSS", "labelled", "inputs examined"):  # fmt: skip
+        columns = ("rows", "files", "on disk", "evaluate", "(CPU)", "peak RSS", "traffic stats",
+                   "(CPU)", "peak RSS", "labelled", "inputs examined")  # fmt: skip
+        for col in columns:
             table.add_column(col, justify="right")
         for r in evaluate_scaling(sizes, args.workdir):
             table.add_row(
                 f"{r['rows']:,}", str(r["files"]), f"{r['mib_on_disk']:.0f} MiB",
-                f"{r['evaluate_s']:.1f} s", f"{r['evaluate_peak_rss_mib']:.0f} MiB",
-                f"{r['stats_s']:.1f} s", f"{r['stats_peak_rss_mib']:.0f} MiB",
+                f"{r['evaluate_s']:.1f} s", f"{r['evaluate_cpu_s']:.1f} s",
+                f"{r['evaluate_peak_rss_mib']:.0f} MiB", f"{r['stats_s']:.1f} s",
+                f"{r['stats_cpu_s']:.1f} s", f"{r['stats_peak_rss_mib']:.0f} MiB",
                 f"{r['labelled']:,}", f"{r['input_samples']:,}",
             )  # fmt: skip
         console.print(table)

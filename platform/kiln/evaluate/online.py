@@ -258,7 +258,7 @@ def _drift(
     # Beyond the sample size, read every k-th part file only: decoding the input column is
     # the expensive part, and files are spread evenly over time.
     with_input = int(counts["with_input"].sum())
-    step = max(1, with_input // sample_size)
+    step = max(1, -(-with_input // sample_size))
     inputs = _every(
         traffic.build(traffic.files[::step]).filter(pl.col("input_shape").is_not_null()),
         with_input // step,
