@@ -97,3 +97,18 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served: Served, tmp_
     assert any(error is None for _, error in answers)
     with kiln.registry.open(settings=Settings(home=tmp_path / "home")) as registry:
         np.testing.assert_allclose(first, reference_outputs(registry, "digits", 1, x), atol=1e-5)
+
+
+def test_a_model_that_cannot_be_served_stops_startup_with_a_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("kiln")), "serve", "--port", "0", "--no-metrics",
+         "digits", "digts"],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "KILN_HOME": str(home)},
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "ready" not in result.stdout
+    assert "digts" in result.stderr and "digits" in result.stderr  # names it, suggests the fix

@@ -350,7 +350,8 @@ def test_metrics_endpoint(server: RunningServer, client: triton.InferenceServerC
         in text
     )
     assert 'kiln_inference_batch_size_count{model="digits",version="2"}' in text
-    assert 'kiln_model_state{kiln_model_state="ready",model="digits",version="1"} 1.0' in text
+    assert 'kiln_model_state{model="digits",state="ready",version="1"} 1.0' in text
+    assert 'kiln_model_state{model="digits",state="loading",version="1"} 0.0' in text
 
 
 def test_unimplemented_rpcs_say_so(client: triton.InferenceServerClient) -> None:

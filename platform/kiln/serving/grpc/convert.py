@@ -87,7 +87,12 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
         raise InferRequestInvalid(
             f"parameter 'timeout' must be a non-negative int64 (microseconds), got {timeout!r}"
         )
-    outputs = tuple(_requested_output(o) for o in message.outputs) if message.outputs else ()
+    outputs: tuple[str, ...] = ()
+    if message.outputs:
+        outputs = tuple([o.name for o in message.outputs])
+        for output in message.outputs:
+            if output.parameters:
+                _check_output_parameters(output)
     return InferRequest(
         model=message.model_name,
         inputs=inputs,
@@ -128,14 +133,13 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> npt.NDArray[Any]:
     return codec.decode_typed(name, datatype, tuple(tensor.shape), values)
 
 
-def _requested_output(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> str:
-    unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS if output.parameters else ()
+def _check_output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:
+    unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS
     if unsupported:
         raise InferRequestInvalid(
             f"output '{output.name}' asks for {', '.join(sorted(unsupported))}, which this "
             "server does not support (see ServerMetadata extensions)"
         )
-    return str(output.name)
 
 
 def _parameters(parameters: Any) -> dict[str, ParameterValue]:

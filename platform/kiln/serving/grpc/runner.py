@@ -67,23 +67,22 @@ async def serve(
             traffic_hook=traffic_hook,
             feedback_hook=feedback_hook,
         )
+        server = GrpcServer(core, settings)
         try:
             await core.start(settings.models)
-        except BaseException:
-            await core.stop()
-            raise
-        server = GrpcServer(core, settings)
-        port = await server.start()
-        metrics_port = None
-        if settings.metrics_port is not None:
-            metrics_port, metrics_server = metrics.serve(settings.host, settings.metrics_port)
-        if on_ready is not None:
-            served = tuple(
-                f"{m.label} ({m.opened.kind}/{m.opened.device})" for m in core.loaded_models()
-            )
-            on_ready(Endpoints(port, metrics_port, served))
-        await stop.wait()
-        await server.stop()
+            port = await server.start()
+            metrics_port = None
+            if settings.metrics_port is not None:
+                metrics_port, metrics_server = metrics.serve(settings.host, settings.metrics_port)
+            if on_ready is not None:
+                served = tuple(
+                    f"{m.label} ({m.opened.kind}/{m.opened.device})" for m in core.loaded_models()
+                )
+                on_ready(Endpoints(port, metrics_port, served))
+            await stop.wait()
+        finally:
+            # Also after a failed start: whatever was loaded drains and closes.
+            await server.stop()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
