@@ -167,6 +167,69 @@ class ParityFailed(FailedPrecondition):
     """A compiled engine does not compute the same function as its checkpoint."""
 
 
+# -- serving ------------------------------------------------------------------------------------
+
+
+class InferRequestInvalid(InvalidArgument):
+    """An inference request is malformed: datatypes, shapes, contents, inputs or outputs."""
+
+
+class ModelNotServed(NotFound):
+    """No model by that name is loaded on this server."""
+
+
+class VersionNotServed(NotFound):
+    """The model is loaded, but not the requested version."""
+
+
+class ModelNotReady(Unavailable):
+    """The model is loading or unloading; retry shortly."""
+
+
+class QueueFull(KilnError):
+    """A model's request queue is at its bound; the client should back off and retry."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class RequestTimedOut(Unavailable):
+    """A request waited in the queue longer than the timeout it asked for."""
+
+
+class RequestCancelled(Unavailable):
+    """The client went away (cancelled, or past its deadline) before the answer was ready."""
+
+
+class ServerShuttingDown(Unavailable):
+    """The server is draining and accepts no new requests."""
+
+
+class NotAuthenticated(KilnError):
+    """A call that needs the server's bearer token came without it, or with a wrong one."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class FeedbackDisabled(FailedPrecondition):
+    """The server was started without a feedback sink, so it cannot accept labels."""
+
+
+class EngineOutputInvalid(KilnError):
+    """An engine returned outputs that do not cover the batch it was given (a backend bug)."""
+
+
+class EngineFailed(KilnError):
+    """An engine refused or failed a batch; the code is the engine error's own."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class InternalError(KilnError):
+    """Something unexpected failed; details are in the server log, never sent to clients."""
+
+
 # -- traffic and evaluation ---------------------------------------------------------------------
 
 

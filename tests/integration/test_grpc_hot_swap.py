@@ -10,7 +10,6 @@ longer served must be unloaded.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import tritonclient.grpc as triton
 
 import kiln.registry
 from kiln.settings import Settings
+from tests.conftest import wait_until
 from tests.integration.grpc_harness import (
     INPUT,
     OUTPUT,
@@ -77,11 +77,10 @@ class Load:
         return sum(len(v) for v in self.versions)
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            assert not self.errors, self.errors[:3]
-            assert time.monotonic() < deadline, "timed out waiting for the load to progress"
-            time.sleep(0.01)
+        """Wait for the load to reach `condition`; fail at once if any request failed."""
+        reached = wait_until(lambda: bool(self.errors) or condition(), timeout, interval=0.01)
+        assert not self.errors, self.errors[:3]
+        assert reached, "timed out waiting for the load to progress"
 
     def latest(self) -> set[str]:
         return {v[-1] for v in self.versions if v}
@@ -137,10 +136,7 @@ def test_the_old_version_is_unloaded_after_the_swap(tmp_path: Path) -> None:
         ):
             assert client.is_model_ready("digits", "1")
             registry.promote("digits:2", "production", gates=[], reason="test")
-            deadline = time.monotonic() + 60
-            while client.is_model_ready("digits", "1"):
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            assert wait_until(lambda: not client.is_model_ready("digits", "1"), 60, 0.02)
             assert client.is_model_ready("digits", "2")
             index = client.get_model_repository_index(as_json=True)["models"]
             assert index == [{"name": "digits", "version": "2", "state": "READY"}]
@@ -160,13 +156,18 @@ def test_a_version_that_cannot_load_leaves_the_old_one_serving(tmp_path: Path) -
             server.client() as client,
         ):
             registry.promote(broken.ref, "production", gates=[], reason="no engine to serve")
-            deadline = time.monotonic() + 60
-            while "reason" not in _index_entry(client):
-                assert time.monotonic() < deadline
-                tensor = triton.InferInput(INPUT, [1, 1, 28, 28], "FP32")
-                tensor.set_data_from_numpy(images(1))
-                assert client.infer("digits", [tensor]).get_response().model_version == "1"
-                time.sleep(0.02)
+            tensor = triton.InferInput(INPUT, [1, 1, 28, 28], "FP32")
+            tensor.set_data_from_numpy(images(1))
+            served: set[str] = set()
+
+            def failed_swap_reported() -> bool:
+                # Keep asking while the watcher tries: every answer must come from version 1.
+                served.add(client.infer("digits", [tensor]).get_response().model_version)
+                return "reason" in _index_entry(client)
+
+            assert wait_until(failed_swap_reported, 60, 0.02)
+            assert served == {"1"}
+            assert "has no compiled engine" in _index_entry(client)["reason"]
             assert client.is_model_ready("digits", "1")
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from kiln.errors import EngineOutputInvalid, QueueFull, RequestTimedOut
 from kiln.serving.batcher import DynamicBatcher
-from kiln.serving.errors import EngineOutputInvalid, QueueFull, RequestTimedOut
 from kiln.serving.messages import Timings
 
 Tensors = dict[str, npt.NDArray[Any]]

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from kiln.errors import InferRequestInvalid
 from kiln.serving import codec
-from kiln.serving.errors import InferRequestInvalid
 
 NUMERIC = [d for d in codec.DATATYPES if d != "BYTES"]
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kiln.serving.errors import (
+from kiln.errors import (
     EngineOutputInvalid,
     QueueFull,
     RequestTimedOut,

@@ -19,7 +19,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from kiln.serving.errors import InferRequestInvalid
+from kiln.errors import InferRequestInvalid
 
 BYTES: Final = "BYTES"
 BF16: Final = "BF16"

@@ -21,11 +21,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from kiln.errors import ErrorCode, KilnError
-from kiln.serving.errors import (
+from kiln.errors import (
     EngineFailed,
+    ErrorCode,
     FeedbackDisabled,
     InternalError,
+    KilnError,
     RequestCancelled,
     ServerShuttingDown,
 )

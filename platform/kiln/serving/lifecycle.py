@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from kiln.errors import FailedPrecondition, KilnError
+from kiln.errors import FailedPrecondition, InferRequestInvalid, KilnError, ServerShuttingDown
 from kiln.registry import parse_reference
 from kiln.serving.batcher import DynamicBatcher
 from kiln.serving.codec import datatype_of
-from kiln.serving.errors import InferRequestInvalid, ServerShuttingDown
 from kiln.serving.messages import ModelDescription, TensorSpec
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.repository import ModelRepository, OpenedEngine

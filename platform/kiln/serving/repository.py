@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from kiln.errors import ArtifactNotFound
-from kiln.registry import ArtifactKind, Reference, Registry
-from kiln_engines import Candidate, Engine, EngineOptions, choose, load
+from kiln.registry import Reference, Registry
+from kiln.registry.engines import open_engine
+from kiln_engines import Engine, EngineOptions
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +47,9 @@ class ModelRepository(Protocol):
 class RegistryRepository:
     """Kiln's registry as a model repository.
 
-    `open` picks the fastest artifact this host can run (`kiln_engines.choose`: TensorRT, then
-    AOTInductor on CUDA, then onnxruntime), or the kind `engine_kind` names, and loads it with
-    `options` (threads, device).
+    `open` loads the fastest artifact this host can run (`kiln.registry.engines`: TensorRT, then
+    AOTInductor on CUDA, then onnxruntime), or the kind `engine_kind` names, with `options`
+    (threads); the artifact's sha256 is verified first.
     """
 
     def __init__(
@@ -67,31 +67,9 @@ class RegistryRepository:
         return self._registry.version_of(reference)  # one indexed query: the polling path
 
     def open(self, name: str, version: int) -> OpenedEngine:
-        artifacts = [
-            a
-            for a in self._registry.artifacts(name, version)
-            if a.kind is not ArtifactKind.CHECKPOINT
-        ]
-        candidates = {
-            Candidate(a.kind.value, str(a.target.get("device", "any"))): a for a in artifacts
-        }
-        if not candidates:
-            raise ArtifactNotFound(
-                f"{name}:{version} has no compiled engine to serve, only its checkpoint; run "
-                f"`kiln compile {name}:{version}` first"
-            )
-        selection = choose(candidates, override=self._engine_kind)
-        artifact = candidates[selection.candidate]
-        path = self._registry.artifact_file(artifact)  # verifies the sha256
-        options = EngineOptions(
-            device=selection.device,
-            intra_op_threads=self._options.intra_op_threads,
-            inter_op_threads=self._options.inter_op_threads,
-            providers=self._options.providers,
-            cache_dir=self._options.cache_dir,
-            allow_rebuild=self._options.allow_rebuild,
+        engine, artifact = open_engine(
+            self._registry, name, version, self._options, kind=self._engine_kind
         )
-        engine = load(path, artifact.kind.value, options)
         return OpenedEngine(engine, artifact.kind.value, engine.device, artifact.sha256)
 
     def model_names(self) -> list[str]:

@@ -13,11 +13,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kiln.errors import did_you_mean
+from kiln.errors import ModelNotReady, ModelNotServed, VersionNotServed, did_you_mean
 from kiln.registry import Reference
 from kiln.registry.references import format_version_ranges
 from kiln.serving.batcher import DynamicBatcher
-from kiln.serving.errors import ModelNotReady, ModelNotServed, VersionNotServed
 from kiln.serving.messages import ModelDescription
 from kiln.serving.metrics import VersionMetrics
 from kiln.serving.repository import OpenedEngine

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 import numpy.typing as npt
 
+from kiln.errors import InferRequestInvalid
 from kiln.serving.codec import datatype_of
-from kiln.serving.errors import InferRequestInvalid
 from kiln.serving.messages import TensorSpec
 
 DYNAMIC = -1

@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 
-from kiln.serving.errors import NotAuthenticated
+from kiln.errors import NotAuthenticated
 from kiln.serving.grpc.status import status_of
 
 _SERVICE = "/inference.GRPCInferenceService/"

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 import numpy.typing as npt
 
+from kiln.errors import InferRequestInvalid
 from kiln.serving import codec
-from kiln.serving.errors import InferRequestInvalid
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
 from kiln.serving.grpc.generated.inference import model_config_pb2 as mc
 from kiln.serving.messages import (

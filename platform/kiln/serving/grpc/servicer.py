@@ -15,9 +15,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from kiln import __version__
-from kiln.errors import KilnError
+from kiln.errors import FeedbackRejected, KilnError
 from kiln.serving.core import ServingCore
-from kiln.serving.errors import FeedbackInvalid
 from kiln.serving.grpc import convert
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
 from kiln.serving.grpc.generated.inference import grpc_service_pb2_grpc as pb_grpc
@@ -136,7 +135,7 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
     async def SubmitFeedback(self, request: fb.SubmitFeedbackRequest, context: Context) -> Any:
         rejected = self.core.feedback([_feedback(request.item)])
         if rejected:
-            raise FeedbackInvalid(f"feedback rejected: {rejected[0][1]}")
+            raise FeedbackRejected(f"feedback rejected: {rejected[0][1]}")
         return fb.SubmitFeedbackResponse()
 
     @rpc
