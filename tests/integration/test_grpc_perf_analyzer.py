@@ -1,0 +1,44 @@
+"""NVIDIA's perf_analyzer, unmodified, against a real server (skipped where it is not installed:
+`../shared/tools/install-perf-analyzer .bench/perf_analyzer`)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import kiln.registry
+from kiln.settings import Settings
+from tests.integration.grpc_harness import register, running_server
+
+PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".bench" / "perf_analyzer" / "perf_analyzer"
+
+pytestmark = pytest.mark.skipif(
+    not PERF_ANALYZER.exists(),
+    reason=f"perf_analyzer is not installed at {PERF_ANALYZER} "
+    "(../shared/tools/install-perf-analyzer .bench/perf_analyzer)",
+)
+
+
+def test_perf_analyzer_measures_kiln_serve(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+    with running_server(home, models=("digits",)) as server:
+        result = subprocess.run(
+            [str(PERF_ANALYZER), "-m", "digits", "-i", "grpc", "-u", server.url,
+             "--concurrency-range", "2:2", "--measurement-interval", "500",
+             "--stability-percentage", "100"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        with server.client() as client:
+            served = client.get_inference_statistics("digits").model_stats[0]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", result.stdout)
+    assert throughput and float(throughput.group(1)) > 0
+    # Its server-side breakdown comes from Kiln's ModelStatistics.
+    assert re.search(r"Server:\s+Inference count: [1-9]", result.stdout)
+    assert "compute infer" in result.stdout
+    assert served.inference_stats.success.count > 0
