@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 import tritonclient.grpc as triton
 
 import kiln.registry
 from kiln.settings import Settings
+from kiln.traffic import scan_traffic
 from tests.integration.grpc_harness import INPUT, OUTPUT, images, reference_outputs, register
 
 READY = re.compile(r"kiln serve ready: grpc port (\d+), metrics port (\d+); serving (.+)")
@@ -97,6 +99,11 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served: Served, tmp_
     assert any(error is None for _, error in answers)
     with kiln.registry.open(settings=Settings(home=tmp_path / "home")) as registry:
         np.testing.assert_allclose(first, reference_outputs(registry, "digits", 1, x), atol=1e-5)
+    # Traffic logging is on by default: every request the server saw is a row, written before
+    # the process exited (the answered ones with status ok).
+    rows = scan_traffic(tmp_path / "home", "digits").frame.collect()
+    answered = 1 + sum(error is None for _, error in answers)
+    assert rows.filter(pl.col("status") == "ok").height == answered
 
 
 def test_a_model_that_cannot_be_served_stops_startup_with_a_clear_error(tmp_path: Path) -> None:

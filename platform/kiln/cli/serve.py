@@ -82,11 +82,18 @@ def serve(
     token_for_inference: Annotated[
         bool, typer.Option(help="Require the token for inference calls too.")
     ] = False,
+    traffic_log: Annotated[
+        bool,
+        typer.Option(
+            help="Log every request to KILN_HOME/traffic and accept kiln.v1 feedback labels."
+        ),
+    ] = True,
 ) -> None:
     """Serve models over gRPC (KServe v2 / Open Inference Protocol, Triton-compatible).
 
-    Prints one line starting with "kiln serve ready:" once it accepts requests. SIGTERM stops
-    accepting, finishes the requests in flight and exits 0.
+    Prints one line starting with "kiln serve ready:" once it accepts requests. Every request is
+    logged to KILN_HOME/traffic (unless --no-traffic-log). SIGTERM stops accepting, finishes the
+    requests in flight, writes the traffic log and exits 0.
     """
     from kiln.serving.grpc.runner import Endpoints, serve
     from kiln.serving.settings import ServingSettings
@@ -135,4 +142,23 @@ def serve(
         )
         sys.stdout.flush()
 
-    asyncio.run(serve(settings, Settings(), on_ready=ready))
+    kiln_settings = Settings()
+    if not traffic_log:
+        asyncio.run(serve(settings, kiln_settings, on_ready=ready))
+        return
+    from kiln.serving.traffic_hook import TrafficSink
+
+    sink = TrafficSink(kiln_settings.home)
+    try:
+        asyncio.run(
+            serve(
+                settings,
+                kiln_settings,
+                on_ready=ready,
+                traffic_hook=sink.on_request,
+                feedback_hook=sink.on_feedback,
+                collectors=[sink.collector],
+            )
+        )
+    finally:
+        sink.close()  # after the drain: every answered request is written

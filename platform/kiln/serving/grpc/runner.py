@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from prometheus_client.registry import Collector
 
 import kiln.registry
 from kiln.serving.core import FeedbackHook, ServingCore, TrafficHook
@@ -38,10 +40,13 @@ async def serve(
     stop: asyncio.Event | None = None,
     traffic_hook: TrafficHook | None = None,
     feedback_hook: FeedbackHook | None = None,
+    collectors: Sequence[Collector] = (),
     handle_signals: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT (when `handle_signals`, which needs the main thread) or until
-    `stop` is set; `on_ready` is called once everything listens."""
+    `stop` is set; `on_ready` is called once everything listens. `collectors` join the
+    server's Prometheus registry (a traffic logger's counters, say). When this returns, every
+    request has been answered and has reached the hooks."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
@@ -60,6 +65,8 @@ async def serve(
             engine_kind=settings.engine_kind,
         )
         metrics = ServingMetrics()
+        for collector in collectors:
+            metrics.registry.register(collector)
         core = ServingCore(
             repository,
             settings,
