@@ -84,6 +84,7 @@ def ensure_model(home: Path) -> None:
 def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
     command = [
         str(KILN), "serve", MODEL, "--host", "127.0.0.1", "--port", "0", "--no-metrics",
+        "--no-traffic-log",  # the serving stack alone; the logger has its own benchmark
         "--max-batch-size", str(args.max_batch_size),
         "--max-queue-delay-us", str(args.max_queue_delay_us),
     ]  # fmt: skip
