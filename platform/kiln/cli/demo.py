@@ -1,16 +1,13 @@
-"""`kiln demo`: the loop on embedded defaults (bundled data, SQLite in KILN_HOME, CPU).
-
-Each stage of the platform adds its step here as it lands; today: train on mnist-5k and
-evaluate on the held-out split.
-"""
+"""`kiln demo`: the whole loop on bundled data, in KILN_HOME (default ./.kiln)."""
 
 from __future__ import annotations
 
-import time
+import math
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
@@ -18,46 +15,46 @@ from kiln.settings import Settings
 
 
 def demo(
-    fast: Annotated[bool, typer.Option(help="Fewer epochs, for CI.")] = False,
+    fast: Annotated[bool, typer.Option(help="Fewer epochs and requests (for CI).")] = False,
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the whole Kiln loop on bundled data and print what each step measured."""
-    from kiln.train import TrainConfig, train
+    """Train, compile, serve, shift the traffic, detect it, retrain, promote, recover."""
+    from kiln.loop.demo import DemoOptions, run_demo
 
-    settings = Settings()
-    started = time.perf_counter()
-    err_console.rule("[bold]1. train a CNN on mnist-5k (real MNIST digits)")
-    result = train(
-        TrainConfig(dataset="mnist-5k", model="cnn", epochs=2 if fast else 8, seed=0),
-        settings,
-        show_progress=not as_json,
+    home = Settings().home
+    figures = run_demo(
+        home,
+        DemoOptions(fast=fast, show_progress=not as_json),
+        say=lambda m: err_console.print(escape(m), highlight=False),
     )
-    m = result.metrics
-    payload: dict[str, Any] = {
-        "train": {
-            "run_id": result.run_id,
-            "checkpoint": str(result.checkpoint),
-            "test_accuracy": m["test_accuracy"],
-            "test_loss": m["test_loss"],
-            "ece": m["ece"],
-            "per_class_accuracy": m["per_class_accuracy"],
-            "duration_s": result.duration_s,
-        },
-        "duration_s": time.perf_counter() - started,
-    }
 
     def render(console: Console) -> None:
-        table = Table(title="kiln demo", show_header=False)
-        table.add_column("step", style="bold")
-        table.add_column("result")
+        acc = figures["accuracy"]
+        table = Table(title="kiln demo: the loop, measured", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+
+        def pct(value: Any) -> str:
+            return (
+                "-"
+                if value is None or (isinstance(value, float) and math.isnan(value))
+                else (f"{value:.3f}")
+            )
+
+        table.add_row("v1 on MNIST traffic", pct(acc["mnist_traffic_v1"]))
+        table.add_row("v1 on shifted traffic", pct(acc["shifted_before_retraining"]))
+        table.add_row("drift detected", "yes" if figures["drift_detected"] else "no")
         table.add_row(
-            "train", f"cnn on mnist-5k: test accuracy {m['test_accuracy']:.4f}, "
-            f"ECE {m['ece']:.4f}, {result.duration_s:.1f} s"
-        )  # fmt: skip
-        worst = min(m["per_class_accuracy"].items(), key=lambda kv: kv[1] or 0.0)
-        table.add_row("hardest class", f"'{worst[0]}' at {worst[1]:.3f}")
-        table.add_row("run", str(result.run_dir))
-        table.add_row("total", f"{payload['duration_s']:.1f} s")
+            f"v{figures['v2']['version']} on new shifted traffic",
+            pct(acc["shifted_after_retraining"]),
+        )
+        table.add_row(
+            f"v{figures['v2']['version']} on the MNIST held-out set",
+            pct(acc["mnist_heldout_after_retraining"]),
+        )
+        table.add_row("failed requests", f"{figures['failed_requests']} of {figures['requests']}")
+        table.add_row("duration", f"{figures['duration_s']} s")
+        table.add_row("report", figures["report"])
         console.print(table)
 
-    emit(payload, as_json, render)
+    emit(figures, as_json, render)
