@@ -112,28 +112,34 @@ def linear_onnx(path: Path) -> Path:
 
 
 SERVER = r"""
-import asyncio, sys
+import asyncio, resource, sys
 from pathlib import Path
 from kiln.serving.grpc.runner import serve
 from kiln.serving.settings import ServingSettings
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
 
+def cpu():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
 home, logging_on = Path(sys.argv[1]), sys.argv[2] == "on"
 sink = TrafficSink(home) if logging_on else None
 settings = ServingSettings(host="127.0.0.1", port=0, metrics_port=None, threads=1)
 asyncio.run(serve(settings, Settings(home=home),
-                  on_ready=lambda e: print(f"ready {e.grpc_port}", flush=True),
+                  on_ready=lambda e: print(f"ready {e.grpc_port} {cpu()}", flush=True),
                   traffic_hook=sink.on_request if sink else None,
                   feedback_hook=sink.on_feedback if sink else None))
+written = 0
 if sink:
-    assert sink.close(120)
-    s = sink.logger.stats
-    print(f"written {s.written} dropped {s.dropped}", flush=True)
+    assert sink.close(120)  # writing what is buffered is part of the cost
+    written = sink.logger.stats.written
+print(f"done {cpu()} {written}", flush=True)
 """
 
 
-async def load(port: int, seconds: float, concurrency: int = 32) -> float:
+async def load(port: int, seconds: float, concurrency: int = 32) -> tuple[float, int]:
+    """Requests/s over `seconds` at `concurrency`, and requests sent in all (warm-up too)."""
     import tritonclient.grpc.aio as aio
     from tritonclient.grpc import InferInput
 
@@ -156,7 +162,7 @@ async def load(port: int, seconds: float, concurrency: int = 32) -> float:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     await client.close()
-    return done / elapsed
+    return done / elapsed, done + 50
 
 
 def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
@@ -169,6 +175,7 @@ def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
         registry.add_artifact("bench", v.version, kind="onnx", path=linear_onnx(root / "m.onnx"))
         registry.promote(v.ref, "production", gates=[], reason="benchmark")
     runs: dict[str, list[float]] = {"off": [], "on": []}
+    cpu_us: dict[str, list[float]] = {"off": [], "on": []}
     written = 0
     for _ in range(rounds):
         for mode in ("off", "on"):
@@ -179,16 +186,27 @@ def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
                 env={**os.environ, "KILN_THREADS": "1"},
             )
             assert server.stdout is not None
-            port = int(server.stdout.readline().split()[1])
-            runs[mode].append(asyncio.run(load(port, seconds)))
+            _, port, cpu_ready = server.stdout.readline().split()
+            rps, sent = asyncio.run(load(int(port), seconds))
+            runs[mode].append(rps)
             server.terminate()
-            tail = server.stdout.read()
+            _, cpu_done, rows = server.stdout.read().split()
             server.wait(120)
-            if mode == "on":
-                written += int(tail.split()[1])
+            cpu_us[mode].append((float(cpu_done) - float(cpu_ready)) / sent * 1e6)
+            written += int(rows)
     shutil.rmtree(root)
     off, on = statistics.median(runs["off"]), statistics.median(runs["on"])
-    return {"off": off, "on": on, "ratio": on / off, "runs": runs, "rows_written": written}
+    cpu_off, cpu_on = statistics.median(cpu_us["off"]), statistics.median(cpu_us["on"])
+    return {
+        "off": off,
+        "on": on,
+        "ratio": on / off,
+        "runs": runs,
+        "cpu_us_off": cpu_off,
+        "cpu_us_on": cpu_on,
+        "cpu_ratio": cpu_off / cpu_on,
+        "rows_written": written,
+    }
 
 
 # -- (b) kiln evaluate over large logs -----------------------------------------------------------
@@ -397,10 +415,13 @@ def main() -> None:
     if not args.skip_serve:
         serve = serve_throughput(args.serve_seconds, args.rounds)
         table = Table(title="(a) gRPC serving, concurrency 32, linear 784->10 ONNX, 1 thread")
-        for col in ("logging off", "logging on", "on / off", "runs off", "runs on"):
+        for col in ("logging off", "logging on", "on / off", "server CPU/request off",
+                    "on", "off / on", "runs off", "runs on"):  # fmt: skip
             table.add_column(col, justify="right")
         table.add_row(
             f"{serve['off']:.0f} req/s", f"{serve['on']:.0f} req/s", f"{serve['ratio']:.3f}",
+            f"{serve['cpu_us_off']:.0f} µs", f"{serve['cpu_us_on']:.0f} µs",
+            f"{serve['cpu_ratio']:.3f}",
             " ".join(f"{r:.0f}" for r in serve["runs"]["off"]),
             " ".join(f"{r:.0f}" for r in serve["runs"]["on"]),
         )  # fmt: skip

@@ -98,8 +98,14 @@ def _list_column(arrays: list[npt.NDArray[Any] | None], dtype: type[np.generic])
 
 
 def _shape_column(arrays: list[npt.NDArray[Any] | None]) -> pa.Array:
-    shapes = [None if a is None else np.array(a.shape, dtype=np.int64) for a in arrays]
-    return _list_column(shapes, np.int64)
+    missing = [a is None for a in arrays]
+    lengths = [0 if a is None else a.ndim for a in arrays]
+    dims = [d for a in arrays if a is not None for d in a.shape]
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.LargeListArray.from_arrays(
+        pa.array(offsets), pa.array(dims, pa.int64()), mask=pa.array(missing, pa.bool_())
+    )
 
 
 def records_to_frame(records: list[TrafficRecord]) -> pl.DataFrame:
