@@ -7,6 +7,13 @@ statistics, metrics and the traffic and feedback hooks. Transports convert their
 raised to a transport is a `KilnError` (its `code` says what kind); anything unexpected is
 logged here with its traceback and surfaces as `InternalError`.
 
+Canary and shadow: while a rollout runs (`ModelTable.routing`, kept by the lifecycle's
+watcher), a request that names no version is routed by a hash of its id. Canary: the selected
+share is answered by the second version (route `canary`). Shadow: production answers every
+request; the selected share is also queued on the second version in the background, and its
+answer (route `shadow`, same request id) goes only to the shadow hook. Requests that name a
+version are never rerouted.
+
 Threads: all methods run on the event loop; engine calls run on each batcher's worker thread,
 registry calls and engine loading on a small control pool.
 """
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -30,6 +38,7 @@ from kiln.errors import (
     RequestCancelled,
     ServerShuttingDown,
 )
+from kiln.serving.batcher import Tensors
 from kiln.serving.lifecycle import ModelLifecycle, StateListener
 from kiln.serving.messages import (
     Feedback,
@@ -45,6 +54,7 @@ from kiln.serving.repository import ModelRepository
 from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState, ModelTable
+from kiln.traffic import Route
 from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")
@@ -70,12 +80,19 @@ class ServingCore:
         metrics: ServingMetrics | None = None,
         traffic_hook: TrafficHook | None = None,
         feedback_hook: FeedbackHook | None = None,
+        shadow_hook: TrafficHook | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
         self.traffic_hook = traffic_hook
         self.feedback_hook = feedback_hook
+        self.shadow_hook = shadow_hook or traffic_hook
+        """Receives the answers (and failures) of shadow copies, route `shadow`: the traffic
+        hook unless another is given (the BentoML service logs its own rows, so it passes only
+        this one). With neither, shadow copies still run (their version's statistics and
+        metrics count them) but their answers go nowhere."""
         self.table = ModelTable()
+        self._routing = self.table.routing  # the same dict, read on every request
         self.lifecycle = ModelLifecycle(self.table, repository, settings, self.metrics)
         self._repository = repository
         self._started = False
@@ -83,6 +100,7 @@ class ServingCore:
         self._inflight = 0
         self._last_arrival_ns = 0
         self._hook_failures = 0
+        self._shadow_failures = 0
         # Request ids: a per-server random prefix and a counter. Unique across restarts and
         # replicas, and far cheaper than uuid4 per request (os.urandom is a system call).
         self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
@@ -177,6 +195,7 @@ class ServingCore:
     async def _infer(self, request: InferRequest, received: int) -> InferResponse:
         loaded: LoadedModel | None = None
         timings: Timings | None = None
+        route = Route.PRIMARY
         try:
             if self._refusing:
                 raise ServerShuttingDown(
@@ -185,34 +204,48 @@ class ServingCore:
                 )
             # Resolving and queueing happen in one synchronous step: see `table`.
             loaded = self.table.resolve(request.model, request.version)
+            shadow: LoadedModel | None = None
+            if self._routing and not request.version:  # empty unless a rollout runs
+                routing = self._routing.get(request.model)
+                if routing is not None and routing.selects(request.id):
+                    if routing.route is Route.CANARY:
+                        loaded, route = routing.target, Route.CANARY
+                    else:
+                        shadow = routing.target
             rows = loaded.validator(request.inputs, request.outputs)
             future = loaded.batcher.submit(
                 request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
             )
+            if shadow is not None:
+                self._shadow(shadow, request, received)
             outputs, timings = await future
             if request.outputs:
                 outputs = {name: outputs[name] for name in request.outputs}
-            response = InferResponse(request.model, str(loaded.version), request.id, outputs)
+            response = InferResponse(request.model, str(loaded.version), request.id, outputs, route)
         except asyncio.CancelledError:
-            self._failed(request, loaded, RequestCancelled("the client cancelled"), received)
+            failure: KilnError = RequestCancelled("the client cancelled")
+            self._failed(request, loaded, failure, received, route)
             raise
         except KilnError as exc:
-            self._failed(request, loaded, exc, received)
+            self._failed(request, loaded, exc, received, route)
             raise
         except EngineError as exc:
             failure = EngineFailed(exc.message, _code(exc.code))
-            self._failed(request, loaded, failure, received)
+            self._failed(request, loaded, failure, received, route)
             raise failure from exc
         except Exception as exc:
             log.exception("inference on %s failed unexpectedly", request.model)
             error = InternalError(f"internal error serving request {request.id}")
-            self._failed(request, loaded, error, received)
+            self._failed(request, loaded, error, received, route)
             raise error from exc
         total = time.perf_counter_ns() - received
         loaded.statistics.record_success(total, timings)
         loaded.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
         if self.traffic_hook is not None:
-            self._emit(TrafficEvent(request, response, None, timings, total, loaded.version))
+            self._emit(
+                self.traffic_hook,
+                TrafficEvent(request, response, None, timings, total, loaded.version, route),
+            )
         return response
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
@@ -257,9 +290,15 @@ class ServingCore:
                 reason = served.reason if served else "not loaded"
                 entries.append(IndexEntry(name, "", state.value, reason))
                 continue
+            routing = self.table.routing.get(name)
             for loaded in served.by_version():
-                # A failed swap leaves the default serving; say why it was not replaced.
-                reason = served.reason if loaded is served.default else ""
+                if loaded is served.default:
+                    # A failed swap or rollout leaves the default serving; say why.
+                    reason = "; ".join(r for r in (served.reason, served.rollout_reason) if r)
+                elif routing is not None and loaded is routing.target:
+                    reason = f"{routing.route} of {routing.percent:g}% of requests"
+                else:
+                    reason = ""
                 entries.append(IndexEntry(name, str(loaded.version), loaded.state.value, reason))
         if ready_only:
             entries = [e for e in entries if e.state == ModelState.READY]
@@ -288,8 +327,88 @@ class ServingCore:
 
     # -- internals ------------------------------------------------------------------------------
 
+    def _shadow(self, target: LoadedModel, request: InferRequest, received: int) -> None:
+        """Queue a copy of `request` on the shadow version; never raises.
+
+        The copy shares the request's (read-only) input arrays. Its answer or failure reaches
+        the shadow hook from a done-callback; a refusal (queue full, inputs the shadow version
+        does not accept) is counted and logged, and the client's request goes on regardless.
+        """
+        try:
+            rows = target.validator(request.inputs, request.outputs)
+            future = target.batcher.submit(
+                request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
+            )
+        except KilnError as exc:
+            self._shadow_failed(target, request, exc, received, "refused")
+            return
+        future.add_done_callback(functools.partial(self._shadow_done, target, request, received))
+
+    def _shadow_done(
+        self,
+        target: LoadedModel,
+        request: InferRequest,
+        received: int,
+        future: asyncio.Future[tuple[Tensors, Timings]],
+    ) -> None:
+        if future.cancelled():
+            cancelled = RequestCancelled("the shadow copy was cancelled")
+            self._shadow_failed(target, request, cancelled, received, "failed")
+            return
+        exc = future.exception()
+        if exc is not None:
+            if isinstance(exc, EngineError):
+                error: KilnError = EngineFailed(exc.message, _code(exc.code))
+            elif isinstance(exc, KilnError):
+                error = exc
+            else:
+                log.error("shadow copy of %s on %s failed", request.id, target.label, exc_info=exc)
+                error = InternalError(f"internal error in the shadow copy of {request.id}")
+            self._shadow_failed(target, request, error, received, "failed")
+            return
+        outputs, timings = future.result()
+        if request.outputs:
+            outputs = {name: outputs[name] for name in request.outputs}
+        total = time.perf_counter_ns() - received
+        target.metrics.shadowed("answered")
+        target.statistics.record_success(total, timings)
+        target.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
+        if self.shadow_hook is not None:
+            response = InferResponse(
+                request.model, str(target.version), request.id, outputs, Route.SHADOW
+            )
+            event = TrafficEvent(
+                request, response, None, timings, total, target.version, Route.SHADOW
+            )
+            self._emit(self.shadow_hook, event)
+
+    def _shadow_failed(
+        self,
+        target: LoadedModel,
+        request: InferRequest,
+        error: KilnError,
+        received: int,
+        outcome: str,
+    ) -> None:
+        total = time.perf_counter_ns() - received
+        target.metrics.shadowed(outcome)
+        target.statistics.record_failure(total)
+        target.metrics.failed(error.code.value)
+        self._shadow_failures += 1
+        if self._shadow_failures in (1, 10, 100) or self._shadow_failures % 1000 == 0:
+            log.warning("a shadow copy on %s failed (%d so far; clients are unaffected): %s",
+                        target.label, self._shadow_failures, error.message)  # fmt: skip
+        if self.shadow_hook is not None:
+            event = TrafficEvent(request, None, error, None, total, target.version, Route.SHADOW)
+            self._emit(self.shadow_hook, event)
+
     def _failed(
-        self, request: InferRequest, loaded: LoadedModel | None, error: KilnError, received: int
+        self,
+        request: InferRequest,
+        loaded: LoadedModel | None,
+        error: KilnError,
+        received: int,
+        route: Route = Route.PRIMARY,
     ) -> None:
         total = time.perf_counter_ns() - received
         if loaded is None:
@@ -299,12 +418,12 @@ class ServingCore:
             loaded.metrics.failed(error.code.value)
         if self.traffic_hook is not None:
             version = loaded.version if loaded else None
-            self._emit(TrafficEvent(request, None, error, None, total, version))
+            event = TrafficEvent(request, None, error, None, total, version, route)
+            self._emit(self.traffic_hook, event)
 
-    def _emit(self, event: TrafficEvent) -> None:
-        assert self.traffic_hook is not None
+    def _emit(self, hook: TrafficHook, event: TrafficEvent) -> None:
         try:
-            self.traffic_hook(event)
+            hook(event)
         except Exception:
             self._hook_failures += 1
             if self._hook_failures in (1, 10, 100) or self._hook_failures % 1000 == 0:

@@ -5,6 +5,13 @@ their batchers and puts them in the table; it retires versions by draining their
 closing their engines; and its watcher polls the registry for aliases that moved and swaps the
 new version in. Changes for one model are serialised by a per-model lock; requests never wait
 on it (they only read the table).
+
+The watcher also follows each model's rollout (canary or shadow) for models whose default
+follows an alias: it loads and warms the rollout's version before any request is routed to it
+(`ModelTable.routing`), moves the routing when the rollout's alias moves, and when the rollout
+ends (or its version becomes the default) stops routing first, then drains and unloads the
+version unless it is pinned or is the default. A version that cannot load leaves the default
+answering everything; the reason shows in the repository index.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from kiln.serving.batcher import DynamicBatcher
 from kiln.serving.codec import datatype_of
 from kiln.serving.messages import ModelDescription, TensorSpec
 from kiln.serving.metrics import ServingMetrics
-from kiln.serving.repository import ModelRepository, OpenedEngine
+from kiln.serving.repository import ModelRepository, OpenedEngine, RolloutState
 from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
-from kiln.serving.table import LoadedModel, ModelState, ModelTable, ServedModel
+from kiln.serving.table import LoadedModel, ModelState, ModelTable, Routing, ServedModel
 from kiln.serving.validation import RequestValidator
+from kiln.traffic import Route
 from kiln_engines import DYNAMIC, Signature
 
 log = logging.getLogger("kiln.serving")
@@ -80,6 +88,7 @@ class ModelLifecycle:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        self.table.routing.clear()
         for name in list(self.table.models):
             async with self._lock(name):
                 served = self.table.models.pop(name, None)
@@ -131,6 +140,7 @@ class ModelLifecycle:
         async with self._lock(name):
             served = self.table.served(name)
             if not number:
+                self.table.routing.pop(name, None)
                 del self.table.models[name]
                 await asyncio.gather(*(self._retire(m) for m in served.versions.values()))
                 return
@@ -139,6 +149,11 @@ class ModelLifecycle:
                 raise FailedPrecondition(
                     f"{loaded.label} is the version '{name}' serves by default; unload '{name}' "
                     f"to stop serving the model, or load another default first"
+                )
+            if loaded.version == served.rollout_version:
+                raise FailedPrecondition(
+                    f"{loaded.label} takes part in {name}'s running rollout; end it first "
+                    f"(kiln rollout {name} --off), and the server unloads it"
                 )
             del served.versions[loaded.version]
             served.pinned.discard(loaded.version)
@@ -173,11 +188,17 @@ class ModelLifecycle:
         # queued before its engine closes, so no request fails during the swap.
         new = served.versions.get(version) or await self._open(served.name, version)
         served.versions[version] = new
+        routing = self.table.routing.get(served.name)
+        if routing is not None and routing.target is new:
+            # The rollout's version became the default (promoted during a canary): nothing is
+            # left to compare, so stop routing now rather than at the next rollout poll.
+            del self.table.routing[served.name]
         served.default = new
         served.failed_version, served.reason = None, ""
         if old is not None:
             log.info("%s now serves version %d (was %d)", served.name, version, old.version)
-            if old.version not in served.pinned:
+            # The old default stays while a rollout uses it (a rollback during a canary).
+            if old.version not in served.pinned and old.version != served.rollout_version:
                 del served.versions[old.version]
                 await self._retire(old)
         return new
@@ -241,7 +262,11 @@ class ModelLifecycle:
             await asyncio.sleep(self.settings.poll_interval_s)
             for served in list(self.table.models.values()):
                 if served.tracks_alias and served.default is not None:
-                    await self._follow(served)
+                    try:
+                        await self._follow(served)
+                        await self._follow_rollout(served)
+                    except Exception:  # a registry hiccup must not end the watcher
+                        log.exception("watching %s failed; trying again next poll", served.name)
 
     async def _follow(self, served: ServedModel) -> None:
         try:
@@ -263,6 +288,82 @@ class ModelLifecycle:
                 log.error("%s moved to %d but stays on %d: %s", served.reference, version,
                           served.default.version, exc)  # fmt: skip
 
+    async def _follow_rollout(self, served: ServedModel) -> None:
+        try:
+            state = await self.blocking(self.repository.rollout, served.name)
+        except KilnError as exc:
+            log.warning("cannot read the rollout of %s: %s", served.name, exc)
+            return
+        if self._settled(served, state):
+            return
+        async with self._lock(served.name):
+            if self.table.models.get(served.name) is not served or served.default is None:
+                return  # unloaded or reloaded meanwhile
+            await self._apply_rollout(served, state)
+
+    def _settled(self, served: ServedModel, state: RolloutState | None) -> bool:
+        """True when the table already does what `state` asks (the common, lock-free case)."""
+        wanted = _wanted(served, state)
+        routing = self.table.routing.get(served.name)
+        if wanted is None:
+            return routing is None and served.rollout_version is None and not served.rollout_reason
+        if wanted[2] == served.rollout_failed:
+            return True
+        return routing is not None and (routing.route, routing.percent,
+                                        routing.target.version) == wanted  # fmt: skip
+
+    async def _apply_rollout(self, served: ServedModel, state: RolloutState | None) -> None:
+        name = served.name
+        wanted = _wanted(served, state)
+        if wanted is None:
+            served.rollout_failed, served.rollout_reason = None, ""
+            await self._end_rollout(served)
+            return
+        assert state is not None
+        route, percent, version = wanted
+        if version == served.rollout_failed:
+            return
+        target = served.versions.get(version)
+        if target is None:
+            # Load and warm it BEFORE routing anything to it: until it has proven it runs,
+            # the default answers every request, as during a hot swap.
+            try:
+                target = await self._open(name, version)
+            except Exception as exc:
+                served.rollout_failed = version
+                served.rollout_reason = (
+                    f"the {route} cannot load {name}:{version} ({name}@{state.alias}): {exc}; "
+                    f"version {served.default.version if served.default else '?'} answers "
+                    f"every request"
+                )
+                log.error("%s: %s", name, served.rollout_reason)
+                await self._end_rollout(served)  # an older rollout version is not the rollout
+                return
+            served.versions[version] = target
+        previous = served.rollout_version
+        self.table.routing[name] = Routing(route, target, percent)
+        served.rollout_version = version
+        served.rollout_failed, served.rollout_reason = None, ""
+        log.info("%s: %s of %g%% of requests to version %d", name, route, percent, version)
+        if previous is not None and previous != version:
+            await self._release(served, previous)
+
+    async def _end_rollout(self, served: ServedModel) -> None:
+        """Stop routing to the rollout's version, then drain and unload it if nothing else
+        keeps it (the default, a pinned reference)."""
+        if self.table.routing.pop(served.name, None) is not None:
+            log.info("%s: rollout ended; the default answers every request", served.name)
+        previous, served.rollout_version = served.rollout_version, None
+        if previous is not None:
+            await self._release(served, previous)
+
+    async def _release(self, served: ServedModel, version: int) -> None:
+        loaded = served.versions.get(version)
+        if loaded is None or loaded is served.default or version in served.pinned:
+            return
+        del served.versions[version]
+        await self._retire(loaded)
+
     def _set_state(self, name: str, version: int, state: ModelState) -> None:
         self.metrics.state(name, version, _METRIC_STATES[state])
         for listener in self.listeners:
@@ -281,6 +382,16 @@ _METRIC_STATES = {
     ModelState.UNLOADING: "unloading",
     ModelState.UNAVAILABLE: "unloaded",
 }
+
+
+def _wanted(served: ServedModel, state: RolloutState | None) -> tuple[Route, float, int] | None:
+    """(route, percent, version) a rollout asks of `served`; None when it routes nothing: off,
+    its alias names no version, or that version is the default already."""
+    if state is None or state.version is None or served.default is None:
+        return None
+    if state.version == served.default.version:
+        return None
+    return state.route, state.percent, state.version
 
 
 def describe(

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kiln.errors import KilnError
+from kiln.traffic import Route
 
 ParameterValue = bool | int | float | str
 
@@ -48,6 +49,9 @@ class InferResponse:
     id: str
     outputs: dict[str, npt.NDArray[Any]]
     """Output tensors in the requested order (all outputs when none were requested)."""
+    route: Route = Route.PRIMARY
+    """`Route.CANARY` when a running canary answered it; `Route.SHADOW` only for the copies
+    a shadow rollout ran (the shadow hook sees those; clients never do)."""
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init costs 3x
@@ -90,6 +94,9 @@ class TrafficEvent:
     """From receipt to response (or error)."""
     served_version: int | None
     """The version that served (or would have served) it; None when no model was resolved."""
+    route: Route = Route.PRIMARY
+    """How the request reached `served_version`: primary, canary, or shadow (a copy of a
+    request whose answer was not returned; its `request` is the primary request's, same id)."""
 
 
 @dataclass(frozen=True, slots=True)

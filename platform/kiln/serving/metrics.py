@@ -70,6 +70,8 @@ class VersionMetrics:
     queue: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     compute: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS))
     batch: Histogram = field(default_factory=lambda: Histogram(BATCH_BUCKETS))
+    shadow: dict[str, int] = field(default_factory=dict)
+    """Shadow copies this version was sent, by outcome (answered, failed, refused)."""
 
     def succeeded(self, total_s: float, queue_s: float) -> None:
         self.success += 1
@@ -78,6 +80,9 @@ class VersionMetrics:
 
     def failed(self, code: str) -> None:
         self.failures[code] = self.failures.get(code, 0) + 1
+
+    def shadowed(self, outcome: str) -> None:
+        self.shadow[outcome] = self.shadow.get(outcome, 0) + 1
 
     def executed(self, rows: int, compute_s: float) -> None:
         self.batch.observe(rows)
@@ -156,6 +161,16 @@ class ServingMetrics(Collector):
         for v in (*versions, self._unresolved):
             for code, count in list(v.failures.items()):
                 failure.add_metric([v.model, v.version, code], count)
+        shadow = CounterMetricFamily(
+            "kiln_shadow_requests",
+            "Copies of requests a shadow rollout sent to a version, by outcome: answered, "
+            "failed (the version's error), refused (queue full, or the version rejected the "
+            "request). The client's request is unaffected either way.",
+            labels=[*labels, "outcome"],
+        )
+        for v in versions:
+            for outcome, count in list(v.shadow.items()):
+                shadow.add_metric([v.model, v.version, outcome], count)
         state = GaugeMetricFamily(
             "kiln_model_state",
             "Load state of a model version: 1 for its current state.",
@@ -166,5 +181,6 @@ class ServingMetrics(Collector):
                 state.add_metric([model, version, name], 1.0 if name == current else 0.0)
         yield success
         yield failure
+        yield shadow
         yield from histograms.values()
         yield state

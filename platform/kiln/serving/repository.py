@@ -1,9 +1,10 @@
 """Where served models come from: the registry's versions, opened as engines.
 
-The core asks three things of a repository: which version a reference names now (the alias
-watcher asks every poll, so it must be cheap), to open a version as an engine (slow: verifies
-the artifact's sha256 and builds the engine), and which models exist (for the repository
-index). All three block; the core calls them on a worker thread, never on the event loop.
+The core asks four things of a repository: which version a reference names now and what a
+model's rollout is (the alias watcher asks both every poll, so they must be cheap), to open a
+version as an engine (slow: verifies the artifact's sha256 and builds the engine), and which
+models exist (for the repository index). All of them block; the core calls them on a worker
+thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from kiln.registry import Reference, Registry
+from kiln.registry import Reference, Registry, RolloutMode
 from kiln.registry.engines import open_engine
+from kiln.traffic import Route
 from kiln_engines import Engine, EngineOptions
 
 
@@ -28,6 +30,21 @@ class OpenedEngine:
     sha256: str
 
 
+@dataclass(frozen=True, slots=True)
+class RolloutState:
+    """A model's running canary or shadow, as the serving core follows it."""
+
+    route: Route
+    """`Route.CANARY` (a share of requests answered by `version`) or `Route.SHADOW` (a share
+    copied to it, its answers only logged)."""
+    percent: float
+    """The share of requests, in (0, 100]."""
+    alias: str
+    """The alias naming the second version (`candidate` by default)."""
+    version: int | None
+    """The version `alias` points at now; None when the alias is gone (nothing to route to)."""
+
+
 class ModelRepository(Protocol):
     """What the serving core needs from wherever models live."""
 
@@ -41,6 +58,10 @@ class ModelRepository(Protocol):
 
     def model_names(self) -> list[str]:
         """Every model the repository holds, by name."""
+        ...
+
+    def rollout(self, name: str) -> RolloutState | None:
+        """The model's running canary or shadow; None when it has none (rollout off)."""
         ...
 
 
@@ -74,3 +95,10 @@ class RegistryRepository:
 
     def model_names(self) -> list[str]:
         return [m.name for m in self._registry.list_models()]
+
+    def rollout(self, name: str) -> RolloutState | None:
+        state = self._registry.rollout(name)  # one indexed query: the polling path
+        if state.mode is RolloutMode.OFF:
+            return None
+        route = Route.CANARY if state.mode is RolloutMode.CANARY else Route.SHADOW
+        return RolloutState(route, state.percent, state.alias, state.version)

@@ -5,10 +5,15 @@ Only the event loop thread reads or changes the table, and a request picks its v
 joins that version's queue in one synchronous step, so swapping `ServedModel.default` is atomic
 for requests: each lands either on the old version (which drains before it closes) or on the
 new one.
+
+During a canary or shadow rollout, `ModelTable.routing` maps the model's name to a `Routing`:
+the second version and the share of requests (by a hash of the request id) it takes. It is
+empty when no rollout runs, so requests pay one truthiness check for the feature.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -22,6 +27,7 @@ from kiln.serving.metrics import VersionMetrics
 from kiln.serving.repository import OpenedEngine
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.validation import RequestValidator
+from kiln.traffic import Route
 
 
 class ModelState(StrEnum):
@@ -65,6 +71,12 @@ class ServedModel:
     """The version the watcher last failed to swap in; not retried until the alias moves."""
     reason: str = ""
     """Why the last load or swap failed, for the repository index."""
+    rollout_version: int | None = None
+    """The version loaded for the running canary or shadow (kept when the default moves)."""
+    rollout_failed: int | None = None
+    """The rollout version that failed to load; not retried until the rollout changes."""
+    rollout_reason: str = ""
+    """Why the rollout's version is not served, for the repository index."""
 
     @property
     def tracks_alias(self) -> bool:
@@ -74,11 +86,45 @@ class ServedModel:
         return [self.versions[v] for v in sorted(self.versions)]
 
 
+_HASH_RANGE = 1 << 32
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Where a rollout sends requests that name no version, besides the model's default."""
+
+    route: Route
+    """`Route.CANARY`: selected requests are answered by `target`; `Route.SHADOW`: selected
+    requests are answered by the default and also copied to `target`."""
+    target: LoadedModel
+    percent: float
+    """The share of requests selected, in (0, 100]."""
+    threshold: int = 0
+    """Requests whose id hashes below this are selected (derived from `percent`)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", round(self.percent / 100 * _HASH_RANGE))
+
+    def selects(self, request_id: str) -> bool:
+        """True when this request goes to (canary) or is copied to (shadow) `target`.
+
+        A fixed hash of the id (CRC-32: about 0.2 us, the same in every process and replica),
+        so a retried request with the same id lands on the same version. The hold-out slice of
+        `kiln.evaluate.labelled` uses SHA-256, so the two selections are independent.
+        """
+        return (
+            self.target.state is ModelState.READY
+            and zlib.crc32(request_id.encode()) < self.threshold
+        )
+
+
 class ModelTable:
     """Served models by name, and the lookups requests make (no I/O, event loop only)."""
 
     def __init__(self) -> None:
         self.models: dict[str, ServedModel] = {}
+        self.routing: dict[str, Routing] = {}
+        """Running rollouts by model name; changed in place (the core holds this dict)."""
 
     def __iter__(self) -> Iterator[ServedModel]:
         """Served models in name order."""

@@ -24,7 +24,6 @@ from kiln.serving.messages import Feedback, TrafficEvent
 from kiln.traffic import (
     STATUS_OK,
     FeedbackWriter,
-    Route,
     TrafficCollector,
     TrafficLogger,
     TrafficRecord,
@@ -34,7 +33,7 @@ from kiln.traffic import (
 
 def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRecord:
     """The log row of one request. The first input and the first output are logged (Kiln's
-    models have one of each); `route` is the event's when it has one, else primary."""
+    models have one of each); `route` is the event's (primary, canary or shadow)."""
     request, response = event.request, event.response
     now_ns = now_ns or time.time_ns()
     request_id = (response.id if response is not None else "") or request.id
@@ -48,7 +47,7 @@ def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRec
         version=event.served_version,
         latency_us=event.total_ns // 1000,
         status=STATUS_OK if error is None else error.code.value,
-        route=getattr(event, "route", Route.PRIMARY),
+        route=event.route,
         transport=request.transport,
         input=next(iter(request.inputs.values()), None),
         output=output,

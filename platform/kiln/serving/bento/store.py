@@ -19,7 +19,7 @@ import bentoml
 
 from kiln.errors import ArtifactCorrupted, ArtifactNotFound, InvalidArgument, ModelNotFound
 from kiln.registry import ArtifactKind, Reference, Registry
-from kiln.serving.repository import OpenedEngine
+from kiln.serving.repository import OpenedEngine, RolloutState
 from kiln_engines import EngineOptions, load
 
 PREFIX = "kiln-"
@@ -158,3 +158,7 @@ class StoreRepository:
 
     def model_names(self) -> list[str]:
         return [self.name]
+
+    def rollout(self, name: str) -> RolloutState | None:
+        """Always off: a Bento built from the store carries one version and no rollouts."""
+        return None
