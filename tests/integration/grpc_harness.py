@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +103,17 @@ class RunningServer:
 
 
 @contextmanager
-def running_server(home: Path, *, hooks: bool = True, **settings: Any) -> Iterator[RunningServer]:
-    """Serve `home`'s registry on port 0 in a background thread until the block ends."""
+def running_server(
+    home: Path,
+    *,
+    hooks: bool = True,
+    also: Callable[[TrafficEvent], None] | None = None,
+    **settings: Any,
+) -> Iterator[RunningServer]:
+    """Serve `home`'s registry on port 0 in a background thread until the block ends.
+
+    With `hooks`, traffic events and feedback are collected on the `RunningServer`; `also`
+    receives each traffic event too (a `TrafficSink.on_request`, say)."""
     kiln_settings = Settings(home=home)
     registry = kiln.registry.open(settings=kiln_settings)
     serving = ServingSettings(
@@ -123,6 +132,8 @@ def running_server(home: Path, *, hooks: bool = True, **settings: Any) -> Iterat
     def traffic(event: TrafficEvent) -> None:
         assert server is not None
         server.traffic.append(event)
+        if also is not None:
+            also(event)
 
     def feedback(items: Any) -> None:
         assert server is not None
