@@ -2,9 +2,8 @@
 over kiln.v1 joins them, and a server stopped with SIGTERM under load has logged every request
 it answered.
 
-The server is the real stack (`kiln.serving.grpc.runner.serve`: registry, core, grpc.aio) with
-`TrafficSink` as its hooks, wired the way a server process wires them: hooks in, sink closed
-after the server drained.
+The first test runs the real stack (`kiln.serving.grpc.runner.serve`: registry, core,
+grpc.aio) in-process with `TrafficSink` as its hooks; the SIGTERM test runs `kiln serve` itself.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import re
 import signal
 import subprocess
 import sys
@@ -143,40 +143,25 @@ def test_n_requests_give_n_rows_and_feedback_joins(tmp_path: Path) -> None:
     assert primary["accuracy"] == pytest.approx(10 / 15)
 
 
-SERVER = r"""
-import asyncio, sys
-from pathlib import Path
-from kiln.serving.grpc.runner import serve
-from kiln.serving.settings import ServingSettings
-from kiln.serving.traffic_hook import TrafficSink
-from kiln.settings import Settings
-from kiln.traffic import TrafficSettings
-
-home = Path(sys.argv[1])
-sink = TrafficSink(home, TrafficSettings(flush_interval_s=3600))
-settings = ServingSettings(host="127.0.0.1", port=0, metrics_port=None, threads=1)
-asyncio.run(serve(settings, Settings(home=home),
-                  on_ready=lambda e: print(f"ready {e.grpc_port}", flush=True),
-                  traffic_hook=sink.on_request, feedback_hook=sink.on_feedback))
-assert sink.close(60)
-"""
-
-
 def test_sigterm_under_load_logs_every_answered_request(tmp_path: Path) -> None:
+    """`kiln serve` as users run it (traffic logging is on by default)."""
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
+    log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would stall the server
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(home)],
+        [str(Path(sys.executable).with_name("kiln")), "serve", "--host", "127.0.0.1",
+         "--port", "0", "--no-metrics", "--models", "digits"],
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=log,
         text=True,
-        env={**os.environ, "KILN_THREADS": "1"},
-    )
+        env={**os.environ, "KILN_HOME": str(home), "KILN_THREADS": "1"},
+    )  # fmt: skip
     assert process.stdout is not None
     line = process.stdout.readline()
-    assert line.startswith("ready"), process.stderr.read() if process.stderr else line
-    port = int(line.split()[1])
+    ready = re.match(r"kiln serve ready: grpc port (\d+)", line)
+    assert ready, (tmp_path / "serve.log").read_text()[-3000:]
+    port = int(ready.group(1))
     answered: list[str] = []
     lock = threading.Lock()
     enough = threading.Event()
@@ -200,7 +185,8 @@ def test_sigterm_under_load_logs_every_answered_request(tmp_path: Path) -> None:
         w.start()
     assert enough.wait(120)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, process.stderr.read() if process.stderr else ""
+    assert process.wait(60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    log.close()
     for w in workers:
         w.join(60)
 

@@ -4,7 +4,7 @@
 tensors are converted later on the writer thread) and hands labels to the feedback store.
 A server plugs it in and closes it after draining::
 
-    sink = open_sink(kiln_settings.home)   # None when KILN_TRAFFIC_ENABLED=false
+    sink = TrafficSink(kiln_settings.home)   # `kiln serve --no-traffic-log` creates none
     core = ServingCore(repo, settings, traffic_hook=sink.on_request,
                        feedback_hook=sink.on_feedback)
     metrics.registry.register(sink.collector)
@@ -55,12 +55,6 @@ def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRec
         batch_size=timings.batch_size if timings is not None else None,
         error=error.message if error is not None else None,
     )
-
-
-def open_sink(home: Path, settings: TrafficSettings | None = None) -> TrafficSink | None:
-    """A sink over `home`, or None when traffic logging is turned off (`enabled`)."""
-    settings = settings or TrafficSettings()
-    return TrafficSink(home, settings) if settings.enabled else None
 
 
 class TrafficSink:

@@ -22,9 +22,6 @@ class TrafficSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KILN_TRAFFIC_", extra="ignore")
 
-    enabled: bool = True
-    """Log served requests at all."""
-
     input_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     """Fraction of requests whose input tensor is logged (drift needs some); 0 logs none.
     Everything else about a request (output, latency, status) is always logged."""
