@@ -52,9 +52,13 @@ def train_and_register(registry: Registry, settings: Settings, name: str, seed: 
 
 @contextmanager
 def bento_serve(
-    target: str, env: dict[str, str], cwd: Path = REPO, log_path: Path | None = None
+    target: str,
+    env: dict[str, str],
+    cwd: Path = REPO,
+    log_path: Path | None = None,
+    command: list[str] | None = None,
 ) -> Iterator[str]:
-    """Run `bentoml serve TARGET` and yield its URL once /readyz answers 200.
+    """Run `bentoml serve TARGET` (or `command`) and yield its URL once /readyz answers 200.
 
     The server's output goes to `log_path` (a temporary file by default), whose tail is shown
     when the server fails to start.
@@ -62,8 +66,9 @@ def bento_serve(
     port = free_port()
     log_path = log_path or Path(tempfile.mkstemp(prefix="bentoml-serve-", suffix=".log")[1])
     log = log_path.open("wb")
+    argv = command or [BENTOML, "serve", target]
     proc = subprocess.Popen(
-        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port)],
+        [*argv, "--host", "127.0.0.1", "--port", str(port)],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=log,

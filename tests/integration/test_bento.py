@@ -228,3 +228,12 @@ def test_every_answered_row_is_logged_and_feedback_joins(url: str, world: World)
     assert wait_until(lambda: len(rows()[0]) == len(ids) and set(ids) <= rows()[1], 60)
     logged, _ = rows()
     assert sorted(logged) == sorted(ids)  # exactly one row per answered request
+
+
+def test_kiln_serve_http_is_the_bentoml_service(world: World) -> None:
+    kiln = str(Path(BENTOML).with_name("kiln"))
+    command = [kiln, "serve", "--http", "--models", "digits:1"]
+    with bento_serve("", world.env, command=command) as served:
+        response = _post(served, "predict", {"inputs": world.x[:2].tolist()})
+    assert response.status_code == 200, response.text
+    assert {a["version"] for a in response.json()} == {1}

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
@@ -67,3 +68,57 @@ def retrain(
         )
 
     emit(payload, as_json, render)
+
+
+def loop(
+    name: Annotated[str, typer.Argument(help="The model to watch.")],
+    since: Annotated[str, typer.Option(help="Traffic window per round: 30m, 24h, 7d.")] = "24h",
+    min_labels: Annotated[int, typer.Option(help="New labels needed to retrain.")] = 100,
+    min_accuracy: Annotated[
+        float, typer.Option(help="Retrain when production's labelled accuracy is below this.")
+    ] = 0.9,
+    on_drift: Annotated[bool, typer.Option(help="Retrain when drift is flagged.")] = True,
+    approve: Annotated[
+        str, typer.Option(help="auto: promote when the gates pass; manual: leave a candidate.")
+    ] = "auto",
+    interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 60.0,
+    once: Annotated[bool, typer.Option(help="Run one round and exit.")] = False,
+    as_json: bool = JsonOption,
+) -> None:
+    """Watch NAME's traffic; retrain and promote (or propose) when it stops being good."""
+    import signal
+    import threading
+
+    import kiln.registry
+    from kiln.loop.watch import LoopPolicy, Round, run_loop
+
+    policy = LoopPolicy(
+        since=since,
+        min_labels=min_labels,
+        min_accuracy=min_accuracy,
+        on_drift=on_drift,
+        approve=approve,  # type: ignore[arg-type]  # validated by the policy
+        interval_s=interval,
+    )
+    stop = threading.Event()
+    if not once:
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def show(current: Round) -> None:
+        if not as_json:
+            acc = "-" if current.accuracy is None else f"{current.accuracy:.3f}"
+            err_console.print(
+                f"production v{current.production}: accuracy {acc}, drift "
+                f"{'yes' if current.drift else 'no'}, {current.labelled} labelled -> "
+                f"[bold]{current.action}[/] {escape(current.message)}"
+            )
+
+    with kiln.registry.open(settings=Settings()) as registry:
+        try:
+            rounds = run_loop(
+                registry, name, Settings(), policy, once=once, stop=stop,
+                say=lambda m: err_console.print(f"· {escape(m)}"), report=show,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            rounds = []
+    emit({"rounds": [r.to_dict() for r in rounds]}, as_json, lambda _console: None)

@@ -93,6 +93,7 @@ app.add_typer(traffic.app, name="traffic")
 app.add_typer(feedback.app, name="feedback")
 app.command(name="evaluate")(evaluate.evaluate)
 app.command(name="retrain")(loop.retrain)
+app.command(name="loop")(loop.loop)
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from kiln.errors import InvalidArgument
+from kiln.errors import InvalidArgument, Unavailable
 
 Models = Annotated[
     list[str] | None,
@@ -88,6 +89,14 @@ def serve(
             help="Log every request to KILN_HOME/traffic and accept kiln.v1 feedback labels."
         ),
     ] = True,
+    http: Annotated[
+        bool,
+        typer.Option(
+            "--http",
+            help="Serve over HTTP with BentoML instead (bentoml serve "
+            "kiln.serving.bento:KilnService); --port defaults to 3000.",
+        ),
+    ] = False,
 ) -> None:
     """Serve models over gRPC (KServe v2 / Open Inference Protocol, Triton-compatible).
 
@@ -95,6 +104,11 @@ def serve(
     logged to KILN_HOME/traffic (unless --no-traffic-log). SIGTERM stops accepting, finishes the
     requests in flight, writes the traffic log and exits 0.
     """
+    if http:
+        wanted_http = [r for t in [*(models or []), *(references or [])] for r in t.split(",") if r]
+        serve_http(wanted_http, host or "0.0.0.0", 3000 if port is None else port, threads, engine)
+        return
+
     from kiln.serving.grpc.runner import Endpoints, serve
     from kiln.serving.settings import ServingSettings
     from kiln.settings import Settings
@@ -162,3 +176,26 @@ def serve(
         )
     finally:
         sink.close()  # after the drain: every answered request is written
+
+
+def serve_http(
+    references: list[str], host: str, port: int, threads: int | None, engine: str | None
+) -> None:
+    """Replace this process with `bentoml serve` of Kiln's BentoML service."""
+    if len(references) > 1:
+        raise InvalidArgument(
+            "the HTTP service serves one model: pass one reference (e.g. --models digits)"
+        )
+    env = dict(os.environ)
+    if references:
+        env["KILN_MODEL"] = references[0]
+    if threads is not None:
+        env["KILN_BENTO_THREADS"] = str(threads)
+    if engine is not None:
+        env["KILN_BENTO_ENGINE_KIND"] = engine
+    bentoml = Path(sys.executable).with_name("bentoml")
+    if not bentoml.exists():
+        raise Unavailable("kiln serve --http needs BentoML: pip install 'kiln[bento]'")
+    argv = [str(bentoml), "serve", "kiln.serving.bento:KilnService",
+            "--host", host, "--port", str(port)]  # fmt: skip
+    os.execve(argv[0], argv, env)
