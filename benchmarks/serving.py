@@ -8,7 +8,10 @@ Targets, side by side in one run:
   (b) in-process the same ServingCore (dynamic batcher + engine, same settings) called from
                  asyncio tasks in this process: no transport at all;
   (c) no-model   a grpc.aio server on Kiln's generated stubs that answers every ModelInfer with
-                 a precomputed response: the ceiling of this harness (client + grpc.aio + host).
+                 a precomputed response: the ceiling of this harness (client + grpc.aio + host);
+  (d) bentoml    `bentoml serve kiln.serving.bento:KilnService` (the same core behind BentoML's
+                 HTTP server and adaptive batching), /predict with JSON from an httpx asyncio
+                 client; its ratios are to the gRPC no-model server with the Python client.
 Clients: NVIDIA's perf_analyzer (C++, when installed: ../shared/tools/install-perf-analyzer)
 and a Python asyncio client (grpc.aio stub, one prebuilt request, N tasks).
 
@@ -92,6 +95,41 @@ def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
         command += ["--threads", str(args.threads)]
     env = {**os.environ, "KILN_HOME": str(home)}
     return _start(command, env, re.compile(r"kiln serve ready: grpc port (\d+)"), stack)
+
+
+def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
+    """`bentoml serve` of Kiln's BentoML service on a free port; returns it once /readyz is 200."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    env = {
+        **os.environ, "KILN_HOME": str(home), "KILN_MODEL": MODEL,
+        "KILN_TRAFFIC_ENABLED": "false", "KILN_BENTO_MAX_BATCH_SIZE": str(args.max_batch_size),
+    }  # fmt: skip
+    if args.threads:
+        env["KILN_BENTO_THREADS"] = str(args.threads)
+    bentoml = Path(sys.executable).with_name("bentoml")
+    process = subprocess.Popen(
+        [str(bentoml), "serve", "kiln.serving.bento:KilnService", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    stack.callback(_stop, process)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("bentoml serve exited before it was ready")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return port
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("bentoml serve was not ready in 120 s")
 
 
 def start_null(kiln_port: int, stack: ExitStack) -> int:
@@ -197,6 +235,31 @@ async def python_client(port: int, concurrency: int, seconds: float, warmup: flo
     return _sample("", "python", concurrency, latencies, seconds)
 
 
+async def http_client(port: int, concurrency: int, seconds: float, warmup: float) -> Sample:
+    """The BentoML service's /predict with one sample per request, JSON, N asyncio tasks."""
+    import httpx
+
+    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
+    body = json.dumps({"inputs": image.tolist()}).encode()
+    headers = {"content-type": "application/json"}
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
+        started = time.perf_counter()
+        measure_from, measure_to = started + warmup, started + warmup + seconds
+
+        async def worker() -> None:
+            while (now := time.perf_counter()) < measure_to:
+                response = await client.post("/predict", content=body, headers=headers)
+                response.raise_for_status()
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies.append(done - now)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _sample("bentoml", "python-http", concurrency, latencies, seconds)
+
+
 async def in_process(core: Any, concurrency: int, seconds: float, warmup: float) -> Sample:
     from kiln.serving.messages import InferRequest
 
@@ -270,6 +333,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with ExitStack() as stack:
         kiln_port = start_kiln(home, args, stack)
         null_port = start_null(kiln_port, stack)
+        bento_port = start_bento(home, args, stack) if args.bentoml else None
         registry = stack.enter_context(kiln.registry.open(settings=Settings(home=home)))
         core = ServingCore(
             RegistryRepository(registry, options=EngineOptions(intra_op_threads=threads)),
@@ -294,6 +358,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             p.target = target
                             samples.append(p)
                 samples.append(await in_process(core, c, args.seconds, args.warmup))
+                if bento_port is not None:
+                    samples.append(await http_client(bento_port, c, args.seconds, args.warmup))
         await core.stop()
     host = host_info()
     return {
@@ -336,6 +402,14 @@ def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
              and r["concurrency"] == row["concurrency"]),
             None,
         )  # fmt: skip
+        if ceiling is None and row["target"] == "bentoml":
+            # HTTP has no no-model twin here: compare with the gRPC ceiling of the same client
+            # kind (Python asyncio) to show what the transport costs.
+            ceiling = next(
+                (r for r in rows if r["target"] == "no-model" and r["client"] == "python"
+                 and r["concurrency"] == row["concurrency"]),
+                None,
+            )  # fmt: skip
         row["throughput_vs_no_model"] = (
             row["throughput"] / ceiling["throughput"] if ceiling else None
         )
@@ -373,6 +447,10 @@ def main() -> None:
         "--perf-analyzer", type=Path, default=REPO / ".bench" / "perf_analyzer" / "perf_analyzer"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--no-bentoml", dest="bentoml", action="store_false",
+        help="skip the BentoML HTTP service (bentoml serve kiln.serving.bento:KilnService)",
+    )  # fmt: skip
     parser.add_argument("--null-server", type=int, metavar="KILN_PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.null_server:

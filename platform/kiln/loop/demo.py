@@ -255,13 +255,26 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
             registry, v1.ref, CompileOptions(targets=("onnxruntime",), measure_seconds=0.3),
             settings,
         )  # fmt: skip
-        parity = compiled.report.results[-1].parity
+        engine = next(r for r in compiled.report.results if r.kind == "onnxruntime")
+        parity = engine.parity
+        speedup = compiled.report.speedup(engine) or {}
         figures["v1"] = {
             "version": v1.version,
             "mnist_test_accuracy": v1_run.metrics["test_accuracy"],
             "parity_max_abs_diff": max(p.max_abs_diff for p in parity.held_out) if parity else None,
+            "parity_top1_agreement": min(p.top1_agreement or 0.0 for p in parity.held_out)
+            if parity
+            else None,
+            "speedup_vs_eager": speedup,
             "train_seconds": round(v1_run.duration_s, 1),
         }
+        say(
+            f"   test accuracy {v1_run.metrics['test_accuracy']:.3f}; onnxruntime engine "
+            f"{engine.status}: max abs diff {figures['v1']['parity_max_abs_diff']:.1e}, top-1 "
+            f"agreement {figures['v1']['parity_top1_agreement']:.1%} on held-out digits; "
+            f"{speedup.get('latency_batch1', float('nan')):.1f}x PyTorch eager at batch 1, "
+            f"{speedup.get('throughput_max_batch', float('nan')):.1f}x at batch 64"
+        )
         registry.promote(v1.ref, "production", reason="kiln demo: first version")
 
     labels: list[tuple[str, int]] = []
