@@ -11,6 +11,12 @@ decorators need the batch limits then:
   serves; default there: the store's only `kiln-*` model).
 - `KILN_BENTO_MAX_BATCH_SIZE` (32), `KILN_BENTO_MAX_LATENCY_MS` (20): adaptive batching.
 - `KILN_BENTO_THREADS` (0: all cores), `KILN_BENTO_ENGINE_KIND`, `KILN_BENTO_POLL_INTERVAL_S`.
+
+Rollouts (`kiln rollout`) apply in registry mode as in `kiln serve`, per core request: with
+adaptive batching on `predict`, the rows BentoML joined into one batch go to one version
+together. Each row's traffic row carries the route the core reports (primary or canary);
+shadow answers reach the log through the core's `shadow_hook`, one row per input row, with
+the same request ids the client received.
 """
 
 from __future__ import annotations
@@ -81,6 +87,12 @@ def _import_lazy_modules() -> None:
         importlib.import_module("pandas")
 
 
+def row_ids(request_id: str, rows: int) -> list[str]:
+    """The request ids of a core request's rows (`ID-0`, `ID-1`, ...): each row is answered
+    and labelled on its own, and a shadow copy's rows get the same ids as the primary's."""
+    return [f"{request_id}-{i}" for i in range(rows)]
+
+
 @bentoml.service(name="kiln", traffic={"timeout": 60, "max_concurrency": 256})
 class KilnService:
     # Declared so that `bentoml build` packs the exported model into the Bento.
@@ -108,8 +120,13 @@ class KilnService:
         # BentoML joins requests into batches before the core sees them, so the service logs
         # each row itself (the core's traffic hook would see one event per batch).
         self.sink = TrafficSink(settings.home, feedback_source="http")
+        # The core's shadow hook is the only traffic that reaches the sink through the core:
+        # shadow answers arrive after the client's answer, so the service cannot log them.
         self.core = ServingCore(
-            self.source.repository, serving, feedback_hook=self.sink.on_feedback
+            self.source.repository,
+            serving,
+            feedback_hook=self.sink.on_feedback,
+            shadow_hook=self._log_shadow,
         )
         self.core.add_listener(self._on_state)
         log.info("kiln: serving %s from %s", self.source.reference, self.source.description)
@@ -145,7 +162,9 @@ class KilnService:
     ) -> list[Prediction]:
         name = model or self.name
         received = time.perf_counter_ns()
-        request = InferRequest(model=name, version=version, inputs={}, transport="http")
+        request = InferRequest(
+            model=name, version=version, inputs={}, id=uuid.uuid4().hex, transport="http"
+        )
         try:
             loaded = self.core.resolve(name, version)
             request.inputs = {loaded.description.inputs[0].name: CONTRACT.check(inputs)}
@@ -161,7 +180,7 @@ class KilnService:
         top = probs.argmax(axis=1)
         served = int(response.version)
         labels = class_names_or_indices(self.source.class_names(served), probs.shape[1])
-        ids = [uuid.uuid4().hex for _ in range(probs.shape[0])]
+        ids = row_ids(request.id, probs.shape[0])
         self._log_rows(request, response, ids, total_ns, served)
         return [
             Prediction(
@@ -183,7 +202,8 @@ class KilnService:
         total_ns: int,
         version: int,
     ) -> None:
-        """One traffic row per answered row: each has its own request id for feedback."""
+        """One traffic row per answered row: each has its own request id for feedback, and
+        the route the core reports (primary, canary, or shadow for a shadow's answer)."""
         (input_name, batch), (output_name, outputs) = (
             next(iter(request.inputs.items())),
             next(iter(response.outputs.items())),
@@ -197,9 +217,25 @@ class KilnService:
                 transport="http",
             )
             answer = InferResponse(
-                response.model, response.version, request_id, {output_name: outputs[i : i + 1]}
+                response.model,
+                response.version,
+                request_id,
+                {output_name: outputs[i : i + 1]},
+                response.route,
             )
-            self.sink.on_request(TrafficEvent(row, answer, None, None, total_ns, version))
+            event = TrafficEvent(row, answer, None, None, total_ns, version, response.route)
+            self.sink.on_request(event)
+
+    def _log_shadow(self, event: TrafficEvent) -> None:
+        """The core's shadow hook: a shadow answer becomes one row per input row, under the
+        ids the primary rows got; a failed shadow copy one row with its error."""
+        response = event.response
+        if response is None or not response.outputs:
+            self.sink.on_request(event)
+            return
+        rows = len(next(iter(response.outputs.values())))
+        ids = row_ids(event.request.id, rows)
+        self._log_rows(event.request, response, ids, event.total_ns, int(response.version))
 
     @bentoml.api(
         batchable=True,
