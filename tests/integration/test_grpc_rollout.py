@@ -218,7 +218,9 @@ def test_the_canary_follows_its_alias_and_off_unloads_it_under_load(
     assert load.errors == []
 
 
-def test_promoting_the_canary_routes_everything_to_it(home: Path, registry: Registry) -> None:
+def test_promoting_the_canary_routes_everything_to_it_and_rollback_resumes_it(
+    home: Path, registry: Registry
+) -> None:
     with (
         running_server(home, **POLL) as server,
         server.client() as client,
@@ -230,6 +232,10 @@ def test_promoting_the_canary_routes_everything_to_it(home: Path, registry: Regi
         load.wait_for({"2"})
         assert wait_until(lambda: set(_index(client)) == {"2"}, 30, 0.02)
         assert "reason" not in _index(client)["2"]
+        # Rolling production back while the rollout still runs resumes the canary.
+        registry.rollback("digits", reason="test")
+        load.wait_for({"1", "2"})
+        assert _routing(client, "2", "canary")
     assert load.errors == []
 
 

@@ -197,7 +197,8 @@ class ModelLifecycle:
         served.failed_version, served.reason = None, ""
         if old is not None:
             log.info("%s now serves version %d (was %d)", served.name, version, old.version)
-            # The old default stays while a rollout uses it (a rollback during a canary).
+            # The old default stays while the rollout names it: after promoting the canary,
+            # a rollback resumes the canary at once instead of loading it again.
             if old.version not in served.pinned and old.version != served.rollout_version:
                 del served.versions[old.version]
                 await self._retire(old)
@@ -306,7 +307,8 @@ class ModelLifecycle:
         wanted = _wanted(served, state)
         routing = self.table.routing.get(served.name)
         if wanted is None:
-            return routing is None and served.rollout_version is None and not served.rollout_reason
+            kept = served.rollout_version == _kept(served, state)
+            return routing is None and kept and not served.rollout_reason
         if wanted[2] == served.rollout_failed:
             return True
         return routing is not None and (routing.route, routing.percent,
@@ -317,7 +319,7 @@ class ModelLifecycle:
         wanted = _wanted(served, state)
         if wanted is None:
             served.rollout_failed, served.rollout_reason = None, ""
-            await self._end_rollout(served)
+            await self._end_rollout(served, keep=_kept(served, state))
             return
         assert state is not None
         route, percent, version = wanted
@@ -348,13 +350,14 @@ class ModelLifecycle:
         if previous is not None and previous != version:
             await self._release(served, previous)
 
-    async def _end_rollout(self, served: ServedModel) -> None:
+    async def _end_rollout(self, served: ServedModel, keep: int | None = None) -> None:
         """Stop routing to the rollout's version, then drain and unload it if nothing else
-        keeps it (the default, a pinned reference)."""
+        keeps it (the default, a pinned reference). `keep`: the rollout names the default,
+        which stays marked as the rollout's version (see `_kept`)."""
         if self.table.routing.pop(served.name, None) is not None:
-            log.info("%s: rollout ended; the default answers every request", served.name)
-        previous, served.rollout_version = served.rollout_version, None
-        if previous is not None:
+            log.info("%s: rollout routes nothing; the default answers every request", served.name)
+        previous, served.rollout_version = served.rollout_version, keep
+        if previous is not None and previous != keep:
             await self._release(served, previous)
 
     async def _release(self, served: ServedModel, version: int) -> None:
@@ -392,6 +395,15 @@ def _wanted(served: ServedModel, state: RolloutState | None) -> tuple[Route, flo
     if state.version == served.default.version:
         return None
     return state.route, state.percent, state.version
+
+
+def _kept(served: ServedModel, state: RolloutState | None) -> int | None:
+    """The default's version when a running rollout names it (the candidate was promoted):
+    nothing is routed, but should the default move away (a rollback), the version stays loaded
+    and the rollout resumes without loading it again. None otherwise."""
+    if state is None or served.default is None or state.version != served.default.version:
+        return None
+    return state.version
 
 
 def describe(
