@@ -149,6 +149,15 @@ async def load(port: int, seconds: float, concurrency: int = 32) -> tuple[float,
     return done / elapsed, done + 50
 
 
+MODES = {
+    "off": (["--no-traffic-log"], {}),
+    "on": ([], {}),
+    "on, inputs 10%": ([], {"KILN_TRAFFIC_INPUT_SAMPLE_RATE": "0.1"}),
+}
+"""kiln serve flags and environment per mode: log off, on (the default: every input), and on
+with one input in ten logged (everything else about every request still logged)."""
+
+
 def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-serve-", dir="/tmp"))
     home = root / "home"
@@ -158,27 +167,26 @@ def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
         v = registry.register_version("bench", checkpoint=checkpoint, config={}, metrics={})
         registry.add_artifact("bench", v.version, kind="onnx", path=linear_onnx(root / "m.onnx"))
         registry.promote(v.ref, "production", gates=[], reason="benchmark")
-    runs: dict[str, list[float]] = {"off": [], "on": []}
-    cpu_us: dict[str, list[float]] = {"off": [], "on": []}
+    rps: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu_us: dict[str, list[float]] = {mode: [] for mode in MODES}
     sent_with_logging = 0
     for _ in range(rounds):
-        for mode in ("off", "on"):
-            flags = [] if mode == "on" else ["--no-traffic-log"]
+        for mode, (flags, env) in MODES.items():
             server = subprocess.Popen(
                 [str(KILN), "serve", "--host", "127.0.0.1", "--port", "0", "--no-metrics",
                  "--threads", "1", "--models", "bench", *flags],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 text=True,
-                env={**os.environ, "KILN_HOME": str(home)},
+                env={**os.environ, "KILN_HOME": str(home), **env},
             )  # fmt: skip
             assert server.stdout is not None
             ready = READY.match(server.stdout.readline())
             assert ready, "kiln serve printed no ready line"
             cpu_ready = process_cpu(server.pid)
-            rps, sent = asyncio.run(load(int(ready.group(1)), seconds))
-            runs[mode].append(rps)
-            sent_with_logging += sent if mode == "on" else 0
+            throughput, sent = asyncio.run(load(int(ready.group(1)), seconds))
+            rps[mode].append(throughput)
+            sent_with_logging += sent if not flags else 0
             server.terminate()
             # wait4 gives the exited server's own CPU time: SIGTERM drain and, with logging,
             # writing what was still buffered are part of the cost.
@@ -188,16 +196,10 @@ def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
     log = home / "traffic"
     written = pl.scan_parquet(log / "**" / "*.parquet").select(pl.len()).collect().item()
     shutil.rmtree(root)
-    off, on = statistics.median(runs["off"]), statistics.median(runs["on"])
-    cpu_off, cpu_on = statistics.median(cpu_us["off"]), statistics.median(cpu_us["on"])
     return {
-        "off": off,
-        "on": on,
-        "ratio": on / off,
-        "runs": runs,
-        "cpu_us_off": cpu_off,
-        "cpu_us_on": cpu_on,
-        "cpu_ratio": cpu_off / cpu_on,
+        "rps": {m: statistics.median(r) for m, r in rps.items()},
+        "cpu_us": {m: statistics.median(c) for m, c in cpu_us.items()},
+        "runs": rps,
         "rows_written": written,
         "sent_with_logging": sent_with_logging,
     }
@@ -408,17 +410,18 @@ def main() -> None:
 
     if not args.skip_serve:
         serve = serve_throughput(args.serve_seconds, args.rounds)
-        table = Table(title="(a) gRPC serving, concurrency 32, linear 784->10 ONNX, 1 thread")
-        for col in ("logging off", "logging on", "on / off", "server CPU/request off",
-                    "on", "off / on", "runs off", "runs on"):  # fmt: skip
+        table = Table(title="(a) kiln serve, concurrency 32, linear 784->10 ONNX, 1 engine thread")
+        for col in ("traffic log", "req/s (median)", "vs off", "server CPU/request", "off / this",
+                    "runs (req/s)"):  # fmt: skip
             table.add_column(col, justify="right")
-        table.add_row(
-            f"{serve['off']:.0f} req/s", f"{serve['on']:.0f} req/s", f"{serve['ratio']:.3f}",
-            f"{serve['cpu_us_off']:.0f} µs", f"{serve['cpu_us_on']:.0f} µs",
-            f"{serve['cpu_ratio']:.3f}",
-            " ".join(f"{r:.0f}" for r in serve["runs"]["off"]),
-            " ".join(f"{r:.0f}" for r in serve["runs"]["on"]),
-        )  # fmt: skip
+        for mode in MODES:
+            table.add_row(
+                mode, f"{serve['rps'][mode]:.0f}",
+                f"{serve['rps'][mode] / serve['rps']['off']:.3f}",
+                f"{serve['cpu_us'][mode]:.0f} µs",
+                f"{serve['cpu_us']['off'] / serve['cpu_us'][mode]:.3f}",
+                " ".join(f"{r:.0f}" for r in serve["runs"][mode]),
+            )  # fmt: skip
         console.print(table)
         console.print(
             f"rows in the traffic log: {serve['rows_written']}, requests answered with logging "

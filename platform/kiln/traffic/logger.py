@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,9 @@ class TrafficLogger:
         self.settings = settings or TrafficSettings()
         self.root = traffic_root(home)
         remove_stale_temporaries(self.root)
+        # The first conversion imports what pyarrow loads lazily (pandas among it: ~0.3 s of
+        # CPU). Pay it now, at startup, not on the writer thread while requests are served.
+        records_to_frame([TrafficRecord("warm-up", 0, "", None, 0, output=np.zeros((1, 2)))])
         self._sample_rate = self.settings.input_sample_rate
         self._random = random.Random()
         self._writer: BackgroundWriter[TrafficRecord] = BackgroundWriter(
