@@ -9,7 +9,8 @@ decorators need the batch limits then:
   default: the registry's only model, at its `production` alias.
 - `KILN_BENTO_MODEL`: a `kiln-NAME:vN` tag in BentoML's model store instead (what a built Bento
   serves; default there: the store's only `kiln-*` model).
-- `KILN_BENTO_MAX_BATCH_SIZE` (32), `KILN_BENTO_MAX_LATENCY_MS` (20): adaptive batching.
+- `KILN_BENTO_MAX_BATCH_SIZE` (32), `KILN_BENTO_MAX_LATENCY_MS` (1000): adaptive batching.
+- `KILN_BENTO_TRAFFIC_LOG` (true): log traffic and accept /feedback.
 - `KILN_BENTO_THREADS` (0: all cores), `KILN_BENTO_ENGINE_KIND`, `KILN_BENTO_POLL_INTERVAL_S`.
 
 Rollouts (`kiln rollout`) apply in registry mode as in `kiln serve`, per core request: with
@@ -65,7 +66,12 @@ class BentoSettings(BaseSettings):
     store_tag: str | None = Field(default=None, validation_alias=AliasChoices("KILN_BENTO_MODEL"))
     """A `kiln-NAME:vN` model in BentoML's store to serve instead of the registry."""
     max_batch_size: int = Field(default=32, ge=2)
-    max_latency_ms: int = Field(default=20, ge=1)
+    max_latency_ms: int = Field(default=1000, ge=1)
+    """BentoML's batching deadline: requests it predicts cannot finish within it are refused
+    with 503 (load shedding). Tight values shed load early on busy hosts (20 ms did at
+    concurrency 8 on 2 cores)."""
+    traffic_log: bool = True
+    """Log every answered row to KILN_HOME/traffic and accept /feedback."""
     threads: int = Field(default=0, ge=0)
     engine_kind: str | None = None
     poll_interval_s: float = Field(default=1.0, gt=0)
@@ -119,13 +125,15 @@ class KilnService:
         )
         # BentoML joins requests into batches before the core sees them, so the service logs
         # each row itself (the core's traffic hook would see one event per batch).
-        self.sink = TrafficSink(settings.home, feedback_source="http")
+        self.sink = (
+            TrafficSink(settings.home, feedback_source="http") if SETTINGS.traffic_log else None
+        )
         # The core's shadow hook is the only traffic that reaches the sink through the core:
         # shadow answers arrive after the client's answer, so the service cannot log them.
         self.core = ServingCore(
             self.source.repository,
             serving,
-            feedback_hook=self.sink.on_feedback,
+            feedback_hook=self.sink.on_feedback if self.sink else None,
             shadow_hook=self._log_shadow,
         )
         self.core.add_listener(self._on_state)
@@ -139,7 +147,8 @@ class KilnService:
     @bentoml.on_shutdown
     async def _stop(self) -> None:
         await self.core.stop()
-        self.sink.close()
+        if self.sink is not None:
+            self.sink.close()
         self.source.close()
 
     def __is_ready__(self) -> bool:
@@ -170,9 +179,9 @@ class KilnService:
             request.inputs = {loaded.description.inputs[0].name: CONTRACT.check(inputs)}
             response = await self.core.infer(request)
         except KilnError as exc:
-            self.sink.on_request(
-                TrafficEvent(request, None, exc, None, time.perf_counter_ns() - received, None)
-            )
+            if self.sink is not None:
+                failed = time.perf_counter_ns() - received
+                self.sink.on_request(TrafficEvent(request, None, exc, None, failed, None))
             raise to_http(exc) from exc
         total_ns = time.perf_counter_ns() - received
         logits = next(iter(response.outputs.values()))
@@ -204,6 +213,8 @@ class KilnService:
     ) -> None:
         """One traffic row per answered row: each has its own request id for feedback, and
         the route the core reports (primary, canary, or shadow for a shadow's answer)."""
+        if self.sink is None:
+            return
         (input_name, batch), (output_name, outputs) = (
             next(iter(request.inputs.items())),
             next(iter(response.outputs.items())),
@@ -229,6 +240,8 @@ class KilnService:
     def _log_shadow(self, event: TrafficEvent) -> None:
         """The core's shadow hook: a shadow answer becomes one row per input row, under the
         ids the primary rows got; a failed shadow copy one row with its error."""
+        if self.sink is None:
+            return
         response = event.response
         if response is None or not response.outputs:
             self.sink.on_request(event)
