@@ -219,7 +219,8 @@ def retrain(
                 f"no engine of {version.ref} passed parity; see `kiln compile {version.ref}`"
             )
     except BaseException:
-        registry.delete_version(name, version.version)  # nothing half-done: no version without engines
+        # Nothing half-done: a retrained version without a verified engine is not kept.
+        registry.delete_version(name, version.version)
         raise
     move = registry.promote(
         version.ref, options.alias, reason=f"retrained from {parent.ref}", gates=[]
