@@ -56,9 +56,10 @@ fmt: setup
     {{bin}}/ruff format platform engines tests benchmarks
     {{bin}}/ruff check --fix platform engines tests benchmarks
 
-# run the benchmarks and print their tables (results are recorded in benchmarks/RESULTS.md)
-bench *ARGS: setup
-    {{bin}}/python benchmarks/train_throughput.py {{ARGS}}
+# run a benchmark and print its table: train_throughput, engines, registry, serving, traffic
+# (results are recorded in benchmarks/RESULTS.md)
+bench NAME="train_throughput" *ARGS: setup
+    {{bin}}/python benchmarks/{{NAME}}.py {{ARGS}}
 
 # remove local state (registry, artifacts, runs) — not the virtualenv
 clean:
