@@ -219,7 +219,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
     from kiln.loop.retrain import RetrainOptions, retrain
     from kiln.registry import default_gates
     from kiln.settings import Settings
-    from kiln.traffic import Window, import_feedback
+    from kiln.traffic import Window
     from kiln.train import TrainConfig, train
 
     started = time.monotonic()
@@ -296,7 +296,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
             say("4. ground truth arrives for ~80% of the requests (a labels file)")
             labels_file = home / "demo-labels.csv"
             write_labels(labels_file, labels, 0.8, seed=1)
-            imported = wait_then_import(import_feedback, home, labels_file, len(labels), say)
+            imported = wait_then_import(home, labels_file, len(labels), say)
             figures["labels"] = imported
             window = Window(datetime.fromtimestamp(phases[1].started - 1, UTC), datetime.now(UTC))
             with kiln.registry.open(settings=settings) as registry:
@@ -380,27 +380,27 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
     return figures
 
 
-def wait_then_import(
-    importer: Callable[..., Any], home: Path, path: Path, expected: int, say: Say
-) -> dict[str, int]:
+def wait_then_import(home: Path, path: Path, expected: int, say: Say) -> dict[str, int]:
     """Import labels once the server has written the traffic they refer to.
 
     The server flushes its request log every half second; labels for requests not yet on disk
     would be reported unmatched (they are kept either way, but the report would mislead).
     """
-    from kiln.traffic import scan_traffic
+    from kiln.errors import KilnError
+    from kiln.traffic import import_feedback, scan_traffic
+
+    def logged() -> int:
+        try:
+            return scan_traffic(home, MODEL).frame.select("request_id").collect().height
+        except KilnError:  # TrafficNotFound: the server has written nothing yet
+            return 0
 
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if scan_traffic(home, MODEL).frame.select("request_id").collect().height >= expected:
-                break
-        except Exception:
-            pass
-        threading.Event().wait(0.2)
-    result = importer(home, path, model=MODEL)
-    summary = {"imported": int(result.rows), "matched": int(result.matched),
-               "unmatched": int(result.unmatched)}  # fmt: skip
+    pause = threading.Event()
+    while logged() < expected and time.monotonic() < deadline:
+        pause.wait(0.2)
+    result = import_feedback(home, path, model=MODEL)
+    summary = {"imported": result.rows, "matched": result.matched, "unmatched": result.unmatched}
     say(f"   {summary['imported']} labels imported, {summary['matched']} matched to requests")
     return summary
 
