@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.compile.pipeline import CompileOptions, CompileReport, Progress, compile_module
-from kiln.data import load_dataset
+from kiln.data import load_recorded
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition
 from kiln.registry import Registry
 from kiln.registry.records import Artifact, ModelVersion
@@ -69,13 +69,7 @@ def compile_version(
     split = config.split
     progress(f"loading held-out data from '{config.dataset}'")
     try:
-        dataset = load_dataset(
-            config.dataset,
-            settings,
-            seed=int(split.get("seed", config.seed)),
-            val_fraction=float(split.get("val_fraction", 0.1)),
-            test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
-        )
+        dataset = load_recorded(config.dataset, split, settings, seed=config.seed)
     except (DatasetNotFound, DatasetInvalid) as exc:
         raise FailedPrecondition(
             f"cannot verify {version.ref}: its data set '{config.dataset}' is not available "

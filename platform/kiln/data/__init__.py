@@ -7,7 +7,7 @@ the named sets. Inputs are float32 raw values; normalisation is the model's job.
 from __future__ import annotations
 
 from kiln.data.builtin import to_mnist_frame
-from kiln.data.catalog import CATALOG, DatasetInfo, load_dataset, load_raw
+from kiln.data.catalog import CATALOG, DatasetInfo, load_dataset, load_raw, load_recorded
 from kiln.data.dataset import Dataset, Split, SplitSpec
 from kiln.data.user import prepare_image
 
@@ -19,6 +19,7 @@ __all__ = [
     "SplitSpec",
     "load_dataset",
     "load_raw",
+    "load_recorded",
     "prepare_image",
     "to_mnist_frame",
 ]

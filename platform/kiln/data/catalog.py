@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kiln.data import builtin, user
 from kiln.data.dataset import Dataset, RawData, SplitSpec, build
@@ -81,3 +82,20 @@ def load_dataset(
     """
     raw = load_raw(name, settings)
     return build(name, raw, SplitSpec(seed, val_fraction, test_fraction))
+
+
+def load_recorded(
+    name: str, split: Mapping[str, Any], settings: Settings, *, seed: int = 0
+) -> Dataset:
+    """Reload `name` with the split a checkpoint recorded (`SplitSpec.as_dict()`).
+
+    `seed` is used when the record has none. A source with its own test set records a test
+    fraction of 0; the fraction passed on is then irrelevant but must be valid.
+    """
+    return load_dataset(
+        name,
+        settings,
+        seed=int(split.get("seed", seed)),
+        val_fraction=float(split.get("val_fraction", 0.1)),
+        test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
+    )

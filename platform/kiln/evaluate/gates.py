@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln.data import load_dataset
+from kiln.data import load_recorded
 from kiln.errors import FailedPrecondition, InvalidArgument, KilnError, TrafficNotFound
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.registry import (
@@ -146,13 +146,8 @@ class Evaluator:
         split = dict(config.get("split") or {})
         cache = f"{name}:{sorted(split.items())}:{config.get('seed', 0)}"
         if cache not in self._held_out:
-            dataset = load_dataset(
-                str(name),
-                self.settings,
-                seed=int(split.get("seed", config.get("seed", 0))),
-                val_fraction=float(split.get("val_fraction", 0.1)),
-                test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
-            )
+            seed = int(config.get("seed", 0))
+            dataset = load_recorded(str(name), split, self.settings, seed=seed)
             self._held_out[cache] = HeldOut(dataset.test.x, dataset.test.y, str(name), split)
         return self._held_out[cache]
 

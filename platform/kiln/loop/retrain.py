@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from kiln.compile import CompileOptions, compile_version
-from kiln.data import Dataset, Split, load_dataset
+from kiln.data import Dataset, Split, load_recorded
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.registry import AliasMove, ArtifactKind, Lineage, ModelVersion, Registry
@@ -93,13 +93,7 @@ def parent_dataset(parent: ModelVersion, settings: Settings) -> Dataset:
     split = config.get("split") or {}
     name = str(config.get("dataset", ""))
     try:
-        return load_dataset(
-            name,
-            settings,
-            seed=int(split.get("seed", config.get("seed", 0))),
-            val_fraction=float(split.get("val_fraction", 0.1)),
-            test_fraction=float(split.get("test_fraction", 0.1)) or 0.1,
-        )
+        return load_recorded(name, split, settings, seed=int(config.get("seed", 0)))
     except (DatasetNotFound, DatasetInvalid) as exc:
         raise FailedPrecondition(
             f"cannot retrain {parent.ref}: its data set '{name}' is not available here "
