@@ -333,7 +333,8 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
                     registry, settings, GateThresholds(traffic_window="1h", min_traffic_gain=0.05)
                 )
                 move = registry.promote(v2.ref, "production", reason="kiln demo", gates=gates)
-                for gate in move.gate.results if move.gate else ():
+                results = move.gate.results if move.gate else ()
+                for gate in results:
                     mark = "pass" if gate.passed else "FAIL"
                     say(f"   {mark}  {gate.gate}: {gate.message}")
                 swapped = load.wait_for_version(v2.version, timeout=60)
@@ -350,10 +351,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
         finally:
             client.close()
 
-    heldout_gate = next(
-        (g for g in (move.gate.results if move.gate else ()) if g.gate == "held-out-regression"),
-        None,
-    )
+    heldout_gate = next((g for g in results if g.gate == "held-out-regression"), None)
     mnist_after = (heldout_gate.numbers or {}).get("candidate") if heldout_gate else None
     failed = sum(p.failed for p in phases) + failed_during_swap
     figures.update(
@@ -373,10 +371,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
                 "mnist_heldout_after_retraining": mnist_after,
             },
             "served_versions_after": phases[2].version_counts,
-            "gates": [
-                {"name": g.gate, "passed": g.passed, "message": g.message}
-                for g in (move.gate.results if move.gate else ())
-            ],
+            "gates": [{"name": g.gate, "passed": g.passed, "message": g.message} for g in results],
         }
     )
     figures["report"] = str(write_demo_report(home, phases, figures))

@@ -214,7 +214,7 @@ def train(
     test = classification_report(test_logits, ds.test.y, ds.class_names)
     duration = time.perf_counter() - started
     # Throughput of the optimisation loop alone; epoch "seconds" also include validation.
-    samples = sum(len(ds.train) for _ in history)
+    samples = len(ds.train) * len(history)
     train_seconds = sum(r["train_seconds"] for r in history)
     metrics: dict[str, Any] = {
         "test_accuracy": test["accuracy"],
