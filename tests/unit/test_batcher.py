@@ -235,3 +235,82 @@ async def test_close_drains_queued_requests_then_refuses_new_ones() -> None:
     await within(closing)
     assert all(f.done() and not f.exception() for f in futures)
     assert sum(engine.batches) == 5
+
+
+class ThreadRecorder:
+    """Doubles `x` and records which thread ran each call."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.fail = False
+
+    def __call__(self, inputs: Tensors) -> Tensors:
+        self.threads.append(threading.get_ident())
+        if self.fail:
+            raise RuntimeError("engine exploded")
+        return {"y": inputs["x"] * 2}
+
+
+async def test_an_idle_engine_runs_a_request_at_once_on_the_event_loop() -> None:
+    engine = ThreadRecorder()
+    batcher = DynamicBatcher(engine, label="m:1", max_batch_size=8, inline_after_idle_us=1)
+    future = batcher.submit(rows(2, 3.0), rows=2)
+    assert future.done()  # answered inside submit: no thread hand-off, no queue
+    outputs, timings = future.result()
+    np.testing.assert_array_equal(outputs["y"], np.full((2, 3), 6.0, dtype=np.float32))
+    assert timings.batch_size == 2 and timings.compute_infer_ns > 0
+    assert engine.threads == [threading.get_ident()]
+    engine.fail = True
+    failed = batcher.submit(rows(1), rows=1)
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        failed.result()  # an engine error fails that request alone, as on the thread
+    await batcher.close()
+
+
+async def test_requests_that_come_close_together_batch_on_the_worker_thread() -> None:
+    engine = GatedDoubler()
+    # Decades of idleness needed to run inline: every request here goes to the thread.
+    batcher = DynamicBatcher(
+        engine, label="m:1", max_batch_size=8, inline_after_idle_us=10**18
+    )
+    await engine.hold()
+    first = batcher.submit(rows(1), rows=1)
+    await wait_entered(engine)
+    queued = [batcher.submit(rows(1), rows=1) for _ in range(3)]
+    assert not any(f.done() for f in queued)
+    engine.gate.set()
+    await within(asyncio.gather(first, *queued))
+    assert engine.batches == [1, 3]
+    await batcher.close()
+
+
+async def test_a_busy_engine_is_never_bypassed() -> None:
+    engine = GatedDoubler()
+    batcher = DynamicBatcher(engine, label="m:1", max_batch_size=8, inline_after_idle_us=1)
+    first = batcher.submit(rows(1), rows=1)
+    assert first.done()  # idle: inline
+    await engine.hold()
+    loop = asyncio.get_running_loop()
+    # Ages the idle clock past the threshold, then occupies the worker thread.
+    batcher._idle_since_ns = 0
+    batcher._last_execution_ns = 0
+    batcher._busy = True
+    queued = batcher.submit(rows(1), rows=1)
+    assert not queued.done()  # the engine is busy: this one queues
+    batcher._busy = False
+    engine.gate.set()
+    await within(queued)
+    assert await loop.run_in_executor(None, lambda: engine.batches) == [1, 1]
+    await batcher.close()
+
+
+async def test_a_queue_delay_turns_inline_execution_off() -> None:
+    engine = ThreadRecorder()
+    batcher = DynamicBatcher(
+        engine, label="m:1", max_batch_size=8, max_queue_delay_us=100, inline_after_idle_us=1
+    )
+    future = batcher.submit(rows(1), rows=1)
+    assert not future.done()
+    await within(future)
+    assert engine.threads and engine.threads[0] != threading.get_ident()
+    await batcher.close()

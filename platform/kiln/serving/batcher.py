@@ -7,9 +7,15 @@ added delay. The queue is bounded: a request that finds `max_queue_size` request
 refused at once (`QueueFull`) rather than left to time out. A request's own timeout bounds its
 time in the queue (`RequestTimedOut`); once its batch starts, it completes.
 
-Engine calls run on a single worker thread, never on the event loop: the loop keeps accepting
-and decoding requests (and forming the next batch) while the engine computes, and one batch at
-a time keeps every core for the engine's own intra-op threads.
+Engine calls run on a single worker thread: the loop keeps accepting and decoding requests
+(and forming the next batch) while the engine computes, and one batch at a time keeps every
+core for the engine's own intra-op threads. One exception, for latency at light load: with
+`inline_after_idle_us`, a request that finds the engine idle for at least that long (and for
+twice its last execution, which must have been short) runs at once on the event loop. Handing
+it to the worker thread and back costs two thread wake-ups, as much as a small model's whole
+compute on a small host. Under load requests arrive closer together than that, and batch on
+the worker thread as usual: batching one request at a time on the loop would cost throughput.
+Only with `max_queue_delay_us` 0: a delay asks for batches.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ ExecutionObserver = Callable[[int, int, int, int], None]
 """Called on the event loop after each execution with (rows, input_ns, infer_ns, output_ns)."""
 
 _QUEUED, _TAKEN = 0, 1
+_INLINE_MAX_NS = 2_000_000
+"""Engines whose last execution took longer never run on the event loop: it must stay
+responsive (health checks, metadata, other models) while they compute."""
 
 
 class _Pending:
@@ -49,7 +58,7 @@ class _Pending:
         self.inputs = inputs
         self.rows = rows
         # Requests batch together only when their non-batch dimensions agree.
-        self.key = tuple(a.shape[1:] for a in inputs.values())
+        self.key = tuple([a.shape[1:] for a in inputs.values()])
         self.future = future
         self.enqueued_ns = time.perf_counter_ns()
         self.state = _QUEUED
@@ -72,6 +81,7 @@ class DynamicBatcher:
         max_queue_delay_us: int = 0,
         max_queue_size: int = 0,
         on_execution: ExecutionObserver | None = None,
+        inline_after_idle_us: int = 0,
     ) -> None:
         if max_batch_size < 0 or max_queue_delay_us < 0 or max_queue_size < 0:
             raise ValueError(
@@ -91,6 +101,11 @@ class DynamicBatcher:
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._closing = False
+        # A delay asks for batches: never skip it.
+        self._inline_idle_ns = inline_after_idle_us * 1000 if max_queue_delay_us == 0 else 0
+        self._busy = False  # a batch is executing
+        self._idle_since_ns = 0
+        self._last_execution_ns = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-infer-{label}")
         self._task = self._loop.create_task(self._run(), name=f"kiln-batcher-{label}")
 
@@ -116,6 +131,16 @@ class DynamicBatcher:
                 "retry with backoff, or raise --max-queue-size"
             )
         pending = _Pending(inputs, rows, self._loop.create_future())
+        if (
+            self._inline_idle_ns
+            and not self._busy
+            and not self._queue
+            and self._last_execution_ns < _INLINE_MAX_NS
+            and pending.enqueued_ns - self._idle_since_ns
+            > max(self._inline_idle_ns, 2 * self._last_execution_ns)
+        ):
+            self._run_inline(pending)
+            return pending.future
         if timeout_us > 0:
             pending.timer = self._loop.call_later(timeout_us / 1e6, self._expire, pending)
         self._queue.append(pending)
@@ -184,8 +209,19 @@ class DynamicBatcher:
                 break
         return batch
 
+    def _run_inline(self, pending: _Pending) -> None:
+        pending.state = _TAKEN
+        started = time.perf_counter_ns()
+        try:
+            results, input_ns, infer_ns, output_ns = self._compute([pending])
+        except Exception as exc:
+            pending.future.set_exception(exc)
+            return
+        self._finished([pending], started, results, input_ns, infer_ns, output_ns)
+
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
+        self._busy = True
         try:
             results, input_ns, infer_ns, output_ns = await self._loop.run_in_executor(
                 self._executor, self._compute, batch
@@ -195,6 +231,21 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
+        finally:
+            self._busy = False
+        self._finished(batch, started, results, input_ns, infer_ns, output_ns)
+
+    def _finished(
+        self,
+        batch: list[_Pending],
+        started: int,
+        results: list[Tensors],
+        input_ns: int,
+        infer_ns: int,
+        output_ns: int,
+    ) -> None:
+        self._idle_since_ns = time.perf_counter_ns()
+        self._last_execution_ns = input_ns + infer_ns + output_ns
         rows = sum(p.rows for p in batch)
         if self._on_execution is not None:
             self._on_execution(rows, input_ns, infer_ns, output_ns)

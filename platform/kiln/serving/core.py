@@ -186,16 +186,10 @@ class ServingCore:
         self._last_arrival_ns = received
         if not request.id:
             request.id = f"{self._id_prefix}{next(self._ids):x}"
-        self._inflight += 1
-        try:
-            return await self._infer(request, received)
-        finally:
-            self._inflight -= 1
-
-    async def _infer(self, request: InferRequest, received: int) -> InferResponse:
         loaded: LoadedModel | None = None
         timings: Timings | None = None
         route = Route.PRIMARY
+        self._inflight += 1  # one coroutine per request, no helper: this runs for every request
         try:
             if self._refusing:
                 raise ServerShuttingDown(
@@ -214,7 +208,9 @@ class ServingCore:
                         shadow = routing.target
             rows = loaded.validator(request.inputs, request.outputs)
             future = loaded.batcher.submit(
-                request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
+                request.inputs,
+                rows,
+                request.timeout_us or self.settings.default_timeout_us,
             )
             if shadow is not None:
                 self._shadow(shadow, request, received)
@@ -238,15 +234,18 @@ class ServingCore:
             error = InternalError(f"internal error serving request {request.id}")
             self._failed(request, loaded, error, received, route)
             raise error from exc
-        total = time.perf_counter_ns() - received
-        loaded.statistics.record_success(total, timings)
-        loaded.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
-        if self.traffic_hook is not None:
-            self._emit(
-                self.traffic_hook,
-                TrafficEvent(request, response, None, timings, total, loaded.version, route),
-            )
-        return response
+        else:
+            total = time.perf_counter_ns() - received
+            loaded.statistics.record_success(total, timings)
+            loaded.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
+            if self.traffic_hook is not None:
+                self._emit(
+                    self.traffic_hook,
+                    TrafficEvent(request, response, None, timings, total, loaded.version, route),
+                )
+            return response
+        finally:
+            self._inflight -= 1
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
         """The loaded version a request for (`name`, `version`) goes to; "" is the default."""

@@ -238,6 +238,8 @@ class ModelLifecycle:
                 max_queue_delay_us=self.settings.max_queue_delay_us,
                 max_queue_size=self.settings.max_queue_size,
                 on_execution=executed,
+                # GPU engines keep to their worker thread (their CUDA state lives there).
+                inline_after_idle_us=self.settings.inline_idle_us if opened.device == "cpu" else 0,
             ),
             statistics=statistics,
             metrics=metrics,

@@ -48,6 +48,44 @@ for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         POOL.AddSerializedFile(_file.serialized_pb)
 
 
+class _Registrations:
+    """Stands in for a server to collect what a generated `add_..._to_server` registers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass  # the same table arrives through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register the generated handlers, except that ModelInfer sends bytes as they are.
+
+    `InferenceServicer.ModelInfer` returns a response already encoded (`wire`); the generated
+    serializer would expect a message object.
+    """
+    found = _Registrations()
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, found)  # type: ignore[no-untyped-call]
+    found.handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer,
+        request_deserializer=grpc_service_pb2.ModelInferRequest.FromString,
+        response_serializer=_encoded,
+    )
+    generic = grpc.method_handlers_generic_handler(found.service, found.handlers)
+    server.add_generic_rpc_handlers((generic,))
+    server.add_registered_method_handlers(found.service, found.handlers)
+
+
+def _encoded(response: bytes) -> bytes:
+    return response
+
+
 class GrpcServer:
     """One grpc.aio server over one `ServingCore`."""
 
@@ -71,10 +109,8 @@ class GrpcServer:
         if s.token:
             interceptors.append(TokenInterceptor(s.token, protect_inference=s.token_for_inference))
         server = grpc.aio.server(options=options, interceptors=interceptors)
+        _add_inference_service(InferenceServicer(self.core), server)
         # Generated registration functions carry no annotations.
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            InferenceServicer(self.core), server
-        )
         feedback_pb2_grpc.add_FeedbackServicer_to_server(  # type: ignore[no-untyped-call]
             FeedbackServicer(self.core), server
         )
