@@ -3,7 +3,6 @@ file, drops are counted and logged, close() writes everything, the request path 
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from datetime import UTC, datetime
@@ -113,32 +112,6 @@ def test_input_sampling_keeps_every_row(tmp_path: Path) -> None:
     frame = read_all(tmp_path)
     assert frame.height == 50
     assert frame["input"].null_count() == 50 and frame["prediction"].null_count() == 0
-
-
-def test_lazy_rows_are_made_on_the_writer_thread_and_a_failing_one_is_counted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    made_on: set[int] = set()
-
-    def make(i: int) -> TrafficRecord:
-        made_on.add(threading.get_ident())
-        if i == 7:
-            raise ValueError("broken event")
-        return record(i)
-
-    with (
-        caplog.at_level(logging.ERROR, logger="kiln.traffic"),
-        TrafficLogger(tmp_path, settings(input_sample_rate=0.0)) as logger,
-    ):
-        for i in range(20):
-            assert logger.log_lazy(functools.partial(make, i))
-        logger.flush()
-        assert logger.stats.failed == 1 and logger.stats.written == 19
-    frame = read_all(tmp_path)
-    assert sorted(frame["request_id"]) == sorted(f"req-{i}" for i in range(20) if i != 7)
-    assert frame["input"].null_count() == 19  # sampling applies to lazy rows too
-    assert threading.get_ident() not in made_on
-    assert "could not be made" in caplog.text
 
 
 def test_a_full_buffer_drops_counts_and_logs(

@@ -78,7 +78,7 @@ class Timings:
         return self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
 
 
-@dataclass(slots=True)  # built per request: frozen init costs 3x; treat it as read-only
+@dataclass(frozen=True, slots=True)
 class TrafficEvent:
     """What the traffic hook receives, once per inference request, success or failure."""
 

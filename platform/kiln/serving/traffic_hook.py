@@ -15,7 +15,6 @@ A server plugs it in and closes it after draining::
 
 from __future__ import annotations
 
-import functools
 import time
 import uuid
 from collections.abc import Sequence
@@ -73,12 +72,8 @@ class TrafficSink:
         """Prometheus collector of written/dropped rows; register it with the server's."""
 
     def on_request(self, event: TrafficEvent) -> None:
-        """The core's `traffic_hook`: buffers the event and returns (drops are counted).
-
-        The row itself is made on the writer thread (`log_lazy`): the event and what it
-        references are never modified after the core hands them over.
-        """
-        self.logger.log_lazy(functools.partial(traffic_record, event, time.time_ns()))
+        """The core's `traffic_hook`: buffers the row and returns (drops are counted)."""
+        self.logger.log(traffic_record(event))
 
     def on_feedback(self, items: Sequence[Feedback]) -> None:
         """The core's `feedback_hook`: buffers each label (the core validated them)."""

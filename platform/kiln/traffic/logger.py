@@ -3,11 +3,9 @@ background under ``KILN_HOME/traffic/model=NAME/date=YYYY-MM-DD/``."""
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +16,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kiln.traffic.layout import model_dir, remove_stale_temporaries, traffic_root
 from kiln.traffic.records import TrafficRecord, records_to_frame, utc_date
 from kiln.traffic.writer import BackgroundWriter, WriterStats
-
-log = logging.getLogger("kiln.traffic")
-
-LazyRecord = Callable[[], TrafficRecord]
-"""Makes a request's record on the writer thread (`TrafficLogger.log_lazy`)."""
 
 
 class TrafficSettings(BaseSettings):
@@ -62,8 +55,7 @@ class TrafficLogger:
         records_to_frame([TrafficRecord("warm-up", 0, "", None, 0, output=np.zeros((1, 2)))])
         self._sample_rate = self.settings.input_sample_rate
         self._random = random.Random()
-        self._unconvertible = 0
-        self._writer: BackgroundWriter[TrafficRecord | LazyRecord] = BackgroundWriter(
+        self._writer: BackgroundWriter[TrafficRecord] = BackgroundWriter(
             "traffic",
             self._to_parts,
             max_rows=self.settings.max_buffered_rows,
@@ -73,16 +65,14 @@ class TrafficLogger:
 
     def log(self, record: TrafficRecord) -> bool:
         """Buffer one request; False when it was dropped (buffer full or logger closed)."""
+        rate = self._sample_rate
+        if (
+            record.input is not None
+            and rate < 1.0
+            and (rate == 0.0 or self._random.random() >= rate)
+        ):
+            record.input = None
         return self._writer.put(record)
-
-    def log_lazy(self, make: LazyRecord) -> bool:
-        """Buffer a function that makes the request's record; the writer thread calls it.
-
-        For callers on a busy event loop: building the record (attribute copies, the input
-        sampling) happens off the request path. `make` must only read objects that nobody
-        modifies afterwards. A `make` that raises loses its row (logged and counted).
-        """
-        return self._writer.put(make)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything logged before this call; True when done within `timeout`."""
@@ -94,10 +84,7 @@ class TrafficLogger:
 
     @property
     def stats(self) -> WriterStats:
-        stats = self._writer.stats
-        if self._unconvertible:
-            stats = dataclasses.replace(stats, failed=stats.failed + self._unconvertible)
-        return stats
+        return self._writer.stats
 
     def __enter__(self) -> TrafficLogger:
         return self
@@ -105,28 +92,9 @@ class TrafficLogger:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _to_parts(
-        self, rows: list[TrafficRecord | LazyRecord]
-    ) -> Iterator[tuple[Path, pl.DataFrame]]:
-        # On the writer thread.
+    def _to_parts(self, records: list[TrafficRecord]) -> Iterator[tuple[Path, pl.DataFrame]]:
         groups: defaultdict[tuple[str, str], list[TrafficRecord]] = defaultdict(list)
-        rate, draw = self._sample_rate, self._random.random
-        for row in rows:
-            if isinstance(row, TrafficRecord):
-                record = row
-            else:
-                try:
-                    record = row()
-                except Exception:
-                    self._unconvertible += 1
-                    if self._unconvertible in (1, 10, 100) or self._unconvertible % 1000 == 0:
-                        log.exception(
-                            "a traffic row could not be made and is lost (%d so far)",
-                            self._unconvertible,
-                        )
-                    continue
-            if record.input is not None and rate < 1.0 and (rate == 0.0 or draw() >= rate):
-                record.input = None
+        for record in records:
             groups[(record.model, utc_date(record.timestamp_us))].append(record)
         for (model, day), group in groups.items():
             directory = model_dir(self.root, model) / f"date={day}"
