@@ -270,9 +270,7 @@ async def test_an_idle_engine_runs_a_request_at_once_on_the_event_loop() -> None
 async def test_requests_that_come_close_together_batch_on_the_worker_thread() -> None:
     engine = GatedDoubler()
     # Decades of idleness needed to run inline: every request here goes to the thread.
-    batcher = DynamicBatcher(
-        engine, label="m:1", max_batch_size=8, inline_after_idle_us=10**18
-    )
+    batcher = DynamicBatcher(engine, label="m:1", max_batch_size=8, inline_after_idle_us=10**18)
     await engine.hold()
     first = batcher.submit(rows(1), rows=1)
     await wait_entered(engine)
