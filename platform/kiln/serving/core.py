@@ -208,9 +208,7 @@ class ServingCore:
                         shadow = routing.target
             rows = loaded.validator(request.inputs, request.outputs)
             future = loaded.batcher.submit(
-                request.inputs,
-                rows,
-                request.timeout_us or self.settings.default_timeout_us,
+                request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
             )
             if shadow is not None:
                 self._shadow(shadow, request, received)

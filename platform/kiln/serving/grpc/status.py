@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 
@@ -45,6 +45,20 @@ def status_of(error: KilnError) -> tuple[grpc.StatusCode, str]:
     return code, error.message
 
 
+async def abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
+    """End a call that failed with `exc` with the status it maps to (INTERNAL, logged, for
+    anything that is not a `KilnError`; an abort already under way passes through)."""
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, KilnError):
+        code, message = status_of(exc)
+    else:
+        log.error("%s failed unexpectedly", method, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+    await context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
 def rpc(method: Method) -> Method:
     """Translate errors raised by a unary servicer method into gRPC statuses."""
 
@@ -52,13 +66,7 @@ def rpc(method: Method) -> Method:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except grpc.aio.AbortError:
-            raise
-        except KilnError as exc:
-            code, message = status_of(exc)
-            await context.abort(code, message)
-        except Exception:
-            log.exception("%s failed unexpectedly", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+        except Exception as exc:
+            await abort(context, exc, method.__name__)
 
     return wrapper  # type: ignore[return-value]
