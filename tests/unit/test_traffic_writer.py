@@ -141,6 +141,32 @@ def test_a_full_buffer_drops_counts_and_logs(
     assert any("dropped 5 row(s)" in r.getMessage() for r in caplog.records)
 
 
+def test_rows_arriving_during_a_write_wait_for_the_next_flush() -> None:
+    """A drain writes the rows buffered when it starts, not those that arrive while it
+    writes: under steady traffic, chasing them wrote a tiny file every few dozen requests,
+    each paying a file's fixed cost."""
+    batches: list[list[int]] = []
+    first_written = threading.Event()
+    writer: BackgroundWriter[int]
+
+    def parts(rows: list[int]) -> list[tuple[Path, pl.DataFrame]]:
+        batches.append(rows)
+        for i in range(3):  # requests answered while this file is being written
+            writer.put(100 * len(batches) + i)
+        first_written.set()
+        return []
+
+    writer = BackgroundWriter("test", parts, max_rows=100, flush_rows=5, flush_interval_s=60)
+    for i in range(5):  # the 5th wakes the writer
+        writer.put(i)
+    assert first_written.wait(30)
+    assert writer.close(30)
+    # The late rows of the first write waited for the next pass (here: the close), and the
+    # rows offered during the close's pass were refused, not chased.
+    assert batches == [[0, 1, 2, 3, 4], [100, 101, 102]]
+    assert writer.stats.dropped_closed == 3
+
+
 def test_close_writes_everything_and_refuses_later_rows(tmp_path: Path) -> None:
     logger = TrafficLogger(tmp_path, settings(flush_rows=10_000))
     for i in range(123):

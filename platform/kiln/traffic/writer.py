@@ -180,11 +180,17 @@ class BackgroundWriter(Generic[Row]):
                 return
 
     def _drain(self) -> None:
+        # Only the rows buffered now: rows that arrive while these are written wait for the
+        # next wake-up. Draining "until empty" under steady traffic wrote a file for every
+        # few dozen rows that came in during the previous write, each paying a file's fixed
+        # cost (~2.5 ms of CPU), which made logging ~7x dearer per row than it should be.
         # At most flush_rows per file: bounded conversion memory, and progress under load.
         rows = self._rows
-        while rows:
-            batch = [rows.popleft() for _ in range(min(len(rows), self._flush_rows))]
-            self._write(batch)
+        left = len(rows)
+        while left:
+            take = min(left, self._flush_rows)
+            self._write([rows.popleft() for _ in range(take)])
+            left -= take
 
     def _write(self, batch: list[Row]) -> None:
         started = time.perf_counter()
