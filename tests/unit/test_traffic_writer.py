@@ -3,8 +3,10 @@ file, drops are counted and logged, close() writes everything, the request path 
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import polars as pl
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
+from kiln.serving.traffic_hook import traffic_row
 from kiln.traffic import (
     STATUS_OK,
     TRAFFIC_SCHEMA,
@@ -25,6 +29,7 @@ from kiln.traffic import (
     predictions_and_confidences,
 )
 from kiln.traffic.layout import PART_GLOB
+from kiln.traffic.records import records_to_frame
 from kiln.traffic.writer import BackgroundWriter
 
 DAY1 = int(datetime(2026, 11, 23, 23, 59, 59, tzinfo=UTC).timestamp() * 1e6)
@@ -96,6 +101,45 @@ def test_row_contents_round_trip(tmp_path: Path) -> None:
     assert bad["version"] is None and bad["input"] is None and bad["prediction"] is None
     multi = rows["req-2"]
     assert multi["prediction"] is None and multi["output_shape"] == [3, 3]
+
+
+@pytest.mark.parametrize(
+    ("input_shape", "output_shape"), [((1, 1, 4, 4), (1, 3)), ((2, 5), (2, 3)), ((6,), (3,))]
+)
+def test_same_shape_rows_convert_like_mixed_ones(
+    input_shape: tuple[int, ...], output_shape: tuple[int, ...]
+) -> None:
+    """A flush whose tensors all share one shape takes a one-concatenation path; it must
+    give exactly what the general path gives (which a single odd row forces)."""
+    rng = np.random.default_rng(0)
+    same = [
+        record(
+            i,
+            input=rng.random(input_shape),  # float64: cast to the schema's float32 on the way
+            output=rng.standard_normal(output_shape).astype(np.float32),
+        )
+        for i in range(20)
+    ]
+    odd = record(99, input=None, output=np.ones((1, 7), dtype=np.float32))
+    fast = records_to_frame(same)
+    general = records_to_frame([*same, odd]).head(len(same))
+    assert fast.schema == general.schema == TRAFFIC_SCHEMA
+    assert fast.equals(general, null_equal=True)
+    assert fast["input_shape"][0].to_list() == list(input_shape)
+    one_sample = len(output_shape) == 1 or output_shape[0] == 1
+    assert fast["prediction"].null_count() == (0 if one_sample else len(same))
+
+
+def test_a_row_holds_nothing_the_garbage_collector_tracks() -> None:
+    """Rows wait in memory for seconds; tracked objects there slow every collection."""
+    x = np.zeros((1, 1, 4, 4), dtype=np.float32)
+    request = InferRequest("digits", {"input": x}, id="r1")
+    response = InferResponse("digits", "1", "r1", {"logits": np.zeros((1, 3), np.float32)})
+    event = TrafficEvent(request, response, None, Timings(1, 2, 3, 4, 5), 300_000, 1)
+    row = traffic_row(event, time.time_ns())
+    gc.collect()
+    assert not gc.is_tracked(row)
+    assert TrafficRecord(*row).route == "primary" and type(row[6]) is str
 
 
 def test_probabilities_are_not_softmaxed_twice() -> None:

@@ -78,9 +78,12 @@ class Timings:
         return self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: frozen init costs 3x
 class TrafficEvent:
-    """What the traffic hook receives, once per inference request, success or failure."""
+    """What the traffic hook receives, once per inference request, success or failure.
+
+    Read-only by contract: neither the core nor a hook modifies it once emitted.
+    """
 
     request: InferRequest
     response: InferResponse | None

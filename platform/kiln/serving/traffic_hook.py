@@ -1,7 +1,8 @@
 """The serving core's traffic and feedback hooks, writing to `kiln.traffic`.
 
-`TrafficSink` turns each `TrafficEvent` into a `TrafficRecord` (attribute copies only: the
-tensors are converted later on the writer thread) and hands labels to the feedback store.
+`TrafficSink` turns each `TrafficEvent` into a row (`traffic_row`: attribute reads only; the
+writer thread converts tensors a whole flush at a time) and hands labels to the feedback
+store.
 A server plugs it in and closes it after draining::
 
     sink = TrafficSink(kiln_settings.home)   # `kiln serve --no-traffic-log` creates none
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kiln.serving.messages import Feedback, TrafficEvent
 from kiln.traffic import (
@@ -31,30 +33,34 @@ from kiln.traffic import (
 )
 
 
-def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRecord:
-    """The log row of one request. The first input and the first output are logged (Kiln's
-    models have one of each); `route` is the event's (primary, canary or shadow)."""
-    request, response = event.request, event.response
-    now_ns = now_ns or time.time_ns()
-    request_id = (response.id if response is not None else "") or request.id
-    output = next(iter(response.outputs.values()), None) if response is not None else None
-    timings = event.timings
-    error = event.error
-    return TrafficRecord(
-        request_id=request_id or uuid.uuid4().hex,
-        timestamp_us=(now_ns - event.total_ns) // 1000,
-        model=request.model,
-        version=event.served_version,
-        latency_us=event.total_ns // 1000,
-        status=STATUS_OK if error is None else error.code.value,
-        route=event.route,
-        transport=request.transport,
-        input=next(iter(request.inputs.values()), None),
-        output=output,
-        queue_us=timings.queue_ns // 1000 if timings is not None else None,
-        batch_size=timings.batch_size if timings is not None else None,
-        error=error.message if error is not None else None,
+def traffic_row(event: TrafficEvent, now_ns: int) -> tuple[Any, ...]:
+    """The log row of one request that ended at `now_ns` (wall clock), in `TrafficColumns`
+    order: plain values and the arrays, nothing the garbage collector tracks (see
+    `TrafficLogger.log_row`). The first input and the first output are logged (Kiln's models
+    have one of each); `route` is the event's (primary, canary or shadow).
+    """
+    request, response, error, timings = event.request, event.response, event.error, event.timings
+    inputs = request.inputs
+    return (
+        (response.id if response is not None else "") or request.id or uuid.uuid4().hex,
+        (now_ns - event.total_ns) // 1000,
+        request.model,
+        event.served_version,
+        event.total_ns // 1000,
+        STATUS_OK if error is None else error.code.value,
+        str(event.route),
+        str(request.transport),
+        next(iter(inputs.values())) if inputs else None,
+        next(iter(response.outputs.values()), None) if response is not None else None,
+        timings.queue_ns // 1000 if timings is not None else None,
+        timings.batch_size if timings is not None else None,
+        error.message if error is not None else None,
     )
+
+
+def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRecord:
+    """`traffic_row` as a `TrafficRecord`."""
+    return TrafficRecord(*traffic_row(event, now_ns or time.time_ns()))
 
 
 class TrafficSink:
@@ -73,7 +79,7 @@ class TrafficSink:
 
     def on_request(self, event: TrafficEvent) -> None:
         """The core's `traffic_hook`: buffers the row and returns (drops are counted)."""
-        self.logger.log(traffic_record(event))
+        self.logger.log_row(traffic_row(event, time.time_ns()))
 
     def on_feedback(self, items: Sequence[Feedback]) -> None:
         """The core's `feedback_hook`: buffers each label (the core validated them)."""
