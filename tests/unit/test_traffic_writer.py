@@ -29,7 +29,7 @@ from kiln.traffic import (
     predictions_and_confidences,
 )
 from kiln.traffic.layout import PART_GLOB
-from kiln.traffic.records import records_to_frame
+from kiln.traffic.records import record_row, records_to_frame
 from kiln.traffic.writer import BackgroundWriter
 
 DAY1 = int(datetime(2026, 11, 23, 23, 59, 59, tzinfo=UTC).timestamp() * 1e6)
@@ -263,3 +263,11 @@ def test_no_temporary_files_remain(tmp_path: Path) -> None:
             logger.log(record(i))
     leftovers = [p.name for p in (tmp_path / "traffic").rglob("*") if p.is_file()]
     assert leftovers and all(name.startswith("part-") for name in leftovers)
+
+
+def test_a_row_of_the_wrong_width_is_refused_at_once(tmp_path: Path) -> None:
+    with TrafficLogger(tmp_path, settings()) as logger:
+        with pytest.raises(ValueError, match="a traffic row has 13 fields"):
+            logger.log_row(("req-1", DAY2, "digits"))
+        assert logger.log_row(record_row(record(1)))
+    assert read_all(tmp_path)["request_id"].to_list() == ["req-1"]

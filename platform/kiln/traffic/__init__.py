@@ -30,7 +30,12 @@ from kiln.traffic.readers import (
     scan_traffic,
     traffic_models,
 )
-from kiln.traffic.records import TrafficRecord, predictions_and_confidences
+from kiln.traffic.records import (
+    TrafficColumns,
+    TrafficRecord,
+    predictions_and_confidences,
+    record_row,
+)
 from kiln.traffic.schema import FEEDBACK_SCHEMA, STATUS_OK, TRAFFIC_SCHEMA, Route, Transport
 from kiln.traffic.shutdown import close_on_signals
 from kiln.traffic.stats import traffic_stats
@@ -45,6 +50,7 @@ __all__ = [
     "Route",
     "Scan",
     "TrafficCollector",
+    "TrafficColumns",
     "TrafficLogger",
     "TrafficRecord",
     "TrafficSettings",
@@ -57,6 +63,7 @@ __all__ = [
     "parse_since",
     "predictions_and_confidences",
     "read_feedback_file",
+    "record_row",
     "run_query",
     "scan_feedback",
     "scan_traffic",

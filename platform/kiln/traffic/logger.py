@@ -82,6 +82,11 @@ class TrafficLogger:
         rows wait in memory for seconds, and ten thousand tracked objects waiting there make
         every collection in the process slower (measured: +5% server CPU per request).
         """
+        if len(row) != _WIDTH:  # one bad row would cost its whole flush later
+            raise ValueError(
+                f"a traffic row has {len(TrafficColumns._fields)} fields "
+                f"({', '.join(TrafficColumns._fields)}), got {len(row)}"
+            )
         return self._writer.put(row)
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -123,3 +128,4 @@ class TrafficLogger:
 
 
 _DAY = "__kiln_day"
+_WIDTH = len(TrafficColumns._fields)
