@@ -115,8 +115,20 @@ def _tensors(
     holds a tensor of one same shape (the usual case), all of them stacked as (rows, size).
 
     The uniform case costs one concatenation; mixed shapes and missing tensors take a
-    general path (one reshape per row).
+    general path (one reshape per row). Tensors that are not numbers (BYTES) have their
+    shape logged and their values left null.
     """
+    try:
+        return _numeric_tensors(arrays, dtype)
+    except (TypeError, ValueError):  # strings or objects among them: keep the numbers only
+        numeric = [a if a is not None and a.dtype.kind in "biuf" else None for a in arrays]
+        values, _, stacked = _numeric_tensors(numeric, dtype)
+        return values, _shape_column(arrays), stacked
+
+
+def _numeric_tensors(
+    arrays: Sequence[npt.NDArray[Any] | None], dtype: type[np.generic]
+) -> tuple[pa.Array, pa.Array, npt.NDArray[Any] | None]:
     n = len(arrays)
     first = arrays[0] if n else None
     try:
@@ -155,7 +167,12 @@ def _predictions(
     # Group one-sample outputs by class count and compute each group in one numpy call.
     by_width: dict[int, list[int]] = {}
     for i, out in enumerate(outputs):
-        if out is not None and out.size and (out.ndim == 1 or out.shape[0] == 1):
+        if (
+            out is not None
+            and out.size
+            and (out.ndim == 1 or out.shape[0] == 1)
+            and out.dtype.kind in "biuf"
+        ):
             by_width.setdefault(out.size, []).append(i)
     for width, rows in by_width.items():
         group = np.concatenate([outputs[i].reshape(1, width) for i in rows])  # type: ignore[union-attr]
