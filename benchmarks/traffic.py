@@ -15,7 +15,10 @@
     ground truth for 10% of requests. Generated once under /tmp/kiln-bench-traffic (never in
     the repository) and reused by later runs; delete it when done.
 
-    python benchmarks/traffic.py [--sizes 1,5,10] [--serve-seconds 8] [--skip-serve]
+    python benchmarks/traffic.py [--sizes 1,5,10] [--serve-seconds 6] [--rounds 6] [--skip-serve]
+
+    Single on/off runs on a 2-core machine vary by +-5%; compare the medians of several
+    alternating rounds (the default 6 takes about 2.5 minutes).
 """
 
 from __future__ import annotations
@@ -381,8 +384,8 @@ def evaluate_scaling(sizes: list[int], workdir: Path) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,5,10", help="Millions of rows for (b).")
-    parser.add_argument("--serve-seconds", type=float, default=8.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve-seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-evaluate", action="store_true")
     parser.add_argument(

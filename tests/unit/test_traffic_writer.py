@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
-from kiln.serving.traffic_hook import traffic_row
+from kiln.serving.traffic_hook import TrafficSink, traffic_row
 from kiln.traffic import (
     STATUS_OK,
     TRAFFIC_SCHEMA,
@@ -284,3 +284,22 @@ def test_string_tensors_are_logged_by_shape_and_lose_nothing_else(tmp_path: Path
     assert rows["req-0"]["input"] is None and rows["req-0"]["input_shape"] == [1, 2]
     assert rows["req-0"]["scores"] is None and rows["req-0"]["prediction"] is None
     assert rows["req-1"]["input"] is not None and rows["req-1"]["prediction"] is not None
+
+
+def test_the_serving_hook_samples_inputs_before_holding_them(tmp_path: Path) -> None:
+    """An input the sample rate leaves out is never buffered: the hook asks first."""
+    x = np.ones((1, 1, 4, 4), dtype=np.float32)
+    request = InferRequest("digits", {"input": x}, id="r1")
+    response = InferResponse("digits", "1", "r1", {"logits": np.zeros((1, 3), np.float32)})
+    event = TrafficEvent(request, response, None, Timings(1, 2, 3, 4, 5), 300_000, 1)
+    for rate, expected in ((0.0, None), (1.0, x.ravel().tolist())):
+        home = tmp_path / str(rate)
+        sink = TrafficSink(home, settings(input_sample_rate=rate))
+        assert sink.logger.keep_input() is (rate == 1.0)
+        sink.on_request(event)
+        assert sink.close()
+        (row,) = read_all(home).iter_rows(named=True)
+        assert row["input"] == expected and row["prediction"] == 0
+    half = TrafficLogger(tmp_path / "half", settings(input_sample_rate=0.5))
+    kept = sum(half.keep_input() for _ in range(2_000))
+    assert half.close() and 800 < kept < 1_200

@@ -33,11 +33,12 @@ from kiln.traffic import (
 )
 
 
-def traffic_row(event: TrafficEvent, now_ns: int) -> tuple[Any, ...]:
+def traffic_row(event: TrafficEvent, now_ns: int, keep_input: bool = True) -> tuple[Any, ...]:
     """The log row of one request that ended at `now_ns` (wall clock), in `TrafficColumns`
     order: plain values and the arrays, nothing the garbage collector tracks (see
-    `TrafficLogger.log_row`). The first input and the first output are logged (Kiln's models
-    have one of each); `route` is the event's (primary, canary or shadow).
+    `TrafficLogger.log_row`). The first input (unless `keep_input` is False) and the first
+    output are logged (Kiln's models have one of each); `route` is the event's (primary,
+    canary or shadow).
     """
     request, response, error, timings = event.request, event.response, event.error, event.timings
     inputs = request.inputs
@@ -50,7 +51,7 @@ def traffic_row(event: TrafficEvent, now_ns: int) -> tuple[Any, ...]:
         STATUS_OK if error is None else error.code.value,
         str(event.route),
         str(request.transport),
-        next(iter(inputs.values())) if inputs else None,
+        next(iter(inputs.values())) if inputs and keep_input else None,
         next(iter(response.outputs.values()), None) if response is not None else None,
         timings.queue_ns // 1000 if timings is not None else None,
         timings.batch_size if timings is not None else None,
@@ -79,7 +80,8 @@ class TrafficSink:
 
     def on_request(self, event: TrafficEvent) -> None:
         """The core's `traffic_hook`: buffers the row and returns (drops are counted)."""
-        self.logger.log_row(traffic_row(event, time.time_ns()))
+        logger = self.logger
+        logger.log_row(traffic_row(event, time.time_ns(), logger.keep_input()))
 
     def on_feedback(self, items: Sequence[Feedback]) -> None:
         """The core's `feedback_hook`: buffers each label (the core validated them)."""

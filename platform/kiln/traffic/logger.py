@@ -3,6 +3,7 @@ background under ``KILN_HOME/traffic/model=NAME/date=YYYY-MM-DD/``."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -60,7 +61,7 @@ class TrafficLogger:
         # CPU). Pay it now, at startup, not on the writer thread while requests are served.
         records_to_frame([TrafficRecord("warm-up", 0, "", None, 0, output=np.zeros((1, 2)))])
         self._sample_rate = self.settings.input_sample_rate
-        self._random = np.random.default_rng()  # input sampling, on the writer thread
+        self._draw = random.Random().random
         self._writer: BackgroundWriter[tuple[Any, ...]] = BackgroundWriter(
             "traffic",
             self._to_parts,
@@ -70,14 +71,25 @@ class TrafficLogger:
         )
 
     def log(self, record: TrafficRecord) -> bool:
-        """Buffer one request; False when it was dropped (buffer full or logger closed)."""
-        return self._writer.put(record_row(record))
+        """Buffer one request; False when it was dropped (buffer full or logger closed).
+        Its input is kept or not by `input_sample_rate`."""
+        row = record_row(record)
+        if row[_INPUT] is not None and not self.keep_input():
+            row = (*row[:_INPUT], None, *row[_INPUT + 1 :])
+        return self._writer.put(row)
+
+    def keep_input(self) -> bool:
+        """Whether the next request's input is to be logged (`input_sample_rate`): callers of
+        `log_row` ask before making the row, so that an input not logged is not held."""
+        rate = self._sample_rate
+        return rate >= 1.0 or (rate > 0.0 and self._draw() < rate)
 
     def log_row(self, row: tuple[Any, ...]) -> bool:
         """Buffer one request given as a row: a tuple in `TrafficColumns` order (what
         `record_row` makes of a `TrafficRecord`); False when it was dropped.
 
-        The cheapest way in, for callers on a busy event loop. Hold only plain values and
+        The cheapest way in, for callers on a busy event loop; the input is logged as given
+        (ask `keep_input()` first to apply the sample rate). Hold only plain values and
         numpy arrays in it, never objects the garbage collector tracks (dataclasses, dicts):
         rows wait in memory for seconds, and ten thousand tracked objects waiting there make
         every collection in the process slower (measured: +5% server CPU per request).
@@ -110,11 +122,7 @@ class TrafficLogger:
     # -- the writer thread ----------------------------------------------------------------------
 
     def _to_parts(self, rows: list[tuple[Any, ...]]) -> Iterator[tuple[Path, pl.DataFrame]]:
-        columns = TrafficColumns.from_rows(rows)
-        rate = self._sample_rate
-        if rate < 1.0:
-            columns = columns.without_inputs(self._random.random(columns.rows) < rate)
-        frame = columns_to_frame(columns)
+        frame = columns_to_frame(TrafficColumns.from_rows(rows))
         days = frame["timestamp"].dt.date()
         if frame["model"].n_unique() == 1 and days.n_unique() == 1:  # the usual flush
             yield self._directory(frame["model"][0], days[0]), frame
@@ -129,3 +137,4 @@ class TrafficLogger:
 
 _DAY = "__kiln_day"
 _WIDTH = len(TrafficColumns._fields)
+_INPUT = TrafficColumns._fields.index("input")

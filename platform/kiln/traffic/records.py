@@ -95,11 +95,6 @@ class TrafficColumns(NamedTuple):
     def rows(self) -> int:
         return len(self.request_id)
 
-    def without_inputs(self, keep: npt.NDArray[np.bool_]) -> TrafficColumns:
-        """The same requests with the input dropped where `keep` is False (sampling)."""
-        inputs = [x if k else None for x, k in zip(self.input, keep.tolist(), strict=True)]
-        return self._replace(input=inputs)
-
 
 record_row: Callable[[TrafficRecord], tuple[Any, ...]] = operator.attrgetter(
     *TrafficColumns._fields
