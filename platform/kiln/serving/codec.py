@@ -98,8 +98,18 @@ def element_count(name: str, shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+_RAW_LAYOUTS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype[Any], int]] = {}
+"""(datatype, shape) of numeric raw tensors decoded before -> (dtype, byte length): a tensor
+like an earlier one skips the datatype lookup and the shape checks, made the first time."""
+_RAW_LAYOUT_LIMIT: Final = 4096
+
+
 def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> npt.NDArray[Any]:
     """The array `raw` holds for a tensor of `datatype` and `shape` (zero-copy when numeric)."""
+    shape = tuple(shape)
+    known = _RAW_LAYOUTS.get((datatype, shape))
+    if known is not None and len(raw) == known[1]:  # the hot path: a layout seen before
+        return np.frombuffer(raw, known[0]).reshape(shape)
     dtype = _NUMERIC.get(datatype)
     count = element_count(name, shape)
     if dtype is None:
@@ -112,6 +122,8 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np
             f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes "
             f"({count} elements x {dtype.itemsize}), but its raw contents hold {len(raw)}"
         )
+    if len(_RAW_LAYOUTS) < _RAW_LAYOUT_LIMIT:
+        _RAW_LAYOUTS[(datatype, shape)] = (dtype, expected)
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 

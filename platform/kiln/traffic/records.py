@@ -91,10 +91,6 @@ class TrafficColumns(NamedTuple):
     def from_records(cls, records: Sequence[TrafficRecord]) -> TrafficColumns:
         return cls.from_rows(map(record_row, records))
 
-    @property
-    def rows(self) -> int:
-        return len(self.request_id)
-
 
 record_row: Callable[[TrafficRecord], tuple[Any, ...]] = operator.attrgetter(
     *TrafficColumns._fields

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import numpy as np
 import numpy.typing as npt
 
 from kiln.errors import InferRequestInvalid
@@ -50,12 +49,6 @@ CONFIG_TYPES: Final[dict[str, str]] = {
 
 SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
 
-_RAW_LAYOUTS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype[Any], int]] = {}
-"""(datatype, shape) of raw numeric inputs decoded before -> (dtype, byte length): a request
-like an earlier one skips the datatype lookup and shape checks (`codec.decode_raw` made them
-the first time)."""
-_RAW_LAYOUT_LIMIT: Final = 4096
-
 
 # -- inference ------------------------------------------------------------------------------------
 
@@ -82,15 +75,7 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
                 )
             inputs[name] = _typed(tensor)
         elif raw:
-            datatype, shape, data = tensor.datatype, tuple(tensor.shape), raw[index]
-            known = _RAW_LAYOUTS.get((datatype, shape))
-            if known is not None and len(data) == known[1]:
-                # The common case: a layout seen before, the right size: one view, no checks.
-                inputs[name] = np.frombuffer(data, known[0]).reshape(shape)
-            else:
-                inputs[name] = array = codec.decode_raw(name, datatype, shape, data)
-                if array.dtype.kind not in "OV" and len(_RAW_LAYOUTS) < _RAW_LAYOUT_LIMIT:
-                    _RAW_LAYOUTS[(datatype, shape)] = (array.dtype, len(data))
+            inputs[name] = codec.decode_raw(name, tensor.datatype, tuple(tensor.shape), raw[index])
         else:
             raise InferRequestInvalid(
                 f"input '{name}' has no data: put it in raw_input_contents (one entry per "
