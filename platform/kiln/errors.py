@@ -239,10 +239,32 @@ class TrafficNotFound(NotFound):
 
 class FeedbackRejected(InvalidArgument):
     """Labels that cannot be stored: a file that is unreadable, lacks `request_id`/`label` or
-    has values of the wrong type; an empty request id; a negative label."""
+    has values of the wrong type; an empty request id; a label outside the model's classes."""
+
+
+class FeedbackBufferFull(KilnError):
+    """The feedback buffer cannot take the labels of this call now; nothing of it was kept.
+    Back-pressure, not loss: the client retries the whole call after a moment."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def quote(text: str, limit: int = 64) -> str:
+    """`text` as a quoted literal that is safe to echo in a message or a log line.
+
+    Client-chosen strings (model names, request ids, references) go through this before they
+    appear in any message: control and bidirectional-override characters are escaped, and at
+    most `limit` characters are kept (a 10 KB name must not overflow a client's 8 KB metadata
+    limit).
+    """
+    shown = text[:limit]
+    if not shown.isprintable():
+        shown = shown.encode("unicode_escape").decode("ascii")
+    more = f"... ({len(text)} characters)" if len(text) > limit else ""
+    return f"'{shown}'{more}"

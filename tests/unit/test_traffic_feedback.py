@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kiln.errors import FeedbackRejected
+from kiln.errors import FeedbackBufferFull, FeedbackRejected
 from kiln.traffic import (
     FeedbackWriter,
     TrafficLogger,
@@ -128,15 +128,33 @@ def test_the_cli_exits_2_with_the_message(cli: Any, kiln_home: Path, tmp_path: P
 
 def test_writer_add_is_buffered_and_validated(tmp_path: Path) -> None:
     with FeedbackWriter(tmp_path, TrafficSettings(flush_interval_s=60)) as writer:
-        assert writer.add("r1", 4, model="digits", received_at_ns=1)
-        assert writer.add("r2", 0, source="http")
+        writer.add("r1", 4, model="digits", received_at_ns=1)
+        writer.add("r2", 0, source="http")
         with pytest.raises(FeedbackRejected, match="request id"):
             writer.add("", 1)
         with pytest.raises(FeedbackRejected, match="class indices from 0"):
             writer.add("r3", -1)
+        with pytest.raises(FeedbackRejected, match="valid labels are 0-9"):
+            writer.add("r4", 10, num_classes=10)
+        with pytest.raises(FeedbackRejected, match="out of range"):
+            writer.add("r5", 2**63)
     frame = scan_feedback(tmp_path).frame.collect().sort("request_id")
     assert frame["request_id"].to_list() == ["r1", "r2"]
     assert frame["source"].to_list() == ["grpc", "http"]
     assert frame["received_at"][0] == datetime(1970, 1, 1, tzinfo=UTC)
     window = Window(NOW - timedelta(hours=1), NOW + timedelta(hours=1))
     assert scan_feedback(tmp_path, window).frame.collect()["request_id"].to_list() == ["r2"]
+
+
+def test_a_full_feedback_buffer_refuses_the_whole_call_and_drops_nothing(tmp_path: Path) -> None:
+    settings = TrafficSettings(flush_interval_s=60, max_buffered_rows=3, flush_rows=3)
+    with FeedbackWriter(tmp_path, settings) as writer:
+        writer.add("a", 1)
+        rows = [writer.row(request_id, 2) for request_id in "bcd"]
+        with pytest.raises(FeedbackBufferFull, match="nothing of this call was kept: retry"):
+            writer.add_all(rows)
+        assert writer.stats.buffered == 1
+        writer.add_all(rows[:2])
+        assert writer.stats.dropped == 0
+    frame = scan_feedback(tmp_path).frame.collect().sort("request_id")
+    assert frame["request_id"].to_list() == ["a", "b", "c"]

@@ -33,6 +33,7 @@ from kiln.errors import (
     EngineFailed,
     ErrorCode,
     FeedbackDisabled,
+    FeedbackRejected,
     InternalError,
     KilnError,
     RequestCancelled,
@@ -55,6 +56,7 @@ from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState, ModelTable
 from kiln.traffic import Route
+from kiln.traffic.feedback import label_problem
 from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")
@@ -65,8 +67,9 @@ before it is sent. Must return quickly (buffer, never write to disk inline); exc
 logged and swallowed: logging traffic never fails a request."""
 
 FeedbackHook = Callable[[Sequence[Feedback]], None]
-"""Called on the event loop with the accepted labels of one feedback call. Must return quickly;
-an exception fails that call (the client may retry)."""
+"""Called on the event loop with the accepted labels of one feedback call. Must return quickly,
+and keep all of them or none: it raises (`FeedbackBufferFull` when its buffer is full) to fail
+the whole call, which the client retries."""
 
 
 class ServingCore:
@@ -304,23 +307,56 @@ class ServingCore:
     # -- feedback -------------------------------------------------------------------------------
 
     def feedback(self, items: Sequence[Feedback]) -> list[tuple[int, str]]:
-        """Hand valid labels to the feedback hook; returns (index, reason) of rejected ones."""
+        """Hand valid labels to the feedback hook; returns (index, reason) of rejected ones.
+
+        A label is checked against the classes of the model it names (of the served models
+        when it names none): out of range is refused here, per item, with the valid range.
+        Accepted items are kept all together or not at all: `FeedbackBufferFull`
+        (RESOURCE_EXHAUSTED) when the store cannot take them now, so nothing acknowledged is
+        ever dropped. More than `max_feedback_items` in one call is refused as a whole.
+        """
         if self.feedback_hook is None:
             raise FeedbackDisabled(
                 "this server has no feedback sink; start it with traffic logging enabled"
             )
+        limit = self.settings.max_feedback_items
+        if len(items) > limit:
+            raise FeedbackRejected(
+                f"{len(items)} feedback items in one call; at most {limit} are taken at once: "
+                "split them into several calls"
+            )
         rejected: list[tuple[int, str]] = []
         accepted: list[Feedback] = []
+        classes: dict[str, int | None] = {}
         for index, item in enumerate(items):
             if not item.request_id:
                 rejected.append((index, "request_id is empty: give the `id` of the response"))
-            elif item.label < 0:
-                rejected.append((index, f"label {item.label} is negative: give a class index"))
+                continue
+            if item.model not in classes:
+                classes[item.model] = self._num_classes(item.model)
+            problem = label_problem(item.label, classes[item.model])
+            if problem:
+                rejected.append((index, problem))
             else:
                 accepted.append(item)
         if accepted:
             self.feedback_hook(accepted)
         return rejected
+
+    def _num_classes(self, model: str) -> int | None:
+        """Classes of `model`'s loaded versions (of every served model when `model` is ""):
+        the widest output row among them; None when nothing loaded says."""
+        if model:
+            served = self.table.models.get(model)
+            loaded = served.by_version() if served else []
+        else:
+            loaded = self.table.loaded()
+        widths = [
+            m.description.outputs[0].shape[-1]
+            for m in loaded
+            if m.description.outputs and len(m.description.outputs[0].shape) > 1
+        ]
+        return max(widths) if widths and min(widths) > 0 else None
 
     # -- internals ------------------------------------------------------------------------------
 

@@ -70,6 +70,10 @@ class ServingSettings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent; bigger requests fail with RESOURCE_EXHAUSTED."""
 
+    max_feedback_items: int = Field(default=10_000, ge=1)
+    """Most labels one feedback call may carry; a bigger call is refused as a whole
+    (INVALID_ARGUMENT) and should be split."""
+
     tls_cert: Path | None = None
     """PEM certificate chain; with `tls_key`, the server speaks TLS only."""
 

@@ -84,15 +84,14 @@ class TrafficSink:
         logger.log_row(traffic_row(event, time.time_ns(), logger.keep_input()))
 
     def on_feedback(self, items: Sequence[Feedback]) -> None:
-        """The core's `feedback_hook`: buffers each label (the core validated them)."""
-        for item in items:
-            self.feedback.add(
-                item.request_id,
-                item.label,
-                model=item.model or None,
-                source=self.feedback_source,
-                received_at_ns=item.received_at_ns,
-            )
+        """The core's `feedback_hook`: buffers every label or none (`FeedbackBufferFull`)."""
+        add = self.feedback.row
+        self.feedback.add_all(
+            [
+                add(i.request_id, i.label, i.model, self.feedback_source, i.received_at_ns)
+                for i in items
+            ]
+        )
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything logged so far (both streams); True when done within `timeout`."""

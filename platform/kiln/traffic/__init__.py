@@ -17,7 +17,13 @@ Layout (`KILN_HOME`): ``traffic/model=NAME/date=YYYY-MM-DD/part-*.parquet`` and
 
 from __future__ import annotations
 
-from kiln.traffic.feedback import FeedbackWriter, ImportResult, import_feedback, read_feedback_file
+from kiln.traffic.feedback import (
+    FeedbackWriter,
+    ImportResult,
+    import_feedback,
+    label_problem,
+    read_feedback_file,
+)
 from kiln.traffic.logger import TrafficLogger, TrafficSettings
 from kiln.traffic.metrics import TrafficCollector
 from kiln.traffic.readers import (
@@ -59,6 +65,7 @@ __all__ = [
     "WriterStats",
     "close_on_signals",
     "import_feedback",
+    "label_problem",
     "latest_labels",
     "parse_since",
     "predictions_and_confidences",

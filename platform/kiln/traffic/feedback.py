@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from kiln.errors import FeedbackRejected, TrafficNotFound
+from kiln.errors import FeedbackBufferFull, FeedbackRejected, TrafficNotFound, quote
 from kiln.traffic.layout import feedback_root, write_part
 from kiln.traffic.logger import TrafficSettings
 from kiln.traffic.readers import Scan, run_query, scan_traffic, traffic_models
@@ -28,6 +28,27 @@ from kiln.traffic.writer import BackgroundWriter, WriterStats
 
 FeedbackRow = tuple[str, int, int, str, str | None]
 """(request_id, label, received_at in ns since the epoch, source, model or None)."""
+
+MAX_LABEL = 2**31 - 1
+"""The largest label accepted when the model's classes are not known where it arrives: labels
+are class indices, and every reader sizes by the model's own classes, never by a label."""
+
+
+def label_problem(label: int, num_classes: int | None = None) -> str | None:
+    """Why `label` is not a class index of a model with `num_classes` classes; None if it is.
+
+    The one rule for every way labels arrive (gRPC, HTTP, files) and every reader.
+    """
+    if label < 0:
+        return f"label {label} is negative; labels are class indices from 0"
+    if num_classes is not None and label >= num_classes:
+        return (
+            f"label {label} is out of range: the model has {num_classes} classes, "
+            f"valid labels are 0-{num_classes - 1}"
+        )
+    if label > MAX_LABEL:
+        return f"label {label} is out of range: labels are class indices 0-{MAX_LABEL}"
+    return None
 
 
 class FeedbackWriter:
@@ -55,21 +76,43 @@ class FeedbackWriter:
         model: str | None = None,
         source: str = "grpc",
         received_at_ns: int = 0,
-    ) -> bool:
-        """Record that request `request_id` had true class `label`.
+        num_classes: int | None = None,
+    ) -> None:
+        """Record that request `request_id` had true class `label`. Never waits on disk.
 
-        Raises `FeedbackRejected` (INVALID_ARGUMENT) for an empty id or a negative label;
-        returns False when the buffer was full (the drop is counted). Never waits on disk.
+        Raises `FeedbackRejected` (INVALID_ARGUMENT) for an empty id or a label outside
+        `0 .. num_classes - 1` (outside the int32 range when `num_classes` is None), and
+        `FeedbackBufferFull` (RESOURCE_EXHAUSTED) when the buffer is full: once this returns
+        the label is kept.
         """
+        self.add_all([self.row(request_id, label, model, source, received_at_ns, num_classes)])
+
+    def row(
+        self,
+        request_id: str,
+        label: int,
+        model: str | None = None,
+        source: str = "grpc",
+        received_at_ns: int = 0,
+        num_classes: int | None = None,
+    ) -> FeedbackRow:
+        """One checked row for `add_all`; raises `FeedbackRejected` as `add` does."""
         if not request_id:
             raise FeedbackRejected("feedback needs the request id the server returned")
-        if label < 0:
-            raise FeedbackRejected(
-                f"feedback label for request '{request_id}' is {label}; labels are class "
-                "indices from 0"
+        problem = label_problem(label, num_classes)
+        if problem:
+            raise FeedbackRejected(f"feedback for request {quote(request_id)}: {problem}")
+        return (request_id, int(label), received_at_ns or time.time_ns(), source, model or None)
+
+    def add_all(self, rows: Sequence[FeedbackRow]) -> None:
+        """Buffer every row (made by `row`) or none: `FeedbackBufferFull` when they do not all
+        fit, so an acknowledged label is never dropped."""
+        if not self._writer.put_all(rows):
+            raise FeedbackBufferFull(
+                f"the feedback buffer cannot take {len(rows)} more label(s) now "
+                f"({self._writer.stats.buffered} of {self._writer.capacity} waiting for the "
+                "disk); nothing of this call was kept: retry it in a second"
             )
-        when = received_at_ns or time.time_ns()
-        return self._writer.put((request_id, int(label), when, source, model or None))
 
     def flush(self, timeout: float | None = None) -> bool:
         return self._writer.flush(timeout)

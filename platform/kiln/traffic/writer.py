@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -119,6 +119,26 @@ class BackgroundWriter(Generic[Row]):
         if full or size + 1 == self._flush_rows:
             self._wake.set()
         return not full
+
+    def put_all(self, rows: Sequence[Row]) -> bool:
+        """Buffer every row of `rows`, or none of them; False (nothing counted) when they do
+        not all fit. For callers that acknowledge rows to a client: an acknowledged row is
+        never dropped, so a full buffer must be refused before anything is kept."""
+        if not rows:
+            return True
+        with self._put_lock:
+            if self._closed or len(self._rows) + len(rows) > self._max_rows:
+                return False
+            size = len(self._rows)
+            self._rows.extend(rows)
+        if size < self._flush_rows <= size + len(rows):
+            self._wake.set()
+        return True
+
+    @property
+    def capacity(self) -> int:
+        """Most rows the buffer holds."""
+        return self._max_rows
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write every row buffered before this call; True when done within `timeout`."""
