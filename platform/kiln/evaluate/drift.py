@@ -139,19 +139,23 @@ def samples_from_inputs(
 ) -> tuple[Array, int]:
     """Logged inputs as (samples, *input_shape): `flat` holds the flattened inputs of several
     requests back to back, `lengths` each one's size. A request may carry several samples;
-    one whose size is not a whole number of samples is left out. Returns the samples and the
-    number of requests left out."""
+    one whose size is not a whole number of samples (or is unknown: negative, NaN) is left
+    out. Returns the samples and the number of requests left out.
+
+    Raises ValueError when `flat` does not hold exactly the values `lengths` count (a caller
+    that passed rows without values along)."""
     shape = [int(d) for d in input_shape]
     per_sample = int(np.prod(shape))
-    lengths = np.asarray(lengths, dtype=np.int64)
-    fits = (
-        (lengths > 0) & (lengths % per_sample == 0) if per_sample else np.zeros_like(lengths, bool)
-    )
+    sizes = np.asarray(lengths, dtype=np.float64)
+    known = np.isfinite(sizes) & (sizes >= 0)
+    counts = np.where(known, sizes, 0).astype(np.int64)
+    fits = known & (counts > 0) & (counts % per_sample == 0 if per_sample > 0 else False)
     misfit = int((~fits).sum())
     values = np.asarray(flat, dtype=np.float32)
+    if values.size != counts.sum():
+        raise ValueError(f"{values.size} logged values for inputs of {counts.sum()} in all")
     if misfit:
-        keep = np.repeat(fits, lengths)
-        values = values[keep]
+        values = values[np.repeat(fits, counts)]
     return values.reshape(-1, *shape), misfit
 
 

@@ -39,9 +39,14 @@ from kiln.traffic import (
     traffic_stats,
 )
 from kiln.traffic.stats import Bucket, bucket_for
+from kiln.traffic.validity import index_below, input_problem, label_in_range, output_width
 
 ECE_BINS = 15
 SAMPLE_SIZE = 50_000
+MAX_DENSE_CLASSES = 1024
+"""Up to this many classes the confusion matrix is reported whole (classes x classes);
+beyond, only its non-zero cells: a 100,000-class matrix would take 80 GB."""
+EXAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,14 @@ class VersionInfo:
     version: int
     class_names: list[str] = field(default_factory=list)
     reference: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    """The version's class count when known otherwise than by its names (its output width)."""
+
+    @property
+    def classes(self) -> int | None:
+        """How many classes the version has, when the registry says: labels and predictions
+        are checked against it, and nothing is sized by a value beyond it."""
+        return self.num_classes or len(self.class_names) or None
 
 
 def expected_calibration_error(
@@ -99,20 +112,32 @@ def evaluate_traffic(
     """The online evaluation of `model` over `window`, as a JSON-ready dict.
 
     `versions` gives class names and reference profiles; versions missing from it are
-    evaluated without drift (noted in the result). Raises `TrafficNotFound` when the model
-    never logged traffic here.
+    evaluated without drift (noted in the result), their classes taken from the width of
+    their logged outputs. Rows that cannot be used (a label outside the version's classes, a
+    logged input whose values do not match its shape, ...) are left out and counted under
+    `skipped_rows`; damaged or foreign files under `skipped_files`. Raises `TrafficNotFound`
+    when the model never logged traffic here.
     """
     t = thresholds or DriftThresholds()
     traffic = scan_traffic(home, model, window)
     feedback = scan_feedback(home, window)
     bucket = bucket_for(window, points)
-    counts, labelled, unmatched = run_query(
+    counts, hits, unmatched, invalid_feedback = run_query(
         lambda: _join(traffic, feedback, model), traffic, feedback
     )
+    labelled, skipped = _checked(hits, versions)
+    skipped["feedback_labels_invalid"] = invalid_feedback
     stats = traffic_stats(home, model, window, points=points)
     requests = int(counts["requests"].sum()) if counts.height else 0
     answered = int(counts["answered"].sum()) if counts.height else 0
     drift = run_query(lambda: _drift(traffic, counts, versions, t, sample_size), traffic)
+    skipped["inputs"] = _sum_counts(
+        d.get("inputs", {}).get("skipped", {}) for d in drift["versions"]
+    )
+    skipped["predictions_for_drift"] = sum(
+        d.get("predictions", {}).get("skipped", 0) for d in drift["versions"]
+    )
+    skipped_files = {**traffic.skipped, **feedback.skipped}
     return {
         "model": model,
         "since": window.since,
@@ -123,7 +148,7 @@ def evaluate_traffic(
         "label_coverage": labelled.height / answered if answered else None,
         "feedback": {
             "unmatched": unmatched.height,
-            "unmatched_examples": unmatched["request_id"].sort().head(5).to_list(),
+            "unmatched_examples": unmatched["request_id"].sort().head(EXAMPLES).to_list(),
         },
         "accuracy": _accuracy_by_group(counts, labelled),
         "versions": [
@@ -136,32 +161,46 @@ def evaluate_traffic(
         "latency_over_time": stats["over_time"],
         "drift": drift,
         "drift_detected": any(v["drift"] for v in drift["versions"]),
+        "skipped_rows": skipped,
         "files": len(traffic.files),
-        "skipped_files": {**traffic.skipped, **feedback.skipped},
+        "skipped_files": skipped_files,
+        "skipped_file_count": len(skipped_files),
     }
+
+
+def _sum_counts(counts: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in counts:
+        for key, n in one.items():
+            total[key] = total.get(key, 0) + int(n)
+    return total
 
 
 def _join(
     traffic: Scan, feedback: Scan, model: str
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(counts per version and route, labelled answered requests, unmatched label ids)."""
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, int]:
+    """(counts per version and route, labelled answered requests, unmatched label ids, labels
+    that are no class index at all: negative, or beyond any model's classes)."""
     base = traffic.frame
     # Labels are the small side (one per labelled request, not per request): hold them, and
     # stream the traffic past them. A hash join would build a table over the traffic
     # instead (about 1 GB at 10M requests); an `is_in` filter is pushed into the scan.
     labels = latest_labels(feedback.frame, model).select("request_id", "label")
-    labels_df = labels.collect(engine="streaming")
+    every_label = labels.collect(engine="streaming")
+    labels_df = every_label.filter(label_in_range())
     ids = labels_df["request_id"].implode()
     counts = base.group_by("version", "route").agg(
         pl.len().alias("requests"),
         (pl.col("status") == STATUS_OK).sum().alias("answered"),
         pl.col("prediction").is_not_null().sum().alias("predicted"),
-        # input_shape is null exactly when input is, and far cheaper to read.
+        # The writer logs input_shape exactly when it logs input values, and it is far
+        # cheaper to read (files of older writers may overcount: it only sizes the sample).
         pl.col("input_shape").is_not_null().sum().alias("with_input"),
     )
     hits = base.filter(pl.col("request_id").is_in(ids)).select(
-        "request_id", "timestamp", "version", "route", "prediction", "confidence"
-    )
+        "request_id", "timestamp", "version", "route", "prediction", "confidence",
+        output_width().alias("outputs"),
+    )  # fmt: skip
     # One query at a time: collect_all would share the scan by caching it, all of it.
     counts_df, hits_df = counts.collect(engine="streaming"), hits.collect(engine="streaming")
     # A prediction exists only for answered one-sample requests.
@@ -171,7 +210,44 @@ def _join(
     unmatched = labels_df.select("request_id").join(
         hits_df.select("request_id"), on="request_id", how="anti"
     )
-    return counts_df, labelled, unmatched
+    return counts_df, labelled, unmatched, every_label.height - labels_df.height
+
+
+def _checked(
+    labelled: pl.DataFrame, versions: Mapping[int, VersionInfo]
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The labelled rows whose label and prediction are classes of the version that answered
+    (as the registry knows them, else as wide as its logged output), with a `classes`
+    column; and what was left out."""
+    known = pl.DataFrame(
+        {
+            "version": [v for v, info in versions.items() if info.classes],
+            "known_classes": [info.classes for info in versions.values() if info.classes],
+        },
+        schema={"version": pl.Int64, "known_classes": pl.Int64},
+    )
+    rows = labelled.join(known, on="version", how="left").with_columns(
+        pl.coalesce("known_classes", "outputs").alias("classes")
+    )
+    rows = rows.with_columns(
+        label_in_range(pl.col("classes")).alias("label_ok"),
+        index_below("prediction", pl.col("classes")).alias("prediction_ok"),
+    )
+    bad_labels = rows.filter(~pl.col("label_ok"))
+    bad_predictions = rows.filter(pl.col("label_ok") & ~pl.col("prediction_ok"))
+    kept = rows.filter(pl.col("label_ok") & pl.col("prediction_ok"))
+    skipped: dict[str, Any] = {
+        "labels_out_of_range": bad_labels.height,
+        "predictions_out_of_range": bad_predictions.height,
+        "out_of_range_examples": [
+            {k: r[k] for k in ("request_id", "version", "label", "prediction", "classes")}
+            for r in pl.concat([bad_labels, bad_predictions])
+            .sort("request_id")
+            .head(EXAMPLES)
+            .iter_rows(named=True)
+        ],
+    }
+    return kept.drop("known_classes", "outputs", "label_ok", "prediction_ok"), skipped
 
 
 def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[dict[str, Any]]:
@@ -201,31 +277,56 @@ def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[dic
 
 
 def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None) -> dict[str, Any]:
-    pred = rows["prediction"].to_numpy()
-    label = rows["label"].to_numpy()
+    """Accuracy, per-class accuracy, confusion and calibration of `rows` (checked: every
+    label and prediction is below its row's `classes`)."""
+    pred = rows["prediction"].to_numpy().astype(np.int64)
+    label = rows["label"].to_numpy().astype(np.int64)
     conf = rows["confidence"].to_numpy().astype(np.float64)
-    names = list(info.class_names) if info else []
-    k = max(len(names), int(pred.max(initial=-1)) + 1, int(label.max(initial=-1)) + 1)
-    names += [str(i) for i in range(len(names), k)]
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (label, pred), 1)
-    support = confusion.sum(axis=1)
+    given = list(info.class_names) if info else []
+    known = info.classes if info else None
+    k = known or int(rows["classes"].max() or 0)  # type: ignore[arg-type]
     correct = pred == label
     ece, bins = expected_calibration_error(conf, correct)
+    pairs, cell_counts = np.unique(np.stack([label, pred]), axis=1, return_counts=True)
+    dense = k <= MAX_DENSE_CLASSES
+    # Classes to list: all of them when there are few, else those that occur (bounded by
+    # the rows, whatever the model's width).
+    listed = np.arange(k) if dense else np.unique(pairs)
+    support = np.zeros(len(listed), dtype=np.int64)
+    hits = np.zeros(len(listed), dtype=np.int64)
+    position = np.searchsorted(listed, pairs[0])
+    np.add.at(support, position, cell_counts)
+    same = pairs[0] == pairs[1]
+    np.add.at(hits, position[same], cell_counts[same])
+    names = [given[i] if i < len(given) else str(i) for i in listed.tolist()]
+    if dense:
+        matrix = np.zeros((k, k), dtype=np.int64)
+        matrix[pairs[0], pairs[1]] = cell_counts
+        confusion: dict[str, Any] = {"classes": names, "matrix": matrix.tolist()}
+    else:
+        confusion = {
+            "classes": None,
+            "matrix": None,
+            "cells": [
+                [int(a), int(b), int(n)] for (a, b), n in zip(pairs.T, cell_counts, strict=True)
+            ],
+            "note": f"{k} classes: only the non-zero cells [truth, prediction, count]",
+        }
     return {
         "version": version,
         "labelled": len(rows),
         "accuracy": float(correct.mean()) if len(rows) else None,
+        "classes": k,
         "per_class": [
             {
-                "class": i,
-                "name": names[i],
-                "labelled": int(support[i]),
-                "accuracy": float(confusion[i, i] / support[i]) if support[i] else None,
+                "class": int(c),
+                "name": name,
+                "labelled": int(n),
+                "accuracy": float(h / n) if n else None,
             }
-            for i in range(k)
+            for c, name, n, h in zip(listed.tolist(), names, support, hits, strict=True)
         ],
-        "confusion": {"classes": names, "matrix": confusion.tolist()},
+        "confusion": confusion,
         "calibration": {"ece": ece, "bins": bins},
     }
 
@@ -259,14 +360,19 @@ def _drift(
     # the expensive part, and files are spread evenly over time.
     with_input = int(counts["with_input"].sum())
     step = max(1, -(-with_input // sample_size))
+    logged = pl.col("input_shape").is_not_null() | pl.col("input").is_not_null()
     inputs = _every(
-        traffic.build(traffic.files[::step]).filter(pl.col("input_shape").is_not_null()),
-        with_input // step,
-        sample_size,
+        traffic.build(traffic.files[::step]).filter(logged), with_input // step, sample_size
     )
     class_df = class_counts.collect(engine="streaming")
-    conf_df = confidences.select("version", "confidence").collect(engine="streaming")
-    input_df = inputs.select("version", "input").collect(engine="streaming")
+    conf_df = (
+        confidences.select("version", "confidence")
+        .filter(pl.col("confidence").is_finite())
+        .collect(engine="streaming")
+    )
+    input_df = inputs.select("version", "input", input_problem().alias("problem")).collect(
+        engine="streaming"
+    )
     results = []
     for v in served:
         info = versions.get(v)
@@ -279,24 +385,21 @@ def _drift(
             )
             results.append(entry)
             continue
-        logged = input_df.filter(pl.col("version") == v)["input"]
+        mine = input_df.filter(pl.col("version") == v)
+        problems = mine.filter(pl.col("problem").is_not_null())["problem"].value_counts()
+        usable = mine.filter(pl.col("problem").is_null())["input"]
         x, misfit = samples_from_inputs(
-            logged.explode().to_numpy(),
-            logged.list.len().to_numpy(),
+            usable.explode().to_numpy(),
+            usable.list.len().to_numpy(),
             reference["inputs"]["input_shape"],
         )
         entry["inputs"] = input_drift(x, reference["inputs"], t)
         entry["inputs"]["incompatible_inputs"] = misfit
-        mine = class_df.filter(pl.col("version") == v)
-        pairs = dict(mine.select("prediction", "n").iter_rows())
-        per_class = [pairs.get(c, 0) for c in range(max(pairs, default=-1) + 1)]
-        entry["predictions"] = prediction_drift(
-            per_class,
-            conf_df.filter(pl.col("version") == v)["confidence"].to_numpy().astype(np.float64),
-            reference["predictions"],
-            info.class_names if info else [],
-            t,
-        )
+        entry["inputs"]["skipped"] = {
+            **dict(problems.iter_rows()),
+            **({"wrong_width": misfit} if misfit else {}),
+        }
+        entry["predictions"] = _prediction_drift(class_df, conf_df, v, info, reference, t)
         entry["drift"] = bool(
             entry["inputs"]["drifted"]
             or entry["predictions"].get("drift")
@@ -304,3 +407,30 @@ def _drift(
         )
         results.append(entry)
     return {"thresholds": t.as_dict(), "sample_size": sample_size, "versions": results}
+
+
+def _prediction_drift(
+    class_df: pl.DataFrame,
+    conf_df: pl.DataFrame,
+    version: int,
+    info: VersionInfo | None,
+    reference: dict[str, Any],
+    t: DriftThresholds,
+) -> dict[str, Any]:
+    """Prediction drift of `version`, counting only predictions that are its classes (the
+    registry's count, else the reference's): a class index from a damaged row sizes nothing."""
+    classes = (info.classes if info else None) or len(reference["predictions"]["class_fractions"])
+    mine = class_df.filter(pl.col("version") == version)
+    ok = index_below("prediction", pl.lit(classes))
+    per_class = np.zeros(classes, dtype=np.int64)
+    kept = mine.filter(ok)
+    np.add.at(per_class, kept["prediction"].to_numpy(), kept["n"].to_numpy())
+    result = prediction_drift(
+        per_class.tolist(),
+        conf_df.filter(pl.col("version") == version)["confidence"].to_numpy().astype(np.float64),
+        reference["predictions"],
+        info.class_names if info else [],
+        t,
+    )
+    result["skipped"] = int(mine.filter(~ok)["n"].sum())
+    return result

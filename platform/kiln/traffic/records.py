@@ -106,15 +106,16 @@ def _tensors(
     holds a tensor of one same shape (the usual case), all of them stacked as (rows, size).
 
     The uniform case costs one concatenation; mixed shapes and missing tensors take a
-    general path (one reshape per row). Tensors that are not numbers (BYTES) have their
-    shape logged and their values left null.
+    general path (one reshape per row). Tensors that are not numbers (a BYTES input a float
+    model refused) are logged as missing: values and shape both null. Readers rely on that
+    (a shape means values of that shape are there), and one such tensor must not cost the
+    other rows of its flush.
     """
     try:
         return _numeric_tensors(arrays, dtype)
     except (TypeError, ValueError):  # strings or objects among them: keep the numbers only
         numeric = [a if a is not None and a.dtype.kind in "biuf" else None for a in arrays]
-        values, _, stacked = _numeric_tensors(numeric, dtype)
-        return values, _shape_column(arrays), stacked
+        return _numeric_tensors(numeric, dtype)
 
 
 def _numeric_tensors(
