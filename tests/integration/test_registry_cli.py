@@ -77,6 +77,11 @@ def test_promote_gate_force_and_rollback(cli: Any, seeded: Settings) -> None:
     message = error_of(refused)
     assert "refused" in message and "0.8000" in message and "0.9500" in message
     assert "use --force to override" in message
+    as_json = cli("promote", "digits:3", "--no-eval-gates", "--json")
+    assert as_json.exit_code == 2
+    payload = as_json.json()  # one object: the gate table and the error together
+    assert payload["promoted"] is False and payload["error"]["code"] == "failed_precondition"
+    assert "use --force to override" in payload["error"]["message"]
 
     human = cli("promote", "digits:3", "--force", "--reason", "hotfix", "--no-eval-gates")
     assert human.exit_code == 0, human.stderr

@@ -1,16 +1,31 @@
 """The `kiln` application: global options, sub-command registration and error reporting.
 
-User errors (`KilnError`) exit with code 2 and one paragraph that says what to do; anything
-else is a bug and exits 1. Tracebacks only with `--debug` (or KILN_DEBUG=1).
+Exit codes, one table (`EXIT_CODES` for Kiln's own errors):
+
+- 0: success.
+- 2: the user's mistake or the system's state, never Kiln's: a usage error (an unknown
+  command or option, a value of the wrong type: click's usage message), a bad setting
+  (``KILN_*`` environment variable), or any `KilnError` except the internal ones; one
+  paragraph that says what to do.
+- 1: a bug in Kiln (any other exception, or a `KilnError` with code INTERNAL).
+- 130: interrupted (Ctrl-C).
+
+Tracebacks only with `--debug`, accepted anywhere before a ``--`` (``kiln --debug evaluate m``
+and ``kiln evaluate m --debug`` alike), or KILN_DEBUG=1; the exit code stays the same.
+Under `--json` an error is one JSON object on stdout,
+``{"error": {"code": "not_found", "message": "...", "exit_code": 2}}``, with the same exit code.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+import traceback
+from typing import Annotated, NoReturn
 
 import click
+import pydantic
 import typer
+from pydantic_settings import BaseSettings
 from rich.markup import escape
 
 from kiln import __version__
@@ -24,6 +39,7 @@ from kiln.cli import (
     feedback,
     loop,
     models,
+    output,
     registry_promotion,
     rollout,
     serve,
@@ -31,7 +47,12 @@ from kiln.cli import (
     train,
 )
 from kiln.cli.output import JsonOption, emit, err_console
-from kiln.errors import KilnError
+from kiln.errors import ErrorCode, KilnError
+
+EXIT_CODES: dict[ErrorCode, int] = {code: 2 for code in ErrorCode} | {ErrorCode.INTERNAL: 1}
+"""The exit code of a `KilnError`, by its code (see the module docstring)."""
+EXIT_INTERRUPTED = 130
+_USAGE = 2
 
 app = typer.Typer(
     name="kiln",
@@ -49,7 +70,7 @@ def _root(
     ] = False,
 ) -> None:
     """Kiln: train, compile, register, serve and improve PyTorch models."""
-    # --debug is read in main() from argv, before typer runs; declared here for --help.
+    # --debug is taken out of argv by main(), wherever it is; declared here for --help.
 
 
 @app.command()
@@ -96,39 +117,120 @@ app.command(name="retrain")(loop.retrain)
 app.command(name="loop")(loop.loop)
 
 
-def _debug_requested(argv: list[str]) -> bool:
+def _take_flag(args: list[str], flag: str) -> tuple[list[str], bool]:
+    """`args` without `flag` (anywhere before a ``--``), and whether it was there."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [a for a in args[:end] if a != flag]
+    return kept + args[end:], len(kept) != end
+
+
+def _debug_setting() -> bool:
     from kiln.settings import Settings
 
-    return "--debug" in argv or Settings().debug
+    try:
+        return Settings().debug
+    except pydantic.ValidationError:
+        return False  # reported as a bad setting by the command that reads the settings
+
+
+# Typer 0.2x ships its own copy of click, whose exceptions are not click's; catch both.
+_CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
+    {
+        click.ClickException,
+        *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+    }
+)
+_ABORTS: tuple[type[BaseException], ...] = tuple({click.exceptions.Abort, typer.Abort})
+_EXITS: tuple[type[BaseException], ...] = tuple({click.exceptions.Exit, typer.Exit})
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = _debug_requested(args)
+    """Console-script entry point: runs the command and turns every failure into the exit
+    code and message of the module docstring's table; never returns normally on failure."""
+    args, debug = _take_flag(list(sys.argv[1:] if argv is None else argv), "--debug")
+    as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
+    debug = debug or _debug_setting()
+    output.reset()
     try:
-        app(args=args, prog_name="kiln", standalone_mode=False)
+        returned = app(args=args, prog_name="kiln", standalone_mode=False)
     except KilnError as exc:
-        if debug:
-            raise
-        err_console.print(
-            f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True
-        )
-        sys.exit(2)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        err_console.print("aborted")
-        sys.exit(130)
+        _fail(exc.code.value, exc.message, EXIT_CODES[exc.code], as_json=as_json, debug=debug)
+    except _CLICK_ERRORS as exc:
+        _usage_error(exc, as_json=as_json, debug=debug)
+    except _EXITS as exc:
+        _exit(int(getattr(exc, "exit_code", 0) or 0), as_json=as_json)
+    except (*_ABORTS, KeyboardInterrupt):
+        _exit(EXIT_INTERRUPTED, as_json=as_json)
+    except pydantic.ValidationError as exc:
+        message = _bad_setting(exc)
+        if message is None:
+            _bug(exc, as_json=as_json, debug=debug)
+        _fail(ErrorCode.INVALID_ARGUMENT.value, message, _USAGE, as_json=as_json, debug=debug)
     except Exception as exc:
-        if debug:
-            raise
-        err_console.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
-            "This is a bug in Kiln. Run again with --debug for the traceback.",
-            highlight=False,
-        )
-        sys.exit(1)
+        _bug(exc, as_json=as_json, debug=debug)
+    # Without standalone mode, click returns the code of an Exit raised inside a command
+    # (typer turns Ctrl-C into Exit(130)) instead of raising it. Commands return None.
+    if isinstance(returned, int) and not isinstance(returned, bool) and returned:
+        _exit(returned, as_json=as_json)
+
+
+def _fail(code: str, message: str, exit_code: int, *, as_json: bool, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    if not (as_json and output.emit_error(code, message, exit_code)):
+        err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(exit_code)
+
+
+def _usage_error(exc: Exception, *, as_json: bool, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    if as_json:
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        output.emit_error(ErrorCode.INVALID_ARGUMENT.value, text, _USAGE)
+    else:
+        exc.show()  # type: ignore[attr-defined]  # click's usage line, hint and message
+    # click gives 1 to a few of its own (a file that cannot be opened); all are the user's.
+    sys.exit(_USAGE)
+
+
+def _exit(code: int, *, as_json: bool) -> NoReturn:
+    if code == EXIT_INTERRUPTED:
+        message = "interrupted"
+        if not (as_json and output.emit_error("interrupted", message, code)):
+            err_console.print(message)
+    sys.exit(code)
+
+
+def _bug(exc: BaseException, *, as_json: bool, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    what = f"{type(exc).__name__}: {exc}"
+    hint = "This is a bug in Kiln. Run again with --debug for the traceback."
+    if not (as_json and output.emit_error(ErrorCode.INTERNAL.value, f"{what}. {hint}", 1)):
+        err_console.print(f"[bold red]internal error:[/] {escape(what)}\n{hint}", highlight=False)
+    sys.exit(EXIT_CODES[ErrorCode.INTERNAL])
+
+
+def _bad_setting(exc: pydantic.ValidationError) -> str | None:
+    """The message for settings read from the environment that do not validate; None when
+    the failed model is not a settings class (then it is a bug)."""
+    prefix = _env_prefixes().get(exc.title)
+    if prefix is None:
+        return None
+    problems = "; ".join(
+        f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}={str(e.get('input'))[:40]!r}: "
+        f"{e['msg']}"
+        for e in exc.errors(include_url=False)
+    )
+    return f"invalid setting: {problems}; fix or unset the environment variable"
+
+
+def _env_prefixes() -> dict[str, str]:
+    found: dict[str, str] = {}
+    pending: list[type[BaseSettings]] = [BaseSettings]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        found[cls.__name__] = str(cls.model_config.get("env_prefix") or "")
+    return found

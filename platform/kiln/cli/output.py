@@ -1,7 +1,9 @@
 """How commands report: rich tables for people, one JSON object on stdout for scripts.
 
 Every reporting command takes `--json`. In JSON mode nothing but the one object reaches
-stdout (progress and notes go to stderr), so `kiln ... --json | jq` always works.
+stdout (progress and notes go to stderr), so `kiln ... --json | jq` always works. A command
+that fails prints its error as that object instead (`emit_error`, called by the entry point):
+``{"error": {"code": "not_found", "message": "...", "exit_code": 2}}``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ from rich.console import Console
 err_console = Console(stderr=True)
 out_console = Console()
 
+
+class _Written:
+    """How many JSON objects this invocation wrote to stdout: the entry point adds an error
+    object only when the command has not written its own (stdout holds exactly one)."""
+
+    objects = 0
+
+
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 
 
@@ -32,7 +42,32 @@ def _default(value: Any) -> Any:
 def emit(payload: dict[str, Any], as_json: bool, render: Callable[[Console], None]) -> None:
     """Print `payload` as JSON when asked, else let `render` draw it for a person."""
     if as_json:
-        sys.stdout.write(json.dumps(payload, default=_default) + "\n")
-        sys.stdout.flush()
+        _write(payload)
     else:
         render(out_console)
+
+
+def error_object(code: str, message: str, exit_code: int) -> dict[str, Any]:
+    """What a failed command reports under `--json` (also inside an object a command emits
+    before it fails, like a refused promotion's gate table)."""
+    return {"code": code, "message": message, "exit_code": exit_code}
+
+
+def emit_error(code: str, message: str, exit_code: int) -> bool:
+    """Write the error object on stdout, unless the command already wrote its one object
+    there; returns whether it was written."""
+    if _Written.objects:
+        return False
+    _write({"error": error_object(code, message, exit_code)})
+    return True
+
+
+def reset() -> None:
+    """Forget what was written (the entry point runs once per process, tests many times)."""
+    _Written.objects = 0
+
+
+def _write(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload, default=_default) + "\n")
+    sys.stdout.flush()
+    _Written.objects += 1

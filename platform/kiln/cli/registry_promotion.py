@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli.models import moves_table, open_registry
-from kiln.cli.output import JsonOption, emit, err_console
+from kiln.cli.output import JsonOption, emit, err_console, error_object
 from kiln.errors import GateFailed
 from kiln.registry import (
     DEFAULT_ACCURACY_TOLERANCE,
@@ -108,14 +108,16 @@ def promote(
             move = registry.promote(
                 ref, alias, actor=actor, reason=reason, force=force, gates=recorded.gates
             )
-        except GateFailed:
+        except GateFailed as exc:
             # The error (stderr, exit 2) names the failed gates; the table shows every number.
+            # Under --json this is the one object on stdout, so it carries the error too.
             results = recorded.results()
             refused = {
                 "ref": ref,
                 "alias": alias,
                 "promoted": False,
                 "gates": [r.to_dict() for r in results],
+                "error": error_object(exc.code.value, exc.message, 2),
             }
             emit(refused, as_json, lambda console: console.print(gates_table(results)))
             raise

@@ -23,7 +23,7 @@ from kiln.registry.records import (
     ModelVersion,
     canonical_json,
 )
-from kiln.registry.references import format_version_ranges
+from kiln.registry.references import check_version, format_version_ranges
 from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
 
 AnyRow: TypeAlias = Row[*tuple[Any, ...]]
@@ -176,6 +176,7 @@ def alias_not_found(conn: Connection, model: int, name: str, alias: str) -> Alia
 
 
 def version_row(conn: Connection, name: str, version: int) -> AnyRow:
+    check_version(version)  # a number past int64 would overflow in the driver
     row = conn.execute(RESOLVE_VERSION, {"name": name, "version": version}).first()
     if row is None:
         raise version_not_found(conn, model_id(conn, name), name, version)
@@ -192,6 +193,7 @@ def alias_row(conn: Connection, name: str, alias: str) -> AnyRow:
 def version_number(conn: Connection, name: str, version: int | None, alias: str) -> int:
     """The number a reference names, reading nothing else; the diagnosis on a miss."""
     if version is not None:
+        check_version(version)
         found = conn.execute(RESOLVE_VERSION_NUMBER, {"name": name, "version": version}).scalar()
         if found is None:
             raise version_not_found(conn, model_id(conn, name), name, version)

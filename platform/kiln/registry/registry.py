@@ -52,7 +52,9 @@ from kiln.registry.records import (
 )
 from kiln.registry.references import (
     DEFAULT_ALIAS,
+    MAX_VERSION,
     Reference,
+    check_version,
     parse_reference,
     validate_name,
 )
@@ -128,6 +130,8 @@ class Registry:
         validate_name(name)
         checkpoint = Path(checkpoint)
         lineage = lineage or Lineage()
+        if lineage.parent_version is not None:
+            check_version(lineage.parent_version)
         config_json = _json(config, "config")
         metrics_json = _json(metrics, "metrics")
         blob = self._put(checkpoint)
@@ -239,6 +243,8 @@ class Registry:
         """The versions of `name`, oldest first: all of them, or the newest `limit`."""
         if limit is not None and limit < 1:
             raise InvalidArgument(f"limit must be a positive number of versions, got {limit}")
+        if limit is not None and limit > MAX_VERSION:
+            limit = None  # more than any model can have; the driver could not take the number
 
         def work(conn: Connection) -> list[ModelVersion]:
             model = q.model_id(conn, validate_name(name))
