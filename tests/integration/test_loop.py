@@ -6,6 +6,7 @@ the test of serving itself lives with the servers and in the `kiln demo` end-to-
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import kiln.registry
 from kiln.data import load_dataset
 from kiln.errors import FailedPrecondition
+from kiln.evaluate.labelled import holdout_mask
 from kiln.loop.retrain import RetrainOptions, retrain
 from kiln.loop.watch import LoopPolicy, run_loop
 from kiln.registry import Lineage
@@ -87,7 +89,13 @@ def test_retrain_registers_a_candidate_with_lineage(home: Path) -> None:
         info = v2.config["retrain"]
         assert info["parent"] == "digits:1"
         assert info["labels"] == result.labels == 179  # the digits test split, de-duplicated
-        assert info["trained_on"] + info["held_out"] == info["labels"]
+        # v1 was split with seed 1: the seed-0 test digits sent include some of its own.
+        own_test = load_dataset("digits", settings, seed=1).test.x
+        sent = load_dataset("digits", settings, seed=0).test.x
+        overlap = len(_digests(own_test) & _digests(sent))
+        assert 0 < overlap < 179
+        assert info["excluded_heldout"] == result.excluded_heldout == overlap
+        assert info["trained_on"] + info["held_out"] + info["excluded_heldout"] == info["labels"]
         kinds = {a.kind.value for a in registry.artifacts("digits", v2.version)}
         assert "onnxruntime" in kinds
 
@@ -101,6 +109,8 @@ def test_loop_retrains_once_then_waits_for_new_labels(home: Path) -> None:
     with kiln.registry.open(settings=settings) as registry:
         first = run_loop(registry, "digits", settings, policy, once=True)[0]
         assert first.action == "awaiting-approval", first.message
+        assert first.retrain is not None and first.retrain["excluded_heldout"] >= 0
+        assert f"{first.retrain['excluded_heldout']} excluded" in first.message
         assert any("accuracy" in r for r in first.reasons)
         candidate = registry.resolve("digits@candidate")
         assert first.candidate == candidate.ref
@@ -135,3 +145,72 @@ def test_cli_reports_too_few_labels_with_exit_2(home: Path, cli: Any, monkeypatc
     result = cli("retrain", "digits", "--min-labels", "100000")
     assert result.exit_code == 2
     assert "labelled requests" in " ".join(result.stderr.split())
+
+
+def _digests(x: np.ndarray) -> set[bytes]:
+    """Each sample's float32 values as bytes: the content the traffic log holds."""
+    flat = np.asarray(x, dtype=np.float32).reshape(len(x), -1)
+    return {row.tobytes() for row in flat}
+
+
+@pytest.fixture(scope="module")
+def heldout_traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """v1 in production, and labelled traffic that partly repeats v1's own test split.
+
+    - 60 test-split digits, sent as float64 (the log stores float32), 10 of them sent twice;
+    - 60 other test-split digits at half brightness: close to held-out samples, not equal;
+    - 100 training-split digits.
+    """
+    home = tmp_path_factory.mktemp("heldout") / "kiln-home"
+    settings = Settings(home=home)
+    with kiln.registry.open(settings=settings) as registry:
+        v1 = train_and_register(registry, settings, "digits", seed=0)
+        registry.promote(f"digits:{v1}", "production", reason="first")
+    parent = load_dataset("digits", settings, seed=0)  # v1's data set and split
+    test = parent.test
+    log_labelled_traffic(home, test.x[:60].astype(np.float64), test.y[:60], v1)
+    log_labelled_traffic(home, test.x[:10], test.y[:10], v1)
+    dimmed = test.x[60:120] * np.float32(0.5)
+    dimmed_ids = log_labelled_traffic(home, dimmed, test.y[60:120], v1)
+    log_labelled_traffic(home, parent.train.x[:100], parent.train.y[:100], v1)
+    return home, {"test": test, "dimmed": dimmed, "dimmed_ids": dimmed_ids}
+
+
+def test_retrain_excludes_requests_equal_to_held_out_samples(
+    heldout_traffic: tuple[Path, dict[str, Any]],
+) -> None:
+    home, sent = heldout_traffic
+    settings = Settings(home=home)
+    with kiln.registry.open(settings=settings) as registry:
+        result = retrain(
+            registry, "digits", settings,
+            RetrainOptions(min_labels=50, epochs=1, show_progress=False),
+        )  # fmt: skip
+        info = registry.get_version("digits", result.version.version).config["retrain"]
+    assert result.labels == 220  # 60 + 60 + 100 distinct inputs
+    assert result.excluded_heldout == 60
+    assert result.trained_on + result.held_out + result.excluded_heldout == result.labels
+    assert info["excluded_heldout"] == 60
+    assert result.to_dict()["excluded_heldout"] == 60
+    learned = _digests(result.dataset.train.x) | _digests(result.dataset.val.x)
+    assert not _digests(sent["test"].x) & learned  # the test split stays held out
+    # Near the held-out samples is not equal to them: the dimmed digits were learned from.
+    learnable = int((~holdout_mask(sent["dimmed_ids"])).sum())
+    assert len(_digests(sent["dimmed"]) & learned) == learnable
+    # The version's own test accuracy is measured on that untouched split.
+    assert len(result.dataset.test) == len(sent["test"])
+
+
+def test_cli_retrain_says_how_many_it_excluded(
+    heldout_traffic: tuple[Path, dict[str, Any]], cli: Any, monkeypatch: Any
+) -> None:
+    home, _ = heldout_traffic
+    monkeypatch.setenv("KILN_HOME", str(home))
+    shown = cli("retrain", "digits", "--min-labels", "50", "--epochs", "1", "--no-progress")
+    assert shown.exit_code == 0, shown.stderr
+    # The table's cells wrap: read it as words, without its borders.
+    text = " ".join(re.sub(r"[\u2500-\u257f]", " ", shown.stdout).split())
+    assert "60 excluded: inputs equal to samples of digits:1's held-out test split" in text
+    payload = cli("retrain", "digits", "--min-labels", "50", "--epochs", "1", "--json").json()
+    assert payload["excluded_heldout"] == 60
+    assert payload["labels"] == 220

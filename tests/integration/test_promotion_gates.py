@@ -13,6 +13,7 @@ Each test works on its own copy of that KILN_HOME.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from collections.abc import Iterator
@@ -52,17 +53,25 @@ def _register(
     return version.version
 
 
-def _twin(registry: Registry, *, parity_passed: bool | None) -> int:
+def _twin(
+    registry: Registry,
+    *,
+    parity_passed: bool | None,
+    retrain: dict[str, Any] | None = None,
+    parent: int | None = None,
+) -> int:
     """A new version with digits:1's checkpoint (and its engine, unless `parity_passed` is
-    None), the engine's parity report saying `parity_passed`."""
+    None), the engine's parity report saying `parity_passed`; `retrain` and `parent` make it
+    look retrained (its config's record, its lineage's parent)."""
     original = registry.get_version("digits", 1)
     checkpoint = registry.artifact_file(registry.checkpoint("digits", 1))
+    lineage = original.lineage or Lineage(dataset="digits")
     twin = registry.register_version(
         "digits",
         checkpoint=checkpoint,
-        config=original.config,
+        config=original.config | ({"retrain": retrain} if retrain else {}),
         metrics=original.metrics,
-        lineage=original.lineage,
+        lineage=dataclasses.replace(lineage, parent_version=parent),
     )
     if parity_passed is not None:
         (engine,) = registry.artifacts("digits", 1, ArtifactKind.ONNXRUNTIME)
@@ -288,3 +297,41 @@ def test_traffic_gain_is_measured_on_the_held_out_slice(
     twin = gates_of(cli("promote", "digits:5", "--min-traffic-gain", "0.02", "--json").json())
     assert twin["traffic-gain"]["passed"] is False
     assert twin["traffic-gain"]["numbers"]["gain"] == 0
+
+
+def test_held_out_numbers_say_whether_a_version_may_have_learned_them(
+    cli: Any, registry: Registry, home: Path
+) -> None:
+    """Retraining records how many requests it left out as equal to held-out samples; a
+    version retrained without that record (before the rule) may have learned some, and the
+    held-out gate says so instead of presenting its number as held out."""
+    test_samples = len(load_dataset("digits", Settings(home=home)).test)
+    clean = _twin(registry, parity_passed=True, retrain={"excluded_heldout": 12}, parent=1)
+    before_rule = _twin(registry, parity_passed=True, retrain={"trained_on": 90}, parent=1)
+    warm = _twin(
+        registry, parity_passed=True,
+        retrain={"excluded_heldout": 0, "warm_start": True}, parent=before_rule,
+    )  # fmt: skip
+
+    def held_out(version: int) -> dict[str, Any]:
+        result = cli("promote", f"digits:{version}", "--json")
+        assert result.exit_code == 0, result.stderr  # the same weights: every gate passes
+        results = result.json()["gate"]["results"]
+        return next(g for g in results if g["gate"] == "held-out-regression")
+
+    untouched = held_out(clean)
+    assert untouched["numbers"]["samples"] == test_samples
+    assert f"({test_samples} test samples, none of them trained on)" in untouched["message"]
+    assert "note" not in untouched["message"]
+
+    learned = held_out(before_rule)["message"]
+    assert "none of them trained on" not in learned
+    assert (
+        f"note: digits:{before_rule} was retrained before retraining left out requests equal "
+        "to held-out samples, so it may have learned some of these samples"
+    ) in learned
+
+    # Warm-started from it: it carries those weights; and production is now that version.
+    inherited = held_out(warm)["message"]
+    assert f"note: digits:{before_rule} (digits:{warm} starts from it) was retrained" in inherited
+    assert f"note: digits:{before_rule} was retrained before" in inherited

@@ -56,9 +56,10 @@ def retrain(
         table.add_column("")
         used = (
             f"{result.labels} ({result.trained_on} trained on, {result.held_out} held out "
-            f"for the gates, repeated x{result.repeat})"
+            f"for the gates, {result.excluded_heldout} excluded: inputs equal to samples of "
+            f"{result.parent.ref}'s held-out test split; repeated x{result.repeat})"
         )
-        table.add_row("labelled requests", used)
+        table.add_row("labelled requests", escape(used))
         table.add_row("test accuracy", f"{result.metrics['test_accuracy']:.4f}")
         table.add_row("engines", ", ".join(result.engines))
         table.add_row(alias, result.version.ref)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kiln.data.builtin import to_mnist_frame
 from kiln.data.catalog import CATALOG, DatasetInfo, load_dataset, load_raw, load_recorded
-from kiln.data.dataset import Dataset, Split, SplitSpec
+from kiln.data.dataset import Dataset, Split, SplitSpec, sample_digests
 from kiln.data.user import prepare_image
 
 __all__ = [
@@ -21,5 +21,6 @@ __all__ = [
     "load_raw",
     "load_recorded",
     "prepare_image",
+    "sample_digests",
     "to_mnist_frame",
 ]

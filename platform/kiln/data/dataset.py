@@ -140,6 +140,22 @@ def fingerprint(
     return h.hexdigest()
 
 
+def sample_digests(x: np.ndarray) -> list[bytes]:
+    """A content hash per sample of `x` (first axis: samples), equal for equal inputs however
+    they are held.
+
+    Each sample is hashed as the traffic log stores an input: its values flattened and cast to
+    float32, so a sample of shape (1, 28, 28) in float64 and one of shape (784,) in float32
+    with the same values get the same digest; -0.0 counts as 0.0. Retraining uses it to keep
+    held-out samples out of training and to de-duplicate resent inputs.
+    """
+    if len(x) == 0:
+        return []
+    # Adding +0.0 turns -0.0 into 0.0 (their bytes differ, their values do not).
+    flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1) + np.float32(0))
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
+
+
 def stratified_indices(y: np.ndarray, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
     """Cut indices into len(fractions)+1 parts per class (the last part takes the rest)."""
     rng = np.random.default_rng(seed)

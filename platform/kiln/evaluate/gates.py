@@ -8,7 +8,10 @@ ones a server on this host would load) on the same inputs:
 - `ParityGate`: the candidate's engine has a passed parity check against its checkpoint;
 - `HeldOutGate`: accuracy on the held-out test split of the data set the current version was
   trained on (for a retrained candidate: its parent's) may fall by at most
-  `max_heldout_regression`;
+  `max_heldout_regression`. Retraining never learns from a request whose input equals a
+  sample of that split (`kiln.loop.retrain`), so no version trained on it; a version
+  retrained before that rule, or trained on other data, gets a note saying its number may
+  include training samples;
 - `TrafficGate`: accuracy on the held-out slice of recent labelled traffic (the requests
   `labelled.holdout_mask` keeps out of retraining, minus any whose input retraining saw under
   another request id) must rise by at least `min_traffic_gain`;
@@ -22,14 +25,13 @@ can still override it.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kiln.data import load_recorded
+from kiln.data import load_recorded, sample_digests
 from kiln.errors import FailedPrecondition, InvalidArgument, KilnError, TrafficNotFound
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.registry import (
@@ -179,8 +181,7 @@ def unseen_holdout_mask(rows: LabelledTraffic, fraction: float) -> np.ndarray:
     held = holdout_mask(rows.request_ids, fraction)
     if not held.any() or held.all():
         return held
-    flat = rows.x.reshape(len(rows), -1)
-    keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+    keys = sample_digests(rows.x)
     trained = {k for k, h in zip(keys, held, strict=True) if not h}
     unseen = np.fromiter((k not in trained for k in keys), dtype=bool, count=len(keys))
     mask: np.ndarray = held & unseen
@@ -214,19 +215,65 @@ class HeldOutGate:
         drop = current - candidate
         numbers: dict[str, float | None] = {
             "candidate": candidate, "current": current, "drop": drop, "limit": limit,
+            "samples": float(len(data.y)),
         }  # fmt: skip
         passed = drop <= limit + 1e-12  # a drop of exactly the limit is allowed
+        notes = self._notes(context, data)
+        untouched = "" if notes else ", none of them trained on"
         message = (
-            f"{data.dataset} held-out accuracy ({len(data.y)} samples) {candidate:.4f} vs "
-            f"{current:.4f} ({-drop:+.4f}; at most -{limit:g} allowed)"
+            f"{data.dataset} held-out accuracy ({len(data.y)} test samples{untouched}) "
+            f"{candidate:.4f} vs {current:.4f} ({-drop:+.4f}; at most -{limit:g} allowed)"
         )
+        message += "".join(f"; note: {note}" for note in notes)
+        return GateResult(self.name, passed, numbers, message)
+
+    def _notes(self, context: GateContext, data: HeldOut) -> list[str]:
+        """Why some held-out samples may be in the candidate's or the current version's
+        training data (none: the numbers are on data neither learned from)."""
+        notes = []
         theirs = context.candidate.config
         if theirs.get("dataset") != data.dataset or (theirs.get("split") or {}) != data.split:
-            message += (
-                f"; note: {context.candidate.ref} was trained on other data or another split, "
+            notes.append(
+                f"{context.candidate.ref} was trained on other data or another split, "
                 "so some of these samples may be in its training set"
             )
-        return GateResult(self.name, passed, numbers, message)
+        for version in (context.candidate, context.current):
+            learned = _retrained_on_heldout(self.evaluator.registry, version) if version else None
+            if version is not None and learned is not None:
+                via = (
+                    "" if learned.version == version.version else f" ({version.ref} starts from it)"
+                )
+                notes.append(
+                    f"{learned.ref}{via} was retrained before retraining left out requests "
+                    "equal to held-out samples, so it may have learned some of these samples"
+                )
+        return notes
+
+
+def _retrained_on_heldout(registry: Registry, version: ModelVersion) -> ModelVersion | None:
+    """The version whose retraining may have learned held-out samples and whose weights
+    `version` carries (itself, or an ancestor it was warm-started from), or None.
+
+    Retraining records `excluded_heldout` since it leaves such requests out; a version
+    retrained without that record may have trained on its parent's test split.
+    """
+    seen: set[int] = set()
+    current: ModelVersion | None = version
+    while current is not None and current.version not in seen:
+        seen.add(current.version)
+        info = current.config.get("retrain")
+        if not isinstance(info, dict):
+            return None  # trained on its data set alone: the test split was held out
+        if "excluded_heldout" not in info:
+            return current
+        parent = current.lineage.parent_version if current.lineage else None
+        if not info.get("warm_start") or parent is None:
+            return None
+        try:
+            current = registry.get_version(current.name, parent)
+        except KilnError:
+            return None  # the parent was deleted: nothing more to know
+    return None
 
 
 class TrafficGate:

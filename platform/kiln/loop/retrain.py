@@ -3,9 +3,13 @@ register ► `candidate`.
 
 The new training set is the parent version's own data set (found by lineage: its checkpoint
 config names the data set and split) plus the labelled requests of the traffic window, minus
-the held-out slice the promotion gates judge on. Labelled traffic is scarce next to the
-original data, so its rows are repeated until they make up about a quarter of the training
-set: enough to learn the new inputs without forgetting the old ones.
+the held-out slice the promotion gates judge on, and minus every request whose input equals a
+sample of the parent's test split (clients may well send those; learning them would make the
+held-out gate judge the candidate on its own training data). The test split thus stays
+untouched by the training of every version retrained from it, and the held-out numbers mean
+what they say. Labelled traffic is scarce next to the original data, so its rows are repeated
+until they make up about a quarter of the training set: enough to learn the new inputs
+without forgetting the old ones.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kiln.compile import CompileOptions, compile_version
-from kiln.data import Dataset, Split, load_recorded
+from kiln.data import Dataset, Split, load_recorded, sample_digests
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.registry import AliasMove, ArtifactKind, Lineage, ModelVersion, Registry
@@ -52,12 +56,17 @@ class RetrainResult:
     labels: int
     """Labelled requests found in the window (after de-duplication)."""
     trained_on: int
-    """Of them, used for training (the rest are held out for the gates)."""
+    """Of them, used for training."""
     held_out: int
+    """Of them, held out by request id for the traffic gate."""
+    excluded_heldout: int
+    """Of them, left out because their input equals a sample of the parent's test split."""
     repeat: int
     metrics: dict[str, Any]
     engines: list[str]
     alias_move: AliasMove | None
+    dataset: Dataset = field(repr=False)
+    """What the new version was trained, validated and tested on."""
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +80,7 @@ class RetrainResult:
             "labels": self.labels,
             "trained_on": self.trained_on,
             "held_out": self.held_out,
+            "excluded_heldout": self.excluded_heldout,
             "repeat": self.repeat,
             "metrics": self.metrics,
             "engines": self.engines,
@@ -80,12 +90,17 @@ class RetrainResult:
 
 def deduplicate(rows: LabelledTraffic) -> LabelledTraffic:
     """Keep one row per distinct input (the last labelled one)."""
-    flat = rows.x.reshape(len(rows), -1)
-    keys = [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
-    last = {k: i for i, k in enumerate(keys)}
+    last = {k: i for i, k in enumerate(sample_digests(rows.x))}
     keep = np.zeros(len(rows), dtype=bool)
     keep[list(last.values())] = True
     return rows.subset(keep)
+
+
+def heldout_duplicates(rows: LabelledTraffic, test: Split) -> np.ndarray:
+    """True for the rows whose input equals a sample of `test` (by content, see
+    `sample_digests`): they must not be learned from, or the test split stops being held out."""
+    held_out = set(sample_digests(test.x))
+    return np.fromiter((k in held_out for k in sample_digests(rows.x)), dtype=bool, count=len(rows))
 
 
 def parent_dataset(parent: ModelVersion, settings: Settings) -> Dataset:
@@ -146,20 +161,31 @@ def retrain(
         rows = deduplicate(labelled_traffic(settings.home, name, window))
     except KilnError as exc:
         raise FailedPrecondition(f"cannot retrain '{name}': {exc.message}") from exc
-    if len(rows) < options.min_labels:
+    # Inputs equal to a test sample are never learned from, not even by a version retrained
+    # from this one: the test split is what every version's held-out accuracy is measured on.
+    duplicate = heldout_duplicates(rows, base.test)
+    excluded = int(duplicate.sum())
+    usable = len(rows) - excluded
+    if usable < options.min_labels:
+        left_out = (
+            f" ({excluded} more left out: their inputs equal samples of {parent.ref}'s "
+            "held-out test split)"
+            if excluded
+            else ""
+        )
         raise FailedPrecondition(
-            f"only {len(rows)} labelled requests for '{name}' in the last {options.since}; "
-            f"retraining needs at least {options.min_labels} (--min-labels). Send ground truth "
-            "with the kiln.v1 feedback service, the service's /feedback endpoint or "
-            "`kiln feedback import FILE`, or widen --since"
+            f"only {usable} labelled requests for '{name}' in the last {options.since}"
+            f"{left_out}; retraining needs at least {options.min_labels} (--min-labels). Send "
+            "ground truth with the kiln.v1 feedback service, the service's /feedback endpoint "
+            "or `kiln feedback import FILE`, or widen --since"
         )
     if rows.x.shape[1:] != base.input_shape:
         raise FailedPrecondition(
             f"logged inputs have shape {rows.x.shape[1:]}, but {parent.ref} takes "
             f"{base.input_shape}; this traffic cannot train it"
         )
-    held = holdout_mask(rows.request_ids, options.holdout_fraction)
-    learn = rows.subset(~held)
+    held = holdout_mask(rows.request_ids, options.holdout_fraction) & ~duplicate
+    learn = rows.subset(~held & ~duplicate)
     config = dict(parent.config)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     train_config = TrainConfig(
@@ -174,6 +200,12 @@ def retrain(
     progress(
         f"training on {len(base.train)} {base.name} samples + {len(learn)} labelled requests "
         f"(x{repeat}); {int(held.sum())} held out for the gates"
+        + (
+            f"; {excluded} left out: their inputs equal samples of {parent.ref}'s held-out "
+            "test split"
+            if excluded
+            else ""
+        )
     )
     result = train(
         train_config, settings, dataset=dataset, show_progress=options.show_progress,
@@ -186,6 +218,7 @@ def retrain(
         "labels": len(rows),
         "trained_on": len(learn),
         "held_out": int(held.sum()),
+        "excluded_heldout": excluded,
         "repeat": repeat,
         "warm_start": options.warm_start,
     }
@@ -226,10 +259,12 @@ def retrain(
         labels=len(rows),
         trained_on=len(learn),
         held_out=int(held.sum()),
+        excluded_heldout=excluded,
         repeat=repeat,
         metrics=result.metrics,
         engines=engines,
         alias_move=move,
+        dataset=dataset,
     )
 
 

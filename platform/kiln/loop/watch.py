@@ -63,6 +63,8 @@ class Round:
     action: str = "none"
     """none | waiting-for-labels | retrained | promoted | refused-by-gates | awaiting-approval"""
     candidate: str | None = None
+    retrain: dict[str, Any] | None = None
+    """What retraining used and left out (`RetrainResult.to_dict()`), when this round retrained."""
     gates: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
 
@@ -130,11 +132,16 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
         progress=say,
     )  # fmt: skip
     current.candidate = result.version.ref
+    current.retrain = result.to_dict()
     current.action = "retrained"
+    trained = (
+        f"trained on {result.trained_on} labelled requests, {result.excluded_heldout} excluded "
+        f"as equal to samples of {result.parent.ref}'s held-out test split"
+    )
     if policy.approve == "manual":
         current.action = "awaiting-approval"
         current.message = (
-            f"{result.version.ref} is the candidate: kiln promote {result.version.ref}"
+            f"{result.version.ref} ({trained}) is the candidate: kiln promote {result.version.ref}"
         )
         return current
     gates = default_gates() + evaluation_gates(registry, settings, policy.thresholds)
@@ -146,7 +153,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
         return current
     current.action = "promoted"
     current.gates = [g.to_dict() for g in (move.gate.results if move.gate else ())]
-    current.message = f"promoted {result.version.ref} to production"
+    current.message = f"promoted {result.version.ref} ({trained}) to production"
     return current
 
 
