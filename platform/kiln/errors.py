@@ -154,6 +154,17 @@ class RegistryIncompatible(FailedPrecondition):
     """The registry database was written by a newer Kiln (its schema version is unknown here)."""
 
 
+class RegistryCorrupted(DataLoss):
+    """The registry database exists but is not a whole Kiln registry: empty, truncated,
+    overwritten, another program's database, or missing beside its write-ahead log. Kiln
+    never re-creates it (its blobs would all look unreferenced); the user restores it."""
+
+
+class GcRefused(FailedPrecondition):
+    """`gc` would delete more than it can justify (every stored blob, or most of them);
+    nothing was deleted. `--dry-run` lists what it would delete, `--yes` confirms."""
+
+
 # -- engines and compilation --------------------------------------------------------------------
 
 
@@ -228,6 +239,15 @@ class EngineFailed(KilnError):
 
 class InternalError(KilnError):
     """Something unexpected failed; details are in the server log, never sent to clients."""
+
+
+class ModelControlDisabled(FailedPrecondition):
+    """Repository load/unload was asked of a server started without model control (the
+    default, as Triton's): it serves what it was started with."""
+
+
+class PortUnavailable(Unavailable):
+    """A port the server was told to listen on is in use, or not allowed to this process."""
 
 
 # -- traffic and evaluation ---------------------------------------------------------------------
