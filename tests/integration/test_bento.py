@@ -144,7 +144,7 @@ def test_non_image_upload_is_a_400(url: str) -> None:
         f"{url}/classify_image", files={"image": ("notes.txt", b"not an image", "text/plain")}
     )
     assert response.status_code == 400, response.text
-    assert "cannot read image" in response.text
+    assert "not a PNG or JPEG image" in response.text
 
 
 def test_promotion_is_picked_up_without_restart(url: str, world: World) -> None:
@@ -237,3 +237,21 @@ def test_kiln_serve_http_is_the_bentoml_service(world: World) -> None:
         response = _post(served, "predict", {"inputs": world.x[:2].tolist()})
     assert response.status_code == 200, response.text
     assert {a["version"] for a in response.json()} == {1}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_inputs_are_refused_naming_the_input(
+    url: str, world: World, value: float
+) -> None:
+    """The serving core's rule on both transports: INVALID_ARGUMENT (400) naming the input,
+    unless KILN_SERVE_ALLOW_NONFINITE (test_bento_hostile.py runs a server with it)."""
+    x = world.x[:1].copy()
+    x[0, 0, 0, 0] = value
+    body = json.dumps({"inputs": x.tolist()})  # as Python's json writes them: NaN, Infinity
+    for route in ("predict", "infer"):
+        response = httpx.post(
+            f"{url}/{route}", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert "'input'" in response.text
+        assert "finite" in response.text or "NaN" in response.text

@@ -3,16 +3,27 @@
 BentoML validates a request body before the service instance sees it, and before adaptive
 batching joins it with other requests: a shape error caught any later would fail every request
 in the batch. So the check lives here, as a pydantic validator on the input annotation, and the
-service updates the contract whenever the version it serves changes.
+service updates the contract whenever the version it serves changes. After converting the JSON
+numbers to the model's dtype it runs the serving core's own request check (the one gRPC
+requests get), so both transports refuse the same requests with the same messages.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, Field
+
+from kiln.errors import KilnError, quote
+
+RequestCheck = Callable[[Mapping[str, np.ndarray], tuple[str, ...]], int]
+"""The serving core's check of one request (`RequestValidator`): raises a `KilnError`."""
+
+MAX_VERSION_DIGITS = 19
+"""Versions are int64s in the registry: a longer version string cannot name one."""
 
 
 class InputContract:
@@ -23,10 +34,20 @@ class InputContract:
         self.sample_shape: tuple[int, ...] | None = None
         self.dtype: np.dtype[Any] = np.dtype(np.float32)
         self.max_rows = 0
+        self.core_check: tuple[str, RequestCheck] | None = None
+        """The input's name and the core's check of the served version."""
 
-    def set(self, sample_shape: tuple[int, ...], dtype: np.dtype[Any], max_rows: int) -> None:
+    def set(
+        self,
+        sample_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        max_rows: int,
+        input_name: str = "",
+        core_check: RequestCheck | None = None,
+    ) -> None:
         with self._lock:
             self.sample_shape, self.dtype, self.max_rows = sample_shape, dtype, max_rows
+            self.core_check = (input_name, core_check) if core_check is not None else None
 
     def expected(self) -> str:
         dims = ", ".join("?" if d < 0 else str(d) for d in self.sample_shape or ())
@@ -37,6 +58,8 @@ class InputContract:
         shape = self.sample_shape
         if shape is None:  # not loaded yet: /readyz is false, and the service checks again
             return value
+        if value.dtype == object:
+            value = self._numbers(value)
         if value.dtype.kind not in "iuf":
             raise ValueError(
                 f"inputs must be numbers ({self.dtype.name}); got {value.dtype.kind!r} values "
@@ -56,14 +79,44 @@ class InputContract:
             raise ValueError(
                 f"a request may carry at most {self.max_rows} rows, got {rows}; split it"
             )
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise ValueError("inputs contain NaN or infinite values")
-        return np.ascontiguousarray(value, dtype=self.dtype)
+        converted = np.ascontiguousarray(value, dtype=self.dtype)
+        core_check = self.core_check
+        if core_check is not None:
+            name, check = core_check
+            try:
+                check({name: converted}, ())
+            except KilnError as exc:  # pydantic turns ValueErrors into 400s naming the field
+                raise ValueError(exc.message) from exc
+        return converted
+
+    def _numbers(self, value: np.ndarray) -> np.ndarray:
+        """An object array (JSON integers beyond int64 make one) as numbers, if it is numbers."""
+        try:
+            return value.astype(np.float64 if self.dtype.kind == "f" else self.dtype)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(
+                f"inputs must be numbers ({self.dtype.name}) that fit it, in an array of shape "
+                f"{self.expected()}"
+            ) from exc
 
 
 CONTRACT = InputContract()
 
 Inputs = Annotated[np.ndarray, AfterValidator(CONTRACT.check)]
+
+
+def check_version(version: str) -> str:
+    """A request's version string, refused when no version could have it (too long to parse:
+    Python's int() stops at 4,300 digits, and versions are int64s)."""
+    if len(version) > MAX_VERSION_DIGITS:
+        raise ValueError(
+            f"version {quote(version, 24)} is not a version number: versions are integers of "
+            f"at most {MAX_VERSION_DIGITS} digits (or empty for the default version)"
+        )
+    return version
+
+
+VersionField = Annotated[str, AfterValidator(check_version)]
 
 
 class Prediction(BaseModel):
@@ -78,10 +131,15 @@ class Prediction(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    """The true label of an answered request."""
+    """The true label of an answered request.
 
-    request_id: str = Field(min_length=1)
-    label: int = Field(ge=0, description="The true class index.")
+    Only the types are checked here; whether the id is empty and the label one of the model's
+    classes is the serving core's check, per item, so that one bad item is refused in the
+    receipt instead of failing the items sent with it.
+    """
+
+    request_id: str = Field(description="The request_id of the answer being labelled.")
+    label: int = Field(description="The true class index: 0 to the model's classes - 1.")
     model: str = ""
 
 

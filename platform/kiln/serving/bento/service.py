@@ -12,6 +12,8 @@ decorators need the batch limits then:
 - `KILN_BENTO_MAX_BATCH_SIZE` (32), `KILN_BENTO_MAX_LATENCY_MS` (1000): adaptive batching.
 - `KILN_BENTO_TRAFFIC_LOG` (true): log traffic and accept /feedback.
 - `KILN_BENTO_THREADS` (0: all cores), `KILN_BENTO_ENGINE_KIND`, `KILN_BENTO_POLL_INTERVAL_S`.
+- `KILN_BENTO_MAX_BODY_BYTES` (16 MiB), `KILN_BENTO_MAX_IMAGE_PIXELS` (4096x4096),
+  `KILN_BENTO_IMAGE_THREADS` (2): what one request may cost (413 / 400 beyond).
 
 Rollouts (`kiln rollout`) apply in registry mode as in `kiln serve`, per core request: with
 adaptive batching on `predict`, the rows BentoML joined into one batch go to one version
@@ -26,7 +28,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import bentoml
 import numpy as np
@@ -40,10 +42,13 @@ from kiln.serving.bento.contract import (
     FeedbackReceipt,
     Inputs,
     Prediction,
+    VersionField,
     class_names_or_indices,
     softmax,
 )
 from kiln.serving.bento.errors import to_http
+from kiln.serving.bento.images import PILLOW_MAX_PIXELS, ImageDecoder
+from kiln.serving.bento.middleware import BodyLimit, RetryHint
 from kiln.serving.bento.source import ModelSource, open_source
 from kiln.serving.core import ServingCore
 from kiln.serving.messages import Feedback, InferRequest, InferResponse, TrafficEvent
@@ -75,6 +80,19 @@ class BentoSettings(BaseSettings):
     threads: int = Field(default=0, ge=0)
     engine_kind: str | None = None
     poll_interval_s: float = Field(default=1.0, gt=0)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest request body, in bytes; bigger ones are refused with 413 before they are read
+    (from their Content-Length) or as soon as they pass the limit (chunked). BentoML parses a
+    JSON body whole before Kiln sees it, at several times its size in memory and ~0.1 s per
+    MiB of event-loop time, so this bounds what one request can cost. (BentoML 1.0 had a
+    20 MB default of its own; 1.4 has no limit.)"""
+    max_image_pixels: int = Field(default=4096 * 4096, ge=1, le=PILLOW_MAX_PIXELS)
+    """Most pixels (width x height, read from the header) an uploaded image may have; bigger
+    ones are refused with 400 before they are decoded. At most Pillow's own limit."""
+    image_threads: int = Field(default=2, ge=1)
+    """Threads that decode uploaded images (never the event loop). Decoding takes about 10
+    bytes per pixel for a one-channel model and 32 for a colour one (170 / 520 MB at the
+    default pixel limit), so this also bounds the memory decoding can take at once."""
 
 
 SETTINGS = BentoSettings()
@@ -137,7 +155,8 @@ class KilnService:
             shadow_hook=self._log_shadow,
         )
         self.core.add_listener(self._on_state)
-        log.info("kiln: serving %s from %s", self.source.reference, self.source.description)
+        self.images = ImageDecoder(SETTINGS.max_image_pixels, SETTINGS.image_threads)
+        log.info("kiln: serving %s from %s", self.source.reference, self.source.location)
 
     @bentoml.on_startup
     async def _start(self) -> None:
@@ -149,6 +168,7 @@ class KilnService:
         await self.core.stop()
         if self.sink is not None:
             self.sink.close()
+        self.images.close()
         self.source.close()
 
     def __is_ready__(self) -> bool:
@@ -164,7 +184,12 @@ class KilnService:
         except KilnError:
             return
         spec = description.inputs[0]
-        CONTRACT.set(tuple(spec.shape[1:]), spec.dtype, SETTINGS.max_batch_size)
+        # The core's own request check, so that /predict refuses what the core would refuse
+        # (non-finite values included, as the core's settings say) before batching.
+        validator = self.core.resolve(self.name).validator
+        CONTRACT.set(
+            tuple(spec.shape[1:]), spec.dtype, SETTINGS.max_batch_size, spec.name, validator
+        )
 
     async def _classify(
         self, inputs: np.ndarray, model: str = "", version: str = ""
@@ -263,15 +288,19 @@ class KilnService:
         return await self._classify(inputs)
 
     @bentoml.api
-    async def infer(self, inputs: Inputs, model: str = "", version: str = "") -> list[Prediction]:
+    async def infer(
+        self, inputs: Inputs, model: str = "", version: VersionField = ""
+    ) -> list[Prediction]:
         """Like `predict`, for a chosen model and loaded version (`version` "" = the default)."""
         return await self._classify(inputs, model, version)
 
     @bentoml.api
     async def classify_image(self, image: Path) -> Prediction:
-        """Classify one PNG or JPEG image, preprocessed exactly as training read images."""
-        from kiln.data import prepare_image
+        """Classify one PNG or JPEG image, preprocessed exactly as training read images.
 
+        The header is checked first (at most KILN_BENTO_MAX_IMAGE_PIXELS), then the image is
+        decoded on a worker thread.
+        """
         try:
             spec = self.core.describe(self.name).inputs[0]
             if len(spec.shape) != 4:
@@ -280,13 +309,15 @@ class KilnService:
                     "send arrays to /predict instead"
                 )
             channels, height, width = (int(d) for d in spec.shape[1:])
-            array = prepare_image(image.read_bytes(), channels, (height, width), image.name)
+            array = await self.images.decode(image, channels, (height, width))
         except KilnError as exc:
             raise to_http(exc) from exc
         return (await self._classify(array[None]))[0]
 
+    # model_info and feedback are coroutines so that they run on the event loop, as the core
+    # expects of its callers (BentoML runs plain functions on a thread).
     @bentoml.api
-    def model_info(self) -> dict[str, Any]:
+    async def model_info(self) -> dict[str, Any]:
         """The served model: name, default version, inputs, outputs, class names."""
         try:
             d = self.core.describe(self.name)
@@ -308,13 +339,29 @@ class KilnService:
         }
 
     @bentoml.api
-    def feedback(self, items: list[FeedbackItem]) -> FeedbackReceipt:
-        """Ground truth for answered requests: `[{"request_id": ..., "label": 3}, ...]`."""
+    async def feedback(self, items: list[FeedbackItem]) -> FeedbackReceipt:
+        """Ground truth for answered requests: `[{"request_id": ..., "label": 3}, ...]`.
+
+        Each item is stored or refused in the answer with its reason (an empty request id, a
+        label outside the model's classes); the stored ones are written in the background.
+        A full buffer refuses the whole call with 429 (nothing of it kept; retry after the
+        Retry-After seconds), more than KILN_SERVE_MAX_FEEDBACK_ITEMS (10,000) with 400.
+        """
         now = time.time_ns()
-        rejected = self.core.feedback(
-            [Feedback(i.request_id, i.label, i.model or self.name, now) for i in items]
-        )
+        try:
+            rejected = self.core.feedback(
+                [Feedback(i.request_id, i.label, i.model or self.name, now) for i in items]
+            )
+        except KilnError as exc:
+            raise to_http(exc) from exc
         return FeedbackReceipt(
             accepted=len(items) - len(rejected),
             rejected=[{"index": index, "reason": reason} for index, reason in rejected],
         )
+
+
+# Bound every request body before BentoML reads it; tell clients when to retry a 429 or 503.
+# (`@bentoml.service` made the class a `bentoml.Service`; mypy applies no class decorator.)
+_service = cast("bentoml.Service[KilnService]", KilnService)
+_service.add_asgi_middleware(BodyLimit, max_bytes=SETTINGS.max_body_bytes)
+_service.add_asgi_middleware(RetryHint)

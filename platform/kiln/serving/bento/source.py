@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+from sqlalchemy.engine import make_url
+
 from kiln.errors import ModelNotFound
 from kiln.registry import parse_reference
 from kiln.serving.bento.store import StoreRepository, find_exported
@@ -28,6 +30,10 @@ class ModelSource:
     """A version's class names (empty when unknown)."""
     close: Callable[[], None]
     description: str
+    """Where the model comes from, safe to show clients (`/model_info`): the kind of registry
+    or store, never a path, host or credential."""
+    location: str
+    """The same for the server log: the registry URL (password hidden) or the store entry."""
 
 
 def from_registry(reference: str | None, settings: Settings, options: EngineOptions,
@@ -52,24 +58,28 @@ def from_registry(reference: str | None, settings: Settings, options: EngineOpti
         config = registry.get_version(parsed.name, version).config
         return [str(c) for c in config.get("class_names", [])]
 
+    url = make_url(settings.resolved_registry_url)
     return ModelSource(
         RegistryRepository(registry, options=options, engine_kind=engine_kind),
         str(parsed),
         class_names,
         registry.close,
-        f"registry {settings.resolved_registry_url}",
+        f"kiln registry ({url.get_backend_name()})",
+        f"registry {url.render_as_string(hide_password=True)}",
     )
 
 
 def from_store(tag: str | None, options: EngineOptions) -> ModelSource:
     repository = StoreRepository(find_exported(tag), options)
     names = [str(c) for c in repository.manifest.get("class_names", [])]
+    where = f"BentoML model store ({repository.manifest['source']})"
     return ModelSource(
         repository,
         f"{repository.name}:{repository.version}",
         lambda _version: names,
         lambda: None,
-        f"BentoML model store ({repository.manifest['source']})",
+        where,
+        where,
     )
 
 
