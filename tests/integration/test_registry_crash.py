@@ -132,7 +132,8 @@ def test_gc_between_storing_a_blob_and_committing_does_not_lose_it(tmp_path: Pat
 
     proc = _run_until("blob-stored", home, checkpoint)
     with kiln.registry.open(settings=settings) as registry:
-        assert len(registry.gc().removed_blobs) == 1  # unreferenced yet, so collected
+        # Forced: it is the registry's only blob, which gc deletes only when confirmed.
+        assert len(registry.gc(force=True).removed_blobs) == 1  # unreferenced yet: collected
     out, err = proc.communicate(input="go on\n", timeout=120)
     assert proc.returncode == 0, err
     # Under the lock it found its blob gone and stored it again (passing the hold point once

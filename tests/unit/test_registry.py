@@ -21,10 +21,12 @@ from kiln.errors import (
     ArtifactNotFound,
     BundleInvalid,
     GateFailed,
+    GcRefused,
     InvalidArgument,
     InvalidReference,
     ModelNotFound,
     NothingToRollBack,
+    RegistryCorrupted,
     RegistryIncompatible,
     VersionInUse,
     VersionNotFound,
@@ -571,7 +573,7 @@ def test_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(
     report = registry.gc()
     assert report.removed_blobs == (dropped_blob.name,)
     assert report.removed_temp_files == (dead.name,)
-    assert report.kept_blobs == 1 and report.freed_bytes == 64
+    assert report.kept_blobs == 1 and report.freed_bytes == 64 + len(b"partial")
     assert not dropped_blob.exists() and not dead.exists() and live.exists()
     assert registry.artifact_file(registry.checkpoint("digits", keep.version)).is_file()
     assert registry.gc().removed_blobs == ()
@@ -627,3 +629,46 @@ def test_one_registry_shared_by_threads(registry: Registry, make_checkpoint: Che
     moves = registry.history("digits")
     assert len(moves) == 16
     assert all(b.from_version == a.to_version for a, b in itertools.pairwise(moves))
+
+
+def test_gc_refuses_more_than_half_and_dry_run_deletes_nothing(
+    registry: Registry, make_checkpoint: Checkpoint
+) -> None:
+    versions = [register(registry, make_checkpoint) for _ in range(3)]
+    registry.promote(versions[0].ref, gates=[])
+    for v in versions[1:]:
+        registry.delete_version("digits", v.version)
+    planned = registry.gc(dry_run=True)
+    assert planned.dry_run and len(planned.removed_blobs) == 2 and planned.confirmation
+    with pytest.raises(GcRefused, match="2 of the 3 stored artifact blobs"):
+        registry.gc()
+    assert len(list(registry._blobs.stored())) == 3
+    assert len(registry.gc(force=True).removed_blobs) == 2
+    assert registry.gc().removed_blobs == ()
+
+
+def test_gc_refuses_a_database_that_fails_its_integrity_check(
+    settings: Settings, make_checkpoint: Checkpoint
+) -> None:
+    with kiln.registry.open(settings=settings) as registry:
+        for _ in range(40):  # enough rows for the artifacts table to span pages
+            register(registry, make_checkpoint)
+    db = settings.home / "registry.db"
+    with sa.create_engine(f"sqlite:///{db}").connect() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=DELETE")
+        page = conn.exec_driver_sql("PRAGMA page_size").scalar()
+        root = conn.exec_driver_sql(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'ix_artifacts_sha256'"
+        ).scalar()
+    assert isinstance(page, int) and isinstance(root, int)
+    data = bytearray(db.read_bytes())
+    start = (root - 1) * page
+    data[start + 8 : start + page] = os.urandom(page - 8)  # an index page's cells, garbled
+    db.write_bytes(bytes(data))
+    blobs = {p for p in settings.home.rglob("sha256/??/*")}
+    with (
+        kiln.registry.open(settings=settings) as registry,
+        pytest.raises(RegistryCorrupted, match=r"quick check|malformed"),
+    ):
+        registry.gc(force=True)
+    assert {p for p in settings.home.rglob("sha256/??/*")} == blobs

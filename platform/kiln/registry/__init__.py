@@ -36,6 +36,10 @@ Guarantees:
   atomically, and verified against their sha256 on every `artifact_file` call
   (`ArtifactCorrupted` on mismatch).
 - A registration killed at any point leaves no visible version; `gc` removes what it left.
+  `gc` refuses (`GcRefused`) to delete more than half of the stored blobs, or all of them,
+  unless forced: that is what a replaced or re-created database looks like.
+- A registry file is created whole; one that exists but is empty, truncated, overwritten or
+  foreign raises `RegistryCorrupted` (DATA_LOSS) and is never re-initialised.
 - Every alias move is a history row: from, to, when (UTC), who, why, the gate decision and
   whether it was forced.
 - Every rollout change (canary, shadow, off) is a history row too; a refused one writes
@@ -61,6 +65,7 @@ from kiln.registry.records import (
     ArtifactKind,
     GateDecision,
     GateResult,
+    GcEntry,
     GcReport,
     ImportResult,
     Lineage,
@@ -88,6 +93,7 @@ __all__ = [
     "GateContext",
     "GateDecision",
     "GateResult",
+    "GcEntry",
     "GcReport",
     "ImportResult",
     "Lineage",

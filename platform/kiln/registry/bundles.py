@@ -7,7 +7,9 @@ A bundle is a tar archive (gzip-compressed when its name ends in ``.gz`` or ``.t
 
 Reading never extracts paths from the archive: it looks up the members the manifest names,
 so a hostile archive cannot write outside the blob store, and every blob is re-hashed on
-the way in.
+the way in. The manifest itself is bounded (`MAX_MANIFEST_BYTES`, `MAX_MANIFEST_DEPTH`
+levels of nesting) and its numbers are checked against what the registry can store
+(versions 1 to 2**63 - 1), so a hostile manifest is `BundleInvalid`, never an overflow.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ from typing import IO, Any
 from kiln.errors import BundleInvalid
 from kiln.registry.blobs import is_sha256
 from kiln.registry.records import Artifact, ArtifactKind, Lineage, ModelVersion
-from kiln.registry.references import validate_name
+from kiln.registry.references import MAX_VERSION, validate_name
 
 FORMAT = "kiln-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# What Kiln writes is a few KB and a handful of levels deep (a data profile in the config);
+# these bounds only stop a manifest built to exhaust memory or the parser's stack.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_MANIFEST_DEPTH = 64
+_MAX_SIZE = 2**63 - 1  # bytes a database BIGINT holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,11 @@ def read_bundle(file: Path) -> Iterator[tuple[BundleManifest, BundleBlobs]]:
             raise BundleInvalid(
                 f"{file} is not a Kiln bundle: it has no {MANIFEST}; "
                 "create one with kiln models export REF FILE"
+            )
+        if members[MANIFEST].size > MAX_MANIFEST_BYTES:
+            raise BundleInvalid(
+                f"{file} has a malformed {MANIFEST}: it is {members[MANIFEST].size} bytes, "
+                f"more than a manifest may have ({MAX_MANIFEST_BYTES}); export the version again"
             )
         manifest = _parse_manifest(file, _read_member(tar, file, members[MANIFEST]))
         yield manifest, BundleBlobs(file, tar, members)
@@ -167,6 +179,12 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad(f"not JSON ({exc})") from None
+    except ValueError:  # json parses numbers with int(), which refuses 4,300+ digits
+        raise bad("it holds a number with more than 4,300 digits") from None
+    except RecursionError:
+        raise bad(f"it is nested more than {MAX_MANIFEST_DEPTH} levels deep") from None
+    if _depth(data) > MAX_MANIFEST_DEPTH:
+        raise bad(f"it is nested more than {MAX_MANIFEST_DEPTH} levels deep")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleInvalid(
             f"{file} is not a Kiln bundle ({MANIFEST} has no format '{FORMAT}'); "
@@ -180,13 +198,16 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
     try:
         v = data["version"]
         name = validate_name(str(v["name"]))
-        number = int(v["version"])
+        number = _integer(v["version"], "version.version", 1, MAX_VERSION)
+        lineage = dict(v.get("lineage") or {})
+        if lineage.get("parent_version") is not None:
+            _integer(lineage["parent_version"], "version.lineage.parent_version", 1, MAX_VERSION)
         version = ModelVersion.create(
             name,
             number,
             config=dict(v["config"]),
             metrics=dict(v["metrics"]),
-            lineage=Lineage.from_dict(dict(v.get("lineage") or {})),
+            lineage=Lineage.from_dict(lineage),
             description=str(v.get("description", "")),
             created_at=datetime.fromisoformat(v["created_at"]),
         )
@@ -200,7 +221,7 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
                     version=number,
                     kind=ArtifactKind(a["kind"]),
                     sha256=str(a["sha256"]),
-                    size=int(a["size"]),
+                    size=_integer(a["size"], "artifacts[].size", 0, _MAX_SIZE),
                     filename=str(a.get("filename", "")),
                     target=dict(a.get("target") or {}),
                     libraries=dict(a.get("libraries") or {}),
@@ -209,8 +230,40 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
                 )
             )
         source_ref = str(data.get("source_ref", version.ref))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise bad(f"{type(exc).__name__}: {exc}") from None
+    except _Unusable as exc:
+        raise bad(str(exc)) from None
+    except KeyError as exc:
+        raise bad(f"it has no field {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}"[:300]) from None
     if version.created_at.tzinfo is None or any(a.created_at.tzinfo is None for a in artifacts):
         raise bad("timestamps must carry a timezone")
     return BundleManifest(source_ref=source_ref, version=version, artifacts=tuple(artifacts))
+
+
+class _Unusable(ValueError):
+    """A manifest value outside what the registry can store."""
+
+
+def _integer(value: Any, field: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Unusable(f"{field} must be an integer, not {type(value).__name__}")
+    if not low <= value <= high:
+        shown = str(value) if value.bit_length() < 100 else f"a {value.bit_length()}-bit number"
+        raise _Unusable(f"{field} is {shown}, outside {low} to {high}")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and objects (iteratively: it may be deep)."""
+    deepest = 0
+    pending = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_MANIFEST_DEPTH:
+                return level
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest

@@ -12,13 +12,23 @@ database is busy, so "database is locked" never reaches a user:
 
 Other databases (PostgreSQL) get the same serialisation of writers by locking the single
 `schema_version` row at the start of every write transaction.
+
+A SQLite registry file is created whole or not at all: the schema is written to a temporary
+file that is then hard-linked into place, and every later connection opens it with
+``mode=rw``, which never creates a file. So a registry file that exists but is empty, holds
+no Kiln tables, or is not a database at all was damaged (or written by something else), and
+opening it raises `RegistryCorrupted` instead of starting a new registry over it: a new,
+empty registry would make every artifact blob look unreferenced to `gc`.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import secrets
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,9 +36,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DatabaseError, OperationalError
 
-from kiln.errors import RegistryBusy
+from kiln.errors import RegistryBusy, RegistryCorrupted
 from kiln.registry import schema
 
 T = TypeVar("T")
@@ -37,6 +47,12 @@ _WRITE = "kiln_write"
 _SINGLE = "kiln_single_statement"
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+_SQLITE_CORRUPT = 11
+_SQLITE_CANTOPEN = 14
+_SQLITE_NOTADB = 26
+_WAL_HEADER_BYTES = 32  # a write-ahead log this long or shorter holds no transactions
+# The tables of schema version 1; later versions add to them (see schema.MIGRATIONS).
+_CORE_TABLES = frozenset({"schema_version", "models", "versions", "artifacts", "aliases"})
 
 
 class Database:
@@ -48,9 +64,13 @@ class Database:
         self.url = sa.engine.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         self.retry_budget_s = retry_budget_s
-        if self.is_sqlite and self.url.database and self.url.database != ":memory:":
-            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sa.create_engine(self.url)
+        self.file = _sqlite_file(self.url)
+        """The SQLite database file, when the registry is one (None for a server database)."""
+        engine_url = self.url
+        if self.file is not None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            engine_url = _existing_only(self.url, self.file)
+        self.engine: Engine = sa.create_engine(engine_url)
         if self.is_sqlite:
             _tune_sqlite(self.engine, busy_timeout_ms=int(busy_timeout_s * 1000))
 
@@ -71,8 +91,26 @@ class Database:
         """
         return self._run(work, write=True, snapshot=True, lock_row=True)
 
+    @property
+    def shown(self) -> str:
+        """The database as messages name it: the file relative to the working directory when
+        it is below it, else as given; a server URL without its password."""
+        if self.file is None:
+            return self.url.render_as_string(hide_password=True)
+        try:
+            return str(self.file.relative_to(Path.cwd()))
+        except (ValueError, OSError):
+            return str(self.file)
+
     def ensure_schema(self) -> None:
-        """Create the tables or bring them forward; cheap when they are current."""
+        """Create the tables or bring them forward; cheap when they are current.
+
+        Raises `RegistryCorrupted` for an existing SQLite file that is not a whole registry,
+        `RegistryIncompatible` for one written by a newer Kiln.
+        """
+        if self.file is not None:
+            self._create_file_if_absent(self.file)
+            self._inspect_file(self.file)
         current = self.read(_schema_version)
         if current != schema.SCHEMA_VERSION:
             # The lock row may not exist yet: creation is serialised by BEGIN IMMEDIATE on
@@ -81,6 +119,118 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def check_integrity(self, conn: Connection) -> None:
+        """Raise `RegistryCorrupted` unless SQLite's quick check of every page passes.
+
+        Linear in the database size (milliseconds for a registry): for operations that act
+        on what the database says is *absent*, like `gc`, where a damaged page would read as
+        "not referenced". A no-op on other databases.
+        """
+        if not self.is_sqlite:
+            return
+        problems = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise self._damaged(f"is damaged (SQLite's quick check: {'; '.join(problems)})")
+
+    def _damaged(self, what: str, *, foreign: bool = False) -> RegistryCorrupted:
+        where = "point KILN_HOME or KILN_REGISTRY_URL at the right registry, " if foreign else ""
+        return RegistryCorrupted(
+            f"the registry database {self.shown} {what}. Kiln will not start a new registry "
+            "over it (every artifact it indexed would look unreferenced): "
+            f"{where}restore it from a backup, or move it aside (a new registry is created "
+            "where none exists) and re-import your versions with kiln models import BUNDLE"
+        )
+
+    def _create_file_if_absent(self, path: Path) -> None:
+        """Create the registry file with its schema in one step, unless it exists."""
+        if path.exists():
+            return
+        wal = path.with_name(f"{path.name}-wal")
+        if wal.is_file() and wal.stat().st_size > _WAL_HEADER_BYTES:
+            raise RegistryCorrupted(
+                f"the registry database {self.shown} is missing, but its write-ahead log "
+                f"{self.shown}-wal holds transactions: the database was deleted or moved "
+                "without it. Put the database back beside it, or restore it from a backup; "
+                f"to start a new registry instead, delete {self.shown}-wal and "
+                f"{self.shown}-shm (kiln models import BUNDLE re-imports exported versions)"
+            )
+        partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        try:
+            # A plain engine: no WAL yet (the file must be whole on its own when linked), and
+            # the tuned engine's mode=rw could not create it anyway.
+            maker = sa.create_engine(sa.engine.URL.create("sqlite", database=str(partial)))
+            try:
+                with maker.begin() as conn:
+                    schema.ensure_schema(conn)
+            finally:
+                maker.dispose()
+            with partial.open("rb") as done:
+                os.fsync(done.fileno())
+            try:
+                os.link(partial, path)  # fails if another process created it first: use theirs
+            except FileExistsError:
+                pass
+            except OSError:
+                # No hard links on this file system: a rename, which could only replace a
+                # registry created in the last few milliseconds by a concurrent first open.
+                if not path.exists():
+                    os.replace(partial, path)
+            _fsync_dir(path.parent)
+        finally:
+            partial.unlink(missing_ok=True)
+            Path(f"{partial}-journal").unlink(missing_ok=True)
+
+    def _inspect_file(self, path: Path) -> None:
+        """Refuse a file that is not a whole Kiln registry, reading it only: the tuned engine
+        would switch a foreign database to WAL mode, writing to it."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise self._damaged("disappeared while it was being opened") from None
+        if size == 0:
+            raise self._damaged(
+                "is empty (0 bytes): it was truncated or replaced (Kiln creates it whole)"
+            )
+        uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error as exc:
+            raise (self._translate(exc) or exc) from None
+        try:
+            tables = {
+                str(row[0])
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if schema.schema_version.name not in tables:
+                raise self._damaged(
+                    "holds no Kiln registry (it has no schema_version table)", foreign=True
+                )
+            missing = sorted(_CORE_TABLES - tables)
+            if missing:
+                raise self._damaged(f"is damaged: its tables {', '.join(missing)} are missing")
+            if conn.execute("SELECT count(*) FROM schema_version").fetchone()[0] != 1:
+                raise self._damaged("is damaged: its schema_version table has lost its row")
+        except sqlite3.Error as exc:
+            raise (self._translate(exc) or exc) from None
+        finally:
+            conn.close()
+
+    def _translate(self, exc: BaseException | None) -> BaseException | None:
+        """What a driver error means to the user: damage is `RegistryCorrupted`."""
+        code = _sqlite_code(exc)
+        if code == _SQLITE_NOTADB:
+            return self._damaged(
+                "is not an SQLite database: it was overwritten or its header is damaged"
+            )
+        if code == _SQLITE_CORRUPT:
+            return self._damaged(
+                "is damaged (SQLite: database disk image is malformed; a truncated copy looks "
+                f"like this). sqlite3 {self.shown} .recover may save part of it"
+            )
+        if code == _SQLITE_CANTOPEN and self.file is not None and not self.file.exists():
+            return self._damaged("was deleted or moved while Kiln was using it")
+        return exc
 
     def _run(
         self, work: Callable[[Connection], T], *, write: bool, snapshot: bool, lock_row: bool
@@ -100,12 +250,15 @@ class Database:
                                 sa.select(schema.schema_version.c.id).with_for_update()
                             ).all()
                         return work(conn)
-            except OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
+            except DatabaseError as exc:
+                if not (isinstance(exc, OperationalError) and _is_busy(exc)):
+                    translated = self._translate(exc.orig)
+                    if translated is exc.orig or translated is None:
+                        raise
+                    raise translated from exc
                 if time.monotonic() + delay > deadline:
                     raise RegistryBusy(
-                        f"the registry at {self.url.render_as_string(hide_password=True)} "
+                        f"the registry at {self.shown} "
                         f"stayed locked by other processes for {self.retry_budget_s:.0f} s; "
                         "retry when the other writers are done"
                     ) from exc
@@ -128,10 +281,44 @@ def _create_or_migrate(conn: Connection) -> int:
 
 
 def _schema_version(conn: Connection) -> int | None:
+    """The schema version; None for a database without Kiln's tables (a server database's
+    first use: SQLite files were inspected before, see `Database._inspect_file`)."""
     if not sa.inspect(conn).has_table(schema.schema_version.name):
         return None
     value: int | None = conn.execute(sa.select(schema.schema_version.c.version)).scalar()
     return value
+
+
+def _sqlite_file(url: sa.engine.URL) -> Path | None:
+    """The file of a SQLite URL; None for memory and for URI-mode URLs (taken as given)."""
+    if url.get_backend_name() != "sqlite":
+        return None
+    database = url.database or ""
+    if database in ("", ":memory:") or str(url.query.get("uri", "")).lower() in ("true", "1"):
+        return None
+    return Path(database).absolute()
+
+
+def _existing_only(url: sa.engine.URL, path: Path) -> sa.engine.URL:
+    """`url` opening `path` with ``mode=rw``: SQLite then refuses a missing file instead of
+    creating an empty one (which would later pass for a registry that lost everything)."""
+    return url.set(
+        database=f"file:{urllib.parse.quote(str(path))}",
+        query={**url.query, "mode": "rw", "uri": "true"},
+    )
+
+
+def _sqlite_code(exc: BaseException | None) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _is_busy(exc: OperationalError) -> bool:

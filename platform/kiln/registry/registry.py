@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from kiln.errors import (
     ArtifactNotFound,
+    GcRefused,
     InvalidArgument,
     VersionInUse,
 )
@@ -41,6 +42,7 @@ from kiln.registry.records import (
     Artifact,
     ArtifactKind,
     GateDecision,
+    GcEntry,
     GcReport,
     ImportResult,
     Lineage,
@@ -603,33 +605,59 @@ class Registry:
                 )
             )
 
-    def gc(self) -> GcReport:
+    def gc(self, *, dry_run: bool = False, force: bool = False) -> GcReport:
         """Remove blobs no artifact row references, and temporary files of dead writers.
+
+        With `dry_run`, report what would be removed and remove nothing. Raises `GcRefused`
+        (removing nothing) when more than half of the stored blobs would go, all of them
+        included, unless `force`: a registry that references almost nothing of what is
+        stored was more likely replaced, restored from an old backup or re-created than
+        emptied on purpose. Raises `RegistryCorrupted` when SQLite's integrity check fails
+        (a damaged page would read as "not referenced").
 
         Runs under the database write lock, so a registration in flight either commits its
         reference first (its blob is kept) or finds its blob gone and stores it again.
         """
 
         def work(conn: Connection) -> GcReport:
+            self._db.check_integrity(conn)
             referenced = set(conn.execute(sa.select(artifacts.c.sha256).distinct()).scalars())
-            removed: list[str] = []
-            freed = 0
-            kept = 0
-            for sha256, path in self._blobs.stored():
-                if sha256 in referenced:
-                    kept += 1
-                    continue
-                try:
-                    freed += path.stat().st_size
-                    path.unlink()
-                except FileNotFoundError:
-                    continue
-                removed.append(sha256)
+            stored = list(self._blobs.stored())
+            doomed: list[GcEntry] = []
+            for sha256, path in stored:
+                if sha256 not in referenced:
+                    try:
+                        doomed.append(GcEntry("blob", sha256, path.stat().st_size))
+                    except FileNotFoundError:
+                        continue
+            confirmation = _gc_confirmation(len(doomed), len(stored), doomed)
+            if confirmation is not None and not (dry_run or force):
+                raise GcRefused(
+                    f"kiln gc refused: {confirmation}; nothing was deleted. Check the registry "
+                    "first (kiln models list); kiln gc --dry-run lists the blobs, "
+                    "kiln gc --yes deletes them"
+                )
             temps = []
             for temp in self._blobs.stale_temp_files():
-                temp.unlink(missing_ok=True)
-                temps.append(temp.name)
-            return GcReport(tuple(removed), tuple(temps), freed, kept)
+                try:
+                    temps.append(GcEntry("temp_file", temp.name, temp.stat().st_size))
+                except FileNotFoundError:
+                    continue
+            report = GcReport(
+                tuple(doomed + temps), len(stored) - len(doomed), dry_run, confirmation
+            )
+            if dry_run:
+                return report
+            removed = []
+            for entry in doomed:
+                try:
+                    self._blobs.path(entry.name).unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(entry)
+            for entry in temps:
+                (self._blobs.root / "sha256" / "incoming" / entry.name).unlink(missing_ok=True)
+            return GcReport(tuple(removed + temps), report.kept_blobs, False, confirmation)
 
         return self._db.write(work)
 
@@ -685,6 +713,27 @@ def _summaries(conn: Connection, name: str | None) -> list[ModelSummary]:
         )
         for row in conn.execute(counts)
     ]
+
+
+def _gc_confirmation(doomed: int, stored: int, entries: list[GcEntry]) -> str | None:
+    """Why deleting `doomed` of `stored` blobs needs confirmation, or None when it does not.
+
+    The rule: more than half of the stored blobs (so one orphan beside one kept blob, the
+    trace of a killed registration, needs none; every blob of a registry does).
+    """
+    if doomed * 2 <= stored:
+        return None
+    freed = sum(e.bytes for e in entries)
+    if doomed == stored:
+        return (
+            f"the registry references none of the {stored} stored artifact blobs ({freed} "
+            "bytes), which is what a replaced, restored or re-created registry database "
+            "looks like"
+        )
+    return (
+        f"it would delete {doomed} of the {stored} stored artifact blobs ({freed} bytes), "
+        "more than half, which kiln gc does only when confirmed"
+    )
 
 
 def _rollout_percent(mode: RolloutMode, percent: float | None) -> float:
