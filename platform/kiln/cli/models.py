@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -353,16 +354,68 @@ def import_(
     emit(result.to_dict(), as_json, render)
 
 
-def gc(as_json: bool = JsonOption) -> None:
-    """Remove artifact blobs no version references, and temporary files of dead writers."""
+def gc(
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="List what would be deleted, and its size; delete nothing."),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Delete even when that is more than half of the stored blobs (or all of them).",
+        ),
+    ] = False,
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete artifact blobs no version references, temporary files of dead writers, and
+    run folders of killed trainings.
+
+    Refuses, deleting nothing, when more than half of the stored blobs would go (all of them
+    when the registry references none, as a replaced or re-created registry.db does) unless
+    --yes; refuses a damaged registry database always.
+    """
+    from kiln.cli.train import unfinished_runs
+
+    settings = Settings()
     with open_registry() as registry:
-        report = registry.gc()
+        report = registry.gc(dry_run=dry_run, force=yes)
+    runs = unfinished_runs(settings.runs_dir)
+    removed_runs = []
+    for run in runs:
+        if not dry_run:
+            shutil.rmtree(run.path, ignore_errors=True)
+            if run.path.exists():
+                continue
+        removed_runs.append(run)
+    run_bytes = sum(r.bytes for r in removed_runs)
+    payload = report.to_dict() | {
+        "removed_runs": [r.path.name for r in removed_runs],
+        "freed_bytes": report.freed_bytes + run_bytes,
+        "entries": [e.to_dict() for e in report.entries]
+        + [
+            {"kind": "run", "name": r.path.name, "bytes": r.bytes, "reason": r.reason}
+            for r in removed_runs
+        ],
+    }
 
     def render(console: Console) -> None:
+        verb = "would remove" if dry_run else "removed"
+        if dry_run and payload["entries"]:
+            table = Table(title="kiln gc --dry-run: nothing was deleted")
+            for column in ("kind", "name", "size"):
+                table.add_column(column, overflow="fold")
+            for entry in payload["entries"]:
+                table.add_row(entry["kind"], entry["name"], size(entry["bytes"]))
+            console.print(table)
         console.print(
-            f"removed {len(report.removed_blobs)} unreferenced blobs "
-            f"({size(report.freed_bytes)}) and {len(report.removed_temp_files)} stale "
-            f"temporary files; kept {report.kept_blobs} blobs"
+            f"{verb} {len(report.removed_blobs)} unreferenced blobs, "
+            f"{len(report.removed_temp_files)} stale temporary files and "
+            f"{len(removed_runs)} unfinished run folders ({size(payload['freed_bytes'])}); "
+            f"kept {report.kept_blobs} blobs"
         )
+        if dry_run and report.confirmation:
+            console.print(f"kiln gc would refuse without --yes: {report.confirmation}")
 
-    emit(report.to_dict(), as_json, render)
+    emit(payload, as_json, render)

@@ -1,8 +1,14 @@
-"""`kiln train`: train a model on a data set, evaluate it, optionally register it."""
+"""`kiln train`: train a model on a data set, evaluate it, optionally register it; and which
+run folders a killed `kiln train` left behind (`unfinished_runs`, for `kiln gc`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -180,3 +186,73 @@ def register(name: str, result: Any, settings: Settings) -> dict[str, Any]:
         )
     err_console.print(f"registered {version.ref}")
     return {"name": name, "version": version.version, "reference": version.ref}
+
+
+# The run folder's markers as `kiln.train.trainer` writes them (RUN_FINISHED, RUN_PROCESS),
+# spelled out so that `kiln gc` does not import torch; a test keeps the two equal.
+RUN_FINISHED = "summary.json"
+RUN_PROCESS = "process.json"
+ABANDONED_AFTER_S = 24 * 3600
+"""An unfinished run whose writer cannot be checked (another host, or a run from before
+process.json) counts as abandoned once nothing in it changed for this long: every epoch
+appends to metrics.jsonl, and no epoch takes a day."""
+
+
+@dataclass(frozen=True, slots=True)
+class UnfinishedRun:
+    """A run folder that never finished and whose writer is gone."""
+
+    path: Path
+    bytes: int
+    reason: str
+
+
+def unfinished_runs(runs_dir: Path, *, now: float | None = None) -> list[UnfinishedRun]:
+    """The folders under `runs_dir` without RUN_FINISHED whose training process is gone:
+    its pid (on this host) no longer runs, or nothing changed in it for ABANDONED_AFTER_S."""
+    if not runs_dir.is_dir():
+        return []
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    found = []
+    for run in sorted(runs_dir.iterdir()):
+        if not run.is_dir() or (run / RUN_FINISHED).exists():
+            continue
+        files = [p for p in run.rglob("*") if p.is_file()]
+        try:
+            changed = max([run.stat().st_mtime, *(p.stat().st_mtime for p in files)])
+            size = sum(p.stat().st_size for p in files)
+        except FileNotFoundError:
+            continue  # it is being written or removed right now
+        writer = _writer(run / RUN_PROCESS)
+        if writer is not None and writer[0] == host:
+            if _alive(writer[1]):
+                continue
+            reason = f"never finished (no {RUN_FINISHED}) and its process {writer[1]} is gone"
+        elif now - changed > ABANDONED_AFTER_S:
+            hours = (now - changed) / 3600
+            reason = f"never finished (no {RUN_FINISHED}) and unchanged for {hours:.0f} h"
+        else:
+            continue
+        found.append(UnfinishedRun(run, size, reason))
+    return found
+
+
+def _writer(path: Path) -> tuple[str, int] | None:
+    try:
+        record = json.loads(path.read_text())
+        return str(record["host"]), int(record["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    return True

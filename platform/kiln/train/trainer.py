@@ -1,8 +1,10 @@
 """The trainer: AdamW, warm-up + cosine, gradient clipping, early stopping, seeded on CPU.
 
 One function, `train(config, settings)`, reads top to bottom like the loop it runs. It writes
-`KILN_HOME/runs/RUN_ID/` (metrics.jsonl per epoch, curves.png, summary.json, checkpoint/) and
-returns a `TrainResult` holding the best checkpoint (by validation loss) and its test metrics.
+`KILN_HOME/runs/RUN_ID/` (process.json first, metrics.jsonl per epoch, curves.png,
+checkpoint/, summary.json last) and returns a `TrainResult` holding the best checkpoint (by
+validation loss) and its test metrics. summary.json marks a finished run; process.json names
+the process writing it, so `kiln gc` can tell a killed run from one still training.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import secrets
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +35,11 @@ from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
 from kiln.train.metrics import classification_report
+
+RUN_PROCESS = "process.json"
+"""Written when a run starts: the host and pid of the process training it."""
+RUN_FINISHED = "summary.json"
+"""Written (atomically) when a run has finished: its config and metrics."""
 
 
 @dataclass
@@ -137,6 +146,8 @@ def train(
     run_id = new_run_id(config)
     run_dir = settings.runs_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
+    (run_dir / RUN_PROCESS).write_text(json.dumps(owner) + "\n")
     history: list[dict[str, float]] = []
     best_loss, best_epoch, stale = math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -250,5 +261,8 @@ def train(
     checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint")
     plot_curves(history, run_dir / "curves.png", title=f"{config.model} on {ds.name}")
     summary = {"run_id": run_id, "config": config.as_dict(), "metrics": metrics}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # Last, and whole or not at all: its presence is what says the run finished.
+    partial = run_dir / f".{RUN_FINISHED}.partial"
+    partial.write_text(json.dumps(summary, indent=2) + "\n")
+    os.replace(partial, run_dir / RUN_FINISHED)
     return TrainResult(run_id, run_dir, checkpoint, ckpt_config, metrics, history, ds, duration)
