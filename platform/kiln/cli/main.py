@@ -140,7 +140,10 @@ _CLICK_ERRORS: tuple[type[Exception], ...] = tuple(
         *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
     }
 )
-_ABORTS: tuple[type[BaseException], ...] = tuple({click.exceptions.Abort, typer.Abort})
+_INTERRUPTS: tuple[type[BaseException], ...] = (
+    *{click.exceptions.Abort, typer.Abort},
+    KeyboardInterrupt,
+)
 _EXITS: tuple[type[BaseException], ...] = tuple({click.exceptions.Exit, typer.Exit})
 
 
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
         _usage_error(exc, as_json=as_json, debug=debug)
     except _EXITS as exc:
         _exit(int(getattr(exc, "exit_code", 0) or 0), as_json=as_json)
-    except (*_ABORTS, KeyboardInterrupt):
+    except _INTERRUPTS:
         _exit(EXIT_INTERRUPTED, as_json=as_json)
     except pydantic.ValidationError as exc:
         message = _bad_setting(exc)
