@@ -26,8 +26,8 @@ def body_too_large(limit: int, size: int | None = None) -> str:
     sent = f" ({size} bytes)" if size is not None else ""
     return (
         f"the request body{sent} is larger than this server accepts: at most {limit} bytes "
-        "(KILN_BENTO_MAX_BODY_BYTES); send fewer rows per request, or an image file to "
-        "/classify_image instead of its pixels as JSON"
+        "(KILN_BENTO_MAX_BODY_BYTES); send fewer rows per request or a smaller image (an "
+        "image file to /classify_image is far smaller than its pixels as JSON)"
     )
 
 
