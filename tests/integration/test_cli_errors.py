@@ -37,6 +37,7 @@ def _no_bug(result: Any) -> None:
         (("serve", "--port", "abc"), "Invalid value for '--port'"),
         (("models", "show"), "Missing argument"),
         (("models", "list", "--limit", "3"), "No such option: --limit"),
+        (("datasets", "show", "digits", "--seed", "-1"), "Invalid value for '--seed'"),
     ],
 )
 def test_usage_errors_are_clicks_usage_message_with_exit_2(

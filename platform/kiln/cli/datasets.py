@@ -58,7 +58,7 @@ def show(
     name: Annotated[
         str, typer.Argument(help="A data set name, a .parquet file or an image folder.")
     ],
-    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Split seed (0 or more).")] = 0,
     as_json: bool = JsonOption,
 ) -> None:
     """Show a data set's shape, classes, split sizes, value range and fingerprint."""
