@@ -147,6 +147,8 @@ def test_delete_export_import_and_gc(
         (("promote", "digits:2", "--alias", "a" * 70), ["70 characters"]),
         (("promote", "digits:1"), ["already points at digits:1"]),
         (("models", "history", "digits", "--at", "yesterday"), ["not an ISO 8601 time"]),
+        (("models", "history", "digits", "--at", "9999-12-31T23:59-14:00"), ["out of range"]),
+        (("models", "history", "digits", "--at", "0001-01-01T00:00+14:00"), ["out of range"]),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(

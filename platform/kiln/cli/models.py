@@ -283,7 +283,14 @@ def _parse_time(text: str) -> datetime:
             f"--at '{text}' is not an ISO 8601 time; e.g. 2026-11-23T14:02 or "
             "2026-11-23T14:02:00+01:00"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidArgument(
+            f"--at '{text}' is out of range: in UTC it falls outside the years 1 to 9999"
+        ) from None
+    return value
 
 
 @app.command("delete")

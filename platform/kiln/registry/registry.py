@@ -503,6 +503,12 @@ class Registry:
             raise InvalidArgument(
                 "alias_at needs a timezone-aware time, e.g. datetime(..., tzinfo=UTC)"
             )
+        try:
+            when = when.astimezone(UTC)
+        except OverflowError:
+            raise InvalidArgument(
+                f"{when} is out of range: in UTC it is before year 1 or after 9999"
+            ) from None
         validate_name(name)
         validate_name(alias, "alias name")
         return self._db.read(lambda conn: alias_moves.pointed_at(conn, name, alias, when))
