@@ -142,3 +142,47 @@ def test_typed_count_must_match_the_shape() -> None:
         InferRequestInvalid, match=r"needs 6 elements, but its typed contents hold 5"
     ):
         codec.decode_typed("t", "FP32", (2, 3), [0.0] * 5)
+
+
+dims = st.one_of(st.sampled_from([0, 1, 2, 3, 2**31, 2**48, 2**62, 2**63 - 1]), st.integers(-2, 8))
+
+
+@given(
+    datatype=st.sampled_from(codec.DATATYPES),
+    shape=st.lists(dims, max_size=80),
+    raw=st.sampled_from([b"", bytes(1), bytes(4), bytes(16), b"\x01\x00\x00\x00a"]),
+)
+def test_any_shape_decodes_or_is_refused_never_a_numpy_error(
+    datatype: str, shape: list[int], raw: bytes
+) -> None:
+    # numpy refuses more than 64 dimensions, and empty shapes whose other dimensions overflow
+    # (ValueError): the codec refuses those itself, as a client mistake naming the input.
+    for decode in (
+        lambda: codec.decode_raw("x", datatype, shape, raw),
+        lambda: codec.decode_typed("x", datatype, shape, []),
+    ):
+        try:
+            decoded = decode()
+        except InferRequestInvalid as exc:
+            assert "input 'x'" in exc.message
+        else:
+            assert list(decoded.shape) == shape
+
+
+def test_too_many_dimensions_are_refused_by_count() -> None:
+    with pytest.raises(InferRequestInvalid, match="input 'x' has 100 dimensions; tensors have at"):
+        codec.decode_raw("x", "FP32", [1] * 100, bytes(4))
+    assert codec.decode_raw("x", "FP32", [1] * codec.MAX_RANK, bytes(4)).ndim == codec.MAX_RANK
+
+
+def test_an_empty_tensor_with_huge_dimensions_is_refused() -> None:
+    with pytest.raises(InferRequestInvalid, match="input 'x' is empty"):
+        codec.decode_raw("x", "FP32", [0, 2**62, 2**62], b"")
+    assert codec.decode_raw("x", "FP32", [0, 2**20, 2**20], b"").shape == (0, 2**20, 2**20)
+
+
+def test_names_in_messages_are_quoted_and_bounded() -> None:
+    with pytest.raises(InferRequestInvalid) as err:
+        codec.decode_raw("n\x00" + "x" * 10_000, "FP32", [2], bytes(4))
+    assert "\x00" not in err.value.message and len(err.value.message) < 300
+    assert "(10002 characters)" in err.value.message

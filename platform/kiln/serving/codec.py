@@ -6,7 +6,8 @@ tensors are raw too: each element is a 4-byte little-endian length followed by t
 bytes. Decoding is zero-copy for numeric raw data (`np.frombuffer`), so arrays decoded from a
 request are read-only views of the request's bytes.
 
-Every decoding error is `InferRequestInvalid` with a message naming the tensor and the problem.
+Every decoding error is `InferRequestInvalid` with a message naming the tensor (quoted: names
+come from clients) and the problem; numpy never sees a shape it would refuse with ValueError.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from kiln.errors import InferRequestInvalid
+from kiln.errors import InferRequestInvalid, quote
 
 BYTES: Final = "BYTES"
 BF16: Final = "BF16"
@@ -48,6 +49,13 @@ DATATYPES: Final[tuple[str, ...]] = (*_NUMERIC, BF16, BYTES)
 _LENGTH = struct.Struct("<I")
 _OBJECT = np.dtype(object)
 
+MAX_RANK: Final = 32
+"""Most dimensions a request's tensor may have: numpy 1's limit (numpy 2 allows 64); no model
+comes near it."""
+_MAX_EXTENT: Final = 2**48
+"""Largest product of a tensor's non-zero dimensions: numpy refuses shapes whose size times
+the item size overflows, even when a zero dimension makes them empty."""
+
 
 def _bfloat16() -> np.dtype[Any]:
     try:
@@ -70,7 +78,9 @@ def numpy_dtype(datatype: str) -> np.dtype[Any]:
         return _OBJECT
     if datatype == BF16:
         return _bfloat16()
-    raise InferRequestInvalid(f"unknown datatype '{datatype}'; datatypes: {', '.join(DATATYPES)}")
+    raise InferRequestInvalid(
+        f"unknown datatype {quote(datatype)}; datatypes: {', '.join(DATATYPES)}"
+    )
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
@@ -88,14 +98,27 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 
 
 def element_count(name: str, shape: Sequence[int]) -> int:
-    """The number of elements of a tensor of `shape`; raises for negative dimensions."""
+    """The number of elements of a tensor of `shape`; raises for shapes no array can have:
+    negative dimensions, more than `MAX_RANK` of them, or an empty tensor whose other
+    dimensions are too large for numpy."""
+    if len(shape) > MAX_RANK:
+        raise InferRequestInvalid(
+            f"input {quote(name)} has {len(shape)} dimensions; tensors have at most {MAX_RANK} "
+            "(send the shape the model's metadata lists)"
+        )
     for dim in shape:
         if dim < 0:
             raise InferRequestInvalid(
-                f"input '{name}' has shape {list(shape)}: dimensions must be >= 0 "
+                f"input {quote(name)} has shape {list(shape)}: dimensions must be >= 0 "
                 "(-1 is only for model metadata, not requests)"
             )
-    return math.prod(shape)
+    count = math.prod(shape)
+    if count == 0 and math.prod(d for d in shape if d) > _MAX_EXTENT:
+        raise InferRequestInvalid(
+            f"input {quote(name)} is empty (shape {list(shape)}) and its other dimensions are "
+            "too large for any tensor; send at least one row, of the shape the model takes"
+        )
+    return count
 
 
 _RAW_LAYOUTS: dict[tuple[str, tuple[int, ...]], tuple[np.dtype[Any], int]] = {}
@@ -119,7 +142,7 @@ def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> np
     expected = count * dtype.itemsize
     if len(raw) != expected:
         raise InferRequestInvalid(
-            f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes "
+            f"input {quote(name)}: shape {list(shape)} of {datatype} needs {expected} bytes "
             f"({count} elements x {dtype.itemsize}), but its raw contents hold {len(raw)}"
         )
     if len(_RAW_LAYOUTS) < _RAW_LAYOUT_LIMIT:
@@ -137,21 +160,21 @@ def decode_bytes(
     while offset < end:
         if offset + 4 > end:
             raise InferRequestInvalid(
-                f"input '{name}': BYTES contents end inside a 4-byte length prefix "
+                f"input {quote(name)}: BYTES contents end inside a 4-byte length prefix "
                 f"(element {len(elements)}, byte {offset} of {end})"
             )
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > end:
             raise InferRequestInvalid(
-                f"input '{name}': BYTES element {len(elements)} declares {length} bytes but "
+                f"input {quote(name)}: BYTES element {len(elements)} declares {length} bytes but "
                 f"only {end - offset} remain"
             )
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if len(elements) != count:
         raise InferRequestInvalid(
-            f"input '{name}': shape {list(shape)} needs {count} BYTES elements, "
+            f"input {quote(name)}: shape {list(shape)} needs {count} BYTES elements, "
             f"but its contents hold {len(elements)}"
         )
     array = np.empty(count, dtype=_OBJECT)
@@ -166,13 +189,13 @@ def decode_typed(
     count = element_count(name, shape)
     if datatype in ("FP16", BF16):
         raise InferRequestInvalid(
-            f"input '{name}': {datatype} has no typed contents in KServe v2; send it as raw "
+            f"input {quote(name)}: {datatype} has no typed contents in KServe v2; send it as raw "
             "bytes (raw_input_contents)"
         )
     dtype = numpy_dtype(datatype)
     if len(values) != count:
         raise InferRequestInvalid(
-            f"input '{name}': shape {list(shape)} needs {count} elements, but its typed "
+            f"input {quote(name)}: shape {list(shape)} needs {count} elements, but its typed "
             f"contents hold {len(values)}"
         )
     if dtype is _OBJECT:
@@ -184,7 +207,7 @@ def decode_typed(
     except OverflowError:
         info = np.iinfo(dtype)
         raise InferRequestInvalid(
-            f"input '{name}': a value is out of range for {datatype} ({info.min}..{info.max})"
+            f"input {quote(name)}: a value is out of range for {datatype} ({info.min}..{info.max})"
         ) from None
 
 

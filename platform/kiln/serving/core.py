@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import itertools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -35,9 +36,14 @@ from kiln.errors import (
     FeedbackDisabled,
     FeedbackRejected,
     InternalError,
+    InvalidReference,
     KilnError,
+    ModelControlDisabled,
+    NotFound,
     RequestCancelled,
     ServerShuttingDown,
+    Unavailable,
+    quote,
 )
 from kiln.serving.batcher import Tensors
 from kiln.serving.lifecycle import ModelLifecycle, StateListener
@@ -62,9 +68,15 @@ from kiln_engines import EngineError
 log = logging.getLogger("kiln.serving")
 
 TrafficHook = Callable[[TrafficEvent], None]
-"""Called on the event loop once per inference request, after the answer is computed and
-before it is sent. Must return quickly (buffer, never write to disk inline); exceptions are
-logged and swallowed: logging traffic never fails a request."""
+"""Called on the event loop once per inference request for a served model, after the answer
+is computed and before it is sent. Must return quickly (buffer, never write to disk inline);
+exceptions are logged and swallowed: logging traffic never fails a request. Requests naming a
+model that is not served never reach it (they are counted in the metrics only): a client must
+not be able to create storage by naming models."""
+
+MAX_REFERENCE_LENGTH = 160
+"""Longer than any valid reference (a 64-character name, and a 64-character alias or an int64
+version): load and unload refuse longer text before parsing it."""
 
 FeedbackHook = Callable[[Sequence[Feedback]], None]
 """Called on the event loop with the accepted labels of one feedback call. Must return quickly,
@@ -99,6 +111,7 @@ class ServingCore:
         self.lifecycle = ModelLifecycle(self.table, repository, settings, self.metrics)
         self._repository = repository
         self._started = False
+        self._meant: set[str] = set()  # models started with: `ready` needs each of them
         self._refusing = False  # draining for shutdown: new inference requests are refused
         self._inflight = 0
         self._last_arrival_ns = 0
@@ -115,10 +128,12 @@ class ServingCore:
         """Load every reference (all models' `production` when none), then watch aliases.
 
         Raises the first load failure: a server that cannot serve what it was asked to should
-        not report ready.
+        not report ready. The models loaded here are the ones it is meant to serve: while one
+        of them has no ready default version, `ready` is False.
         """
         for reference in references or await self.lifecycle.production_references():
-            await self.lifecycle.load(reference)
+            loaded = await self.lifecycle.load(reference)
+            self._meant.add(loaded.name)
         self.lifecycle.watch()
         self._started = True
 
@@ -153,12 +168,35 @@ class ServingCore:
             listener(loaded.name, loaded.version, loaded.state)
 
     async def load(self, reference: str) -> LoadedModel:
-        """Serve a reference (`digits`, `digits@candidate`, `digits:3`); see `ModelLifecycle`."""
+        """Serve a reference (`digits`, `digits@candidate`, `digits:3`); see `ModelLifecycle`.
+
+        Model control: `ModelControlDisabled` unless the settings enable it.
+        """
+        self._check_model_control("load", reference)
         return await self.lifecycle.load(reference)
 
     async def unload(self, reference: str) -> None:
-        """Stop serving a model (`digits`) or one version (`digits:3`), draining first."""
+        """Stop serving a model (`digits`) or one version (`digits:3`), draining first.
+
+        Model control: `ModelControlDisabled` unless the settings enable it. Unloading a model
+        the server was started with leaves it not ready until the model is loaded again.
+        """
+        self._check_model_control("unload", reference)
         await self.lifecycle.unload(reference)
+
+    def _check_model_control(self, action: str, reference: str) -> None:
+        if not self.settings.model_control_enabled:
+            raise ModelControlDisabled(
+                f"model control is off on this server, so it cannot {action} models: it serves "
+                "what it was started with. Start it with `kiln serve --model-control` "
+                "(KILN_SERVE_MODEL_CONTROL=true) or with a token (--token) to allow "
+                "RepositoryModelLoad/Unload"
+            )
+        if len(reference) > MAX_REFERENCE_LENGTH:
+            raise InvalidReference(
+                f"reference {quote(reference)} is too long to name a model: use NAME, "
+                "NAME:VERSION or NAME@ALIAS (names and aliases have at most 64 characters)"
+            )
 
     @property
     def live(self) -> bool:
@@ -166,10 +204,13 @@ class ServingCore:
 
     @property
     def ready(self) -> bool:
-        """Started, not draining, and every served model has a ready default version."""
+        """Started, not draining, every model it was started with is served, and every served
+        model has a ready default version."""
+        models = self.table.models
         return (
             self._started
             and not self._refusing
+            and all(name in models for name in self._meant)
             and all(
                 s.default is not None and s.default.state is ModelState.READY for s in self.table
             )
@@ -231,8 +272,8 @@ class ServingCore:
             self._failed(request, loaded, failure, received, route)
             raise failure from exc
         except Exception as exc:
-            log.exception("inference on %s failed unexpectedly", request.model)
-            error = InternalError(f"internal error serving request {request.id}")
+            log.exception("inference on %s failed unexpectedly", quote(request.model))
+            error = InternalError(f"internal error serving request {quote(request.id)}")
             self._failed(request, loaded, error, received, route)
             raise error from exc
         else:
@@ -265,9 +306,11 @@ class ServingCore:
         return self.table.loaded()
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether requests for (`name`, `version`) are answered now. False for a model or
+        version that is not served or not ready; `InvalidArgument` for a malformed version."""
         try:
             self.table.resolve(name, version)
-        except KilnError:
+        except (NotFound, Unavailable):
             return False
         return True
 
@@ -314,6 +357,9 @@ class ServingCore:
         Accepted items are kept all together or not at all: `FeedbackBufferFull`
         (RESOURCE_EXHAUSTED) when the store cannot take them now, so nothing acknowledged is
         ever dropped. More than `max_feedback_items` in one call is refused as a whole.
+        Every refused item is listed with its reason; past the first `FULL_REASONS` refused,
+        an item with the same problem as an earlier one says "same problem as item N", so that
+        refusing every item of a call stays a small answer (about 25 bytes an item).
         """
         if self.feedback_hook is None:
             raise FeedbackDisabled(
@@ -341,7 +387,7 @@ class ServingCore:
                 accepted.append(item)
         if accepted:
             self.feedback_hook(accepted)
-        return rejected
+        return _summarised(rejected)
 
     def _num_classes(self, model: str) -> int | None:
         """Classes of `model`'s loaded versions (of every served model when `model` is ""):
@@ -395,8 +441,9 @@ class ServingCore:
             elif isinstance(exc, KilnError):
                 error = exc
             else:
-                log.error("shadow copy of %s on %s failed", request.id, target.label, exc_info=exc)
-                error = InternalError(f"internal error in the shadow copy of {request.id}")
+                shown = quote(request.id)
+                log.error("shadow copy of %s on %s failed", shown, target.label, exc_info=exc)
+                error = InternalError(f"internal error in the shadow copy of {shown}")
             self._shadow_failed(target, request, error, received, "failed")
             return
         outputs, timings = future.result()
@@ -449,7 +496,9 @@ class ServingCore:
         else:
             loaded.statistics.record_failure(total)
             loaded.metrics.failed(error.code.value)
-        if self.traffic_hook is not None:
+        # Only served models get rows: a client naming random models must not create a
+        # directory per name (the metrics count those requests, under one series).
+        if self.traffic_hook is not None and (loaded or request.model in self.table.models):
             version = loaded.version if loaded else None
             event = TrafficEvent(request, None, error, None, total, version, route)
             self._emit(self.traffic_hook, event)
@@ -461,6 +510,29 @@ class ServingCore:
             self._hook_failures += 1
             if self._hook_failures in (1, 10, 100) or self._hook_failures % 1000 == 0:
                 log.exception("the traffic hook failed (%d times so far)", self._hook_failures)
+
+
+FULL_REASONS = 100
+"""Refused feedback items of one call that get their full reason whatever the others'."""
+
+_NUMBER = re.compile(r"-?\d+")
+
+
+def _summarised(rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """`rejected` with the reason of each item past the first `FULL_REASONS` that has the
+    same problem as an earlier one (the same reason but for the label's value) shortened to
+    "same problem as item N"."""
+    if len(rejected) <= FULL_REASONS:
+        return rejected
+    first: dict[str, int] = {}
+    summary = []
+    for position, (index, reason) in enumerate(rejected):
+        earlier = first.setdefault(_NUMBER.sub("N", reason, count=1), index)
+        if position < FULL_REASONS or earlier == index:
+            summary.append((index, reason))
+        else:
+            summary.append((index, f"same problem as item {earlier}"))
+    return summary
 
 
 def _code(code: str) -> ErrorCode:

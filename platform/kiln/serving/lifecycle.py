@@ -25,11 +25,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from kiln.errors import FailedPrecondition, InferRequestInvalid, KilnError, ServerShuttingDown
+from kiln.errors import (
+    FailedPrecondition,
+    InferRequestInvalid,
+    KilnError,
+    ServerShuttingDown,
+    quote,
+)
 from kiln.registry import parse_reference
 from kiln.serving.batcher import DynamicBatcher
 from kiln.serving.codec import datatype_of
-from kiln.serving.messages import ModelDescription, TensorSpec
+from kiln.serving.messages import ModelDescription, TensorSpec, public_text
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.repository import ModelRepository, OpenedEngine, RolloutState
 from kiln.serving.settings import ServingSettings
@@ -37,7 +43,7 @@ from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState, ModelTable, Routing, ServedModel
 from kiln.serving.validation import RequestValidator
 from kiln.traffic import Route
-from kiln_engines import DYNAMIC, Signature
+from kiln_engines import DYNAMIC, EngineError, Signature
 
 log = logging.getLogger("kiln.serving")
 
@@ -135,7 +141,7 @@ class ModelLifecycle:
         name, _, number = text.partition(":")
         if "@" in name:
             raise InferRequestInvalid(
-                f"unload takes a model name or NAME:VERSION, not an alias ('{text}')"
+                f"unload takes a model name or NAME:VERSION, not an alias ({quote(text)})"
             )
         async with self._lock(name):
             served = self.table.served(name)
@@ -229,7 +235,11 @@ class ModelLifecycle:
             opened=opened,
             description=description,
             validator=RequestValidator(
-                label, description.inputs, description.outputs, description.max_batch_size
+                label,
+                description.inputs,
+                description.outputs,
+                description.max_batch_size,
+                allow_nonfinite=self.settings.allow_nonfinite,
             ),
             batcher=DynamicBatcher(
                 opened.engine.infer,
@@ -287,7 +297,7 @@ class ModelLifecycle:
                 await self._swap(served, version)
             except Exception as exc:
                 served.failed_version = version
-                served.reason = f"cannot serve {served.name}:{version}: {exc}"
+                served.reason = f"cannot serve {served.name}:{version}: {failure_reason(exc)}"
                 log.error("%s moved to %d but stays on %d: %s", served.reference, version,
                           served.default.version, exc)  # fmt: skip
 
@@ -336,7 +346,8 @@ class ModelLifecycle:
             except Exception as exc:
                 served.rollout_failed = version
                 served.rollout_reason = (
-                    f"the {route} cannot load {name}:{version} ({name}@{state.alias}): {exc}; "
+                    f"the {route} cannot load {name}:{version} ({name}@{state.alias}): "
+                    f"{failure_reason(exc)}; "
                     f"version {served.default.version if served.default else '?'} answers "
                     f"every request"
                 )
@@ -379,6 +390,15 @@ class ModelLifecycle:
         if lock is None:
             lock = self._locks[name] = asyncio.Lock()
         return lock
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a version could not be served, as the repository index shows it to any client: a
+    Kiln or engine error's message without server paths; nothing of anything else (the server
+    log has it all)."""
+    if isinstance(exc, KilnError | EngineError):
+        return public_text(str(exc))
+    return "an internal error (the server log has the details)"
 
 
 _METRIC_STATES = {

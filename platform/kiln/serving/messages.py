@@ -3,6 +3,7 @@ model descriptions. Plain dataclasses of numpy arrays and strings; no protobuf, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,3 +161,17 @@ class Feedback:
     """The model that served the request, when the client said."""
     received_at_ns: int = 0
     """`time.time_ns()` when the server received it."""
+
+
+_DIRECTORIES = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`]+/)+(?=[^\s/'\"`])")
+"""The directories of an absolute path (`/home/u/.kiln/artifacts/sha256/ab/`), not inside a
+word or a URL (`grpc.health.v1/Check`, `sqlite:////abs`)."""
+
+
+def public_text(text: str) -> str:
+    """`text` fit to show a client: absolute paths keep only their last part (`.../abcdef`).
+
+    Where a server keeps its files (KILN_HOME, temporary files, libraries) is none of a
+    client's business; the server log keeps the whole message.
+    """
+    return _DIRECTORIES.sub(".../", text) if "/" in text else text

@@ -70,9 +70,20 @@ class ServingSettings(BaseSettings):
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     """Largest gRPC message received or sent; bigger requests fail with RESOURCE_EXHAUSTED."""
 
-    max_feedback_items: int = Field(default=10_000, ge=1)
+    max_feedback_items: int = Field(default=10_000, ge=1, le=50_000)
     """Most labels one feedback call may carry; a bigger call is refused as a whole
-    (INVALID_ARGUMENT) and should be split."""
+    (INVALID_ARGUMENT) and should be split. At most 50,000: the answer to a call whose every
+    item is refused then stays well inside a client's default 4 MB message limit."""
+
+    allow_nonfinite: bool = False
+    """Accept NaN and infinite values in floating-point inputs. Off: such a request is refused
+    (INVALID_ARGUMENT naming the input), since a model's answer to it means nothing and its
+    traffic row would poison drift and retraining."""
+
+    model_control: bool = False
+    """Allow RepositoryModelLoad/Unload (`kiln serve --model-control`). Off by default, as in
+    Triton: any client could otherwise take the production model down. A `token` enables
+    them too, for the clients that hold it."""
 
     tls_cert: Path | None = None
     """PEM certificate chain; with `tls_key`, the server speaks TLS only."""
@@ -81,10 +92,16 @@ class ServingSettings(BaseSettings):
     """PEM private key for `tls_cert`."""
 
     token: str | None = None
-    """Bearer token required for repository load/unload (`authorization: Bearer TOKEN`)."""
+    """Bearer token required for repository load/unload (`authorization: Bearer TOKEN`);
+    setting one enables load/unload for the clients that send it."""
 
     token_for_inference: bool = False
     """Require the token for every RPC except health checks and server reflection."""
+
+    @property
+    def model_control_enabled(self) -> bool:
+        """Whether repository load/unload is allowed: `model_control`, or a token guards it."""
+        return self.model_control or bool(self.token)
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -18,7 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from kiln.errors import ModelNotReady, ModelNotServed, VersionNotServed, did_you_mean
+from kiln.errors import (
+    InvalidArgument,
+    ModelNotReady,
+    ModelNotServed,
+    VersionNotServed,
+    did_you_mean,
+    quote,
+)
 from kiln.registry import Reference
 from kiln.registry.references import format_version_ranges
 from kiln.serving.batcher import DynamicBatcher
@@ -136,7 +143,7 @@ class ModelTable:
         if served is None:
             names = ", ".join(sorted(self.models)) or "none"
             raise ModelNotServed(
-                f"model '{name}' is not served here{did_you_mean(name, self.models)}; "
+                f"model {quote(name)} is not served here{did_you_mean(name[:64], self.models)}; "
                 f"served models: {names} (load one with RepositoryModelLoad)"
             )
         return served
@@ -144,12 +151,13 @@ class ModelTable:
     def version(self, name: str, version: str) -> LoadedModel:
         """Loaded version `version` ("3") of `name`, in whatever state it is."""
         served = self.served(name)
-        loaded = served.versions.get(version_number(name, version))
+        number = version_number(name, version)
+        loaded = served.versions.get(number)
         if loaded is None:
             loaded_versions = format_version_ranges(list(served.versions)) or "none"
             raise VersionNotServed(
-                f"model '{name}' version {version} is not loaded; loaded versions: "
-                f"{loaded_versions} (load it with RepositoryModelLoad '{name}:{version}')"
+                f"model '{name}' version {number} is not loaded; loaded versions: "
+                f"{loaded_versions} (load it with RepositoryModelLoad '{name}:{number}')"
             )
         return loaded
 
@@ -160,7 +168,7 @@ class ModelTable:
         else:
             default = self.served(name).default
             if default is None:
-                raise ModelNotReady(f"model '{name}' is loading; retry shortly")
+                raise ModelNotReady(f"model {quote(name)} is loading; retry shortly")
             loaded = default
         if loaded.state is not ModelState.READY:
             raise ModelNotReady(f"model {loaded.label} is {loaded.state.lower()}; retry shortly")
@@ -171,10 +179,21 @@ class ModelTable:
         return [m for served in self for m in served.by_version()]
 
 
+MAX_VERSION = 2**63 - 1
+"""Versions are the registry's int64s; a longer number is a mistake, not a version to look up."""
+
+
 def version_number(name: str, version: str) -> int:
-    """A request's version string as the registry's integer; `VersionNotServed` otherwise."""
+    """A request's version string as the registry's integer: `VersionNotServed` when it is not
+    a number, `InvalidArgument` when it is beyond any version (never int() on a number past
+    Python's 4,300-digit limit)."""
     if not version.isascii() or not version.isdigit():
         raise VersionNotServed(
-            f"model '{name}' has no version '{version}': versions are positive integers"
+            f"model '{name}' has no version {quote(version)}: versions are positive integers"
+        )
+    if len(version) > 19 or int(version) > MAX_VERSION:
+        raise InvalidArgument(
+            f"model_version {quote(version, 24)} is out of range: versions are integers from 1 "
+            f"to {MAX_VERSION}"
         )
     return int(version)

@@ -3,21 +3,29 @@
 A bad request must fail alone: if it reached the engine inside a batch, every request batched
 with it would fail too. The check runs on the event loop for every request, so it is built
 once per loaded version, compares against precomputed values, and formats a message only when
-something is wrong. Messages use KServe datatype names and say what the model expects.
+something is wrong. Messages use KServe datatype names and say what the model expects; names a
+client chose are quoted (`kiln.errors.quote`) and only a few of them listed.
+
+Non-finite values: a floating-point input holding NaN or an infinity is refused (the model's
+answer to it means nothing, and its traffic row would poison drift and retraining) unless the
+server allows them (`ServingSettings.allow_nonfinite`). One vectorised `isfinite` per float
+input: about 2 us for a 1x28x28 FP32 image.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 
+import numpy as np
 import numpy.typing as npt
 
-from kiln.errors import InferRequestInvalid
+from kiln.errors import InferRequestInvalid, quote
 from kiln.serving.codec import datatype_of
 from kiln.serving.messages import TensorSpec
 
 DYNAMIC = -1
+_LISTED = 5  # names a message lists before "and N more"
 
 
 class RequestValidator:
@@ -25,7 +33,7 @@ class RequestValidator:
 
     With `max_batch_size` > 0 every input's first dimension is the batch dimension: it must be
     1..max_batch_size and the same across inputs. With 0 the model takes whole tensors and a
-    request counts as one row.
+    request counts as one row. Floating-point inputs must be finite unless `allow_nonfinite`.
     """
 
     __slots__ = ("_checks", "_inputs", "_label", "_max_batch", "_outputs")
@@ -36,6 +44,8 @@ class RequestValidator:
         inputs: tuple[TensorSpec, ...],
         outputs: tuple[TensorSpec, ...],
         max_batch_size: int,
+        *,
+        allow_nonfinite: bool = False,
     ) -> None:
         self._label = label
         self._inputs = inputs
@@ -47,6 +57,7 @@ class RequestValidator:
                 spec.dtype,
                 len(spec.shape),
                 tuple((axis, size) for axis, size in enumerate(spec.shape) if size != DYNAMIC),
+                not allow_nonfinite and _is_float(spec.dtype),
             )
             for spec in inputs
         )
@@ -55,7 +66,7 @@ class RequestValidator:
         if len(inputs) != len(self._checks):
             self._wrong_names(inputs)
         rows = -1
-        for name, dtype, rank, fixed in self._checks:
+        for name, dtype, rank, fixed, finite in self._checks:
             array = inputs.get(name)
             if array is None:
                 self._wrong_names(inputs)
@@ -72,6 +83,11 @@ class RequestValidator:
                 )
             if array.size == 0:
                 self._fail(f"input '{name}' is empty (shape {list(shape)}); send at least one row")
+            if finite and not _isfinite(array).all():
+                self._fail(
+                    f"input '{name}' holds NaN or infinite values; send finite numbers (a server "
+                    "started with KILN_SERVE_ALLOW_NONFINITE=true accepts them)"
+                )
             if self._max_batch:
                 if rows == -1:
                     rows = shape[0]
@@ -93,12 +109,12 @@ class RequestValidator:
         unknown = [o for o in outputs if o not in self._outputs]
         if unknown:
             self._fail(
-                f"unknown output {', '.join(repr(o) for o in unknown)}; the model's outputs: "
+                f"unknown output {_names(unknown)}; the model's outputs: "
                 f"{', '.join(sorted(self._outputs))}"
             )
         if len(set(outputs)) != len(outputs):
             repeated = sorted({o for o in outputs if outputs.count(o) > 1})
-            self._fail(f"output {', '.join(repr(o) for o in repeated)} requested more than once")
+            self._fail(f"output {_names(repeated)} requested more than once")
 
     def _expected(self, name: str) -> str:
         spec = next(s for s in self._inputs if s.name == name)
@@ -110,13 +126,27 @@ class RequestValidator:
         unexpected = sorted(set(inputs) - expected)
         parts = []
         if missing:
-            parts.append(f"missing input {', '.join(repr(n) for n in missing)}")
+            parts.append(f"missing input {_names(missing)}")
         if unexpected:
-            parts.append(f"unexpected input {', '.join(repr(n) for n in unexpected)}")
+            parts.append(f"unexpected input {_names(unexpected)}")
         self._fail(f"{'; '.join(parts)}; the model's inputs: {', '.join(sorted(expected))}")
 
     def _fail(self, problem: str) -> NoReturn:
         raise InferRequestInvalid(f"model {self._label}: {problem}")
+
+
+_isfinite = np.isfinite
+
+
+def _is_float(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
+def _names(names: Iterable[str]) -> str:
+    """Client-chosen names for a message: quoted, the first few of them."""
+    listed = list(names)
+    shown = ", ".join(quote(n) for n in listed[:_LISTED])
+    return f"{shown} and {len(listed) - _LISTED} more" if len(listed) > _LISTED else shown
 
 
 def _datatype(array: npt.NDArray[Any]) -> str:
