@@ -7,6 +7,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -119,3 +120,24 @@ def test_a_model_that_cannot_be_served_stops_startup_with_a_clear_error(tmp_path
     assert result.returncode == 2, result.stderr
     assert "ready" not in result.stdout
     assert "digts" in result.stderr and "digits" in result.stderr  # names it, suggests the fix
+
+
+@pytest.mark.parametrize("option", ["--port", "--metrics-port"])
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path, option: str) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {"--port": "0", "--metrics-port": "0", option: str(port)}
+        result = subprocess.run(
+            [str(Path(sys.executable).with_name("kiln")), "serve", "--host", "127.0.0.1",
+             *(x for pair in ports.items() for x in pair), "digits"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "KILN_HOME": str(home)},
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"port {port} is in use; pick another with {option}" in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "ready" not in result.stdout

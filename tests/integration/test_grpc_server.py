@@ -1,7 +1,8 @@
 """`kiln serve`'s gRPC API through the stock Triton client, against a real server on port 0.
 
 One server for the module: model `digits` (production -> version 2, version 1 pinned beside it)
-and a registered but unserved model `letters`, in a real registry with real ONNX engines.
+and a registered but unserved model `letters`, in a real registry with real ONNX engines. Model
+control (load/unload) is enabled, as `kiln serve --model-control` does.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
         register(registry, root, "digits", seed=1, alias=None)
         register(registry, root, "digits", seed=2)
         register(registry, root, "letters", seed=3)
-    with running_server(home, models=("digits", "digits:1")) as running:
+    with running_server(home, models=("digits", "digits:1"), model_control=True) as running:
         yield running
 
 

@@ -83,6 +83,21 @@ def serve(
     token_for_inference: Annotated[
         bool, typer.Option(help="Require the token for inference calls too.")
     ] = False,
+    model_control: Annotated[
+        bool,
+        typer.Option(
+            "--model-control",
+            help="Allow RepositoryModelLoad/Unload from any client (off by default, as in "
+            "Triton; a --token also allows them, to clients that send it).",
+        ),
+    ] = False,
+    allow_nonfinite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-nonfinite",
+            help="Accept NaN and infinite values in float inputs (refused by default).",
+        ),
+    ] = False,
     traffic_log: Annotated[
         bool,
         typer.Option(
@@ -136,6 +151,10 @@ def serve(
         given["metrics_port"] = None
     if token_for_inference:
         given["token_for_inference"] = True
+    if model_control:
+        given["model_control"] = True
+    if allow_nonfinite:
+        given["allow_nonfinite"] = True
     try:
         settings = ServingSettings(**given)
     except ValidationError as exc:

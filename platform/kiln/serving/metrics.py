@@ -10,12 +10,16 @@ see one request counted in a histogram's count but not yet in its sum: harmless 
 
 from __future__ import annotations
 
+import socket
+import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -116,8 +120,19 @@ class ServingMetrics(Collector):
 
     def serve(self, host: str, port: int) -> tuple[int, WSGIServer]:
         """Expose /metrics over HTTP on a daemon thread; returns the bound port and the server
-        (call `.shutdown()` on it to stop)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        (call `.shutdown()` on it to stop). Raises OSError when it cannot listen.
+
+        prometheus_client's `start_http_server`, except that answers do not name the server's
+        software (`Server: WSGIServer/0.2 CPython/3.11.7` tells an attacker what to try).
+        """
+
+        class Server(_MetricsServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        server = make_server(
+            host, port, _named(make_wsgi_app(self.registry)), Server, handler_class=_Handler
+        )
+        threading.Thread(target=server.serve_forever, name="kiln-metrics", daemon=True).start()
         return int(server.server_port), server
 
     def collect(self) -> Iterator[Metric]:
@@ -184,3 +199,38 @@ class ServingMetrics(Collector):
         yield shadow
         yield from histograms.values()
         yield state
+
+
+SERVER_HEADER = "kiln"
+"""What the metrics port says its software is: no library, no version."""
+
+
+class _MetricsServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Handler(WSGIRequestHandler):
+    """Serves scrapes without logging each one or naming the server's software (error pages
+    included)."""
+
+    def version_string(self) -> str:
+        return SERVER_HEADER
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+_StartResponse = Callable[..., Any]
+_App = Callable[[dict[str, Any], _StartResponse], Iterable[bytes]]
+
+
+def _named(app: _App) -> _App:
+    """`app` answering with `Server: kiln` (wsgiref adds its own name and Python's otherwise)."""
+
+    def named(environ: dict[str, Any], start_response: _StartResponse) -> Iterable[bytes]:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            return start_response(status, [*headers, ("Server", SERVER_HEADER)], exc_info)
+
+        return app(environ, start)
+
+    return named

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, Final
 
 import numpy.typing as npt
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from kiln.errors import InferRequestInvalid
+from kiln.errors import InferRequestInvalid, InvalidArgument, quote
 from kiln.serving import codec
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
 from kiln.serving.grpc.generated.inference import model_config_pb2 as mc
@@ -50,6 +51,20 @@ CONFIG_TYPES: Final[dict[str, str]] = {
 SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
 
 
+def decode(message_type: Any, data: bytes) -> Any:
+    """Parse a request's wire bytes. The server's handlers receive bytes and parse them here,
+    so that bytes that are no such message are INVALID_ARGUMENT saying so (gRPC's own
+    deserializers make them UNKNOWN, naming protobuf's exception class)."""
+    try:
+        return message_type.FromString(data)
+    except DecodeError:
+        raise InvalidArgument(
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message "
+            f"({len(data)} bytes that do not parse as protobuf): send one encoded from the "
+            "KServe v2 / kiln.v1 protos (ServerReflection serves them)"
+        ) from None
+
+
 # -- inference ------------------------------------------------------------------------------------
 
 
@@ -66,11 +81,11 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
     for index, tensor in enumerate(tensors):
         name = tensor.name
         if name in inputs:
-            raise InferRequestInvalid(f"input '{name}' appears more than once")
+            raise InferRequestInvalid(f"input {quote(name)} appears more than once")
         if tensor.HasField("contents"):
             if raw:
                 raise InferRequestInvalid(
-                    f"input '{name}' has typed contents and the request also has "
+                    f"input {quote(name)} has typed contents and the request also has "
                     "raw_input_contents; use one or the other for all inputs"
                 )
             inputs[name] = _typed(tensor)
@@ -78,14 +93,14 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
             inputs[name] = codec.decode_raw(name, tensor.datatype, tuple(tensor.shape), raw[index])
         else:
             raise InferRequestInvalid(
-                f"input '{name}' has no data: put it in raw_input_contents (one entry per "
+                f"input {quote(name)} has no data: put it in raw_input_contents (one entry per "
                 "input) or in its typed contents"
             )
     parameters = _parameters(message.parameters) if message.parameters else {}
     timeout = parameters.pop("timeout", 0)
     if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
         raise InferRequestInvalid(
-            f"parameter 'timeout' must be a non-negative int64 (microseconds), got {timeout!r}"
+            f"parameter 'timeout' must be a non-negative int64 (microseconds), got {timeout!r:.40}"
         )
     outputs: tuple[str, ...] = ()
     if message.outputs:
@@ -126,7 +141,7 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> npt.NDArray[Any]:
         codec.numpy_dtype(datatype)  # unknown datatypes fail here with the list of known ones
         where = f"goes in {field}" if field else "has no typed contents (send raw bytes)"
         raise InferRequestInvalid(
-            f"input '{name}' is {datatype} but its contents use {', '.join(used)}; "
+            f"input {quote(name)} is {datatype} but its contents use {', '.join(used)}; "
             f"{datatype} {where}"
         )
     values = getattr(tensor.contents, field)
@@ -137,9 +152,16 @@ def _check_output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTe
     unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS
     if unsupported:
         raise InferRequestInvalid(
-            f"output '{output.name}' asks for {', '.join(sorted(unsupported))}, which this "
+            f"output {quote(output.name)} asks for {_listed(unsupported)}, which this "
             "server does not support (see ServerMetadata extensions)"
         )
+
+
+def _listed(names: set[str], limit: int = 5) -> str:
+    """Client-chosen names for a message: the first few, quoted."""
+    ordered = sorted(names)
+    shown = ", ".join(quote(n) for n in ordered[:limit])
+    return shown + (f" and {len(ordered) - limit} more" if len(ordered) > limit else "")
 
 
 def _parameters(parameters: Any) -> dict[str, ParameterValue]:
@@ -259,10 +281,10 @@ def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
 
 def repository_reference(name: str, parameters: Any) -> str:
     """The reference a load or unload request names; refuses parameters Kiln cannot honour."""
-    unsupported = sorted(k for k in parameters if k != "unload_dependents")
+    unsupported = {k for k in parameters if k != "unload_dependents"}
     if unsupported:
         raise InferRequestInvalid(
-            f"repository parameters {', '.join(unsupported)} are not supported: Kiln loads "
+            f"repository parameters {_listed(unsupported)} are not supported: Kiln loads "
             "registered versions as they are (name, name:VERSION or name@ALIAS)"
         )
     if not name:

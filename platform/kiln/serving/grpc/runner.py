@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 import kiln.registry
 from kiln.serving.core import FeedbackHook, ServingCore, TrafficHook
-from kiln.serving.grpc.server import GrpcServer
+from kiln.serving.grpc.server import GrpcServer, listen_problem
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.repository import RegistryRepository
 from kiln.serving.settings import ServingSettings
@@ -80,7 +80,17 @@ async def serve(
             port = await server.start()
             metrics_port = None
             if settings.metrics_port is not None:
-                metrics_port, metrics_server = metrics.serve(settings.host, settings.metrics_port)
+                try:
+                    metrics_port, metrics_server = metrics.serve(
+                        settings.host, settings.metrics_port
+                    )
+                except OSError:
+                    raise listen_problem(
+                        settings.host,
+                        settings.metrics_port,
+                        "the metrics",
+                        "--metrics-port (or --no-metrics)",
+                    ) from None
             if on_ready is not None:
                 served = tuple(
                     f"{m.label} ({m.opened.kind}/{m.opened.device})" for m in core.loaded_models()

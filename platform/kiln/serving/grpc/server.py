@@ -7,25 +7,33 @@
     ...
     await server.stop()          # stop accepting, finish in-flight calls, then drain the core
 
-Health (`grpc.health.v1`) reports the whole server under "" and each service name, and each
+Health (`grpc.health.v1`) reports the whole server under "" (SERVING while ServerReady is
+true: every model it was started with is loaded and ready), each service name, and each
 served model under its name ("digits": SERVING while a version of it takes requests) and under
 "name:version" per loaded version.
+
+Every service is registered by `registration.add`: bytes that are no request message answer
+INVALID_ARGUMENT, and methods the servicer does not implement UNIMPLEMENTED, saying so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from kiln.errors import PortUnavailable
 from kiln.serving.core import ServingCore
 from kiln.serving.grpc.auth import TokenInterceptor
 from kiln.serving.grpc.generated import POOL
-from kiln.serving.grpc.generated.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from kiln.serving.grpc.generated.inference import grpc_service_pb2
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
+from kiln.serving.grpc.registration import add, add_inference_service
 from kiln.serving.grpc.servicer import FeedbackServicer, InferenceServicer
 from kiln.serving.settings import ServingSettings
 from kiln.serving.table import ModelState
@@ -48,42 +56,34 @@ for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         POOL.AddSerializedFile(_file.serialized_pb)
 
 
-class _Registrations:
-    """Stands in for a server to collect what a generated `add_..._to_server` registers."""
-
-    def __init__(self) -> None:
-        self.service = ""
-        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
-
-    def add_generic_rpc_handlers(self, handlers: object) -> None:
-        pass  # the same table arrives through add_registered_method_handlers
-
-    def add_registered_method_handlers(
-        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
-    ) -> None:
-        self.service, self.handlers = service, dict(handlers)
-
-
-def _add_inference_service(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
-    """Register the generated handlers, except that ModelInfer sends bytes as they are.
-
-    `InferenceServicer.ModelInfer` returns a response already encoded (`wire`); the generated
-    serializer would expect a message object.
-    """
-    found = _Registrations()
-    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, found)  # type: ignore[no-untyped-call]
-    found.handlers["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        servicer.ModelInfer,
-        request_deserializer=grpc_service_pb2.ModelInferRequest.FromString,
-        response_serializer=_encoded,
+def listen_problem(host: str, port: int, what: str, option: str) -> PortUnavailable:
+    """Why `host:port` cannot be listened on, as the error to stop with (binds a probe socket
+    to learn the reason; called only after a bind failed)."""
+    reason = None
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        reason = exc.errno
+    if reason == errno.EADDRINUSE:
+        return PortUnavailable(
+            f"{what} port {port} is in use; pick another with {option}, or 0 for a free one"
+        )
+    if reason == errno.EACCES:
+        return PortUnavailable(
+            f"{what} port {port} needs privileges this process lacks; pick one above 1023 "
+            f"with {option}, or 0 for a free one"
+        )
+    if reason == errno.EADDRNOTAVAIL:
+        return PortUnavailable(
+            f"cannot listen on {host}: it is not an address of this machine; pick one with "
+            "--host (0.0.0.0 for every interface, 127.0.0.1 for this machine only)"
+        )
+    return PortUnavailable(
+        f"cannot listen on {host}:{port} for {what}; pick another port with {option} (0 for a "
+        "free one) or another address with --host"
     )
-    generic = grpc.method_handlers_generic_handler(found.service, found.handlers)
-    server.add_generic_rpc_handlers((generic,))
-    server.add_registered_method_handlers(found.service, found.handlers)
-
-
-def _encoded(response: bytes) -> bytes:
-    return response
 
 
 class GrpcServer:
@@ -109,23 +109,33 @@ class GrpcServer:
         if s.token:
             interceptors.append(TokenInterceptor(s.token, protect_inference=s.token_for_inference))
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        _add_inference_service(InferenceServicer(self.core), server)
-        # Generated registration functions carry no annotations.
-        feedback_pb2_grpc.add_FeedbackServicer_to_server(  # type: ignore[no-untyped-call]
-            FeedbackServicer(self.core), server
+        add_inference_service(InferenceServicer(self.core), server)
+        add(
+            server,
+            feedback_pb2_grpc.add_FeedbackServicer_to_server,
+            FeedbackServicer(self.core),
+            feedback_pb2_grpc.FeedbackServicer,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(SERVICES, server, pool=POOL)
+        add(server, health_pb2_grpc.add_HealthServicer_to_server, self._health)
+        # What `reflection.enable_server_reflection` registers on a grpc.aio server.
+        add(
+            server,
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer(SERVICES, pool=POOL),
+        )
         address = f"{s.host}:{s.port}"
-        if s.tls_cert and s.tls_key:
-            credentials = grpc.ssl_server_credentials(
-                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
-            )
-            port = server.add_secure_port(address, credentials)
-        else:
-            port = server.add_insecure_port(address)
+        try:
+            if s.tls_cert and s.tls_key:
+                credentials = grpc.ssl_server_credentials(
+                    [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
+                )
+                port = server.add_secure_port(address, credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError:  # grpc says only "Failed to bind to address"
+            port = 0
         if not port:
-            raise OSError(f"cannot listen on {address}: the port is in use or not allowed")
+            raise listen_problem(s.host, s.port, "the gRPC", "--port")
         await server.start()
         self._server, self.port = server, int(port)
         serving = health_pb2.HealthCheckResponse.SERVING
@@ -157,9 +167,12 @@ class GrpcServer:
 
     def _sync_health(self, name: str, version: int, state: ModelState) -> None:
         status = health_pb2.HealthCheckResponse
+        if self.core.lifecycle.stopping:
+            return  # enter_graceful_shutdown said NOT_SERVING for everything
         model = status.SERVING if self.core.model_ready(name) else status.NOT_SERVING
         one = status.SERVING if state is ModelState.READY else status.NOT_SERVING
-        for service, value in ((name, model), (f"{name}:{version}", one)):
+        whole = status.SERVING if self.core.ready else status.NOT_SERVING
+        for service, value in ((name, model), (f"{name}:{version}", one), ("", whole)):
             task = asyncio.ensure_future(self._health.set(service, value))
             self._health_updates.add(task)
             task.add_done_callback(self._health_updates.discard)

@@ -3,6 +3,11 @@
 Every servicer method is wrapped in `rpc`: a `KilnError` becomes its status code with its
 message (which says what was wrong and what to do); an INTERNAL error or an unexpected
 exception becomes INTERNAL with a generic message, its details logged here and never sent.
+
+Whatever layer wrote a message, what leaves here is fit for any client: no server paths
+(`messages.public_text`), control characters escaped, and at most `MAX_MESSAGE_BYTES` (the
+message travels as `grpc-message` metadata, and clients refuse more than 8 KB of metadata).
+A RESOURCE_EXHAUSTED status carries `grpc-retry-pushback-ms`, which gRPC retry policies honour.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import grpc
 
 from kiln.errors import ErrorCode, KilnError
+from kiln.serving.messages import public_text
 
 log = logging.getLogger("kiln.serving.grpc")
 
@@ -33,6 +39,12 @@ STATUS: Final[dict[ErrorCode, grpc.StatusCode]] = {
 
 INTERNAL_MESSAGE: Final = "internal server error; the server log has the details"
 
+RETRY_PUSHBACK_MS: Final[dict[grpc.StatusCode, int]] = {grpc.StatusCode.RESOURCE_EXHAUSTED: 1000}
+"""How long a client should wait before retrying a call refused with these statuses."""
+
+MAX_MESSAGE_BYTES: Final = 2000
+"""Longest status message sent, in UTF-8 bytes (percent-encoded, at most three times that)."""
+
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
@@ -42,7 +54,25 @@ def status_of(error: KilnError) -> tuple[grpc.StatusCode, str]:
     if code is grpc.StatusCode.INTERNAL:
         log.error("internal error: %s", error.message)
         return code, INTERNAL_MESSAGE
-    return code, error.message
+    return code, client_message(error.message)
+
+
+def client_message(text: str) -> str:
+    """`text` as any client may see it: see the module docstring."""
+    text = public_text(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    encoded = text.encode()
+    if len(encoded) > MAX_MESSAGE_BYTES:
+        text = encoded[: MAX_MESSAGE_BYTES - 40].decode(errors="ignore")
+        text += f"... ({len(encoded)} bytes, shortened)"
+    return text
+
+
+def trailers(code: grpc.StatusCode) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata a failed call ends with (a retry hint, for some codes)."""
+    pushback = RETRY_PUSHBACK_MS.get(code)
+    return (("grpc-retry-pushback-ms", str(pushback)),) if pushback else ()
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> NoReturn:
@@ -55,7 +85,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) 
     else:
         log.error("%s failed unexpectedly", method, exc_info=exc)
         code, message = grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
-    await context.abort(code, message)
+    await context.abort(code, message, trailers(code))
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
