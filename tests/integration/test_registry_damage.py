@@ -237,6 +237,11 @@ def _long_number(m: dict[str, Any]) -> Any:
     return json.dumps(m).replace('"config": {', '"config": {"x": ' + "7" * 5000 + ", ", 1).encode()
 
 
+def _far_future(m: dict[str, Any]) -> Any:
+    m["version"]["created_at"] = "9999-12-31T23:59:59-14:00"  # year 10000 in UTC
+    return m
+
+
 def _moderately_deep(m: dict[str, Any]) -> Any:
     value: Any = 1
     for _ in range(500):
@@ -256,6 +261,7 @@ def _moderately_deep(m: dict[str, Any]) -> Any:
         (_deep, "nested"),
         (_moderately_deep, "nested"),
         (_long_number, "4,300 digits"),
+        (_far_future, "created_at"),
     ],
     ids=[
         "version-2-63",
@@ -266,6 +272,7 @@ def _moderately_deep(m: dict[str, Any]) -> Any:
         "deep",
         "500-deep",
         "5000-digit-number",
+        "year-10000",
     ],
 )
 def test_import_refuses_absurd_manifests_and_imports_nothing(

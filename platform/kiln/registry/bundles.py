@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -209,7 +209,7 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
             metrics=dict(v["metrics"]),
             lineage=Lineage.from_dict(lineage),
             description=str(v.get("description", "")),
-            created_at=datetime.fromisoformat(v["created_at"]),
+            created_at=_time(v["created_at"], "version.created_at"),
         )
         artifacts = []
         for a in data["artifacts"]:
@@ -226,7 +226,7 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
                     target=dict(a.get("target") or {}),
                     libraries=dict(a.get("libraries") or {}),
                     report=dict(a.get("report") or {}),
-                    created_at=datetime.fromisoformat(a["created_at"]),
+                    created_at=_time(a["created_at"], "artifacts[].created_at"),
                 )
             )
         source_ref = str(data.get("source_ref", version.ref))
@@ -236,8 +236,6 @@ def _parse_manifest(file: Path, body: bytes) -> BundleManifest:
         raise bad(f"it has no field {exc}") from None
     except (TypeError, ValueError) as exc:
         raise bad(f"{type(exc).__name__}: {exc}"[:300]) from None
-    if version.created_at.tzinfo is None or any(a.created_at.tzinfo is None for a in artifacts):
-        raise bad("timestamps must carry a timezone")
     return BundleManifest(source_ref=source_ref, version=version, artifacts=tuple(artifacts))
 
 
@@ -252,6 +250,20 @@ def _integer(value: Any, field: str, low: int, high: int) -> int:
         shown = str(value) if value.bit_length() < 100 else f"a {value.bit_length()}-bit number"
         raise _Unusable(f"{field} is {shown}, outside {low} to {high}")
     return value
+
+
+def _time(value: Any, field: str) -> datetime:
+    """An ISO 8601 time with a timezone that the registry can store (years 1-9999 in UTC)."""
+    when = datetime.fromisoformat(str(value))
+    if when.tzinfo is None:
+        raise _Unusable(f"{field} {str(value)[:40]!r}: timestamps must carry a timezone")
+    try:
+        when.astimezone(UTC)
+    except OverflowError:
+        raise _Unusable(
+            f"{field} {str(value)[:40]!r} is outside the years 1 to 9999 in UTC"
+        ) from None
+    return when
 
 
 def _depth(value: Any) -> int:
