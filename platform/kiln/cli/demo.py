@@ -48,9 +48,19 @@ def demo(
             f"v{figures['v2']['version']} on new shifted traffic",
             pct(acc["shifted_after_retraining"]),
         )
+        heldout = figures["heldout"]
+        untouched = (
+            f"{heldout['samples']} test digits, {heldout['in_training_data']} of them in any "
+            "version's training data"
+        )
         table.add_row(
-            f"v{figures['v2']['version']} on the MNIST held-out set",
-            pct(acc["mnist_heldout_after_retraining"]),
+            f"v{figures['v1']['version']} / v{figures['v2']['version']} on the MNIST held-out set",
+            f"{pct(acc['mnist_heldout_v1'])} / {pct(acc['mnist_heldout_after_retraining'])} "
+            f"({untouched})",
+        )
+        table.add_row(
+            "labelled requests left out of retraining",
+            f"{heldout['excluded_labelled_requests']} (their inputs are held-out test digits)",
         )
         table.add_row("failed requests", f"{figures['failed_requests']} of {figures['requests']}")
         table.add_row("duration", f"{figures['duration_s']} s")
