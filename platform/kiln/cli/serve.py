@@ -117,7 +117,8 @@ def serve(
 
     Prints one line starting with "kiln serve ready:" once it accepts requests. Every request is
     logged to KILN_HOME/traffic (unless --no-traffic-log). SIGTERM stops accepting, finishes the
-    requests in flight, writes the traffic log and exits 0.
+    requests in flight, writes the traffic log and exits 0. Clients cannot load or unload models
+    unless --model-control (or --token) is given.
     """
     if http:
         wanted_http = [r for t in [*(models or []), *(references or [])] for r in t.split(",") if r]

@@ -498,7 +498,8 @@ class ServingCore:
             loaded.metrics.failed(error.code.value)
         # Only served models get rows: a client naming random models must not create a
         # directory per name (the metrics count those requests, under one series).
-        if self.traffic_hook is not None and (loaded or request.model in self.table.models):
+        served = loaded is not None or request.model in self.table.models
+        if self.traffic_hook is not None and served:
             version = loaded.version if loaded else None
             event = TrafficEvent(request, None, error, None, total, version, route)
             self._emit(self.traffic_hook, event)
