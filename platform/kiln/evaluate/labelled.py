@@ -8,7 +8,9 @@ answer in every process and on every day.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,9 @@ from kiln.traffic import (
     scan_feedback,
     scan_traffic,
 )
+from kiln.traffic.validity import input_problem, label_in_range, output_width
+
+log = logging.getLogger("kiln.evaluate")
 
 DEFAULT_HOLDOUT = 0.25
 """Share of labelled traffic kept out of retraining, for the gates."""
@@ -42,6 +47,11 @@ class LabelledTraffic:
     predictions: np.ndarray
     """What that version answered."""
     timestamps_us: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Labelled answered requests with a logged input that were left out, by reason:
+    `missing`, `inconsistent`, `empty`, `non_finite` (see `kiln.traffic.validity`),
+    `not_one_sample`, `label_out_of_range` (not a class of the model), `other_shape` (a
+    sample shape other than the most common one: another model's era)."""
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -50,7 +60,7 @@ class LabelledTraffic:
         ids = [r for r, keep in zip(self.request_ids, mask, strict=True) if keep]
         return LabelledTraffic(
             self.x[mask], self.y[mask], ids, self.versions[mask], self.predictions[mask],
-            self.timestamps_us[mask],
+            self.timestamps_us[mask], self.skipped,
         )  # fmt: skip
 
 
@@ -64,44 +74,96 @@ def holdout_mask(request_ids: list[str], fraction: float = DEFAULT_HOLDOUT) -> n
     )
 
 
-def labelled_traffic(home: Path, model: str, window: Window | None = None) -> LabelledTraffic:
+def labelled_traffic(
+    home: Path,
+    model: str,
+    window: Window | None = None,
+    *,
+    num_classes: int | None = None,
+    sample_shape: Sequence[int] | None = None,
+) -> LabelledTraffic:
     """Primary and canary requests of `model` in `window` that carry an input and a label.
 
     Shadow answers are left out: they repeat a primary request. When a request id was labelled
     twice, the last label wins; when an input was sent twice, each labelled request counts.
+    A label must be a class of the model: below `num_classes` when given, else below the
+    width of the answer the request got. An input must be one sample of `sample_shape` when
+    given, else of the shape most inputs have. Rows that cannot be used are left out and
+    counted in `skipped` (never an error): one odd row must not stop retraining.
     """
     traffic = scan_traffic(home, model, window)
     feedback = scan_feedback(home)
+    classes = pl.lit(num_classes) if num_classes is not None else pl.col("outputs")
 
     def query() -> pl.DataFrame:
         rows = (
             traffic.frame.filter(
                 (pl.col("status") == STATUS_OK)
-                & pl.col("input").is_not_null()
                 & (pl.col("route") != Route.SHADOW.value)
-                & (pl.col("input_shape").list.first() == 1)
+                & (pl.col("input").is_not_null() | pl.col("input_shape").is_not_null())
             )
-            .select("request_id", "timestamp", "version", "prediction", "input", "input_shape")
+            .select(
+                "request_id",
+                "timestamp",
+                "version",
+                "prediction",
+                "input",
+                "input_shape",
+                output_width().alias("outputs"),
+            )
             .unique(subset="request_id", keep="last")
         )
         labels = latest_labels(feedback.frame, model).select("request_id", "label")
-        return rows.join(labels, on="request_id", how="inner").sort("timestamp").collect()
+        return (
+            rows.join(labels, on="request_id", how="inner")
+            .with_columns(
+                pl.coalesce(
+                    input_problem(),
+                    pl.when((pl.col("input_shape").list.first() != 1).fill_null(True)).then(
+                        pl.lit("not_one_sample")
+                    ),
+                    pl.when(~label_in_range(classes)).then(pl.lit("label_out_of_range")),
+                ).alias("problem")
+            )
+            .sort("timestamp")
+            .collect()
+        )
 
     frame = run_query(query, traffic, feedback)
-    if frame.height == 0:
+    usable = frame.filter(pl.col("problem").is_null()).with_columns(
+        pl.col("input_shape").list.slice(1).alias("sample")
+    )
+    skipped = dict(frame.filter(pl.col("problem").is_not_null())["problem"].value_counts().rows())
+    if usable.height:
+        # Inputs of another sample shape than the model's (than most, when not told): another
+        # model's era, or a client's mistake; leave them out.
+        if sample_shape is not None:
+            sample = [int(d) for d in sample_shape]
+        else:
+            shapes = usable.group_by("sample").agg(pl.len(), pl.col("timestamp").max())
+            sample = shapes.sort("len", "timestamp", descending=True)["sample"][0].to_list()
+        same = pl.col("sample") == pl.lit(pl.Series([sample], dtype=pl.List(pl.Int64)))
+        other = usable.filter(~same).height
+        if other:
+            skipped["other_shape"] = other
+            usable = usable.filter(same)
+    if skipped:
+        log.warning(
+            "labelled traffic of '%s': left out %s",
+            model,
+            ", ".join(f"{n} ({why})" for why, n in sorted(skipped.items())),
+        )
+    if usable.height == 0:
         empty = np.zeros((0,), dtype=np.int64)
-        return LabelledTraffic(np.zeros((0,), np.float32), empty, [], empty, empty, empty)
-    shapes = frame["input_shape"].to_list()
-    sample = tuple(int(d) for d in shapes[0][1:])
-    keep = np.array([tuple(s[1:]) == sample for s in shapes], dtype=bool)
-    if not keep.all():  # inputs of another shape: another model's era; leave them out
-        frame = frame.filter(pl.Series(keep))
-    flat = np.asarray(frame["input"].to_list(), dtype=np.float32)
+        x = np.zeros((0, *(sample_shape or ())), dtype=np.float32)
+        return LabelledTraffic(x, empty, [], empty, empty, empty, skipped)
+    flat = usable["input"].explode().to_numpy().astype(np.float32, copy=False)
     return LabelledTraffic(
-        x=flat.reshape(-1, *sample),
-        y=frame["label"].to_numpy().astype(np.int64),
-        request_ids=frame["request_id"].to_list(),
-        versions=frame["version"].to_numpy().astype(np.int64),
-        predictions=frame["prediction"].fill_null(-1).to_numpy().astype(np.int64),
-        timestamps_us=frame["timestamp"].dt.epoch("us").to_numpy().astype(np.int64),
+        x=flat.reshape(usable.height, *sample),
+        y=usable["label"].to_numpy().astype(np.int64),
+        request_ids=usable["request_id"].to_list(),
+        versions=usable["version"].fill_null(-1).to_numpy().astype(np.int64),
+        predictions=usable["prediction"].fill_null(-1).to_numpy().astype(np.int64),
+        timestamps_us=usable["timestamp"].dt.epoch("us").to_numpy().astype(np.int64),
+        skipped=skipped,
     )

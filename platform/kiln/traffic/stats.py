@@ -30,6 +30,10 @@ _BUCKETS = (
 GROWTH = 1.01
 """Each latency bucket is 1% wider than the one below it."""
 LATENCY_QUANTILES = (0.5, 0.95, 0.99)
+UNKNOWN_STATUS = "unknown"
+
+_answered = (pl.col("status") == STATUS_OK).fill_null(False)
+"""A request with no status (a row of a foreign writer) counts as an error: not answered."""
 
 
 @dataclass(frozen=True)
@@ -82,21 +86,30 @@ def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -
     scan = scan_traffic(home, model, window)
     bucket = bucket_for(window, points)
     cells, queues = run_query(lambda: _histograms(scan, bucket), scan)
-    ok = cells.filter(pl.col("status") == STATUS_OK)
+    # Rows of files from older or foreign writers may lack a latency or a status: they count
+    # as requests, but not towards percentiles (and are reported).
+    ok = cells.filter((pl.col("status") == STATUS_OK) & pl.col("latency_b").is_not_null())
+    no_latency = int(
+        cells.filter((pl.col("status") == STATUS_OK) & pl.col("latency_b").is_null())["n"].sum()
+    )
     groups = []
     by_group = (
         cells.group_by("version", "route")
         .agg(
             pl.col("n").sum().alias("requests"),
-            pl.col("n").filter(pl.col("status") != STATUS_OK).sum().alias("errors"),
-            (pl.col("batch_sum").sum() / pl.col("batch_n").sum()).alias("mean_batch_size"),
+            pl.col("n").filter(~_answered).sum().alias("errors"),
+            pl.when(pl.col("batch_n").sum() > 0)
+            .then(pl.col("batch_sum").sum() / pl.col("batch_n").sum())
+            .alias("mean_batch_size"),
             pl.col("first").min(),
             pl.col("last").max(),
         )
         .sort("version", "route", nulls_last=True)
     )
     for row in by_group.iter_rows(named=True):
-        mine = (pl.col("version").eq_missing(row["version"])) & (pl.col("route") == row["route"])
+        mine = pl.col("version").eq_missing(row["version"]) & pl.col("route").eq_missing(
+            row["route"]
+        )
         lat = ok.filter(mine).group_by("latency_b").agg(pl.col("n").sum())
         que = queues.filter(mine)
         p50, p95, p99 = percentiles(
@@ -127,7 +140,7 @@ def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -
         cells.group_by("start", "version")
         .agg(
             pl.col("n").sum().alias("requests"),
-            pl.col("n").filter(pl.col("status") != STATUS_OK).sum().alias("errors"),
+            pl.col("n").filter(~_answered).sum().alias("errors"),
         )
         .sort("start", "version", nulls_last=True)
     )
@@ -149,9 +162,13 @@ def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -
                 "latency_p99_us": p99,
             }
         )
-    statuses = cells.group_by("status").agg(pl.col("n").sum()).sort("status")
+    statuses = (
+        cells.group_by(pl.col("status").fill_null(UNKNOWN_STATUS))
+        .agg(pl.col("n").sum())
+        .sort("status")
+    )
     requests = int(cells["n"].sum())
-    errors = int(cells.filter(pl.col("status") != STATUS_OK)["n"].sum())
+    errors = int(cells.filter(~_answered)["n"].sum())
     return {
         "model": model,
         "since": window.since,
@@ -163,8 +180,10 @@ def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -
         "statuses": dict(zip(statuses["status"], statuses["n"], strict=True)),
         "bucket": bucket.every,
         "over_time": series,
+        "skipped_rows": {"answered_without_latency": no_latency},
         "files": len(scan.files),
         "skipped_files": scan.skipped,
+        "skipped_file_count": len(scan.skipped),
     }
 
 

@@ -42,7 +42,7 @@ def input_problem(values: str = "input", shape: str = "input_shape") -> pl.Expr:
     bad_shape = (
         s.is_null()
         | (s.list.len() > MAX_RANK)
-        | (s.list.min() < 0)
+        | (s.list.min() < 0).fill_null(False)  # a scalar's shape has no dimensions
         | (declared != count.cast(pl.Float64))
     )
     return (
