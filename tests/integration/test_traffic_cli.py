@@ -10,12 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pytest
 
 import kiln.registry
 from kiln.data.profile import reference_profile
 from kiln.settings import Settings
-from kiln.traffic import TrafficLogger, TrafficRecord, TrafficSettings
+from kiln.traffic import (
+    FEEDBACK_SCHEMA,
+    FeedbackWriter,
+    TrafficLogger,
+    TrafficRecord,
+    TrafficSettings,
+    scan_feedback,
+)
+from kiln.traffic.feedback import MAX_LABEL
+from kiln.traffic.layout import write_part
 
 CLASSES = ["dark", "light"]
 
@@ -105,3 +115,113 @@ def test_unknown_model_exits_2_with_a_hint(cli: Any, kiln_home: Path) -> None:
     assert "no traffic logged for model 'nothing'" in result.stderr
     result = cli("evaluate", "nothing", "--since", "soon")
     assert result.exit_code == 2 and "24h, 30m, 7d" in result.stderr
+
+
+def test_evaluate_skips_labels_outside_the_models_classes(
+    cli: Any, kiln_home: Path, tmp_path: Path
+) -> None:
+    """A label of 100000 (accepted by a server that did not know the classes) or 2**62 (stored
+    by an older Kiln) sizes nothing: it is counted and left out."""
+    prepare(kiln_home, tmp_path, 0.5)
+    with FeedbackWriter(kiln_home) as feedback:
+        for i in range(10):
+            feedback.add(f"r{i}", i % 2, model="shades")
+        feedback.add("r10", 100_000, model="shades")
+        feedback.add("r11", MAX_LABEL)
+    old = pl.DataFrame(
+        {"request_id": ["r12", "r13"], "label": [2**62, -3], "source": "file:old.csv",
+         "model": "shades", "received_at": datetime.now(UTC)},
+    ).with_columns(pl.col("received_at").dt.cast_time_unit("us"))  # fmt: skip
+    write_part(kiln_home / "feedback" / f"date={datetime.now(UTC).date()}",
+               old.select(FEEDBACK_SCHEMA.names()).cast(dict(FEEDBACK_SCHEMA)))  # type: ignore[arg-type]  # fmt: skip
+    result = cli("evaluate", "shades", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = result.json()
+    assert report["labelled"] == 10
+    skipped = report["skipped_rows"]
+    assert skipped["labels_out_of_range"] == 2 and skipped["feedback_labels_invalid"] == 2
+    assert {e["label"] for e in skipped["out_of_range_examples"]} == {100_000, MAX_LABEL}
+    (version,) = report["versions"]
+    assert version["confusion"]["classes"] == CLASSES and len(version["per_class"]) == 2
+    human = cli("evaluate", "shades")
+    assert human.exit_code == 0 and "outside the model's classes" in human.stdout
+
+
+def test_feedback_import_refuses_a_file_with_invalid_rows_as_a_whole(
+    cli: Any, kiln_home: Path, tmp_path: Path
+) -> None:
+    prepare(kiln_home, tmp_path, 0.5)  # 'shades' has 2 classes
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,label\nr0,0\nr1,5\nr2,1\n,1\nr4,-1\nr5,100000\nr6,x\nr7,1.5\nr8,1\n")
+    result = cli("feedback", "import", str(bad), "--model", "shades")
+    assert result.exit_code == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "6 of 9 rows are invalid" in message and "nothing was imported" in message
+    assert "line 3: label 5 is out of range: the model has 2 classes, valid labels are 0-1" in (
+        message
+    )
+    assert "line 5: the request id is empty" in message and "--skip-invalid" in message
+    assert not (kiln_home / "feedback").exists()
+
+    result = cli("feedback", "import", str(bad), "--model", "shades", "--skip-invalid", "--json")
+    assert result.exit_code == 0, result.stderr
+    imported = result.json()
+    assert imported["rows"] == 3 and imported["refused"] == 6
+    assert [r["line"] for r in imported["refused_examples"]] == [3, 5, 6, 7, 8]
+    assert "out of range" in imported["refused_examples"][0]["reason"]
+    stored = scan_feedback(kiln_home).frame.collect()
+    assert sorted(stored["request_id"]) == ["r0", "r2", "r8"]
+    human = cli("feedback", "import", str(bad), "--model", "shades", "--skip-invalid")
+    assert human.exit_code == 0 and "refused 6 invalid row(s)" in " ".join(human.stdout.split())
+
+
+def test_feedback_import_checks_labels_against_the_model_column(
+    cli: Any, kiln_home: Path, tmp_path: Path
+) -> None:
+    prepare(kiln_home, tmp_path, 0.5)
+    labels = tmp_path / "labels.csv"
+    # shades has 2 classes; 'other' is not registered: only the index rule applies to it.
+    labels.write_text("request_id,label,model\nr0,1,shades\nr1,2,shades\nr2,7,other\n")
+    result = cli("feedback", "import", str(labels), "--skip-invalid", "--json")
+    assert result.exit_code == 0, result.stderr
+    imported = result.json()
+    assert imported["rows"] == 2 and imported["refused"] == 1
+    assert imported["refused_examples"][0]["request_id"] == "r1"
+    assert imported["unchecked_models"] == ["other"]
+
+
+@pytest.mark.parametrize(
+    ("label", "reason"),
+    [
+        ("9223372036854775808", "label 9223372036854775808 is out of range"),
+        ("18446744073709551616", "label 18446744073709551616 is out of range"),
+        ("NaN", "label 'NaN' is not a number"),
+        ("inf", "label 'inf' is not a number"),
+        ("1e30", "label 1e30 is out of range"),
+    ],
+)
+def test_feedback_import_huge_or_nan_labels_are_user_errors(
+    cli: Any, kiln_home: Path, tmp_path: Path, label: str, reason: str
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text(f"request_id,label\nr0,1\nr1,{label}\n")
+    result = cli("feedback", "import", str(labels))
+    assert result.exit_code == 2, result.stderr
+    message = " ".join(result.stderr.split())
+    assert "internal error" not in message and f"line 3: {reason}" in message
+    result = cli("feedback", "import", str(labels), "--json")
+    assert result.exit_code == 2
+
+
+def test_feedback_import_of_a_header_only_file_says_it_has_no_rows(
+    cli: Any, kiln_home: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.csv"
+    labels.write_text("request_id,label\n")
+    result = cli("feedback", "import", str(labels))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "has a header but no rows" in message and "String" not in message
+    labels.write_text("")
+    result = cli("feedback", "import", str(labels))
+    assert result.exit_code == 2 and "is empty" in result.stderr

@@ -84,11 +84,13 @@ def test_parquet_and_numeric_ids_and_whole_float_labels(tmp_path: Path) -> None:
     [
         ("id,label\na,1\n", "lacks the column(s) request_id"),
         ("request_id,class\na,1\n", "lacks the column(s) label"),
-        ("request_id,label\na,cat\n", "integer class index, found String values such as 'cat'"),
-        ("request_id,label\na,1.5\n", "must be whole class indices; row(s) [0]"),
-        ("request_id,label\na,1\nb,-2\n", "missing or negative in row(s) [1]"),
-        ("request_id,label\na,1\nb,\n", "missing or negative in row(s) [1]"),
-        ("request_id,label\na,1\n,2\n", "empty request_id in row(s) [1]"),
+        ("request_id,label\na,cat\n", "line 2: label 'cat' is not an integer class index"),
+        ("request_id,label\na,1.5\n", "line 2: label 1.5 has a fraction"),
+        ("request_id,label\na,1\nb,-2\n", "line 3: label -2 is negative"),
+        ("request_id,label\na,1\nb,\n", "line 3: the label is missing"),
+        ("request_id,label\na,1\n,2\n", "line 3: the request id is empty"),
+        ("request_id,label\na,2147483648\n", "line 2: label 2147483648 is out of range"),
+        ("request_id,label\n", "has a header but no rows"),
     ],
 )  # fmt: skip
 def test_bad_files_are_rejected_and_store_nothing(
@@ -158,3 +160,47 @@ def test_a_full_feedback_buffer_refuses_the_whole_call_and_drops_nothing(tmp_pat
         assert writer.stats.dropped == 0
     frame = scan_feedback(tmp_path).frame.collect().sort("request_id")
     assert frame["request_id"].to_list() == ["a", "b", "c"]
+
+
+def test_parquet_labels_of_any_numeric_type_are_checked_row_by_row(tmp_path: Path) -> None:
+    """Unsigned labels past int64, NaN and fractions in a float column, a label beyond the
+    model's classes: each such row is refused with its reason, the others imported."""
+    files = {
+        "unsigned.parquet": pl.DataFrame(
+            {"request_id": ["a", "b"], "label": pl.Series([1, 2**64 - 1], dtype=pl.UInt64)}
+        ),
+        "floats.parquet": pl.DataFrame(
+            {"request_id": ["a", "b", "c", "d"], "label": [1.0, float("nan"), 2.5, 7.0]}
+        ),
+    }
+    reasons = {}
+    for name, frame in files.items():
+        frame.write_parquet(tmp_path / name)
+        result = import_feedback(
+            tmp_path, tmp_path / name, model="digits", classes=lambda _: 3, skip_invalid=True
+        )
+        assert result.rows == 1
+        reasons[name] = [e["reason"] for e in result.refused_examples]
+        assert all("row" in e and "line" not in e for e in result.refused_examples)
+    assert reasons["unsigned.parquet"] == [
+        "label 18446744073709551615 is out of range: the model has 3 classes, valid labels are 0-2"
+    ]
+    assert [r.split(":")[0] for r in reasons["floats.parquet"]] == [
+        "label 'NaN' is not a number",
+        "label 2.5 has a fraction",
+        "label 7.0 is out of range",
+    ]
+    with pytest.raises(FeedbackRejected, match="3 of 4 rows are invalid"):
+        import_feedback(tmp_path, tmp_path / "floats.parquet", classes=lambda _: 3)
+
+
+@pytest.mark.parametrize("classes", [None, 1, 10])
+def test_the_label_expression_is_label_problem(classes: int | None) -> None:
+    """Readers check labels with `label_in_range`, writers with `label_problem`: one rule."""
+    from kiln.traffic.feedback import MAX_LABEL, label_problem
+    from kiln.traffic.validity import label_in_range
+
+    labels = [-(2**63), -1, 0, 1, 9, 10, 11, MAX_LABEL, MAX_LABEL + 1, 2**63 - 1, None]
+    limit = None if classes is None else pl.lit(classes)
+    ok = pl.DataFrame({"label": labels}).select(label_in_range(limit))["label"].to_list()
+    assert ok == [v is not None and label_problem(v, classes) is None for v in labels]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
@@ -108,5 +109,38 @@ def evaluate(
                 )
             else:
                 console.print(f"  predictions: {preds['note']}")
+        for line in skipped_lines(result):
+            console.print(line, highlight=False)
 
     emit(result, as_json, render)
+
+
+def skipped_lines(result: dict[str, Any]) -> list[str]:
+    """What a person should know was left out: rows that could not be used, unreadable
+    files (each is also warned about, by name, on stderr)."""
+    rows = result.get("skipped_rows", {})
+    what = [
+        (rows.get("labels_out_of_range", 0), "label(s) outside the model's classes"),
+        (rows.get("predictions_out_of_range", 0), "prediction(s) outside the model's classes"),
+        (
+            rows.get("feedback_labels_invalid", 0),
+            "feedback label(s) that are no class index (negative or beyond any model's)",
+        ),
+        (rows.get("predictions_for_drift", 0), "prediction(s) left out of prediction drift"),
+    ]
+    notes = [f"{n} {text}" for n, text in what if n]
+    inputs = rows.get("inputs") or {}
+    if inputs:
+        notes.append(
+            f"{sum(inputs.values())} logged input(s) unusable for drift ("
+            + ", ".join(f"{why} {n}" for why, n in sorted(inputs.items()))
+            + ")"
+        )
+    lines = [f"skipped: {'; '.join(notes)} (details in --json: skipped_rows)"] if notes else []
+    files = result.get("skipped_files") or {}
+    if files:
+        lines.append(
+            f"skipped {len(files)} unreadable or damaged file(s): "
+            + "; ".join(f"{escape(path)} ({escape(why)})" for path, why in files.items())
+        )
+    return lines

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from kiln.cli.output import JsonOption, emit
 from kiln.settings import Settings
@@ -24,25 +25,62 @@ def import_command(
         str | None,
         typer.Option(help="The model the labels are for (where the file has no model column)."),
     ] = None,
+    skip_invalid: Annotated[
+        bool,
+        typer.Option(
+            "--skip-invalid",
+            help="Import the valid rows and report the invalid ones, instead of refusing the "
+            "whole file.",
+        ),
+    ] = False,
     as_json: bool = JsonOption,
 ) -> None:
-    """Import labels keyed by request id; ids not in the traffic log are kept and reported."""
+    """Import labels keyed by request id; ids not in the traffic log are kept and reported.
+
+    Each label must be a class index of its model (the file's model column, else --model),
+    as the registry knows its classes. A file with invalid rows is refused as a whole (exit
+    2, nothing imported) unless --skip-invalid is given.
+    """
+    import kiln.registry
+    from kiln.evaluate.references import model_classes
     from kiln.traffic import import_feedback
 
-    result = import_feedback(Settings().home, file, model=model)
+    settings = Settings()
+    with kiln.registry.open(settings=settings) as registry:
+        known: dict[str, int | None] = {}
+
+        def classes(name: str) -> int | None:
+            if name not in known:
+                known[name] = model_classes(registry, name)
+            return known[name]
+
+        result = import_feedback(
+            settings.home, file, model=model, classes=classes, skip_invalid=skip_invalid
+        )
 
     def render(console: Console) -> None:
         console.print(
-            f"imported {result.rows} label(s) from {file}: {result.matched} matched logged "
-            f"requests, {result.unmatched} unmatched (kept; they match once the request is "
-            "logged)"
+            f"imported {result.rows} label(s) from {escape(str(file))}: {result.matched} "
+            f"matched logged requests, {result.unmatched} unmatched (kept; they match once "
+            "the request is logged)"
             + (
                 f"; {result.duplicates} duplicate id(s), the last label wins"
                 if result.duplicates
                 else ""
-            )
+            ),
+            highlight=False,
         )
         if result.unmatched_examples:
-            console.print("unmatched, e.g.: " + ", ".join(result.unmatched_examples))
+            console.print("unmatched, e.g.: " + escape(", ".join(result.unmatched_examples)))
+        if result.refused:
+            console.print(f"refused {result.refused} invalid row(s) (--skip-invalid), e.g.:")
+            for e in result.refused_examples:
+                where = f"line {e['line']}" if "line" in e else f"row {e['row']}"
+                console.print(f"  {where}: {escape(e['reason'])}", highlight=False)
+        if result.unchecked_models:
+            console.print(
+                "not registered here, labels checked only to be class indices: "
+                + escape(", ".join(result.unchecked_models))
+            )
 
     emit(asdict(result), as_json, render)

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit
@@ -75,6 +76,20 @@ def stats(
         if report["statuses"]:
             console.print(
                 "statuses: " + ", ".join(f"{k} {v}" for k, v in report["statuses"].items())
+            )
+        unmeasured = report["skipped_rows"]["answered_without_latency"]
+        if unmeasured:
+            console.print(
+                f"{unmeasured} answered request(s) logged without a latency (older files)"
+            )
+        if report["skipped_files"]:
+            console.print(
+                f"skipped {len(report['skipped_files'])} unreadable or damaged file(s): "
+                + "; ".join(
+                    f"{escape(path)} ({escape(why)})"
+                    for path, why in report["skipped_files"].items()
+                ),
+                highlight=False,
             )
 
     emit(report, as_json, render)

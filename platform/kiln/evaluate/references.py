@@ -22,3 +22,11 @@ def version_infos(registry: Registry, model: str) -> dict[int, VersionInfo]:
         )
         for v in versions
     }
+
+
+def model_classes(registry: Registry, model: str) -> int | None:
+    """How many classes `model` has as its registered versions say (the most, when versions
+    differ: a label valid for any of them is kept); None when it is not registered or no
+    version names its classes. What `kiln feedback import` checks labels against."""
+    counts = [info.classes for info in version_infos(registry, model).values() if info.classes]
+    return max(counts) if counts else None

@@ -9,13 +9,16 @@ unmatched.
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -163,35 +166,90 @@ class ImportResult:
     unmatched: int
     """Distinct request ids not (yet) in the traffic log; stored all the same."""
     unmatched_examples: list[str]
-    stored_at: str
+    stored_at: str | None
+    """The part file written; None when no row was valid."""
+    refused: int = 0
+    """Invalid rows left out (only with `skip_invalid`; otherwise the file is refused)."""
+    refused_examples: list[dict[str, Any]] = field(default_factory=list)
+    """The first refused rows: row (0-based), line (of a CSV), request_id, label, reason."""
+    unchecked_models: list[str] = field(default_factory=list)
+    """Models named by the file whose classes are not known here: their labels were only
+    checked to be class indices (0-`MAX_LABEL`)."""
+
+
+ClassCount = Callable[[str], int | None]
+"""How many classes a model has (None when not known): what labels are checked against."""
+
+EXAMPLES = 5
+_NUMBER = re.compile(r"[0-9.eE+-]+")
+
+
+@dataclass(frozen=True)
+class CheckedFeedback:
+    """A feedback file split into the rows that can be stored and the ones that cannot."""
+
+    what: str
+    valid: pl.DataFrame
+    """request_id (String), label (Int64), model (String or null), row (0-based)."""
+    invalid: pl.DataFrame
+    """row (0-based), request_id, label (as written, text), reason."""
+    csv: bool
+    unchecked_models: list[str]
+
+    @property
+    def total(self) -> int:
+        return self.valid.height + self.invalid.height
+
+    def examples(self, limit: int = EXAMPLES) -> list[dict[str, Any]]:
+        rows = self.invalid.sort("row").head(limit).iter_rows(named=True)
+        return [r | ({"line": r["row"] + 2} if self.csv else {}) for r in rows]
+
+    def refusal(self) -> FeedbackRejected:
+        """The error for a file refused as a whole because of its invalid rows."""
+        where = "line" if self.csv else "row"
+        lines = [
+            f"  {where} {e['line'] if self.csv else e['row']}: {e['reason']}"
+            for e in self.examples()
+        ]
+        more = self.invalid.height - len(lines)
+        return FeedbackRejected(
+            f"{self.what}: {self.invalid.height} of {self.total} rows are invalid, nothing was "
+            "imported:\n"
+            + "\n".join(lines)
+            + (f"\n  ... and {more} more" if more > 0 else "")
+            + "\nFix them, or pass --skip-invalid to import the valid rows and report the others"
+        )
 
 
 def read_feedback_file(path: Path) -> pl.DataFrame:
     """Read and check a CSV or Parquet file of `request_id,label[,model]` rows.
 
     Raises `FeedbackRejected` naming the problem: unreadable file, missing columns, labels
-    that are not non-negative integers, empty request ids.
+    that are not class indices (0-`MAX_LABEL`), empty request ids.
     """
-    if not path.is_file():
-        raise FeedbackRejected(f"feedback file {path} does not exist")
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".parquet":
-            frame = pl.read_parquet(path)
-        elif suffix in (".csv", ".txt"):
-            # Ids are text even when they look like numbers ('007' must stay '007').
-            frame = pl.read_csv(path, schema_overrides={"request_id": pl.String})
-        else:
-            raise FeedbackRejected(
-                f"feedback file {path} is neither .csv nor .parquet; convert it to one of them"
-            )
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise FeedbackRejected(f"cannot read feedback file {path}: {exc}") from exc
-    return validate_feedback(frame, str(path))
+    checked = check_feedback(path)
+    if checked.invalid.height:
+        raise checked.refusal()
+    return checked.valid.drop("row")
 
 
-def validate_feedback(frame: pl.DataFrame, what: str) -> pl.DataFrame:
-    """`frame` reduced to request_id (String), label (Int64) and model (String or null)."""
+def check_feedback(
+    path: Path, *, model: str | None = None, classes: ClassCount | None = None
+) -> CheckedFeedback:
+    """Read a feedback file and check every row; raises `FeedbackRejected` only for what
+    concerns the whole file (unreadable, no rows, missing or unusable columns).
+
+    A row is invalid when its request id is empty or its label is not a class index of its
+    model (`label_problem`; the model is the row's `model` column, else `model`, and its
+    class count comes from `classes`; without either, the index range alone is checked).
+    """
+    frame, csv = _read_table(path)
+    what = str(path)
+    if frame.height == 0:
+        raise FeedbackRejected(
+            f"{what} has a header but no rows: nothing to import (expected request_id,label "
+            "rows under the header)"
+        )
     missing = [c for c in ("request_id", "label") if c not in frame.columns]
     if missing:
         raise FeedbackRejected(
@@ -199,73 +257,151 @@ def validate_feedback(frame: pl.DataFrame, what: str) -> pl.DataFrame:
             f"'request_id' and 'label' (the true class index) columns, found: "
             f"{', '.join(frame.columns) or 'none'}"
         )
-    ids, labels = frame["request_id"], frame["label"]
+    ids = frame["request_id"]
     if ids.dtype != pl.String:
         if not ids.dtype.is_integer():
             raise FeedbackRejected(f"{what}: 'request_id' must be text, found {ids.dtype} values")
         ids = ids.cast(pl.String)
-    if ids.null_count() or (ids.str.len_chars() == 0).any():
-        bad = (ids.is_null() | (ids.str.len_chars() == 0)).arg_true().head(5).to_list()
-        raise FeedbackRejected(f"{what}: empty request_id in row(s) {bad} (0-based)")
-    labels = _integer_labels(labels, what)
-    model = (
-        frame["model"].cast(pl.String)
-        if "model" in frame.columns
-        else pl.Series("model", [None] * frame.height, dtype=pl.String)
+    try:
+        labels = frame["label"].cast(pl.String)
+        models = (
+            frame["model"].cast(pl.String)
+            if "model" in frame.columns
+            else pl.Series("model", [None] * frame.height, dtype=pl.String)
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise FeedbackRejected(
+            f"{what}: 'label' must be integer class indices (and 'model' text), found "
+            f"{frame['label'].dtype} labels; map class names to their indices first"
+        ) from exc
+    if model is not None:
+        models = models.fill_null(model)
+    rows = pl.DataFrame({"request_id": ids, "label": labels, "model": models}).with_row_index("row")
+    counts = {m: (classes(m) if classes else None) for m in models.unique().drop_nulls()}
+    verdicts = _label_verdicts(rows.select("label", "model").unique(), counts)
+    rows = rows.join(verdicts, on=["label", "model"], how="left", nulls_equal=True)
+    empty_id = pl.col("request_id").is_null() | (pl.col("request_id").str.len_chars() == 0)
+    rows = rows.with_columns(
+        pl.when(empty_id)
+        .then(pl.lit("the request id is empty: give the id the server returned"))
+        .otherwise(pl.col("reason"))
+        .alias("reason")
+    ).sort("row")
+    return CheckedFeedback(
+        what=what,
+        valid=rows.filter(pl.col("reason").is_null()).select(
+            "request_id", pl.col("value").alias("label"), "model", "row"
+        ),
+        invalid=rows.filter(pl.col("reason").is_not_null()).select(
+            "row", "request_id", "label", "reason"
+        ),
+        csv=csv,
+        unchecked_models=sorted(m for m, n in counts.items() if n is None),
     )
-    return pl.DataFrame({"request_id": ids, "label": labels, "model": model})
 
 
-def _integer_labels(labels: pl.Series, what: str) -> pl.Series:
-    if labels.dtype.is_float():
-        # 3.0 is a class index; 3.5 is not. Spreadsheets write whole numbers as floats.
-        fractional = labels.is_not_null() & (labels != labels.floor())
-        if fractional.any():
-            rows = fractional.arg_true().head(5).to_list()
-            raise FeedbackRejected(
-                f"{what}: 'label' must be whole class indices; row(s) {rows} (0-based) have "
-                f"fractions, e.g. {labels[rows[0]]}"
-            )
-        labels = labels.cast(pl.Int64)
-    elif not labels.dtype.is_integer():
-        example = labels.drop_nulls().head(1).to_list()
+def _read_table(path: Path) -> tuple[pl.DataFrame, bool]:
+    """The file's rows as read (every CSV column as text: ids such as '007' and labels too
+    large for int64 must reach the checks as written); and whether it is a CSV."""
+    if not path.is_file():
+        raise FeedbackRejected(f"feedback file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv", ".txt"):
         raise FeedbackRejected(
-            f"{what}: 'label' must be an integer class index, found {labels.dtype} values"
-            + (f" such as {example[0]!r}" if example else "")
-            + "; map class names to their indices first"
+            f"feedback file {path} is neither .csv nor .parquet; convert it to one of them"
         )
-    labels = labels.cast(pl.Int64)
-    bad = labels.is_null() | (labels < 0)
-    if bad.any():
-        rows = bad.arg_true().head(5).to_list()
-        raise FeedbackRejected(
-            f"{what}: 'label' is missing or negative in row(s) {rows} (0-based); labels are "
-            "class indices from 0"
+    if path.stat().st_size == 0:
+        raise FeedbackRejected(f"feedback file {path} is empty: expected a request_id,label header")
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path), False
+        return pl.read_csv(path, infer_schema=False), True
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise FeedbackRejected(f"cannot read feedback file {path}: {exc}") from exc
+
+
+def _label_verdicts(pairs: pl.DataFrame, counts: dict[str, int | None]) -> pl.DataFrame:
+    """For each distinct (label as text, model): the label as an integer, or why it is not a
+    class index of the model. One `label_problem` call per distinct pair, not per row."""
+    values: list[int | None] = []
+    reasons: list[str | None] = []
+    for text, model in pairs.iter_rows():
+        value, reason = _parse_label(text)
+        if value is not None:
+            problem = label_problem(value, counts.get(model) if model is not None else None)
+            if problem and text.strip() != str(value):
+                # Name the label as the file wrote it (1e30, not its 31 digits).
+                shown = text.strip() if _NUMBER.fullmatch(text.strip()) else quote(text)
+                problem = problem.replace(f"label {value}", f"label {shown}", 1)
+            value, reason = (None, problem) if problem else (value, None)
+        values.append(value)
+        reasons.append(reason)
+    return pairs.with_columns(
+        pl.Series("value", values, dtype=pl.Int64), pl.Series("reason", reasons, dtype=pl.String)
+    )
+
+
+def _parse_label(text: str | None) -> tuple[int | None, str | None]:
+    """A label as written: (its integer value, None), or (None, why it is not an integer)."""
+    if text is None or not text.strip():
+        return None, "the label is missing"
+    stripped = text.strip()
+    try:
+        return int(stripped), None
+    except ValueError:
+        pass
+    try:
+        number = float(stripped)
+    except (ValueError, OverflowError):
+        return None, (
+            f"label {quote(text)} is not an integer class index; map class names to their "
+            "indices first"
         )
-    return labels
+    if math.isinf(number) and _NUMBER.fullmatch(stripped):  # digits beyond a float's range
+        return None, f"label {quote(stripped)} is out of range: labels are class indices"
+    if not math.isfinite(number):
+        return None, f"label {quote(text)} is not a number: labels are class indices from 0"
+    if number != math.floor(number):
+        return None, f"label {stripped} has a fraction: labels are whole class indices"
+    return int(number), None  # 3.0: spreadsheets write whole numbers as floats
 
 
 def import_feedback(
-    home: Path, path: Path, *, model: str | None = None, now: datetime | None = None
+    home: Path,
+    path: Path,
+    *,
+    model: str | None = None,
+    now: datetime | None = None,
+    classes: ClassCount | None = None,
+    skip_invalid: bool = False,
 ) -> ImportResult:
     """Store the labels of a feedback file and report how many match logged requests.
 
-    `model` fills the model column where the file has none. The whole file is checked before
-    anything is stored: a rejected file leaves no trace.
+    `model` fills the model column where the file has none. Labels are checked against their
+    model's classes (`classes`, e.g. from the registry). The whole file is checked before
+    anything is stored: a file with invalid rows is refused as a whole (`FeedbackRejected`
+    listing the first of them) and leaves no trace, unless `skip_invalid`, which stores the
+    valid rows and reports the others.
     """
-    frame = read_feedback_file(path)
-    if model is not None:
-        frame = frame.with_columns(pl.col("model").fill_null(model))
+    checked = check_feedback(path, model=model, classes=classes)
+    if checked.invalid.height and not skip_invalid:
+        raise checked.refusal()
+    frame = checked.valid.drop("row")
     received = now or datetime.now(UTC)
     duplicates = frame.height - frame["request_id"].n_unique()
-    stored = frame.with_columns(
-        pl.lit(received).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("received_at"),
-        pl.lit(f"file:{path.name}").alias("source"),
-    ).select(FEEDBACK_SCHEMA.names())
-    part = write_part(
-        feedback_root(home) / f"date={received.date().isoformat()}",
-        stored.cast(dict(FEEDBACK_SCHEMA)),  # type: ignore[arg-type]
-    )
+    part = None
+    if frame.height:
+        stored = frame.with_columns(
+            pl.lit(received)
+            .dt.cast_time_unit("us")
+            .dt.convert_time_zone("UTC")
+            .alias("received_at"),
+            pl.lit(f"file:{path.name}").alias("source"),
+        ).select(FEEDBACK_SCHEMA.names())
+        part = write_part(
+            feedback_root(home) / f"date={received.date().isoformat()}",
+            stored.cast(dict(FEEDBACK_SCHEMA)),  # type: ignore[arg-type]
+        )
     ids = frame.select(pl.col("request_id").unique())
     matched = _matched_ids(home, ids, model)
     unmatched = ids.join(matched, on="request_id", how="anti")["request_id"]
@@ -275,8 +411,11 @@ def import_feedback(
         duplicates=duplicates,
         matched=matched.height,
         unmatched=unmatched.len(),
-        unmatched_examples=unmatched.sort().head(5).to_list(),
-        stored_at=str(part),
+        unmatched_examples=unmatched.sort().head(EXAMPLES).to_list(),
+        stored_at=None if part is None else str(part),
+        refused=checked.invalid.height,
+        refused_examples=checked.examples(),
+        unchecked_models=checked.unchecked_models,
     )
 
 
