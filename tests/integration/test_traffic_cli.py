@@ -26,6 +26,7 @@ from kiln.traffic import (
 )
 from kiln.traffic.feedback import MAX_LABEL
 from kiln.traffic.layout import write_part
+from tests.conftest import run_kiln
 
 CLASSES = ["dark", "light"]
 
@@ -225,3 +226,37 @@ def test_feedback_import_of_a_header_only_file_says_it_has_no_rows(
     labels.write_text("")
     result = cli("feedback", "import", str(labels))
     assert result.exit_code == 2 and "is empty" in result.stderr
+
+
+def test_a_part_file_damaged_in_the_middle_is_reported_by_name_and_skipped(
+    cli: Any, kiln_home: Path, tmp_path: Path
+) -> None:
+    """2 KB of random bytes in the middle of a part file, footer intact: without page
+    checksums this changed the logged inputs without a word."""
+    prepare(kiln_home, tmp_path, 0.5)  # one part file of 300 requests
+    (damaged,) = (kiln_home / "traffic").rglob("part-*.parquet")
+    ts = int((datetime.now(UTC) - timedelta(minutes=10)).timestamp() * 1e6)
+    x = images(50, 9, 0.5)
+    with TrafficLogger(kiln_home, TrafficSettings(flush_interval_s=60)) as logger:
+        for i, (xi, si) in enumerate(zip(x, classify(x), strict=True)):
+            logger.log(TrafficRecord(f"s{i}", ts + i, "shades", 1, 300, input=xi[None],
+                                     output=si[None]))  # fmt: skip
+    data = bytearray(damaged.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2048] = np.random.default_rng(0).bytes(2048)
+    damaged.write_bytes(bytes(data))
+
+    for command in (("traffic", "stats", "shades"), ("evaluate", "shades")):
+        result = cli(*command, "--json")
+        assert result.exit_code == 0, result.stderr
+        report = result.json()
+        assert report["requests"] == 50  # the intact file is read
+        assert report["skipped_file_count"] == 1
+        assert "damaged" in report["skipped_files"][str(damaged)]
+        human = cli(*command)
+        assert human.exit_code == 0
+        assert "skipped 1 unreadable or damaged file(s)" in " ".join(human.stdout.split())
+        assert str(damaged) in human.stdout.replace("\n", "")
+    # A process of its own, as a user runs it: the warning names the file on stderr.
+    alone = run_kiln("traffic", "stats", "shades", "--json", env={"KILN_HOME": str(kiln_home)})
+    assert alone.exit_code == 0 and str(damaged) in alone.stderr and "CRC" in alone.stderr

@@ -103,3 +103,36 @@ def test_html_report_is_self_contained(report: dict[str, Any]) -> None:
     assert page.count("data:image/png;base64,") == 2  # accuracy and latency; no drift plot
     assert "<h2>Version 1: 5 labelled, accuracy 0.6000" in page
     assert "http://" not in page and "https://" not in page
+
+
+def test_labels_and_predictions_are_checked_against_the_versions_classes(tmp_path: Any) -> None:
+    """A label past the classes (the registry's for v1, the logged answer's width for v2,
+    which the registry does not know) is counted, never sized by: a label of 2**62 and a
+    prediction of 2**40 build no matrix of that size. A model of many classes gets the
+    non-zero cells of its confusion matrix instead of all of them."""
+    ts = int((NOW - timedelta(minutes=30)).timestamp() * 1e6)
+    settings = TrafficSettings(flush_interval_s=60)
+    with TrafficLogger(tmp_path, settings) as logger, FeedbackWriter(tmp_path, settings) as fb:
+        for i, (version, width, label) in enumerate(
+            [(1, 3, 0), (1, 3, 2), (1, 3, 3), (1, 3, 100_000), (2, 4, 3), (2, 4, 4), (3, 9, 8)]
+        ):
+            logits = np.zeros((1, width), dtype=np.float32)
+            logits[0, i % width] = 5.0
+            logger.log(TrafficRecord(f"q{i}", ts + i, "digits", version, 100, output=logits))
+            fb.add(f"q{i}", label)
+    versions = {1: VersionInfo(1, ["a", "b", "c"]), 3: VersionInfo(3, num_classes=5000)}
+    report = evaluate_traffic(tmp_path, "digits", WINDOW, versions)
+    skipped = report["skipped_rows"]
+    assert skipped["labels_out_of_range"] == 3  # 3 and 100000 for v1, 4 for v2
+    assert sorted(e["request_id"] for e in skipped["out_of_range_examples"]) == [
+        "q2", "q3", "q5",
+    ]  # fmt: skip
+    by_version = {v["version"]: v for v in report["versions"]}
+    assert by_version[1]["labelled"] == 2 and len(by_version[1]["confusion"]["matrix"]) == 3
+    assert by_version[2]["classes"] == 4 and by_version[2]["confusion"]["classes"][-1] == "3"
+    wide = by_version[3]
+    assert wide["classes"] == 5000 and wide["confusion"]["matrix"] is None
+    assert wide["confusion"]["cells"] == [[8, 6, 1]]
+    assert [c["class"] for c in wide["per_class"]] == [6, 8]
+    page = render_html(report)
+    assert "label outside the version&#x27;s classes" in page and "non-zero cells" in page

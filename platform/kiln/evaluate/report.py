@@ -189,16 +189,7 @@ def render_html(report: Mapping[str, Any]) -> str:
                 ["class", "name", "labelled", "accuracy"],
                 [[c["class"], c["name"], c["labelled"], c["accuracy"]] for c in v["per_class"]],
             ),
-            "<h3>Confusion matrix (rows: truth, columns: prediction)</h3>",
-            _table(
-                ["", *v["confusion"]["classes"]],
-                [
-                    [name, *row]
-                    for name, row in zip(
-                        v["confusion"]["classes"], v["confusion"]["matrix"], strict=True
-                    )
-                ],
-            ),
+            *_confusion(v["confusion"]),
         ]
     parts.append(f"<h2>Drift (PSI threshold {threshold})</h2>")
     for d in report["drift"]["versions"]:
@@ -286,6 +277,10 @@ def render_html(report: Mapping[str, Any]) -> str:
         ),
         _img(_latency_plot(report), "latency over time"),
     ]
+    skipped = _skipped_rows(report.get("skipped_rows") or {})
+    if skipped:
+        parts.append("<h2>Skipped rows</h2>")
+        parts.append(_table(["rows", "why"], skipped))
     if report["skipped_files"]:
         parts.append("<h2>Skipped files</h2>")
         parts.append(_table(["file", "why"], list(report["skipped_files"].items())))
@@ -294,6 +289,44 @@ def render_html(report: Mapping[str, Any]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
     )
+
+
+MAX_CELLS = 500
+"""Non-zero confusion cells listed at most on the page (the JSON has them all)."""
+
+
+def _confusion(confusion: Mapping[str, Any]) -> list[str]:
+    if confusion.get("matrix") is not None:
+        classes = confusion["classes"]
+        return [
+            "<h3>Confusion matrix (rows: truth, columns: prediction)</h3>",
+            _table(
+                ["", *classes],
+                [[name, *row] for name, row in zip(classes, confusion["matrix"], strict=True)],
+            ),
+        ]
+    cells = sorted(confusion.get("cells") or [], key=lambda c: -c[2])
+    return [
+        f"<h3>Confusion: the {min(len(cells), MAX_CELLS)} largest non-zero cells of "
+        f"{len(cells)} ({html.escape(confusion.get('note', ''))})</h3>",
+        _table(["truth", "prediction", "count"], cells[:MAX_CELLS]),
+    ]
+
+
+def _skipped_rows(skipped: Mapping[str, Any]) -> list[list[Any]]:
+    """The skipped-row counts of a report as table rows (count, why), non-zero ones only."""
+    why = {
+        "labels_out_of_range": "label outside the version's classes",
+        "predictions_out_of_range": "prediction outside the version's classes",
+        "feedback_labels_invalid": "feedback label that is no class index",
+        "predictions_for_drift": "prediction left out of prediction drift",
+    }
+    rows: list[list[Any]] = [[skipped[k], text] for k, text in why.items() if skipped.get(k)]
+    rows += [
+        [n, f"logged input unusable for drift: {reason}"]
+        for reason, n in sorted((skipped.get("inputs") or {}).items())
+    ]
+    return rows
 
 
 def write_report(report: Mapping[str, Any], path: Path) -> Path:
