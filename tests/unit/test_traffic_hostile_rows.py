@@ -263,7 +263,7 @@ def test_no_mix_of_rows_breaks_a_reader(
     s = strict_json(stats.stdout)
     assert s["requests"] == len(rows)
     assert s["errors"] == sum(not r.answered for r in rows)
-    assert s["skipped_file_count"] == 0
+    assert s["skipped_file_count"] == 0 and s["files_without_checksums"] == 0
 
     result = cli("evaluate", MODEL, "--json")
     assert result.exit_code == 0, result.stderr

@@ -166,6 +166,7 @@ def evaluate_traffic(
         "files": len(traffic.files),
         "skipped_files": skipped_files,
         "skipped_file_count": len(skipped_files),
+        "files_without_checksums": len(traffic.unverified) + len(feedback.unverified),
     }
 
 

@@ -184,6 +184,7 @@ def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -
         "files": len(scan.files),
         "skipped_files": scan.skipped,
         "skipped_file_count": len(scan.skipped),
+        "files_without_checksums": len(scan.unverified),
     }
 
 
