@@ -182,13 +182,22 @@ def test_feedback_import_checks_labels_against_the_model_column(
     prepare(kiln_home, tmp_path, 0.5)
     labels = tmp_path / "labels.csv"
     # shades has 2 classes; 'other' is not registered: only the index rule applies to it.
-    labels.write_text("request_id,label,model\nr0,1,shades\nr1,2,shades\nr2,7,other\n")
+    # 'No/Model' cannot be a model's name at all.
+    labels.write_text(
+        "request_id,label,model\nr0,1,shades\nr1,2,shades\nr2,7,other\nr3,0,No/Model\n"
+    )
     result = cli("feedback", "import", str(labels), "--skip-invalid", "--json")
     assert result.exit_code == 0, result.stderr
     imported = result.json()
-    assert imported["rows"] == 2 and imported["refused"] == 1
-    assert imported["refused_examples"][0]["request_id"] == "r1"
+    assert imported["rows"] == 2 and imported["refused"] == 2
+    first, second = imported["refused_examples"]
+    assert first["request_id"] == "r1" and "valid labels are 0-1" in first["reason"]
+    assert second["request_id"] == "r3" and "not a valid model name" in second["reason"]
     assert imported["unchecked_models"] == ["other"]
+    refused = cli("feedback", "import", str(labels))
+    assert refused.exit_code == 2
+    message = " ".join(refused.stderr.split())
+    assert "line 3: label 2 is out of range" in message and "(request 'r1')" in message
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,13 @@ from typing import Any
 
 import polars as pl
 
-from kiln.errors import FeedbackBufferFull, FeedbackRejected, TrafficNotFound, quote
+from kiln.errors import (
+    FeedbackBufferFull,
+    FeedbackRejected,
+    InvalidArgument,
+    TrafficNotFound,
+    quote,
+)
 from kiln.traffic.layout import feedback_root, write_part
 from kiln.traffic.logger import TrafficSettings
 from kiln.traffic.readers import Scan, run_query, scan_traffic, traffic_models
@@ -209,6 +215,7 @@ class CheckedFeedback:
         where = "line" if self.csv else "row"
         lines = [
             f"  {where} {e['line'] if self.csv else e['row']}: {e['reason']}"
+            + (f" (request {quote(e['request_id'])})" if e["request_id"] else "")
             for e in self.examples()
         ]
         more = self.invalid.height - len(lines)
@@ -277,14 +284,20 @@ def check_feedback(
     if model is not None:
         models = models.fill_null(model)
     rows = pl.DataFrame({"request_id": ids, "label": labels, "model": models}).with_row_index("row")
-    counts = {m: (classes(m) if classes else None) for m in models.unique().drop_nulls()}
+    counts: dict[str, int | None] = {}
+    bad_models: dict[str, str] = {}
+    for name in models.unique().drop_nulls():
+        try:
+            counts[name] = classes(name) if classes else None
+        except InvalidArgument as exc:  # not a model name at all: its rows are invalid
+            bad_models[name] = exc.message
     verdicts = _label_verdicts(rows.select("label", "model").unique(), counts)
     rows = rows.join(verdicts, on=["label", "model"], how="left", nulls_equal=True)
     empty_id = pl.col("request_id").is_null() | (pl.col("request_id").str.len_chars() == 0)
     rows = rows.with_columns(
         pl.when(empty_id)
         .then(pl.lit("the request id is empty: give the id the server returned"))
-        .otherwise(pl.col("reason"))
+        .otherwise(pl.col("model").replace_strict(bad_models, default=pl.col("reason")))
         .alias("reason")
     ).sort("row")
     return CheckedFeedback(
