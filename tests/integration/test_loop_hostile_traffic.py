@@ -125,6 +125,11 @@ def test_loop_once_over_a_log_of_odd_rows(
     (round_,) = result.json()["rounds"]
     assert round_["action"] in ("promoted", "refused-by-gates"), round_
     assert round_["candidate"] is not None
+    # Retraining checks rows against the parent's classes and sample shape, and says so.
+    assert round_["retrain"]["skipped_rows"] == {
+        "label_out_of_range": 2, "inconsistent": 1, "missing": 1, "not_one_sample": 1,
+        "non_finite": 1, "other_shape": 1,
+    }  # fmt: skip
     with kiln.registry.open(settings=settings) as registry:
         candidate = registry.resolve(round_["candidate"])
         retrained = candidate.config["retrain"]

@@ -60,6 +60,9 @@ def retrain(
             f"{result.parent.ref}'s held-out test split; repeated x{result.repeat})"
         )
         table.add_row("labelled requests", escape(used))
+        if result.skipped:
+            skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
+            table.add_row("skipped (unusable)", escape(skipped))
         table.add_row("test accuracy", f"{result.metrics['test_accuracy']:.4f}")
         table.add_row("engines", ", ".join(result.engines))
         table.add_row(alias, result.version.ref)

@@ -68,6 +68,9 @@ class RetrainResult:
     dataset: Dataset = field(repr=False)
     """What the new version was trained, validated and tested on."""
     notes: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Labelled rows left out because they could not be used, by reason (see
+    `kiln.evaluate.labelled.labelled_traffic`)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class RetrainResult:
             "trained_on": self.trained_on,
             "held_out": self.held_out,
             "excluded_heldout": self.excluded_heldout,
+            "skipped_rows": self.skipped,
             "repeat": self.repeat,
             "metrics": self.metrics,
             "engines": self.engines,
@@ -158,7 +162,17 @@ def retrain(
     base = parent_dataset(parent, settings)
     progress(f"reading labelled traffic of '{name}' since {window.since:%Y-%m-%d %H:%M} UTC")
     try:
-        rows = deduplicate(labelled_traffic(settings.home, name, window))
+        # The parent's classes and sample shape decide what a usable row is: a label outside
+        # them, or an input of another shape, is skipped and counted, never learned from.
+        rows = deduplicate(
+            labelled_traffic(
+                settings.home,
+                name,
+                window,
+                num_classes=base.num_classes,
+                sample_shape=base.input_shape,
+            )
+        )
     except KilnError as exc:
         raise FailedPrecondition(f"cannot retrain '{name}': {exc.message}") from exc
     # Inputs equal to a test sample are never learned from, not even by a version retrained
@@ -260,6 +274,7 @@ def retrain(
         trained_on=len(learn),
         held_out=int(held.sum()),
         excluded_heldout=excluded,
+        skipped=rows.skipped,
         repeat=repeat,
         metrics=result.metrics,
         engines=engines,

@@ -48,16 +48,28 @@ def label_problem(label: int, num_classes: int | None = None) -> str | None:
 
     The one rule for every way labels arrive (gRPC, HTTP, files) and every reader.
     """
+    valid = f"0-{num_classes - 1}" if num_classes is not None else f"0-{MAX_LABEL}"
     if label < 0:
-        return f"label {label} is negative; labels are class indices from 0"
+        return f"label {_shown(label)} is negative; labels are class indices from 0 ({valid})"
     if num_classes is not None and label >= num_classes:
         return (
-            f"label {label} is out of range: the model has {num_classes} classes, "
-            f"valid labels are 0-{num_classes - 1}"
+            f"label {_shown(label)} is out of range: the model has {num_classes} classes, "
+            f"valid labels are {valid}"
         )
     if label > MAX_LABEL:
-        return f"label {label} is out of range: labels are class indices 0-{MAX_LABEL}"
+        return f"label {_shown(label)} is out of range: labels are class indices {valid}"
     return None
+
+
+def _shown(label: int) -> str:
+    """`label` for a message: whole up to 24 digits, else its first digits and its length
+    (an echoed 4,000-digit label would make a 4 KB reason)."""
+    if label.bit_length() <= 80:
+        return str(label)
+    digits = str(label) if label.bit_length() < 14_000 else ""
+    if not digits:
+        return "(a number of over 4,000 digits)"
+    return f"{digits[:12]}... ({len(digits.lstrip('-'))} digits)"
 
 
 class FeedbackWriter:
@@ -344,8 +356,10 @@ def _label_verdicts(pairs: pl.DataFrame, counts: dict[str, int | None]) -> pl.Da
             problem = label_problem(value, counts.get(model) if model is not None else None)
             if problem and text.strip() != str(value):
                 # Name the label as the file wrote it (1e30, not its 31 digits).
-                shown = text.strip() if _NUMBER.fullmatch(text.strip()) else quote(text)
-                problem = problem.replace(f"label {value}", f"label {shown}", 1)
+                written = text.strip()
+                short = len(written) <= 24 and _NUMBER.fullmatch(written)
+                shown = written if short else quote(written, 24)
+                problem = problem.replace(f"label {_shown(value)}", f"label {shown}", 1)
             value, reason = (None, problem) if problem else (value, None)
         values.append(value)
         reasons.append(reason)
