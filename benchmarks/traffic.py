@@ -51,7 +51,8 @@ from kiln.data.profile import reference_profile
 from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
-from kiln.traffic import TRAFFIC_SCHEMA, TrafficSettings
+from kiln.traffic import FEEDBACK_SCHEMA, TRAFFIC_SCHEMA, TrafficSettings
+from kiln.traffic.layout import write_part
 
 KILN = Path(sys.executable).with_name("kiln")
 ROWS_PER_FILE = 10_000
@@ -269,9 +270,7 @@ def generate(home: Path, rows: int, images: np.ndarray, now: datetime) -> float:
         )
         frame = frame.cast(dict(TRAFFIC_SCHEMA))  # type: ignore[arg-type]
         day = datetime.fromtimestamp(ts[0] / 1e6, UTC).date().isoformat()
-        directory = traffic / f"date={day}"
-        directory.mkdir(parents=True, exist_ok=True)
-        frame.write_parquet(directory / f"part-{f:06d}.parquet", compression="zstd")
+        write_part(traffic / f"date={day}", frame)  # as servers write it: page checksums
         labelled = rng.random(n) < 0.1
         right = rng.random(n) < 0.93
         labels = np.where(right, pred, rng.integers(0, 10, n))
@@ -287,9 +286,7 @@ def generate(home: Path, rows: int, images: np.ndarray, now: datetime) -> float:
             "model": np.full(len(ids), "digits"),
         }
     ).with_columns(pl.from_epoch("received_at", time_unit="us").dt.replace_time_zone("UTC"))
-    fb_dir = home / "feedback" / f"date={now.date().isoformat()}"
-    fb_dir.mkdir(parents=True, exist_ok=True)
-    fb.write_parquet(fb_dir / "part-000000.parquet", compression="zstd")
+    write_part(home / "feedback" / f"date={now.date().isoformat()}", fb.cast(dict(FEEDBACK_SCHEMA)))  # type: ignore[arg-type]
     return time.perf_counter() - started
 
 

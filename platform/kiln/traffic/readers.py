@@ -1,8 +1,8 @@
 """Lazy scans over the traffic and feedback partitions.
 
 A scan lists the part files of the wanted model and dates only (the partition pushdown: other
-directories are never opened), checks each file's schema from its footer and the CRC of each
-of its pages (`checksums`), and skips, with a warning that names it, any file that is
+directories are never opened), checks each file's schema from its footer and its bytes against
+the CRC-32 its name carries (`checksums`), and skips, with a warning that names it, any file that is
 damaged or is not a Kiln file of the right kind. The result is a Polars `LazyFrame`: queries
 over it stream, so logs far larger than memory work.
 """
@@ -20,7 +20,7 @@ from typing import TypeVar
 import polars as pl
 
 from kiln.errors import InvalidArgument, TrafficNotFound
-from kiln.traffic.checksums import PageCheck, verify_pages
+from kiln.traffic.checksums import FileCheck, verify_file
 from kiln.traffic.layout import feedback_root, model_dir, model_of_dir, part_files, traffic_root
 from kiln.traffic.schema import (
     FEEDBACK_REQUIRED,
@@ -89,8 +89,8 @@ class Scan:
     skipped: dict[str, str]
     build: Callable[[list[Path]], pl.LazyFrame]
     unverified: list[str] = field(default_factory=list)
-    """Readable files that have pages without a CRC (written before page checksums, or by
-    another writer): their data could not be checked."""
+    """Readable files whose names carry no CRC-32 (written before checksums, or by another
+    writer): their data could not be checked."""
 
     @property
     def frame(self) -> pl.LazyFrame:
@@ -198,11 +198,11 @@ def _between(column: str, window: Window) -> pl.Expr:
 def _readable(
     files: Sequence[Path], schema: pl.Schema, required: tuple[str, ...]
 ) -> tuple[list[Path], dict[str, str], list[str]]:
-    """Split `files` into those whose footer has a compatible schema and whose pages match
-    their CRCs, and the rest (-> why); also list the good ones with pages that have no CRC.
+    """Split `files` into those whose footer has a compatible schema and whose bytes match the
+    CRC-32 in their name, and the rest (-> why); also list the good ones that carry no CRC.
 
-    The pages are not decoded, only summed (CRC-32): about 0.2 s per GB of log, each file once
-    per process (files never change once written)."""
+    Nothing is decoded, only summed: about 0.4 s per GB of log, each file once per process
+    (files never change once written)."""
     good: list[Path] = []
     skipped: dict[str, str] = {}
     unverified: list[str] = []
@@ -214,10 +214,10 @@ def _readable(
         else:
             problem = schema_problem(found, schema, required)
             if problem is None:
-                check = _pages(path)
+                check = _check(path)
                 if check.problem is None:
                     good.append(path)
-                    if check.unchecked:
+                    if not check.checked:
                         unverified.append(str(path))
                     continue
                 problem = f"damaged Parquet data ({check.problem})"
@@ -227,19 +227,19 @@ def _readable(
     return good, skipped, unverified
 
 
-def _pages(path: Path) -> PageCheck:
+def _check(path: Path) -> FileCheck:
     try:
         stat = path.stat()
-        return _page_check(str(path), stat.st_size, stat.st_mtime_ns)
-    except (OSError, ValueError) as exc:  # pyarrow's errors are OSError or ValueError
-        return PageCheck(0, 0, f"{type(exc).__name__}: {exc}")
+        return _file_check(str(path), stat.st_size, stat.st_mtime_ns)
+    except OSError as exc:
+        return FileCheck(checked=False, problem=f"cannot be read ({exc.strerror or exc})")
 
 
 @lru_cache(maxsize=65_536)
-def _page_check(path: str, size: int, mtime_ns: int) -> PageCheck:
-    """`verify_pages` of a file as it is (`size`, `mtime_ns`): part files never change once
+def _file_check(path: str, size: int, mtime_ns: int) -> FileCheck:
+    """`verify_file` of a file as it is (`size`, `mtime_ns`): part files never change once
     written, so each is checked once per process (a command scans the same log twice)."""
-    return verify_pages(Path(path))
+    return verify_file(Path(path))
 
 
 def _lazy(files: list[Path], schema: pl.Schema) -> pl.LazyFrame:
