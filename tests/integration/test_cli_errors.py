@@ -183,3 +183,21 @@ def test_exit_code_table_covers_every_error_code() -> None:
     assert set(EXIT_CODES) == set(ErrorCode)
     assert EXIT_CODES[ErrorCode.INTERNAL] == 1
     assert {EXIT_CODES[c] for c in ErrorCode if c is not ErrorCode.INTERNAL} == {2}
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("train", "--dataset", "digits", "--seed", "-1"), "--seed must be in 0..4294967295"),
+        (("train", "--dataset", "digits", "--seed", "99999999999999999999"), "--seed must be"),
+        (("train", "--dataset", "digits", "--threads", "99999999999999999999"), "--threads must"),
+        (("evaluate", "digits", "--since", "99999999999999999999d"), "reaches back before"),
+    ],
+)
+def test_out_of_range_numbers_are_user_errors(
+    cli: Any, args: tuple[str, ...], fragment: str
+) -> None:
+    result = cli(*args)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    _no_bug(result)
+    assert fragment in " ".join(result.stderr.split())

@@ -19,7 +19,7 @@ from typing import TypeVar
 
 import polars as pl
 
-from kiln.errors import InvalidArgument, TrafficNotFound
+from kiln.errors import InvalidArgument, TrafficNotFound, quote
 from kiln.traffic.checksums import FileCheck, verify_file
 from kiln.traffic.layout import feedback_root, model_dir, model_of_dir, part_files, traffic_root
 from kiln.traffic.schema import (
@@ -41,12 +41,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     value = text.strip()
     unit = value[-1:].lower()
     if unit in _UNITS and value[:-1].replace(".", "", 1).isdigit():
-        return now - timedelta(seconds=float(value[:-1]) * _UNITS[unit])
+        try:
+            return now - timedelta(seconds=float(value[:-1]) * _UNITS[unit])
+        except (OverflowError, ValueError):  # beyond what a datetime can count back to
+            raise InvalidArgument(
+                f"--since {quote(text)} reaches back before the year 1; use a shorter "
+                "duration, e.g. 24h, 30m, 7d"
+            ) from None
     try:
         when = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidArgument(
-            f"--since '{text}' is neither a duration nor a date; use e.g. 24h, 30m, 7d or "
+            f"--since {quote(text)} is neither a duration nor a date; use e.g. 24h, 30m, 7d or "
             "2026-11-24T08:00"
         ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

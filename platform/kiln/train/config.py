@@ -39,6 +39,14 @@ class TrainConfig:
             raise InvalidArgument(f"--lr must be positive, got {self.lr}")
         if self.patience < 1:
             raise InvalidArgument(f"--patience must be at least 1, got {self.patience}")
+        # numpy's and torch's generators take seeds in [0, 2**32) and [0, 2**64): refuse here,
+        # with the option's name, what they would refuse deep inside training.
+        if not 0 <= self.seed < 2**32:
+            raise InvalidArgument(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
+        if not 0 <= self.threads <= 4096:
+            raise InvalidArgument(
+                f"--threads must be 0 (the settings' count) to 4096, got {self.threads}"
+            )
         for name in ("val_fraction", "test_fraction"):
             value = getattr(self, name)
             if not 0 < value < 0.5:
