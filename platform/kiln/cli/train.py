@@ -4,7 +4,6 @@ run folders a killed `kiln train` left behind (`unfinished_runs`, for `kiln gc`)
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import InvalidArgument
+from kiln.processes import pid_alive
 from kiln.settings import Settings
 
 
@@ -226,7 +226,7 @@ def unfinished_runs(runs_dir: Path, *, now: float | None = None) -> list[Unfinis
             continue  # it is being written or removed right now
         writer = _writer(run / RUN_PROCESS)
         if writer is not None and writer[0] == host:
-            if _alive(writer[1]):
+            if pid_alive(writer[1]):
                 continue
             reason = f"never finished (no {RUN_FINISHED}) and its process {writer[1]} is gone"
         elif now - changed > ABANDONED_AFTER_S:
@@ -244,15 +244,3 @@ def _writer(path: Path) -> tuple[str, int] | None:
         return str(record["host"]), int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    return True

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from kiln.errors import ArtifactCorrupted, ArtifactNotFound
+from kiln.processes import pid_alive
 
 _CHUNK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -92,7 +93,7 @@ class BlobStore:
             # Rename within one file system: atomic. An existing blob with the same hash is
             # replaced by identical bytes, which also repairs one damaged on disk.
             os.replace(temp, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -150,7 +151,7 @@ class BlobStore:
                 age = now - path.stat().st_mtime
             except FileNotFoundError:
                 continue  # its writer just renamed it into place
-            if age > _FOREIGN_TEMP_MAX_AGE_S or (host == self._host and not _alive(pid)):
+            if age > _FOREIGN_TEMP_MAX_AGE_S or (host == self._host and not pid_alive(pid)):
                 stale.append(path)
         return stale
 
@@ -172,19 +173,8 @@ def _writer_of(name: str) -> tuple[str, int]:
     return host, int(pid) if pid.isdigit() else -1
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or link in `directory` survive a crash of the machine."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -40,6 +40,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 
 from kiln.errors import RegistryBusy, RegistryCorrupted
 from kiln.registry import schema
+from kiln.registry.blobs import fsync_dir
 
 T = TypeVar("T")
 
@@ -176,7 +177,7 @@ class Database:
                 # registry created in the last few milliseconds by a concurrent first open.
                 if not path.exists():
                     os.replace(partial, path)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         finally:
             partial.unlink(missing_ok=True)
             Path(f"{partial}-journal").unlink(missing_ok=True)
@@ -311,14 +312,6 @@ def _existing_only(url: sa.engine.URL, path: Path) -> sa.engine.URL:
 def _sqlite_code(exc: BaseException | None) -> int | None:
     code = getattr(exc, "sqlite_errorcode", None)
     return None if code is None else int(code) & 0xFF
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_busy(exc: OperationalError) -> bool:
