@@ -27,15 +27,9 @@ from kiln.settings import Settings
 
 
 @pytest.fixture
-def seeded(settings: Settings, tmp_path: Path) -> Path:
-    """KILN_HOME with digits:1-3 (production -> 1); returns the registry file."""
-    with kiln.registry.open(settings=settings) as registry:
-        for i in range(1, 4):
-            ckpt = tmp_path / f"ckpt-{i}.safetensors"
-            ckpt.write_bytes(os.urandom(128))
-            registry.register_version("digits", checkpoint=ckpt, config={"i": i}, metrics={})
-        registry.promote("digits:1", gates=[])
-    db = settings.home / "registry.db"
+def seeded_db(seeded: Settings) -> Path:
+    """The registry file of the `seeded` home, its WAL checkpointed."""
+    db = seeded.home / "registry.db"
     assert not Path(f"{db}-wal").exists() or Path(f"{db}-wal").stat().st_size == 0
     return db
 
@@ -97,12 +91,12 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_registry_is_refused_and_left_as_it_is(
-    cli: Any, seeded: Path, kiln_home: Path, damage: str
+    cli: Any, seeded_db: Path, kiln_home: Path, damage: str
 ) -> None:
     blobs = _blobs(kiln_home)
     harm, fragment = DAMAGE[damage]
-    harm(seeded)
-    before = _digest(seeded)
+    harm(seeded_db)
+    before = _digest(seeded_db)
     for args in (("models", "list"), ("promote", "digits:2"), ("gc",), ("gc", "--yes")):
         result = cli(*args)
         assert result.exit_code == 2, (args, result.stdout, result.stderr)
@@ -115,14 +109,14 @@ def test_a_damaged_registry_is_refused_and_left_as_it_is(
     assert as_json.exit_code == 2
     assert as_json.json()["error"]["code"] == "data_loss"
     # Nothing re-initialised, nothing collected.
-    assert _digest(seeded) == before
+    assert _digest(seeded_db) == before
     assert _blobs(kiln_home) == blobs
 
 
 def test_the_message_names_the_path_as_given_not_resolved(
-    seeded: Path, kiln_home: Path, tmp_path: Path
+    seeded_db: Path, kiln_home: Path, tmp_path: Path
 ) -> None:
-    _zero(seeded)
+    _zero(seeded_db)
     exe = Path(sys.executable).with_name("kiln")
     env = {**os.environ, "KILN_HOME": "kiln-home"}
     proc = subprocess.run(
@@ -149,7 +143,7 @@ def test_a_new_registry_is_created_only_where_there_is_no_file(cli: Any, kiln_ho
 
 
 def test_a_registry_deleted_without_its_wal_is_refused(
-    cli: Any, seeded: Path, kiln_home: Path, tmp_path: Path
+    cli: Any, seeded_db: Path, kiln_home: Path, tmp_path: Path
 ) -> None:
     # A writer's WAL holds committed transactions not yet copied into the database file:
     # starting a new registry beside it would replay them into the wrong file.
@@ -157,17 +151,17 @@ def test_a_registry_deleted_without_its_wal_is_refused(
         ckpt = tmp_path / "more.safetensors"
         ckpt.write_bytes(os.urandom(64))
         registry.register_version("digits", checkpoint=ckpt, config={}, metrics={})
-        wal = Path(f"{seeded}-wal")
+        wal = Path(f"{seeded_db}-wal")
         assert wal.stat().st_size > 0
         kept = tmp_path / "kept-wal"
         shutil.copyfile(wal, kept)
-    seeded.unlink()
+    seeded_db.unlink()
     shutil.copyfile(kept, wal)
     result = cli("models", "list")
     assert result.exit_code == 2, (result.stdout, result.stderr)
     message = " ".join(result.stderr.split())
     assert "registry.db-wal" in message and "kiln models import" in message
-    assert not seeded.exists()
+    assert not seeded_db.exists()
 
 
 # -- absurd numbers and bundles -----------------------------------------------------------------
@@ -185,7 +179,7 @@ def test_a_registry_deleted_without_its_wal_is_refused(
     ],
     ids=["20-digits", "2-63", "5000-digits", "2-64", "export", "rollout"],
 )
-def test_versions_past_int64_are_refused(cli: Any, seeded: Path, args: tuple[str, ...]) -> None:
+def test_versions_past_int64_are_refused(cli: Any, seeded_db: Path, args: tuple[str, ...]) -> None:
     result = cli(*args)
     assert result.exit_code == 2, (result.stdout, result.stderr)
     assert "internal error" not in result.stderr
@@ -277,7 +271,7 @@ def _moderately_deep(m: dict[str, Any]) -> Any:
 )
 def test_import_refuses_absurd_manifests_and_imports_nothing(
     cli: Any,
-    seeded: Path,
+    seeded_db: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     change: Callable[[dict[str, Any]], Any],

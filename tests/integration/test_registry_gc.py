@@ -17,23 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import kiln.registry
 from kiln.settings import Settings
 from tests.conftest import wait_until
-
-
-@pytest.fixture
-def seeded(settings: Settings, tmp_path: Path) -> Settings:
-    """digits:1-3 with a 128-byte checkpoint each; production -> 1."""
-    with kiln.registry.open(settings=settings) as registry:
-        for i in range(1, 4):
-            ckpt = tmp_path / f"ckpt-{i}.safetensors"
-            ckpt.write_bytes(os.urandom(128))
-            registry.register_version("digits", checkpoint=ckpt, config={"i": i}, metrics={})
-        registry.promote("digits:1", gates=[])
-    return settings
 
 
 def _blobs(home: Path) -> set[str]:
