@@ -7,7 +7,7 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ from kiln.errors import (
 from kiln.registry import ArtifactKind, Lineage, Registry
 from kiln.registry import schema as registry_schema
 from kiln.settings import Settings
+from tests.unit.conftest import Clock
 
 Checkpoint = Callable[..., Path]
 
@@ -51,25 +52,6 @@ def make_checkpoint(tmp_path: Path) -> Checkpoint:
         return path
 
     return make
-
-
-class Clock:
-    """A controllable UTC clock, so times in the history are exact."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> datetime:
-        self.now += timedelta(minutes=minutes)
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

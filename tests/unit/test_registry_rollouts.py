@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,7 @@ from kiln.errors import InvalidArgument, InvalidReference, ModelNotFound, Rollou
 from kiln.registry import Registry, RolloutMode
 from kiln.registry import schema as registry_schema
 from kiln.settings import Settings
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 23, 14, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> datetime:
-        self.now += timedelta(minutes=minutes)
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.unit.conftest import Clock
 
 
 @pytest.fixture
