@@ -1,7 +1,8 @@
 """TensorRT: the plan file and the wrong-GPU decision run everywhere; real builds need a GPU.
 
-TensorRT cannot be installed on Kiln's CI machines (ENVIRONMENT.md), so a plan "for the wrong GPU"
-is simulated through its header: the decision to rebuild or refuse is made from the header before
+Kiln's CI machines have no NVIDIA GPU and cannot install TensorRT (its -libs wheels download
+from NVIDIA's own index, which CI cannot reach), so a plan "for the wrong GPU" is simulated
+through its header: the decision to rebuild or refuse is made from the header before
 TensorRT sees any bytes, and that decision is what these tests exercise.
 """
 
