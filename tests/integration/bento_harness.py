@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 
 from kiln.compile import CompileOptions, compile_version
-from kiln.registry import Lineage, Registry
+from kiln.registry import Registry
 from kiln.settings import Settings
-from kiln.train import TrainConfig, train
+from kiln.train import TrainConfig, register_result, train
 
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +37,7 @@ def train_and_register(registry: Registry, settings: Settings, name: str, seed: 
         settings,
         show_progress=False,
     )
-    version = registry.register_version(
-        name,
-        checkpoint=result.checkpoint,
-        config=result.config.model_dump(),
-        metrics=result.config.metrics,
-        lineage=Lineage(dataset="digits", data_fingerprint=result.dataset.fingerprint),
-    )
+    version = register_result(registry, name, result)
     compile_version(
         registry, version.ref, CompileOptions(measure_seconds=0.0, parity_samples=64), settings
     )

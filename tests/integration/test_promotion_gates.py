@@ -31,7 +31,7 @@ from kiln.registry import ArtifactKind, Lineage, Registry
 from kiln.registry.engines import open_engine
 from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
-from kiln.train import TrainConfig, train
+from kiln.train import TrainConfig, register_result, train
 from kiln_engines import EngineOptions
 
 
@@ -39,13 +39,7 @@ def _register(
     registry: Registry, settings: Settings, config: TrainConfig, *, compiled: bool
 ) -> int:
     result = train(config, settings, show_progress=False)
-    version = registry.register_version(
-        "digits",
-        checkpoint=result.checkpoint,
-        config=result.config.model_dump(),
-        metrics=result.config.metrics,
-        lineage=Lineage(dataset="digits", data_fingerprint=result.dataset.fingerprint),
-    )
+    version = register_result(registry, "digits", result)
     if compiled:
         compile_version(
             registry, version.ref, CompileOptions(measure_seconds=0.0, parity_samples=64), settings

@@ -8,7 +8,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import InvalidArgument
 from kiln.processes import pid_alive
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # kiln.train imports torch: only `kiln train` itself may pay for that
+    from kiln.train import TrainResult
 
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
@@ -153,37 +156,13 @@ def train(
         raise compile_error
 
 
-def source_commit() -> str | None:
-    """The git commit of the working directory, when it is a clean-enough checkout."""
-    import subprocess
-
-    try:
-        proc = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
-
-def register(name: str, result: Any, settings: Settings) -> dict[str, Any]:
-    """Register the trained checkpoint as a new version of `name`."""
+def register(name: str, result: TrainResult, settings: Settings) -> dict[str, Any]:
+    """Register the trained checkpoint as a new version of `name`, with this checkout's commit."""
     import kiln.registry
-    from kiln.registry import Lineage
+    from kiln.train import register_result, source_commit
 
     with kiln.registry.open(settings=settings) as registry:
-        version = registry.register_version(
-            name,
-            checkpoint=result.checkpoint,
-            config=result.config.model_dump(),
-            metrics=result.config.metrics,
-            lineage=Lineage(
-                dataset=result.dataset.name,
-                data_fingerprint=result.dataset.fingerprint,
-                run_id=result.run_id,
-                git_commit=source_commit(),
-            ),
-        )
+        version = register_result(registry, name, result, git_commit=source_commit())
     err_console.print(f"registered {version.ref}")
     return {"name": name, "version": version.version, "reference": version.ref}
 

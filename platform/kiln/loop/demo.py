@@ -224,7 +224,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
     from kiln.loop.retrain import RetrainOptions, retrain
     from kiln.settings import Settings
     from kiln.traffic import Window
-    from kiln.train import TrainConfig, train
+    from kiln.train import TrainConfig, register_result, train
 
     started = time.monotonic()
     settings = Settings(home=home)
@@ -245,15 +245,7 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
     before, after = order[: options.shifted_before], order[options.shifted_before :]
 
     with kiln.registry.open(settings=settings) as registry:
-        v1 = registry.register_version(
-            MODEL,
-            checkpoint=v1_run.checkpoint,
-            config=v1_run.config.model_dump(),
-            metrics=v1_run.config.metrics,
-            lineage=kiln.registry.Lineage(
-                dataset=mnist.name, data_fingerprint=mnist.fingerprint, run_id=v1_run.run_id
-            ),
-        )
+        v1 = register_result(registry, MODEL, v1_run)
         say(f"2. compile {v1.ref} for onnxruntime and verify parity with the checkpoint")
         compiled = compile_version(
             registry, v1.ref, CompileOptions(targets=("onnxruntime",), measure_seconds=0.3),

@@ -26,10 +26,10 @@ from kiln.compile import CompileOptions, compile_version
 from kiln.data import Dataset, Split, load_recorded, sample_digests
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
-from kiln.registry import AliasMove, ArtifactKind, Lineage, ModelVersion, Registry
+from kiln.registry import AliasMove, ArtifactKind, ModelVersion, Registry
 from kiln.settings import Settings
 from kiln.traffic import Window
-from kiln.train import TrainConfig, load_checkpoint, train
+from kiln.train import TrainConfig, load_checkpoint, register_result, train
 
 Progress = Callable[[str], None]
 TRAFFIC_SHARE = 0.25
@@ -236,18 +236,13 @@ def retrain(
         "repeat": repeat,
         "warm_start": options.warm_start,
     }
-    version = registry.register_version(
+    version = register_result(
+        registry,
         name,
-        checkpoint=result.checkpoint,
-        config=result.config.model_dump() | {"retrain": retrain_info},
-        metrics=result.config.metrics,
-        lineage=Lineage(
-            dataset=base.name,
-            data_fingerprint=dataset.fingerprint,
-            parent_version=parent.version,
-            run_id=result.run_id,
-            git_commit=(parent.lineage.git_commit if parent.lineage else None),
-        ),
+        result,
+        parent=parent,
+        extra_config={"retrain": retrain_info},
+        git_commit=parent.lineage.git_commit if parent.lineage else None,
         description=f"retrained from {parent.ref} on {len(learn)} labelled requests",
     )
     targets = _parent_targets(registry, parent)
