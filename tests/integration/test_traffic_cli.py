@@ -24,7 +24,7 @@ from kiln.traffic import (
     TrafficSettings,
     scan_feedback,
 )
-from kiln.traffic.feedback import MAX_LABEL
+from kiln.traffic.labels import MAX_LABEL
 from kiln.traffic.layout import write_part
 from tests.conftest import run_kiln
 

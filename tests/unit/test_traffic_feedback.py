@@ -198,7 +198,7 @@ def test_parquet_labels_of_any_numeric_type_are_checked_row_by_row(tmp_path: Pat
 @pytest.mark.parametrize("classes", [None, 1, 10])
 def test_the_label_expression_is_label_problem(classes: int | None) -> None:
     """Readers check labels with `label_in_range`, writers with `label_problem`: one rule."""
-    from kiln.traffic.feedback import MAX_LABEL, label_problem
+    from kiln.traffic.labels import MAX_LABEL, label_problem
     from kiln.traffic.validity import label_in_range
 
     labels = [-(2**63), -1, 0, 1, 9, 10, 11, MAX_LABEL, MAX_LABEL + 1, 2**63 - 1, None]

@@ -40,7 +40,7 @@ from kiln.traffic import (
     TrafficRecord,
     TrafficSettings,
 )
-from kiln.traffic.feedback import MAX_LABEL
+from kiln.traffic.labels import MAX_LABEL
 from kiln.traffic.layout import write_part
 from tests.integration.test_traffic_cli import CLASSES, classify, images
 

@@ -62,7 +62,7 @@ from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState, ModelTable
 from kiln.traffic import Route
-from kiln.traffic.feedback import label_problem
+from kiln.traffic.labels import label_problem
 from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")

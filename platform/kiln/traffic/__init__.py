@@ -17,13 +17,9 @@ Layout (`KILN_HOME`): ``traffic/model=NAME/date=YYYY-MM-DD/part-*.parquet`` and
 
 from __future__ import annotations
 
-from kiln.traffic.feedback import (
-    FeedbackWriter,
-    ImportResult,
-    import_feedback,
-    label_problem,
-    read_feedback_file,
-)
+from kiln.traffic.feedback import FeedbackWriter
+from kiln.traffic.feedback_files import ImportResult, import_feedback, read_feedback_file
+from kiln.traffic.labels import label_problem
 from kiln.traffic.logger import TrafficLogger, TrafficSettings
 from kiln.traffic.metrics import TrafficCollector
 from kiln.traffic.readers import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from kiln.traffic.feedback import MAX_LABEL
+from kiln.traffic.labels import MAX_LABEL
 
 MAX_RANK = 32
 """Input tensors of more dimensions than this are not a shape any reader can rebuild."""
@@ -61,7 +61,7 @@ def input_problem(values: str = "input", shape: str = "input_shape") -> pl.Expr:
 
 
 def label_in_range(classes: pl.Expr | None = None, label: str = "label") -> pl.Expr:
-    """`kiln.traffic.feedback.label_problem` as an expression: True where `label` is a class
+    """`kiln.traffic.labels.label_problem` as an expression: True where `label` is a class
     index, below `classes` (a column or literal) when given. Where `label` or `classes` is
     null the answer is False: a label that cannot be checked is not used."""
     value = pl.col(label)
