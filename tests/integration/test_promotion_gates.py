@@ -28,7 +28,7 @@ from kiln.compile import CompileOptions, compile_version
 from kiln.data import load_dataset
 from kiln.evaluate.labelled import holdout_mask
 from kiln.registry import ArtifactKind, Lineage, Registry
-from kiln.registry.engines import open_engine
+from kiln.registry.loader import open_engine
 from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
 from kiln.train import TrainConfig, register_result, train

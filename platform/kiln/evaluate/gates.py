@@ -41,7 +41,7 @@ from kiln.registry import (
     ModelVersion,
     Registry,
 )
-from kiln.registry.engines import choose_artifact, open_engine
+from kiln.registry.loader import choose_artifact, open_engine
 from kiln.settings import Settings
 from kiln.traffic import Window
 from kiln_engines import EngineError, EngineOptions

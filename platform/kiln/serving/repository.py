@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kiln.registry import Reference, Registry, RolloutMode
-from kiln.registry.engines import open_engine
+from kiln.registry.loader import open_engine
 from kiln.traffic import Route
 from kiln_engines import Engine, EngineOptions
 
@@ -68,7 +68,7 @@ class ModelRepository(Protocol):
 class RegistryRepository:
     """Kiln's registry as a model repository.
 
-    `open` loads the fastest artifact this host can run (`kiln.registry.engines`: TensorRT, then
+    `open` loads the fastest artifact this host can run (`kiln.registry.loader`: TensorRT, then
     AOTInductor on CUDA, then onnxruntime), or the kind `engine_kind` names, with `options`
     (threads); the artifact's sha256 is verified first.
     """

@@ -1,4 +1,5 @@
-"""Open a registered version as an engine: the fastest artifact this host can run.
+"""Loading a registered version as an inference engine (`kiln_engines.Engine`): the fastest
+artifact this host can run.
 
 Serving, evaluation gates and the demo all need "run version N here"; the choice
 (`kiln_engines.choose`: TensorRT, then AOTInductor on CUDA, then onnxruntime) and the sha256
