@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from kiln.errors import InvalidArgument
 from kiln.registry.records import GateDecision, GateResult, ModelVersion
 
 DEFAULT_ACCURACY_TOLERANCE = 0.005
@@ -54,7 +55,11 @@ class AccuracyGate:
         self, *, metric: str = "test_accuracy", tolerance: float = DEFAULT_ACCURACY_TOLERANCE
     ) -> None:
         if not (tolerance >= 0 and math.isfinite(tolerance)):
-            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+            raise InvalidArgument(
+                f"the {metric} gate's tolerance must be a finite number >= 0 (how far the "
+                f"candidate's {metric} may fall below the current version's), got {tolerance}; "
+                f"pass e.g. tolerance={DEFAULT_ACCURACY_TOLERANCE} (kiln promote --tolerance)"
+            )
         self.metric = metric
         self.tolerance = tolerance
 
