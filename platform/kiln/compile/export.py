@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import io
 import json
+import logging
 import re
 import warnings
 from collections.abc import Iterator, Mapping
@@ -42,6 +43,19 @@ _OPERATOR_PATTERNS = (
     re.compile(r"target=torch\.ops\.([\w.]+)"),  # a failing FX node
     re.compile(r"call_function\[target=([\w.]+)\]"),
 )
+
+
+class _NoTorchvisionNotice(logging.Filter):
+    """Drops the ONNX exporter's "torchvision is not installed. Skipping torchvision::nms"
+    warnings (one per torchvision operator, every export): Kiln's models use no torchvision
+    operator, so they only bury Kiln's own output. Any other exporter warning still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("torchvision is not installed. Skipping")
+
+
+# The logger torch.onnx's dynamo exporter registers its operator translations with.
+logging.getLogger("torch.onnx._internal.exporter._registration").addFilter(_NoTorchvisionNotice())
 
 
 @contextlib.contextmanager
