@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(
             return stored
         blobs.BlobStore.put_file = held_put_file
     elif point == "rows-inserted":  # version and artifact rows inserted, not committed
-        @event.listens_for(registry.engine, "after_cursor_execute")
+        @event.listens_for(registry.db, "after_cursor_execute")
         def held_insert(conn, cursor, statement, parameters, context, executemany):
             if statement.lstrip().upper().startswith("INSERT INTO ARTIFACTS"):
                 hold()

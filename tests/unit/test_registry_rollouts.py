@@ -57,7 +57,7 @@ def two_versions(registry: Registry, add_version: Callable[..., int]) -> tuple[i
 
 
 def _rows(registry: Registry) -> tuple[int, int]:
-    with registry.engine.connect() as conn:
+    with registry.db.connect() as conn:
         state = conn.execute(sa.select(sa.func.count()).select_from(registry_schema.rollouts))
         changes = sa.select(sa.func.count()).select_from(registry_schema.rollout_history)
         return state.scalar_one(), conn.execute(changes).scalar_one()
@@ -246,11 +246,11 @@ def test_polling_is_one_statement(registry: Registry, two_versions: tuple[int, i
         statements.append(str(args[2]))
 
     registry.rollout("digits")  # warm the connection pool
-    event.listen(registry.engine, "before_cursor_execute", record)
+    event.listen(registry.db, "before_cursor_execute", record)
     try:
         assert registry.rollout("digits").version == two_versions[1]
     finally:
-        event.remove(registry.engine, "before_cursor_execute", record)
+        event.remove(registry.db, "before_cursor_execute", record)
     assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT")
 
 

@@ -130,8 +130,8 @@ def compile_ref(
     the command (None when everything asked for was registered). Prints nothing on stdout, so
     `kiln train --compile` can embed the report in its own output.
     """
+    import kiln.registry
     from kiln.compile import TARGETS, CompileOptions, compile_version
-    from kiln.registry import open_registry
 
     unknown = [t for t in targets if t not in TARGET_CHOICES]
     if unknown:
@@ -150,7 +150,7 @@ def compile_ref(
     )
     options.validate()
     with (
-        open_registry(settings=settings) as registry,
+        kiln.registry.open(settings=settings) as registry,
         err_console.status("compiling", spinner="dots") as status,
     ):
 

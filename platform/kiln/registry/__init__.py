@@ -106,7 +106,6 @@ __all__ = [
     "RolloutMode",
     "default_gates",
     "open",
-    "open_registry",
     "parse_reference",
     "validate_name",
 ]
@@ -132,7 +131,3 @@ def open(
         home / "artifacts",
         accuracy_tolerance=accuracy_tolerance,
     )
-
-
-open_registry = open
-"""The same as `open`, for callers that would rather not shadow the builtin."""

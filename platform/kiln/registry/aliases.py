@@ -7,7 +7,8 @@ same transaction, so the history is complete by construction.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -16,7 +17,7 @@ from sqlalchemy.engine import Connection
 from kiln.errors import AliasUnchanged, GateFailed, NothingToRollBack, VersionNotFound
 from kiln.registry import queries as q
 from kiln.registry.gates import Gate, GateContext, run_gates
-from kiln.registry.records import AliasMove, GateDecision, ModelVersion
+from kiln.registry.records import AliasMove, GateDecision, ModelVersion, canonical_json
 from kiln.registry.schema import alias_history, aliases
 
 
@@ -80,6 +81,54 @@ def promote(
         conn, model, row.id, candidate.name, alias, seen, candidate.version,
         actor=actor, reason=reason, action="promote", decision=decision, at=at,
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the gates decided, and the version the alias pointed at when they looked."""
+
+    seen: int | None
+    decision: GateDecision
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """One promotion as steps: what the alias points at (`serving`), the gates' verdict on
+    that (`judge`), and the move if the alias has not moved since (`move`).
+
+    `Registry.promote` runs the steps with the gates outside the write lock (an evaluation
+    gate may take minutes) and, when the alias keeps moving under it, all of them under the
+    lock (`locked`): the same steps either way.
+    """
+
+    candidate: ModelVersion
+    alias: str
+    gates: Sequence[Gate]
+    force: bool
+    actor: str
+    reason: str
+    clock: Callable[[], datetime]
+
+    def serving(self, conn: Connection) -> ModelVersion | None:
+        return current(conn, self.candidate.name, self.alias)
+
+    def judge(self, now_serving: ModelVersion | None) -> Verdict:
+        """Run the gates; raises what `decide` raises."""
+        decision = decide(self.candidate, self.alias, now_serving, self.gates, force=self.force)
+        return Verdict(None if now_serving is None else now_serving.version, decision)
+
+    def move(self, conn: Connection, verdict: Verdict) -> AliasMove | None:
+        """Move the alias if it still points where the gates looked; None otherwise."""
+        return promote(
+            conn, self.candidate, self.alias, verdict.seen,
+            actor=self.actor, reason=self.reason, decision=verdict.decision, at=self.clock(),
+        )  # fmt: skip
+
+    def locked(self, conn: Connection) -> AliasMove:
+        """Every step in one write transaction: nothing can move the alias meanwhile."""
+        moved = self.move(conn, self.judge(self.serving(conn)))
+        assert moved is not None  # the alias cannot have moved while we hold the lock
+        return moved
 
 
 def rollback(
@@ -168,7 +217,6 @@ def _write(
             .where(aliases.c.model_id == model, aliases.c.name == alias)
             .values(version_id=version_pk, updated_at=at)
         )
-    forced = decision.forced if decision else False
     conn.execute(
         alias_history.insert().values(
             model_id=model,
@@ -179,10 +227,8 @@ def _write(
             actor=actor,
             reason=reason,
             action=action,
-            gate=q.dumps(decision.to_dict()) if decision else None,
-            forced=forced,
+            gate=canonical_json(decision.to_dict()) if decision else None,
+            forced=decision is not None and decision.forced,
         )
     )
-    return AliasMove(
-        name, alias, from_version, to_version, at, actor, reason, action, decision, forced
-    )
+    return AliasMove(name, alias, from_version, to_version, at, actor, reason, action, decision)

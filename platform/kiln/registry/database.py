@@ -57,7 +57,7 @@ _CORE_TABLES = frozenset({"schema_version", "models", "versions", "artifacts", "
 
 
 class Database:
-    """A SQLAlchemy engine plus retrying read and write transactions."""
+    """A SQLAlchemy engine (`db`) plus retrying read and write transactions."""
 
     def __init__(
         self, url: str, *, busy_timeout_s: float = 5.0, retry_budget_s: float = 120.0
@@ -71,9 +71,10 @@ class Database:
         if self.file is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             engine_url = _existing_only(self.url, self.file)
-        self.engine: Engine = sa.create_engine(engine_url)
+        self.db: Engine = sa.create_engine(engine_url)
+        """The SQLAlchemy engine: connection pool and dialect (not an inference engine)."""
         if self.is_sqlite:
-            _tune_sqlite(self.engine, busy_timeout_ms=int(busy_timeout_s * 1000))
+            _tune_sqlite(self.db, busy_timeout_ms=int(busy_timeout_s * 1000))
 
     def read(self, work: Callable[[Connection], T], *, snapshot: bool = True) -> T:
         """Run `work` in a read transaction (one consistent snapshot) and return its result.
@@ -119,7 +120,7 @@ class Database:
             self._run(_create_or_migrate, write=True, snapshot=True, lock_row=False)
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        self.db.dispose()
 
     def check_integrity(self, conn: Connection) -> None:
         """Raise `RegistryCorrupted` unless SQLite's quick check of every page passes.
@@ -240,7 +241,7 @@ class Database:
         delay = 0.005
         while True:
             try:
-                with self.engine.connect() as conn:
+                with self.db.connect() as conn:
                     if write:
                         conn.execution_options(**{_WRITE: True})
                     elif not snapshot:

@@ -8,17 +8,16 @@ config, metrics and checkpoint is the same version: only artifacts it lacks are 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from kiln.registry import queries as q
 from kiln.registry.bundles import BundleManifest
-from kiln.registry.database import insert_row
-from kiln.registry.records import Artifact, ArtifactKind, ImportResult
-from kiln.registry.schema import artifacts, lineage_columns, models, versions
+from kiln.registry.records import Artifact, ArtifactKind, ImportResult, canonical_json
+from kiln.registry.versions import ensure_model, insert_artifact, insert_version
 
 
 def import_manifest(
@@ -32,63 +31,29 @@ def import_manifest(
     """Insert the manifest's version and artifacts; `store` re-stores a blob a gc removed."""
     source = manifest.version
     name = source.name
-    config_json, metrics_json = source.config_json, source.metrics_json
-    model = conn.execute(sa.select(models).where(models.c.name == name)).first()
-    if model is None:
-        model_pk = insert_row(
-            conn, models.insert().values(name=name, next_version=1, created_at=now)
-        )
-        next_version = 1
-    else:
-        model_pk, next_version = model.id, model.next_version
+    model, next_number = ensure_model(conn, name, at=now)
     existing = conn.execute(q.RESOLVE_VERSION, {"name": name, "version": source.version}).first()
     if (
         existing is not None
-        and existing.config == config_json
-        and existing.metrics == metrics_json
+        and existing.config == source.config_json
+        and existing.metrics == source.metrics_json
         and _checkpoints(conn, existing.id) == _checkpoints_of(manifest)
     ):
         version_pk, number, created = existing.id, source.version, False
     else:
-        number = source.version if source.version >= next_version else next_version
-        conn.execute(
-            models.update()
-            .where(models.c.id == model_pk)
-            .values(next_version=max(next_version, number + 1))
-        )
-        version_pk = insert_row(
-            conn,
-            versions.insert().values(
-                model_id=model_pk,
-                version=number,
-                config=config_json,
-                metrics=metrics_json,
-                **lineage_columns(source.lineage),
-                description=source.description,
-                created_at=source.created_at,
-            ),
+        number = max(source.version, next_number)
+        version_pk = insert_version(
+            conn, model, next_number, dataclasses.replace(source, version=number)
         )
         created = True
     have = {(a.kind, a.sha256, a.target) for a in q.artifact_rows(conn, version_pk)}
     for artifact in manifest.artifacts:
-        key = (artifact.kind.value, artifact.sha256, q.dumps(artifact.target))
+        key = (artifact.kind.value, artifact.sha256, canonical_json(artifact.target))
         if key in have:
             continue
         if not blob_exists(artifact.sha256):
             store(artifact)  # a gc ran between storing it and taking the lock
-        conn.execute(
-            artifacts.insert().values(
-                version_id=version_pk,
-                kind=artifact.kind.value,
-                sha256=artifact.sha256,
-                size=artifact.size,
-                filename=artifact.filename,
-                target=key[2],
-                libraries=q.dumps(artifact.libraries),
-                report=q.dumps(artifact.report),
-                created_at=artifact.created_at,
-            )
-        )
+        insert_artifact(conn, version_pk, artifact)
         have.add(key)
     version = q.to_version(q.version_row(conn, name, number))
     rows = q.artifact_rows(conn, version_pk)

@@ -1,4 +1,4 @@
-"""Reading the registry's tables: lookups that explain themselves, and rows to records.
+"""Reading the registry's tables: lookups that explain themselves, listings, rows to records.
 
 Every lookup of something a user named either returns the row or raises the matching
 `NotFound` with what does exist and what to run next. The hot path (`RESOLVE_ALIAS`,
@@ -20,8 +20,8 @@ from kiln.registry.records import (
     ArtifactKind,
     GateDecision,
     Lineage,
+    ModelSummary,
     ModelVersion,
-    canonical_json,
 )
 from kiln.registry.references import check_version, format_version_ranges
 from kiln.registry.schema import alias_history, aliases, artifacts, models, versions
@@ -76,9 +76,6 @@ RESOLVE_VERSION_NUMBER = (
     .where(models.c.name == sa.bindparam("name"), versions.c.version == sa.bindparam("version"))
 )
 
-dumps = canonical_json
-"""JSON for a stored column: sorted keys, so equal values store equal text."""
-
 
 def to_version(row: AnyRow) -> ModelVersion:
     """A row selected with `VERSION_COLUMNS` as a record (unpacked by position: listing 10,000
@@ -122,7 +119,6 @@ def to_move(row: AnyRow, name: str) -> AliasMove:
         reason=row.reason,
         action=row.action,
         gate=GateDecision.from_dict(json.loads(row.gate)) if row.gate else None,
-        forced=bool(row.forced),
     )
 
 
@@ -226,3 +222,118 @@ def history_rows(conn: Connection, model: int, alias: str | None) -> list[AnyRow
     if alias is not None:
         query = query.where(alias_history.c.alias == alias)
     return list(conn.execute(query.order_by(alias_history.c.id)))
+
+
+def version_id(conn: Connection, model: int, version: int) -> int | None:
+    """The row id of version `version` of the model with id `model`, or None."""
+    found = conn.execute(
+        sa.select(versions.c.id).where(versions.c.model_id == model, versions.c.version == version)
+    ).scalar()
+    return None if found is None else int(found)
+
+
+def newest_versions(conn: Connection, model: int, limit: int | None) -> list[ModelVersion]:
+    """The model's versions, oldest first: all of them, or the newest `limit`."""
+    query = (
+        sa.select(*VERSION_COLUMNS)
+        .select_from(models.join(versions, versions.c.model_id == models.c.id))
+        .where(versions.c.model_id == model)
+        .order_by(versions.c.version.desc())
+        .limit(limit)
+    )
+    return [to_version(row) for row in reversed(conn.execute(query).all())]
+
+
+def model_aliases(conn: Connection, model: int) -> dict[str, int]:
+    """The model's aliases, by name, and the version number each points at."""
+    rows = conn.execute(
+        sa.select(aliases.c.name, versions.c.version)
+        .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+        .where(aliases.c.model_id == model)
+        .order_by(aliases.c.name)
+    )
+    return {row.name: row.version for row in rows}
+
+
+def aliases_pointing_at(conn: Connection, version_pk: int) -> list[str]:
+    """The names of the aliases that point at the version with row id `version_pk`, sorted."""
+    return sorted(
+        conn.execute(sa.select(aliases.c.name).where(aliases.c.version_id == version_pk)).scalars()
+    )
+
+
+def same_artifact(
+    conn: Connection, version_pk: int, kind: str, sha256: str, target_json: str
+) -> AnyRow | None:
+    """The version's artifact with these kind, bytes and target, if it has one."""
+    return conn.execute(
+        sa.select(artifacts).where(
+            artifacts.c.version_id == version_pk,
+            artifacts.c.kind == kind,
+            artifacts.c.sha256 == sha256,
+            artifacts.c.target == target_json,
+        )
+    ).first()
+
+
+def artifact_row(conn: Connection, pk: int) -> AnyRow:
+    return conn.execute(sa.select(artifacts).where(artifacts.c.id == pk)).one()
+
+
+def model_artifacts(conn: Connection, model: int, name: str) -> dict[int, list[Artifact]]:
+    """Every artifact of every version of the model, by version number, in one query."""
+    rows = conn.execute(
+        sa.select(artifacts, versions.c.version.label("number"))
+        .select_from(artifacts.join(versions, versions.c.id == artifacts.c.version_id))
+        .where(versions.c.model_id == model)
+        .order_by(artifacts.c.id)
+    )
+    found: dict[int, list[Artifact]] = {}
+    for row in rows:
+        found.setdefault(row.number, []).append(to_artifact(row, name, row.number))
+    return found
+
+
+def referenced_blobs(conn: Connection) -> set[str]:
+    """The sha256 of every blob an artifact row references."""
+    return set(conn.execute(sa.select(artifacts.c.sha256).distinct()).scalars())
+
+
+def summaries(conn: Connection, name: str | None) -> list[ModelSummary]:
+    """Every model (or only `name`), by name, with its version count, latest version and
+    aliases, in two queries."""
+    counts = (
+        sa.select(
+            models.c.id,
+            models.c.name,
+            models.c.created_at,
+            sa.func.count(versions.c.id).label("n_versions"),
+            sa.func.max(versions.c.version).label("latest"),
+        )
+        .select_from(models.outerjoin(versions, versions.c.model_id == models.c.id))
+        .group_by(models.c.id, models.c.name, models.c.created_at)
+        .order_by(models.c.name)
+    )
+    pointing = (
+        sa.select(aliases.c.model_id, aliases.c.name, versions.c.version)
+        .select_from(aliases.join(versions, versions.c.id == aliases.c.version_id))
+        .order_by(aliases.c.name)
+    )
+    if name is not None:
+        counts = counts.where(models.c.name == name)
+        pointing = pointing.join(models, models.c.id == aliases.c.model_id).where(
+            models.c.name == name
+        )
+    pointers: dict[int, dict[str, int]] = {}
+    for row in conn.execute(pointing):
+        pointers.setdefault(row.model_id, {})[row.name] = row.version
+    return [
+        ModelSummary(
+            name=row.name,
+            created_at=row.created_at,
+            version_count=row.n_versions,
+            latest_version=row.latest,
+            aliases=pointers.get(row.id, {}),
+        )
+        for row in conn.execute(counts)
+    ]

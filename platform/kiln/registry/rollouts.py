@@ -8,12 +8,13 @@ written, and the transaction rolls back, so a refusal leaves nothing behind.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from kiln.errors import RolloutRefused
+from kiln.errors import InvalidArgument, RolloutRefused
 from kiln.registry import queries as q
 from kiln.registry.records import ArtifactKind, Rollout, RolloutChange, RolloutMode
 from kiln.registry.references import DEFAULT_ALIAS
@@ -63,6 +64,30 @@ def state(conn: Connection, name: str) -> Rollout:
         reason=row.reason,
         updated_at=row.updated_at,
     )
+
+
+def checked_percent(mode: RolloutMode, percent: float | None) -> float:
+    """The percent a change to `mode` stores (0 when off, shadow defaults to 100); raises
+    `InvalidArgument`, saying what to pass, for one that makes no sense."""
+    if mode is RolloutMode.OFF:
+        if percent is not None:
+            raise InvalidArgument("a percent makes no sense when turning a rollout off; omit it")
+        return 0.0
+    if percent is None:
+        if mode is RolloutMode.CANARY:
+            raise InvalidArgument(
+                "a canary needs the share of requests to send to the second version, "
+                "e.g. percent=10 (kiln rollout NAME --canary 10)"
+            )
+        return 100.0
+    if isinstance(percent, bool) or not isinstance(percent, int | float):
+        raise InvalidArgument(f"percent must be a number, got {percent!r}")
+    if not (math.isfinite(percent) and 0 < percent <= 100):
+        raise InvalidArgument(
+            f"percent must be in (0, 100], got {percent:g}; to end a {mode.value}, turn the "
+            "rollout off (kiln rollout NAME --off)"
+        )
+    return float(percent)
 
 
 def change(
