@@ -23,13 +23,43 @@ setup:
         echo "creating {{venv}} with $({{python}} --version)"
         {{python}} -m venv {{venv}}
     fi
-    # torch first, by itself: an unpinned resolver walk would pull a multi-GB CUDA build.
-    {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0
+    # torch first, by itself, at constraints.txt's version: an unpinned resolver walk would
+    # pull a multi-GB CUDA build.
+    {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt torch
     {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt setuptools
     {{bin}}/python -m pip install -q --disable-pip-version-check --no-build-isolation \
-        -c constraints.txt -e '.[train,bento,dev]'
+        -c constraints.txt -e '.[train,demo,bento,dev]'
     echo "$want" > {{stamp}}
     echo "environment ready: {{venv}}"
+
+# regenerate constraints.txt from pyproject.toml (just lock 2.x.y moves torch to another version)
+lock TORCH="":
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # A fresh venv installed the way setup installs .venv, torch first (its pinned version
+    # unless TORCH names one), everything else unpinned; then pip freeze.
+    torch="{{TORCH}}"
+    torch="torch==${torch:-$(sed -n 's/^torch==//p' constraints.txt)}"
+    scratch=$(mktemp -d)
+    trap 'rm -rf "$scratch"' EXIT
+    {{python}} -m venv "$scratch/venv"
+    pip="$scratch/venv/bin/python -m pip --disable-pip-version-check"
+    $pip install -q "$torch"
+    $pip install -q setuptools
+    # every extra PyPI carries (tensorrt needs NVIDIA's index)
+    $pip install -q --no-build-isolation -e '.[train,demo,bento,bench,dev]'
+    {
+        echo "# Exact versions of everything Kiln installs. pyproject.toml names the packages and"
+        echo "# their lowest versions; this file pins them: just setup (and CI) install with"
+        echo "# pip install -c constraints.txt ... so every machine gets the same environment."
+        echo "# Made by \`just lock\` (a fresh venv installed the way \`just setup\` does, torch"
+        echo "# first, every extra but tensorrt, then pip freeze without kiln, pip and local build"
+        echo "# tags like +cpu); after changing pyproject.toml's dependencies, run it, don't edit here."
+        $pip freeze --all --exclude-editable | grep -v -E '^(pip|wheel)==' \
+            | sed -E 's/\+[^+]*$//' | LC_ALL=C sort -f
+    } > constraints.txt.new
+    mv constraints.txt.new constraints.txt
+    echo "constraints.txt: $(grep -c '==' constraints.txt) pins ($torch)"
 
 # run the whole loop on the embedded defaults (SQLite registry in ./.kiln, bundled data, CPU)
 demo *ARGS: setup
@@ -38,6 +68,10 @@ demo *ARGS: setup
 # run the test suite
 test *ARGS: setup
     {{bin}}/python -m pytest {{ARGS}}
+
+# run the unit tests only (seconds, no servers or training runs)
+test-fast *ARGS: setup
+    {{bin}}/python -m pytest tests/unit {{ARGS}}
 
 # ruff, mypy (strict) and the import-linter layer contracts
 lint: setup
