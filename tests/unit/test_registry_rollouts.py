@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,6 @@ from kiln.registry import Registry, RolloutMode
 from kiln.registry import schema as registry_schema
 from kiln.settings import Settings
 from tests.unit.conftest import Clock
-
-
-@pytest.fixture
-def registry(settings: Settings, clock: Clock) -> Iterator[Registry]:
-    home = settings.home.resolve()
-    with Registry(settings.resolved_registry_url, home / "artifacts", clock=clock) as reg:
-        yield reg
 
 
 @pytest.fixture
