@@ -8,7 +8,8 @@ Targets, side by side in one run:
   (b) in-process the same ServingCore (dynamic batcher + engine, same settings) called from
                  asyncio tasks in this process: no transport at all;
   (c) no-model   a grpc.aio server on Kiln's generated stubs that answers every ModelInfer with
-                 a precomputed response: the ceiling of this harness (client + grpc.aio + host);
+                 a precomputed response (`null_server.py`): the ceiling of this harness
+                 (client + grpc.aio + host);
   (d) bentoml    `bentoml serve kiln.serving.bento:KilnService` (the same core behind BentoML's
                  HTTP server and adaptive batching), /predict with JSON from an httpx asyncio
                  client; its ratios are to the gRPC no-model server with the Python client.
@@ -44,6 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 KILN = Path(sys.executable).with_name("kiln")
+NULL_SERVER = Path(__file__).with_name("null_server.py")
 MODELS = {"cnn": "digits", "mlp": "digits-mlp"}
 """Architecture (`kiln train --model`) -> the name it is registered under in --home."""
 MODEL = MODELS["cnn"]  # set by --model
@@ -88,16 +90,16 @@ def ensure_model(home: Path) -> None:
 
 
 def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
-    command = [
-        str(KILN), "serve", MODEL, "--host", "127.0.0.1", "--port", "0", "--no-metrics",
-        "--no-traffic-log",  # the serving stack alone; the logger has its own benchmark
+    from kiln.serving.launcher import kiln_serve
+
+    flags = [
+        MODEL, "--no-traffic-log",  # the serving stack alone; the logger has its own benchmark
         "--max-batch-size", str(args.max_batch_size),
         "--max-queue-delay-us", str(args.max_queue_delay_us),
     ]  # fmt: skip
     if args.threads:
-        command += ["--threads", str(args.threads)]
-    env = {**os.environ, "KILN_HOME": str(home)}
-    return _start(command, env, re.compile(r"kiln serve ready: grpc port (\d+)"), stack)
+        flags += ["--threads", str(args.threads)]
+    return stack.enter_context(kiln_serve(*flags, home=home, metrics=False)).port
 
 
 def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
@@ -136,20 +138,15 @@ def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
 
 
 def start_null(kiln_port: int, stack: ExitStack) -> int:
-    command = [sys.executable, __file__, "--null-server", str(kiln_port), "--model", ARCH]
-    return _start(command, dict(os.environ), re.compile(r"null server ready: port (\d+)"), stack)
-
-
-def _start(
-    command: list[str], env: dict[str, str], ready: re.Pattern[str], stack: ExitStack
-) -> int:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+    """`null_server.py` beside this file, replaying kiln's answers; returns its port."""
+    command = [sys.executable, str(NULL_SERVER), str(kiln_port), "--model", MODEL]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     stack.callback(_stop, process)
     assert process.stdout is not None
     for line in process.stdout:
-        if match := ready.search(line):
+        if match := re.search(r"null server ready: port (\d+)", line):
             return int(match.group(1))
-    raise RuntimeError(f"{command[:3]} exited before it was ready")
+    raise RuntimeError(f"{NULL_SERVER.name} exited before it was ready")
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -158,50 +155,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-async def null_server(kiln_port: int) -> None:
-    """Answer like kiln serve does (its metadata and config, replayed), computing nothing."""
-    from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
-    from kiln.serving.grpc.generated.inference import grpc_service_pb2_grpc as pb_grpc
-
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{kiln_port}") as channel:
-        kiln = pb_grpc.GRPCInferenceServiceStub(channel)
-        metadata = await kiln.ModelMetadata(pb.ModelMetadataRequest(name=MODEL))
-        config = await kiln.ModelConfig(pb.ModelConfigRequest(name=MODEL))
-    response = pb.ModelInferResponse(model_name=MODEL, model_version=metadata.versions[-1])
-    response.outputs.add(name="logits", datatype="FP32", shape=[1, 10])
-    response.raw_output_contents.append(np.zeros((1, 10), np.float32).tobytes())
-
-    class NoModel(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
-        async def ServerLive(self, request: Any, context: Any) -> Any:
-            return pb.ServerLiveResponse(live=True)
-
-        async def ServerReady(self, request: Any, context: Any) -> Any:
-            return pb.ServerReadyResponse(ready=True)
-
-        async def ModelReady(self, request: Any, context: Any) -> Any:
-            return pb.ModelReadyResponse(ready=True)
-
-        async def ServerMetadata(self, request: Any, context: Any) -> Any:
-            return pb.ServerMetadataResponse(name="no-model", version="0")
-
-        async def ModelMetadata(self, request: Any, context: Any) -> Any:
-            return metadata
-
-        async def ModelConfig(self, request: Any, context: Any) -> Any:
-            return config
-
-        async def ModelInfer(self, request: Any, context: Any) -> Any:
-            response.id = request.id
-            return response
-
-    server = grpc.aio.server()
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NoModel(), server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(f"null server ready: port {port}", flush=True)
-    await server.wait_for_termination()
 
 
 # -- the clients ------------------------------------------------------------------------------
@@ -473,13 +426,9 @@ def main() -> None:
         "--no-bentoml", dest="bentoml", action="store_false",
         help="skip the BentoML HTTP service (bentoml serve kiln.serving.bento:KilnService)",
     )  # fmt: skip
-    parser.add_argument("--null-server", type=int, metavar="KILN_PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     global MODEL, ARCH
     MODEL, ARCH = MODELS[args.model], args.model
-    if args.null_server:
-        asyncio.run(null_server(args.null_server))
-        return
     result = asyncio.run(run(args))
     print_table(result)
     if args.json:

@@ -28,7 +28,7 @@ import asyncio
 import json
 import os
 import platform
-import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -48,6 +48,7 @@ from rich.table import Table
 import kiln.registry
 from kiln.data import load_dataset
 from kiln.data.profile import reference_profile
+from kiln.serving.launcher import kiln_serve
 from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
@@ -117,9 +118,6 @@ def linear_onnx(path: Path) -> Path:
     return path
 
 
-READY = re.compile(r"kiln serve ready: grpc port (\d+)")
-
-
 def process_cpu(pid: int) -> float:
     """CPU seconds (user + system) a live process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -176,27 +174,19 @@ def serve_throughput(seconds: float, rounds: int) -> dict[str, Any]:
     sent_with_logging = 0
     for _ in range(rounds):
         for mode, (flags, env) in MODES.items():
-            server = subprocess.Popen(
-                [str(KILN), "serve", "--host", "127.0.0.1", "--port", "0", "--no-metrics",
-                 "--threads", "1", "--models", "bench", *flags],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-                env={**os.environ, "KILN_HOME": str(home), **env},
-            )  # fmt: skip
-            assert server.stdout is not None
-            ready = READY.match(server.stdout.readline())
-            assert ready, "kiln serve printed no ready line"
-            cpu_ready = process_cpu(server.pid)
-            throughput, sent = asyncio.run(load(int(ready.group(1)), seconds))
+            # The exited server's own CPU time counts (the SIGTERM drain and, with logging,
+            # writing what was still buffered are part of the cost): the children's usage
+            # grows by exactly the server's once it is reaped, the only child that ends here.
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            args = ("--threads", "1", "--models", "bench", *flags)
+            with kiln_serve(*args, home=home, env=env, metrics=False) as server:
+                cpu_ready = process_cpu(server.process.pid)
+                throughput, sent = asyncio.run(load(server.port, seconds))
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             rps[mode].append(throughput)
             sent_with_logging += sent if not flags else 0
-            server.terminate()
-            # wait4 gives the exited server's own CPU time: SIGTERM drain and, with logging,
-            # writing what was still buffered are part of the cost.
-            _, _, usage = os.wait4(server.pid, 0)
-            server.returncode = 0
-            cpu_us[mode].append((usage.ru_utime + usage.ru_stime - cpu_ready) / sent * 1e6)
+            cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+            cpu_us[mode].append((cpu - cpu_ready) / sent * 1e6)
     log = home / "traffic"
     written = pl.scan_parquet(log / "**" / "*.parquet").select(pl.len()).collect().item()
     shutil.rmtree(root)

@@ -8,11 +8,6 @@ synchronous `tritonclient.grpc` client from the test's thread.
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import re
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,8 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln.registry
 from kiln.registry import ModelVersion, Registry
-from kiln.serving.grpc.runner import Endpoints, serve
+from kiln.serving.grpc.runner import serve
 from kiln.serving.messages import Feedback, TrafficEvent
+from kiln.serving.ready import Endpoints
 from kiln.serving.settings import ServingSettings
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
@@ -36,6 +32,9 @@ from kiln_engines import load
 
 INPUT, OUTPUT = "input", "logits"
 IMAGE = (1, 28, 28)
+ONE_THREAD = {"KILN_THREADS": "1"}
+"""The environment for `kiln.serving.launcher.kiln_serve` in tests: one engine thread, as the
+in-process servers here use (the machines running the tests have few cores)."""
 
 
 def write_classifier(path: Path, seed: int) -> Path:
@@ -186,75 +185,3 @@ def running_server(
         registry.close()
         if failure:
             raise failure[0]
-
-
-READY = re.compile(r"kiln serve ready: grpc port (\d+)(?:, metrics port (\d+))?; serving (.+)")
-
-
-@dataclass
-class ServeProcess:
-    """A `kiln serve` subprocess that printed its ready line."""
-
-    process: subprocess.Popen[str]
-    port: int
-    metrics_port: int | None
-    line: str
-    stderr: list[str]
-
-    @property
-    def url(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def client(self, **kwargs: Any) -> triton.InferenceServerClient:
-        return triton.InferenceServerClient(self.url, **kwargs)
-
-
-@contextmanager
-def kiln_serve(home: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[ServeProcess]:
-    """Run `kiln serve --host 127.0.0.1 --port 0 --metrics-port 0 ARGS` over `home` until it
-    prints its ready line; kill it when the block ends if it is still running."""
-    command = [str(Path(sys.executable).with_name("kiln")), "serve", "--host", "127.0.0.1",
-               "--port", "0", "--metrics-port", "0", *args]  # fmt: skip
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "KILN_HOME": str(home), "KILN_THREADS": "1", **(env or {})},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(x) for x in process.stdout or ()], daemon=True
-    ).start()
-    errors: list[str] = []
-    threading.Thread(target=lambda: errors.extend(process.stderr or ()), daemon=True).start()
-    try:
-        line = _first_line(process, lines, timeout=120)
-        assert line is not None, f"kiln serve printed no ready line: {''.join(errors)[-2000:]}"
-        match = READY.match(line)
-        assert match, line
-        metrics = int(match.group(2)) if match.group(2) else None
-        yield ServeProcess(process, int(match.group(1)), metrics, line, errors)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(30)
-
-
-def _first_line(
-    process: subprocess.Popen[str], lines: queue.Queue[str], timeout: float
-) -> str | None:
-    """The first line `process` prints, or None when it exits or `timeout` passes first."""
-    deadline = threading.Event()
-    timer = threading.Timer(timeout, deadline.set)
-    timer.start()
-    try:
-        while not deadline.is_set():
-            try:
-                return lines.get(timeout=0.2)
-            except queue.Empty:
-                if process.poll() is not None and lines.empty():
-                    return None
-        return None
-    finally:
-        timer.cancel()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import queue
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,65 +19,43 @@ import pytest
 import tritonclient.grpc as triton
 
 import kiln.registry
+from kiln.errors import Unavailable
+from kiln.serving.launcher import ServeProcess, kiln_serve
 from kiln.settings import Settings
 from kiln.traffic import scan_traffic
-from tests.integration.grpc_harness import INPUT, OUTPUT, images, reference_outputs, register
-
-READY = re.compile(r"kiln serve ready: grpc port (\d+), metrics port (\d+); serving (.+)")
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen[str], port: int, line: str) -> None:
-        self.process = process
-        self.port = port
-        self.line = line
-        self.stderr: list[str] = []
+from tests.integration.grpc_harness import (
+    INPUT,
+    ONE_THREAD,
+    OUTPUT,
+    images,
+    reference_outputs,
+    register,
+)
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
+def served(tmp_path: Path) -> Iterator[ServeProcess]:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("kiln")), "serve", "--port", "0",
-         "--metrics-port", "0", "--host", "127.0.0.1", "--models", "digits"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "KILN_HOME": str(home), "KILN_THREADS": "1"},
-    )  # fmt: skip
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(
-        target=lambda: [lines.put(x) for x in process.stdout or ()], daemon=True
-    ).start()
-    errors: list[str] = []
-    threading.Thread(target=lambda: errors.extend(process.stderr or ()), daemon=True).start()
-    try:
-        line = lines.get(timeout=120)
-    except queue.Empty:
-        process.kill()
-        pytest.fail(f"kiln serve printed no ready line; stderr: {''.join(errors)[-2000:]}")
-    match = READY.match(line)
-    assert match, line
-    result = Served(process, int(match.group(1)), line)
-    result.stderr = errors
-    yield result
-    if process.poll() is None:
-        process.kill()
-        process.wait(30)
+    with kiln_serve("--models", "digits", home=home, env=ONE_THREAD) as process:
+        yield process
 
 
-def test_ready_line_names_port_and_models(served: Served) -> None:
+def test_ready_line_names_port_and_models(served: ServeProcess) -> None:
     assert "digits:1 (onnx/cpu)" in served.line
+    assert served.endpoints.models == ("digits:1 (onnx/cpu)",)
+    assert served.metrics_port is not None
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_zero(served: Served, tmp_path: Path) -> None:
+def test_sigterm_finishes_in_flight_requests_and_exits_zero(
+    served: ServeProcess, tmp_path: Path
+) -> None:
     x = images(4, seed=9)
     tensor = triton.InferInput(INPUT, list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     results: queue.Queue[tuple[Any, Any]] = queue.Queue()
-    with triton.InferenceServerClient(f"127.0.0.1:{served.port}") as client:
+    with triton.InferenceServerClient(served.url) as client:
         assert client.is_server_ready()
         first = client.infer("digits", [tensor]).as_numpy(OUTPUT)
         for _ in range(32):
@@ -88,7 +64,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_zero(served: Served, tmp_
             )
         served.process.send_signal(signal.SIGTERM)
         answers = [results.get(timeout=60) for _ in range(32)]
-    assert served.process.wait(60) == 0, "".join(served.stderr)[-2000:]
+    assert served.process.wait(60) == 0, served.output()[-2000:]
     # Requests already sent when SIGTERM arrived were answered; any the server had not yet
     # received are refused cleanly (UNAVAILABLE), never cut off half way.
     for result, error in answers:
@@ -120,6 +96,25 @@ def test_a_model_that_cannot_be_served_stops_startup_with_a_clear_error(tmp_path
     assert result.returncode == 2, result.stderr
     assert "ready" not in result.stdout
     assert "digts" in result.stderr and "digits" in result.stderr  # names it, suggests the fix
+
+
+def test_the_launcher_reports_a_server_that_exits_before_it_is_ready(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+    with pytest.raises(Unavailable) as err, kiln_serve("digts", home=home):
+        pytest.fail("kiln serve of an unknown model became ready")
+    assert "kiln serve exited with code 2" in err.value.message
+    assert "digts" in err.value.message  # the server's own explanation, from its log
+
+
+def test_the_launcher_stops_waiting_at_its_start_up_timeout(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with (
+        pytest.raises(Unavailable, match=r"printed no ready line in 0\.01 s"),
+        kiln_serve(home=tmp_path / "home", log=log, startup_timeout_s=0.01),
+    ):
+        pytest.fail("kiln serve became ready in 10 ms")
 
 
 @pytest.mark.parametrize("option", ["--port", "--metrics-port"])

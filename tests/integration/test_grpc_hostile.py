@@ -26,16 +26,17 @@ from tritonclient.utils import InferenceServerException
 
 import kiln.registry
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
+from kiln.serving.launcher import kiln_serve
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
 from kiln.traffic import TrafficSettings, scan_feedback
 from tests.conftest import wait_until
 from tests.integration.grpc_harness import (
     INPUT,
+    ONE_THREAD,
     OUTPUT,
     RunningServer,
     images,
-    kiln_serve,
     reference_outputs,
     register,
     running_server,
@@ -192,7 +193,10 @@ def test_a_full_feedback_buffer_is_back_pressure_and_keeps_nothing_of_the_call(
     own = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=own)) as registry:
         register(registry, tmp_path, "digits", seed=1)
-    with kiln_serve(own, "digits", env=env) as served, grpc.insecure_channel(served.url) as ch:
+    with (
+        kiln_serve("digits", home=own, env={**ONE_THREAD, **env}) as served,
+        grpc.insecure_channel(served.url) as ch,
+    ):
         stub = feedback_pb2_grpc.FeedbackStub(ch)
         request = feedback_pb2.SubmitFeedbackBatchRequest(items=items([1] * 500))
         error = failure(lambda: stub.SubmitFeedbackBatch(request, timeout=30))
@@ -204,7 +208,7 @@ def test_a_full_feedback_buffer_is_back_pressure_and_keeps_nothing_of_the_call(
         )
         assert kept.accepted == 50 and not kept.rejected
         served.process.send_signal(signal.SIGTERM)
-        assert served.process.wait(60) == 0, "".join(served.stderr)[-2000:]
+        assert served.process.wait(60) == 0, served.output()[-2000:]
     stored = scan_feedback(own).frame.collect()
     assert stored.height == 50 and set(stored["label"]) == {2}
 
@@ -266,14 +270,19 @@ def test_an_unloaded_production_model_makes_the_server_unready_until_it_is_back(
 
 def test_kiln_serve_model_control_option_allows_load_and_unload(home: Path) -> None:
     with (
-        kiln_serve(home, "--no-traffic-log", "--model-control", "digits") as served,
-        served.client() as client,
+        kiln_serve(
+            "--no-traffic-log", "--model-control", "digits", home=home, env=ONE_THREAD
+        ) as served,
+        triton.InferenceServerClient(served.url) as client,
     ):
         client.load_model("letters")
         assert client.is_model_ready("letters")
         client.unload_model("letters")
         assert not client.is_model_ready("letters")
-    with kiln_serve(home, "--no-traffic-log", "digits") as served, served.client() as client:
+    with (
+        kiln_serve("--no-traffic-log", "digits", home=home, env=ONE_THREAD) as served,
+        triton.InferenceServerClient(served.url) as client,
+    ):
         with pytest.raises(InferenceServerException, match="--model-control") as err:
             client.unload_model("digits")
         assert err.value.status() == "StatusCode.FAILED_PRECONDITION"
@@ -618,8 +627,10 @@ def test_allow_nonfinite_lets_them_through(home: Path) -> None:
     tensor = triton.InferInput(INPUT, list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     with (
-        kiln_serve(home, "--no-traffic-log", "--allow-nonfinite", "digits") as served,
-        served.client() as client,
+        kiln_serve(
+            "--no-traffic-log", "--allow-nonfinite", "digits", home=home, env=ONE_THREAD
+        ) as served,
+        triton.InferenceServerClient(served.url) as client,
     ):
         logits = client.infer("digits", [tensor]).as_numpy(OUTPUT)
     assert logits is not None and logits.shape == (1, 10)

@@ -9,8 +9,6 @@ longer served must be unloaded.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,69 +19,14 @@ from kiln.settings import Settings
 from tests.conftest import wait_until
 from tests.integration.grpc_harness import (
     INPUT,
-    OUTPUT,
-    RunningServer,
     images,
     reference_outputs,
     register,
     running_server,
 )
+from tests.integration.load import BackgroundLoad
 
 CLIENTS = 8
-
-
-class Load:
-    """Client threads that send the same image until stopped, recording what came back."""
-
-    def __init__(self, server: RunningServer, x: np.ndarray) -> None:
-        self.x = x
-        self.server = server
-        self.stop = threading.Event()
-        self.versions: list[list[str]] = [[] for _ in range(CLIENTS)]
-        self.outputs: dict[str, set[bytes]] = {}
-        self.errors: list[BaseException] = []
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(CLIENTS)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self, index: int) -> None:
-        tensor = triton.InferInput(INPUT, list(self.x.shape), "FP32")
-        tensor.set_data_from_numpy(self.x)
-        with self.server.client() as client:
-            while not self.stop.is_set():
-                try:
-                    result = client.infer("digits", [tensor], client_timeout=30)
-                except BaseException as exc:
-                    with self._lock:
-                        self.errors.append(exc)
-                    continue
-                version = result.get_response().model_version
-                self.versions[index].append(version)
-                with self._lock:
-                    self.outputs.setdefault(version, set()).add(result.as_numpy(OUTPUT).tobytes())
-
-    def total(self) -> int:
-        return sum(len(v) for v in self.versions)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float = 60) -> None:
-        """Wait for the load to reach `condition`; fail at once if any request failed."""
-        reached = wait_until(lambda: bool(self.errors) or condition(), timeout, interval=0.01)
-        assert not self.errors, self.errors[:3]
-        assert reached, "timed out waiting for the load to progress"
-
-    def latest(self) -> set[str]:
-        return {v[-1] for v in self.versions if v}
 
 
 def _changes(seen: list[str]) -> list[str]:
@@ -99,7 +42,7 @@ def test_alias_moves_under_load_without_a_failed_request(tmp_path: Path) -> None
     with (
         running_server(home, models=("digits",), poll_interval_s=0.05) as server,
         kiln.registry.open(settings=Settings(home=home)) as registry,
-        Load(server, x) as load,
+        BackgroundLoad(server.url, x, clients=CLIENTS) as load,
     ):
         load.wait_until(lambda: load.total() >= 200 and load.latest() == {"1"})
 

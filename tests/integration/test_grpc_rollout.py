@@ -8,7 +8,6 @@ wait on what the server reports (repository index, answers), never for a fixed t
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,12 +30,12 @@ from tests.conftest import wait_until
 from tests.integration.grpc_harness import (
     INPUT,
     OUTPUT,
-    RunningServer,
     images,
     reference_outputs,
     register,
     running_server,
 )
+from tests.integration.load import BackgroundLoad
 
 POLL: dict[str, Any] = {"models": ("digits",), "poll_interval_s": 0.05}
 
@@ -152,58 +151,13 @@ def test_shadow_answers_reach_only_the_traffic_log(home: Path, registry: Registr
     np.testing.assert_allclose(logged, reference_outputs(registry, "digits", 2, x), atol=1e-5)
 
 
-class Load:
-    """Client threads sending back to back (no request id: the server assigns one)."""
-
-    def __init__(self, server: RunningServer, clients: int = 4) -> None:
-        self.server = server
-        self.stop = threading.Event()
-        self.versions: list[str] = []
-        self.errors: list[BaseException] = []
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        tensor = _tensor(images(1, seed=7))
-        with self.server.client() as client:
-            while not self.stop.is_set():
-                try:
-                    result = client.infer("digits", [tensor], client_timeout=30)
-                except BaseException as exc:
-                    self.errors.append(exc)
-                    continue
-                self.versions.append(result.get_response().model_version)
-
-    def wait_for(self, versions: set[str], count: int = 100) -> None:
-        """Wait until the last `count` answers came from exactly `versions`; no failures."""
-        reached = wait_until(
-            lambda: (
-                bool(self.errors)
-                or (len(self.versions) >= count and set(self.versions[-count:]) == versions)
-            ),
-            60,
-            0.01,
-        )
-        assert not self.errors, self.errors[:3]
-        assert reached, f"last answers from {set(self.versions[-count:])}, not {versions}"
-
-
 def test_the_canary_follows_its_alias_and_off_unloads_it_under_load(
     tmp_path: Path, home: Path, registry: Registry
 ) -> None:
     with (
         running_server(home, **POLL) as server,
         server.client() as client,
-        Load(server) as load,
+        BackgroundLoad(server.url, images(1, seed=7)) as load,
     ):
         load.wait_for({"1"})
         registry.set_rollout("digits", "canary", percent=50, reason="test")
@@ -224,7 +178,7 @@ def test_promoting_the_canary_routes_everything_to_it_and_rollback_resumes_it(
     with (
         running_server(home, **POLL) as server,
         server.client() as client,
-        Load(server) as load,
+        BackgroundLoad(server.url, images(1, seed=7)) as load,
     ):
         registry.set_rollout("digits", "canary", percent=50, reason="test")
         load.wait_for({"1", "2"})
@@ -252,7 +206,7 @@ def test_a_candidate_that_cannot_load_leaves_production_serving(
     with (
         running_server(home, **POLL) as server,
         server.client() as client,
-        Load(server) as load,
+        BackgroundLoad(server.url, images(1, seed=7)) as load,
     ):
         load.wait_for({"1"})
         registry.set_rollout("digits", "canary", percent=100, reason="test")
@@ -263,7 +217,7 @@ def test_a_candidate_that_cannot_load_leaves_production_serving(
         registry.set_rollout("digits", "off", reason="test")
         assert wait_until(lambda: "reason" not in _index(client)["1"], 30, 0.02)
     assert load.errors == []
-    assert set(load.versions) == {"1"}
+    assert set(load.answers) == {"1"}
 
 
 def test_events_carry_their_route(home: Path) -> None:

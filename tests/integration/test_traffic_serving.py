@@ -9,12 +9,8 @@ grpc.aio) in-process with `TrafficSink` as its hooks; the SIGTERM test runs `kil
 from __future__ import annotations
 
 import asyncio
-import os
 import queue
-import re
 import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +29,15 @@ from tritonclient.utils import InferenceServerException
 import kiln.registry
 from kiln.evaluate import evaluate_traffic
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
-from kiln.serving.grpc.runner import Endpoints, serve
+from kiln.serving.grpc.runner import serve
+from kiln.serving.launcher import kiln_serve
+from kiln.serving.ready import Endpoints
 from kiln.serving.settings import ServingSettings
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
 from kiln.traffic import TrafficSettings, Window, scan_feedback, scan_traffic
-from tests.integration.grpc_harness import INPUT, OUTPUT, images, register
+from tests.integration.grpc_harness import INPUT, ONE_THREAD, OUTPUT, images, register
+from tests.integration.load import BackgroundLoad
 
 
 @dataclass
@@ -148,47 +147,14 @@ def test_sigterm_under_load_logs_every_answered_request(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
-    log = (tmp_path / "serve.log").open("w")  # a file: a full pipe would stall the server
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("kiln")), "serve", "--host", "127.0.0.1",
-         "--port", "0", "--no-metrics", "--models", "digits"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env={**os.environ, "KILN_HOME": str(home), "KILN_THREADS": "1"},
-    )  # fmt: skip
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    ready = re.match(r"kiln serve ready: grpc port (\d+)", line)
-    assert ready, (tmp_path / "serve.log").read_text()[-3000:]
-    port = int(ready.group(1))
-    answered: list[str] = []
-    lock = threading.Lock()
-    enough = threading.Event()
-    x = tensor(images(1, seed=5))
-
-    def client(worker: int) -> None:
-        with triton.InferenceServerClient(f"127.0.0.1:{port}") as c:
-            for i in range(10**6):
-                rid = f"w{worker}-{i}"
-                try:
-                    c.infer("digits", [x], request_id=rid)
-                except InferenceServerException:
-                    return  # the server is shutting down
-                with lock:
-                    answered.append(rid)
-                    if len(answered) >= 300:
-                        enough.set()
-
-    workers = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(8)]
-    for w in workers:
-        w.start()
-    assert enough.wait(120)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 0, (tmp_path / "serve.log").read_text()[-3000:]
-    log.close()
-    for w in workers:
-        w.join(60)
+    x = images(1, seed=5)
+    with kiln_serve("--models", "digits", home=home, env=ONE_THREAD, metrics=False) as served:
+        with BackgroundLoad(served.url, x, clients=8, request_ids=True, until_refused=True) as load:
+            load.wait_until(lambda: load.total() >= 300, 120)
+            served.process.send_signal(signal.SIGTERM)
+            assert served.process.wait(60) == 0, served.output()[-3000:]
+            load.join(60)  # each client ends at its first refused request
+        answered = load.answered
 
     rows = scan_traffic(home, "digits").frame.collect()
     logged_ok = set(rows.filter(pl.col("status") == "ok")["request_id"])

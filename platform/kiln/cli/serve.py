@@ -125,7 +125,8 @@ def serve(
         serve_http(wanted_http, host or "0.0.0.0", 3000 if port is None else port, threads, engine)
         return
 
-    from kiln.serving.grpc.runner import Endpoints, serve
+    from kiln.serving.grpc.runner import serve
+    from kiln.serving.ready import Endpoints, ready_line
     from kiln.serving.settings import ServingSettings
     from kiln.settings import Settings
 
@@ -167,13 +168,7 @@ def serve(
     )
 
     def ready(endpoints: Endpoints) -> None:
-        metrics = (
-            f", metrics port {endpoints.metrics_port}" if endpoints.metrics_port is not None else ""
-        )
-        sys.stdout.write(
-            f"kiln serve ready: grpc port {endpoints.grpc_port}{metrics}; "
-            f"serving {', '.join(endpoints.models) or 'no models'}\n"
-        )
+        sys.stdout.write(ready_line(endpoints) + "\n")
         sys.stdout.flush()
 
     kiln_settings = Settings()

@@ -19,11 +19,6 @@ labelled: the recovered accuracy is measured on digits v2 did not see).
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from kiln.data import Dataset, sample_digests
-from kiln.errors import FailedPrecondition, Unavailable
+from kiln.errors import FailedPrecondition
+from kiln.serving import launcher
+from kiln.serving.launcher import ServeProcess
 
 Say = Callable[[str], None]
-READY = re.compile(r"kiln serve ready: grpc port (\d+)")
 MODEL = "digits"
 
 
@@ -78,41 +74,13 @@ class Phase:
         return self.correct / self.total if self.total else float("nan")
 
 
-@dataclass
-class Served:
-    process: subprocess.Popen[str]
-    url: str
-    log: Path
-
-
 @contextmanager
-def kiln_serve(home: Path, log: Path) -> Iterator[Served]:
+def kiln_serve(home: Path, log: Path) -> Iterator[ServeProcess]:
     """`kiln serve` on a free port, as a subprocess; SIGTERM on the way out."""
-    env = {
-        **os.environ,
-        "KILN_HOME": str(home),
-        "KILN_TRAFFIC_FLUSH_INTERVAL_S": "0.5",
-        "KILN_SERVE_POLL_INTERVAL_S": "0.5",
-    }
-    kiln = str(Path(sys.executable).with_name("kiln"))
-    argv = [kiln, "serve", "--host", "127.0.0.1", "--port", "0", "--no-metrics",
-            "--models", MODEL, "--max-queue-delay-us", "500"]  # fmt: skip
-    with log.open("w") as err:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        assert process.stdout is not None
-        line = process.stdout.readline()  # blocks until the ready line (or exit)
-        match = READY.search(line)
-        if match is None:
-            process.kill()
-            raise Unavailable(f"kiln serve did not start: {log.read_text()[-2000:]}")
-        try:
-            yield Served(process, f"127.0.0.1:{match.group(1)}", log)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    env = {"KILN_TRAFFIC_FLUSH_INTERVAL_S": "0.5", "KILN_SERVE_POLL_INTERVAL_S": "0.5"}
+    args = ("--models", MODEL, "--max-queue-delay-us", "500")
+    with launcher.kiln_serve(*args, home=home, env=env, metrics=False, log=log) as served:
+        yield served
 
 
 class Client:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from prometheus_client.registry import Collector
 
@@ -17,19 +16,11 @@ import kiln.registry
 from kiln.serving.core import FeedbackHook, ServingCore, TrafficHook
 from kiln.serving.grpc.server import GrpcServer, listen_problem
 from kiln.serving.metrics import ServingMetrics
+from kiln.serving.ready import Endpoints
 from kiln.serving.repository import RegistryRepository
 from kiln.serving.settings import ServingSettings
 from kiln.settings import Settings
 from kiln_engines import EngineOptions
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoints:
-    """Where a started server listens, and what it serves (`name:version (kind/device)`)."""
-
-    grpc_port: int
-    metrics_port: int | None
-    models: tuple[str, ...]
 
 
 async def serve(
