@@ -2,11 +2,15 @@
 
 Traffic is written the way servers write it (TrafficLogger / FeedbackWriter into KILN_HOME):
 the test of serving itself lives with the servers and in the `kiln demo` end-to-end test.
+
+Each KILN_HOME is built once per module (training is the slow part) and never changed: every
+test works on its own copy, so the tests pass alone and in any order.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +24,7 @@ import kiln.registry
 from kiln.data import load_dataset
 from kiln.errors import FailedPrecondition
 from kiln.evaluate.labelled import holdout_mask
-from kiln.loop.retrain import RetrainOptions, retrain
+from kiln.loop.retrain import RetrainOptions, RetrainResult, retrain
 from kiln.loop.watch import LoopPolicy, run_loop
 from kiln.registry import Lineage
 from kiln.settings import Settings
@@ -49,8 +53,10 @@ def log_labelled_traffic(home: Path, x: np.ndarray, y: np.ndarray, version: int)
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("kiln-home")
+def labelled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits:1 (split with seed 1) in production, and the seed-0 digits test split sent to
+    it, every request labelled. Tests never change it: they take a copy (`home`)."""
+    home = tmp_path_factory.mktemp("labelled") / "kiln-home"
     settings = Settings(home=home)
     with kiln.registry.open(settings=settings) as registry:
         v1 = train_and_register(registry, settings, "digits", seed=1)
@@ -58,6 +64,26 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     digits = load_dataset("digits", settings)
     log_labelled_traffic(home, digits.test.x, digits.test.y, v1)
     return home
+
+
+@pytest.fixture
+def home(labelled_home: Path, kiln_home: Path) -> Path:
+    """This test's own copy of `labelled_home`; KILN_HOME (and so `cli`) points at it."""
+    shutil.copytree(labelled_home, kiln_home)
+    return kiln_home
+
+
+def retrain_digits(home: Path, epochs: int) -> tuple[RetrainResult, dict[str, Any]]:
+    """`retrain` as `kiln retrain digits --min-labels 50` runs it; the result, and the record
+    the new version's config keeps of it."""
+    settings = Settings(home=home)
+    with kiln.registry.open(settings=settings) as registry:
+        result = retrain(
+            registry, "digits", settings,
+            RetrainOptions(min_labels=50, epochs=epochs, show_progress=False),
+        )  # fmt: skip
+        info = registry.get_version("digits", result.version.version).config["retrain"]
+    return result, info
 
 
 def versions(home: Path) -> list[int]:
@@ -77,32 +103,29 @@ def test_too_few_labels_is_refused_before_training(home: Path) -> None:
 
 def test_retrain_registers_a_candidate_with_lineage(home: Path) -> None:
     settings = Settings(home=home)
+    result, info = retrain_digits(home, epochs=2)
+    v2 = result.version
+    assert v2.lineage is not None and v2.lineage.parent_version == 1
+    assert v2.config["retrain"] == info
+    assert info["parent"] == "digits:1"
+    assert info["labels"] == result.labels == 179  # the digits test split, de-duplicated
+    # v1 was split with seed 1: the seed-0 test digits sent include some of its own.
+    own_test = load_dataset("digits", settings, seed=1).test.x
+    sent = load_dataset("digits", settings, seed=0).test.x
+    overlap = len(_digests(own_test) & _digests(sent))
+    assert 0 < overlap < 179
+    assert info["excluded_heldout"] == result.excluded_heldout == overlap
+    assert info["trained_on"] + info["held_out"] + info["excluded_heldout"] == info["labels"]
     with kiln.registry.open(settings=settings) as registry:
-        result = retrain(
-            registry, "digits", settings,
-            RetrainOptions(min_labels=50, epochs=2, show_progress=False),
-        )  # fmt: skip
-        v2 = result.version
         assert registry.aliases("digits")["candidate"] == v2.version
         assert registry.aliases("digits")["production"] == 1
-        assert v2.lineage.parent_version == 1
-        info = v2.config["retrain"]
-        assert info["parent"] == "digits:1"
-        assert info["labels"] == result.labels == 179  # the digits test split, de-duplicated
-        # v1 was split with seed 1: the seed-0 test digits sent include some of its own.
-        own_test = load_dataset("digits", settings, seed=1).test.x
-        sent = load_dataset("digits", settings, seed=0).test.x
-        overlap = len(_digests(own_test) & _digests(sent))
-        assert 0 < overlap < 179
-        assert info["excluded_heldout"] == result.excluded_heldout == overlap
-        assert info["trained_on"] + info["held_out"] + info["excluded_heldout"] == info["labels"]
         kinds = {a.kind.value for a in registry.artifacts("digits", v2.version)}
-        assert "onnxruntime" in kinds
+    assert "onnxruntime" in kinds
 
 
 def test_loop_retrains_once_then_waits_for_new_labels(home: Path) -> None:
     settings = Settings(home=home)
-    # New labelled traffic, after any retraining the tests before this one did.
+    # More labelled traffic (another split's test digits): the first round learns from all.
     digits = load_dataset("digits", settings, seed=5)
     log_labelled_traffic(home, digits.test.x, digits.test.y, 1)
     policy = LoopPolicy(min_labels=50, min_accuracy=0.99, approve="manual")
@@ -140,8 +163,7 @@ def test_a_parent_whose_data_set_is_gone(tmp_path: Path) -> None:
         assert [m.version for m in registry.list_versions("digits")] == [v.version]
 
 
-def test_cli_reports_too_few_labels_with_exit_2(home: Path, cli: Any, monkeypatch: Any) -> None:
-    monkeypatch.setenv("KILN_HOME", str(home))
+def test_cli_reports_too_few_labels_with_exit_2(home: Path, cli: Any) -> None:
     result = cli("retrain", "digits", "--min-labels", "100000")
     assert result.exit_code == 2
     assert "labelled requests" in " ".join(result.stderr.split())
@@ -154,12 +176,14 @@ def _digests(x: np.ndarray) -> set[bytes]:
 
 
 @pytest.fixture(scope="module")
-def heldout_traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+def heldout_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """v1 in production, and labelled traffic that partly repeats v1's own test split.
 
     - 60 test-split digits, sent as float64 (the log stores float32), 10 of them sent twice;
     - 60 other test-split digits at half brightness: close to held-out samples, not equal;
     - 100 training-split digits.
+
+    Tests never change it: they take a copy (`heldout_traffic`).
     """
     home = tmp_path_factory.mktemp("heldout") / "kiln-home"
     settings = Settings(home=home)
@@ -176,17 +200,21 @@ def heldout_traffic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
     return home, {"test": test, "dimmed": dimmed, "dimmed_ids": dimmed_ids}
 
 
+@pytest.fixture
+def heldout_traffic(
+    heldout_source: tuple[Path, dict[str, Any]], kiln_home: Path
+) -> tuple[Path, dict[str, Any]]:
+    """This test's own copy of `heldout_source`; KILN_HOME (and so `cli`) points at it."""
+    source, sent = heldout_source
+    shutil.copytree(source, kiln_home)
+    return kiln_home, sent
+
+
 def test_retrain_excludes_requests_equal_to_held_out_samples(
     heldout_traffic: tuple[Path, dict[str, Any]],
 ) -> None:
     home, sent = heldout_traffic
-    settings = Settings(home=home)
-    with kiln.registry.open(settings=settings) as registry:
-        result = retrain(
-            registry, "digits", settings,
-            RetrainOptions(min_labels=50, epochs=1, show_progress=False),
-        )  # fmt: skip
-        info = registry.get_version("digits", result.version.version).config["retrain"]
+    result, info = retrain_digits(home, epochs=1)
     assert result.labels == 220  # 60 + 60 + 100 distinct inputs
     assert result.excluded_heldout == 60
     assert result.trained_on + result.held_out + result.excluded_heldout == result.labels
@@ -202,10 +230,8 @@ def test_retrain_excludes_requests_equal_to_held_out_samples(
 
 
 def test_cli_retrain_says_how_many_it_excluded(
-    heldout_traffic: tuple[Path, dict[str, Any]], cli: Any, monkeypatch: Any
+    heldout_traffic: tuple[Path, dict[str, Any]], cli: Any
 ) -> None:
-    home, _ = heldout_traffic
-    monkeypatch.setenv("KILN_HOME", str(home))
     shown = cli("retrain", "digits", "--min-labels", "50", "--epochs", "1", "--no-progress")
     assert shown.exit_code == 0, shown.stderr
     # The table's cells wrap: read it as words, without its borders.
