@@ -2,17 +2,18 @@
 
 `ServingCore` ties together the model table (`table`), the lifecycle that loads, unloads and
 hot-swaps versions (`lifecycle`), one dynamic batcher per loaded version (`batcher`),
-statistics, metrics and the traffic and feedback hooks. Transports convert their messages to
-`kiln.serving.messages` values, call one method here and convert the result back. Every error
-raised to a transport is a `KilnError` (its `code` says what kind); anything unexpected is
-logged here with its traceback and surfaces as `InternalError`.
+statistics, metrics, the traffic hook (`hooks`) and the feedback intake (`feedback`).
+Transports convert their messages to `kiln.serving.messages` values, call one method here and
+convert the result back. Every error raised to a transport is a `KilnError` (its `code` says
+what kind); anything unexpected is logged with its traceback and surfaces as `InternalError`
+(`failures`).
 
 Canary and shadow: while a rollout runs (`ModelTable.routing`, kept by the lifecycle's
 watcher), a request that names no version is routed by a hash of its id. Canary: the selected
 share is answered by the second version (route `canary`). Shadow: production answers every
 request; the selected share is also queued on the second version in the background, and its
-answer (route `shadow`, same request id) goes only to the shadow hook. Requests that name a
-version are never rerouted.
+answer (route `shadow`, same request id) goes only to the shadow hook (`shadow`). Requests that
+name a version are never rerouted.
 
 Threads: all methods run on the event loop; engine calls run on each batcher's worker thread,
 registry calls and engine loading on a small control pool.
@@ -22,20 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import itertools
 import logging
-import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from kiln.errors import (
-    EngineFailed,
-    ErrorCode,
-    FeedbackDisabled,
-    FeedbackRejected,
-    InternalError,
     InvalidReference,
     KilnError,
     ModelControlDisabled,
@@ -45,8 +39,10 @@ from kiln.errors import (
     Unavailable,
     quote,
 )
-from kiln.serving.batcher import Tensors
-from kiln.serving.lifecycle import ModelLifecycle, StateListener
+from kiln.serving.failures import as_kiln_error
+from kiln.serving.feedback import FeedbackIntake
+from kiln.serving.hooks import FeedbackHook, TrafficHook
+from kiln.serving.lifecycle import ModelLifecycle
 from kiln.serving.messages import (
     Feedback,
     IndexEntry,
@@ -59,29 +55,17 @@ from kiln.serving.messages import (
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.repository import ModelRepository
 from kiln.serving.settings import ServingSettings
+from kiln.serving.shadow import ShadowCopies
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState, ModelTable
+from kiln.serving.versions import StateListener
 from kiln.traffic import Route
-from kiln.traffic.labels import label_problem
-from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")
-
-TrafficHook = Callable[[TrafficEvent], None]
-"""Called on the event loop once per inference request for a served model, after the answer
-is computed and before it is sent. Must return quickly (buffer, never write to disk inline);
-exceptions are logged and swallowed: logging traffic never fails a request. Requests naming a
-model that is not served never reach it (they are counted in the metrics only): a client must
-not be able to create storage by naming models."""
 
 MAX_REFERENCE_LENGTH = 160
 """Longer than any valid reference (a 64-character name, and a 64-character alias or an int64
 version): load and unload refuse longer text before parsing it."""
-
-FeedbackHook = Callable[[Sequence[Feedback]], None]
-"""Called on the event loop with the accepted labels of one feedback call. Must return quickly,
-and keep all of them or none: it raises (`FeedbackBufferFull` when its buffer is full) to fail
-the whole call, which the client retries."""
 
 
 class ServingCore:
@@ -100,13 +84,11 @@ class ServingCore:
         self.settings = settings
         self.metrics = metrics or ServingMetrics()
         self.traffic_hook = traffic_hook
-        self.feedback_hook = feedback_hook
-        self.shadow_hook = shadow_hook or traffic_hook
-        """Receives the answers (and failures) of shadow copies, route `shadow`: the traffic
-        hook unless another is given (the BentoML service logs its own rows, so it passes only
-        this one). With neither, shadow copies still run (their version's statistics and
-        metrics count them) but their answers go nowhere."""
         self.table = ModelTable()
+        # Shadow copies' answers (and failures), route `shadow`, go to the traffic hook unless
+        # another is given (the BentoML service logs its own rows, so it passes only this one).
+        self._shadows = ShadowCopies(settings, shadow_hook or traffic_hook, self._emit)
+        self._feedback = FeedbackIntake(self.table, settings, feedback_hook)
         self._routing = self.table.routing  # the same dict, read on every request
         self.lifecycle = ModelLifecycle(self.table, repository, settings, self.metrics)
         self._repository = repository
@@ -116,7 +98,6 @@ class ServingCore:
         self._inflight = 0
         self._last_arrival_ns = 0
         self._hook_failures = 0
-        self._shadow_failures = 0
         # Request ids: a per-server random prefix and a counter. Unique across restarts and
         # replicas, and far cheaper than uuid4 per request (os.urandom is a system call).
         self._id_prefix = f"{uuid.uuid4().hex[:16]}-"
@@ -189,8 +170,8 @@ class ServingCore:
             raise ModelControlDisabled(
                 f"model control is off on this server, so it cannot {action} models: it serves "
                 "what it was started with. Start it with `kiln serve --model-control` "
-                "(KILN_SERVE_MODEL_CONTROL=true) or with a token (--token) to allow "
-                "RepositoryModelLoad/Unload"
+                "(KILN_SERVE_MODEL_CONTROL=true) or with a token (--token) to allow loading "
+                "and unloading models"
             )
         if len(reference) > MAX_REFERENCE_LENGTH:
             raise InvalidReference(
@@ -255,26 +236,19 @@ class ServingCore:
                 request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
             )
             if shadow is not None:
-                self._shadow(shadow, request, received)
+                self._shadows.send(shadow, request, received)
             outputs, timings = await future
             if request.outputs:
                 outputs = {name: outputs[name] for name in request.outputs}
             response = InferResponse(request.model, str(loaded.version), request.id, outputs, route)
         except asyncio.CancelledError:
-            failure: KilnError = RequestCancelled("the client cancelled")
-            self._failed(request, loaded, failure, received, route)
+            self._failed(request, loaded, RequestCancelled("the client cancelled"), received, route)
             raise
-        except KilnError as exc:
-            self._failed(request, loaded, exc, received, route)
-            raise
-        except EngineError as exc:
-            failure = EngineFailed(exc.message, _code(exc.code))
-            self._failed(request, loaded, failure, received, route)
-            raise failure from exc
         except Exception as exc:
-            log.exception("inference on %s failed unexpectedly", quote(request.model))
-            error = InternalError(f"internal error serving request {quote(request.id)}")
+            error = as_kiln_error(exc, f"request {quote(request.id)} for {quote(request.model)}")
             self._failed(request, loaded, error, received, route)
+            if error is exc:
+                raise
             raise error from exc
         else:
             total = time.perf_counter_ns() - received
@@ -351,136 +325,10 @@ class ServingCore:
 
     def feedback(self, items: Sequence[Feedback]) -> list[tuple[int, str]]:
         """Hand valid labels to the feedback hook; returns (index, reason) of rejected ones.
-
-        A label is checked against the classes of the model it names (of the served models
-        when it names none): out of range is refused here, per item, with the valid range.
-        Accepted items are kept all together or not at all: `FeedbackBufferFull`
-        (RESOURCE_EXHAUSTED) when the store cannot take them now, so nothing acknowledged is
-        ever dropped. More than `max_feedback_items` in one call is refused as a whole.
-        Every refused item is listed with its reason; past the first `FULL_REASONS` refused,
-        an item with the same problem as an earlier one says "same problem as item N", so that
-        refusing every item of a call stays a small answer (about 25 bytes an item).
-        """
-        if self.feedback_hook is None:
-            raise FeedbackDisabled(
-                "this server has no feedback sink; start it with traffic logging enabled"
-            )
-        limit = self.settings.max_feedback_items
-        if len(items) > limit:
-            raise FeedbackRejected(
-                f"{len(items)} feedback items in one call; at most {limit} are taken at once: "
-                "split them into several calls"
-            )
-        rejected: list[tuple[int, str]] = []
-        accepted: list[Feedback] = []
-        classes: dict[str, int | None] = {}
-        for index, item in enumerate(items):
-            if not item.request_id:
-                rejected.append((index, "request_id is empty: give the `id` of the response"))
-                continue
-            if item.model not in classes:
-                classes[item.model] = self._num_classes(item.model)
-            problem = label_problem(item.label, classes[item.model])
-            if problem:
-                rejected.append((index, problem))
-            else:
-                accepted.append(item)
-        if accepted:
-            self.feedback_hook(accepted)
-        return _summarised(rejected)
-
-    def _num_classes(self, model: str) -> int | None:
-        """Classes of `model`'s loaded versions (of every served model when `model` is ""):
-        the widest output row among them; None when nothing loaded says."""
-        if model:
-            served = self.table.models.get(model)
-            loaded = served.by_version() if served else []
-        else:
-            loaded = self.table.loaded()
-        widths = [
-            m.description.outputs[0].shape[-1]
-            for m in loaded
-            if m.description.outputs and len(m.description.outputs[0].shape) > 1
-        ]
-        return max(widths) if widths and min(widths) > 0 else None
+        See `FeedbackIntake.submit`."""
+        return self._feedback.submit(items)
 
     # -- internals ------------------------------------------------------------------------------
-
-    def _shadow(self, target: LoadedModel, request: InferRequest, received: int) -> None:
-        """Queue a copy of `request` on the shadow version; never raises.
-
-        The copy shares the request's (read-only) input arrays. Its answer or failure reaches
-        the shadow hook from a done-callback; a refusal (queue full, inputs the shadow version
-        does not accept) is counted and logged, and the client's request goes on regardless.
-        """
-        try:
-            rows = target.validator(request.inputs, request.outputs)
-            future = target.batcher.submit(
-                request.inputs, rows, request.timeout_us or self.settings.default_timeout_us
-            )
-        except KilnError as exc:
-            self._shadow_failed(target, request, exc, received, "refused")
-            return
-        future.add_done_callback(functools.partial(self._shadow_done, target, request, received))
-
-    def _shadow_done(
-        self,
-        target: LoadedModel,
-        request: InferRequest,
-        received: int,
-        future: asyncio.Future[tuple[Tensors, Timings]],
-    ) -> None:
-        if future.cancelled():
-            cancelled = RequestCancelled("the shadow copy was cancelled")
-            self._shadow_failed(target, request, cancelled, received, "failed")
-            return
-        exc = future.exception()
-        if exc is not None:
-            if isinstance(exc, EngineError):
-                error: KilnError = EngineFailed(exc.message, _code(exc.code))
-            elif isinstance(exc, KilnError):
-                error = exc
-            else:
-                shown = quote(request.id)
-                log.error("shadow copy of %s on %s failed", shown, target.label, exc_info=exc)
-                error = InternalError(f"internal error in the shadow copy of {shown}")
-            self._shadow_failed(target, request, error, received, "failed")
-            return
-        outputs, timings = future.result()
-        if request.outputs:
-            outputs = {name: outputs[name] for name in request.outputs}
-        total = time.perf_counter_ns() - received
-        target.metrics.shadowed("answered")
-        target.statistics.record_success(total, timings)
-        target.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
-        if self.shadow_hook is not None:
-            response = InferResponse(
-                request.model, str(target.version), request.id, outputs, Route.SHADOW
-            )
-            event = TrafficEvent(
-                request, response, None, timings, total, target.version, Route.SHADOW
-            )
-            self._emit(self.shadow_hook, event)
-
-    def _shadow_failed(
-        self,
-        target: LoadedModel,
-        request: InferRequest,
-        error: KilnError,
-        received: int,
-        outcome: str,
-    ) -> None:
-        total = time.perf_counter_ns() - received
-        target.metrics.shadowed(outcome)
-        target.statistics.record_failure(total)
-        target.metrics.failed(error.code.value)
-        self._shadow_failures += 1
-        if self._shadow_failures in (1, 10, 100) or self._shadow_failures % 1000 == 0:
-            log.warning("a shadow copy on %s failed (%d so far; clients are unaffected): %s",
-                        target.label, self._shadow_failures, error.message)  # fmt: skip
-        if self.shadow_hook is not None:
-            event = TrafficEvent(request, None, error, None, total, target.version, Route.SHADOW)
-            self._emit(self.shadow_hook, event)
 
     def _failed(
         self,
@@ -511,33 +359,3 @@ class ServingCore:
             self._hook_failures += 1
             if self._hook_failures in (1, 10, 100) or self._hook_failures % 1000 == 0:
                 log.exception("the traffic hook failed (%d times so far)", self._hook_failures)
-
-
-FULL_REASONS = 100
-"""Refused feedback items of one call that get their full reason whatever the others'."""
-
-_NUMBER = re.compile(r"-?\d+")
-
-
-def _summarised(rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:
-    """`rejected` with the reason of each item past the first `FULL_REASONS` that has the
-    same problem as an earlier one (the same reason but for the label's value) shortened to
-    "same problem as item N"."""
-    if len(rejected) <= FULL_REASONS:
-        return rejected
-    first: dict[str, int] = {}
-    summary = []
-    for position, (index, reason) in enumerate(rejected):
-        earlier = first.setdefault(_NUMBER.sub("N", reason, count=1), index)
-        if position < FULL_REASONS or earlier == index:
-            summary.append((index, reason))
-        else:
-            summary.append((index, f"same problem as item {earlier}"))
-    return summary
-
-
-def _code(code: str) -> ErrorCode:
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return ErrorCode.INTERNAL

@@ -37,8 +37,9 @@ class InferRequest:
     """Request parameters other than those above, as sent."""
     received_ns: int = 0
     """`time.perf_counter_ns()` when the transport received it; 0 to let the core stamp it."""
-    transport: str = "grpc"
-    """Which transport carried it, for the traffic log."""
+    transport: str = ""
+    """Which transport carried it (a `kiln.traffic.Transport`: each transport says), for the
+    traffic log; empty for a request made in-process (tests, benchmarks)."""
 
 
 @dataclass(slots=True)
@@ -73,10 +74,6 @@ class Timings:
     """Splitting the batch's outputs per request."""
     batch_size: int
     """Rows in the batch the request ran in (its own rows included)."""
-
-    @property
-    def compute_ns(self) -> int:
-        return self.compute_input_ns + self.compute_infer_ns + self.compute_output_ns
 
 
 @dataclass(slots=True)  # built per request: frozen init costs 3x

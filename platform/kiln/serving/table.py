@@ -144,7 +144,7 @@ class ModelTable:
             names = ", ".join(sorted(self.models)) or "none"
             raise ModelNotServed(
                 f"model {quote(name)} is not served here{did_you_mean(name[:64], self.models)}; "
-                f"served models: {names} (load one with RepositoryModelLoad)"
+                f"served models: {names} (load a model to serve it)"
             )
         return served
 
@@ -154,11 +154,15 @@ class ModelTable:
         number = version_number(name, version)
         loaded = served.versions.get(number)
         if loaded is None:
-            loaded_versions = format_version_ranges(list(served.versions)) or "none"
-            raise VersionNotServed(
-                f"model '{name}' version {number} is not loaded; loaded versions: "
-                f"{loaded_versions} (load it with RepositoryModelLoad '{name}:{number}')"
-            )
+            raise _not_loaded(served, number)
+        return loaded
+
+    def loaded_version(self, name: str, version: int) -> LoadedModel:
+        """`version` (a parsed reference's number) of `name`, in whatever state it is."""
+        served = self.served(name)
+        loaded = served.versions.get(version)
+        if loaded is None:
+            raise _not_loaded(served, version)
         return loaded
 
     def resolve(self, name: str, version: str = "") -> LoadedModel:
@@ -177,6 +181,14 @@ class ModelTable:
     def loaded(self) -> list[LoadedModel]:
         """Every loaded version, by model name and version."""
         return [m for served in self for m in served.by_version()]
+
+
+def _not_loaded(served: ServedModel, version: int) -> VersionNotServed:
+    loaded = format_version_ranges(list(served.versions)) or "none"
+    return VersionNotServed(
+        f"model '{served.name}' version {version} is not loaded; loaded versions: {loaded} "
+        f"(load '{served.name}:{version}' to serve it)"
+    )
 
 
 MAX_VERSION = 2**63 - 1

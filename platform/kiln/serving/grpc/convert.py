@@ -25,6 +25,11 @@ from kiln.serving.messages import (
     TensorSpec,
 )
 from kiln.serving.statistics import Duration, ModelStatistics
+from kiln.traffic import Transport
+
+TRANSPORT: Final = Transport.GRPC.value
+"""What requests decoded here record as their transport (a plain str: the traffic hook's
+`str()` of it then costs nothing)."""
 
 TYPED_FIELD: Final[dict[str, str]] = {
     "BOOL": "bool_contents",
@@ -117,6 +122,7 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
         timeout_us=timeout,
         parameters=parameters,
         received_ns=received_ns,
+        transport=TRANSPORT,
     )
 
 

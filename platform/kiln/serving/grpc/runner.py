@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 from prometheus_client.registry import Collector
 
 import kiln.registry
-from kiln.serving.core import FeedbackHook, ServingCore, TrafficHook
+from kiln.serving.core import ServingCore
 from kiln.serving.grpc.server import GrpcServer, listen_problem
+from kiln.serving.hooks import FeedbackHook, TrafficHook
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.ready import Endpoints
 from kiln.serving.repository import RegistryRepository

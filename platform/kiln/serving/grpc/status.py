@@ -19,7 +19,7 @@ from typing import Any, Final, NoReturn, TypeVar
 
 import grpc
 
-from kiln.errors import ErrorCode, KilnError
+from kiln.errors import ErrorCode, KilnError, ModelNotServed, VersionNotServed
 from kiln.serving.messages import public_text
 
 log = logging.getLogger("kiln.serving.grpc")
@@ -45,6 +45,9 @@ RETRY_PUSHBACK_MS: Final[dict[grpc.StatusCode, int]] = {grpc.StatusCode.RESOURCE
 MAX_MESSAGE_BYTES: Final = 2000
 """Longest status message sent, in UTF-8 bytes (percent-encoded, at most three times that)."""
 
+LOAD_HINT: Final = "; over gRPC that is RepositoryModelLoad (with model control on)"
+"""Added to the core's "load it to serve it": the RPC that loads, in this transport's words."""
+
 Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
 
 
@@ -54,6 +57,8 @@ def status_of(error: KilnError) -> tuple[grpc.StatusCode, str]:
     if code is grpc.StatusCode.INTERNAL:
         log.error("internal error: %s", error.message)
         return code, INTERNAL_MESSAGE
+    if isinstance(error, ModelNotServed | VersionNotServed):
+        return code, client_message(error.message + LOAD_HINT)
     return code, client_message(error.message)
 
 
