@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -12,13 +12,17 @@ from kiln.settings import Settings
 
 app = typer.Typer(help="Package Kiln models for BentoML.", no_args_is_help=True)
 
+EngineKind = Literal["onnxruntime", "onnx", "aotinductor", "tensorrt"]
+"""`kiln.serving.bento.store.EXPORTABLE`, spelled out so that the CLI starts without importing
+BentoML (a test keeps the two equal)."""
+
 
 @app.command("export")
 def export(
-    reference: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME:VERSION.")],
-    kind: Annotated[
-        str, typer.Option(help="Engine to package: onnxruntime, onnx, aotinductor, tensorrt.")
-    ] = "onnxruntime",
+    reference: Annotated[
+        str, typer.Argument(metavar="REF", help="NAME, NAME@ALIAS or NAME:VERSION.")
+    ],
+    kind: Annotated[EngineKind, typer.Option(help="The engine to package.")] = "onnxruntime",
     as_json: bool = JsonOption,
 ) -> None:
     """Export REF's engine and config to BentoML's model store as kiln-NAME:vVERSION."""

@@ -56,7 +56,8 @@ def list_datasets(as_json: bool = JsonOption) -> None:
 @app.command("show")
 def show(
     name: Annotated[
-        str, typer.Argument(help="A data set name, a .parquet file or an image folder.")
+        str,
+        typer.Argument(metavar="NAME", help="A data set name, a .parquet file or an image folder."),
     ],
     seed: Annotated[int, typer.Option(min=0, help="Split seed (0 or more).")] = 0,
     as_json: bool = JsonOption,

@@ -1,6 +1,6 @@
 """The `kiln` application: global options, sub-command registration and error reporting.
 
-Exit codes, one table (`EXIT_CODES` for Kiln's own errors):
+Exit codes, one table (`EXIT_CODES`, by `kiln.errors.ErrorCode`):
 
 - 0: success.
 - 2: the user's mistake or the system's state, never Kiln's: a usage error (an unknown
@@ -37,6 +37,7 @@ from kiln.cli import (
     engines,
     evaluate,
     feedback,
+    help_layout,
     loop,
     models,
     output,
@@ -46,13 +47,10 @@ from kiln.cli import (
     traffic,
     train,
 )
-from kiln.cli.output import JsonOption, emit, err_console
+from kiln.cli.output import EXIT_CODES, EXIT_INTERRUPTED, JsonOption, emit, err_console
 from kiln.errors import ErrorCode, KilnError
 
-EXIT_CODES: dict[ErrorCode, int] = {code: 2 for code in ErrorCode} | {ErrorCode.INTERNAL: 1}
-"""The exit code of a `KilnError`, by its code (see the module docstring)."""
-EXIT_INTERRUPTED = 130
-_USAGE = 2
+_USAGE = EXIT_CODES[ErrorCode.INVALID_ARGUMENT]  # usage errors and bad settings: the user's
 
 app = typer.Typer(
     name="kiln",
@@ -60,6 +58,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=help_layout.MARKUP,
 )
 
 
@@ -73,7 +72,6 @@ def _root(
     # --debug is taken out of argv by main(), wherever it is; declared here for --help.
 
 
-@app.command()
 def version(as_json: bool = JsonOption) -> None:
     """Print Kiln's version and the versions of the libraries it runs on."""
     import importlib.metadata as md
@@ -98,23 +96,30 @@ def version(as_json: bool = JsonOption) -> None:
     emit(payload, as_json, render)
 
 
-app.add_typer(datasets.app, name="datasets")
-app.command(name="train")(train.train)
-app.command(name="demo")(demo.demo)
-app.add_typer(bento.app, name="bento")
-app.add_typer(models.app, name="models")
-app.command(name="promote")(registry_promotion.promote)
-app.command(name="rollback")(registry_promotion.rollback)
-app.command(name="rollout")(rollout.rollout)
-app.command(name="gc")(models.gc)
-app.command(name="compile")(compile.compile_command)
-app.command(name="engines")(engines.engines)
-app.command(name="serve")(serve.serve)
-app.add_typer(traffic.app, name="traffic")
-app.add_typer(feedback.app, name="feedback")
-app.command(name="evaluate")(evaluate.evaluate)
-app.command(name="retrain")(loop.retrain)
-app.command(name="loop")(loop.loop)
+# Commands in the order of the loop; each panel of `kiln --help` is one step of it.
+app.command(name="demo", rich_help_panel=help_layout.START)(demo.demo)
+app.command(name="version", rich_help_panel=help_layout.START)(version)
+app.command(name="train", rich_help_panel=help_layout.DATA)(train.train)
+app.command(name="promote", rich_help_panel=help_layout.REGISTRY)(registry_promotion.promote)
+app.command(name="rollback", rich_help_panel=help_layout.REGISTRY)(registry_promotion.rollback)
+app.command(name="rollout", rich_help_panel=help_layout.REGISTRY)(rollout.rollout)
+# `kiln models gc`'s older name, kept working for the scripts that call it.
+app.command(name="gc", hidden=True)(models.gc)
+app.command(name="compile", rich_help_panel=help_layout.COMPILE)(compile.compile_command)
+app.command(name="engines", rich_help_panel=help_layout.COMPILE)(engines.engines)
+app.command(name="serve", rich_help_panel=help_layout.SERVING)(serve.serve)
+app.command(name="evaluate", rich_help_panel=help_layout.TRAFFIC)(evaluate.evaluate)
+app.command(name="retrain", rich_help_panel=help_layout.LOOP)(loop.retrain)
+app.command(name="loop", rich_help_panel=help_layout.LOOP)(loop.loop)
+app.add_typer(datasets.app, name="datasets", rich_help_panel=help_layout.DATA)
+app.add_typer(models.app, name="models", rich_help_panel=help_layout.REGISTRY)
+app.add_typer(bento.app, name="bento", rich_help_panel=help_layout.SERVING)
+app.add_typer(traffic.app, name="traffic", rich_help_panel=help_layout.TRAFFIC)
+app.add_typer(feedback.app, name="feedback", rich_help_panel=help_layout.TRAFFIC)
+for _group in app.registered_groups:
+    assert _group.typer_instance is not None
+    _group.typer_instance.rich_markup_mode = help_layout.MARKUP
+help_layout.install()
 
 
 def _take_flag(args: list[str], flag: str) -> tuple[list[str], bool]:
@@ -210,9 +215,10 @@ def _bug(exc: BaseException, *, as_json: bool, debug: bool) -> NoReturn:
         traceback.print_exc()
     what = f"{type(exc).__name__}: {exc}"
     hint = "This is a bug in Kiln. Run again with --debug for the traceback."
-    if not (as_json and output.emit_error(ErrorCode.INTERNAL.value, f"{what}. {hint}", 1)):
+    code = EXIT_CODES[ErrorCode.INTERNAL]
+    if not (as_json and output.emit_error(ErrorCode.INTERNAL.value, f"{what}. {hint}", code)):
         err_console.print(f"[bold red]internal error:[/] {escape(what)}\n{hint}", highlight=False)
-    sys.exit(EXIT_CODES[ErrorCode.INTERNAL])
+    sys.exit(code)
 
 
 def _bad_setting(exc: pydantic.ValidationError) -> str | None:

@@ -1,4 +1,7 @@
-"""`kiln models list|show|history|delete|export|import` and `kiln gc`: thin over `kiln.registry`."""
+"""`kiln models list|show|history|delete|gc|export|import`: thin over `kiln.registry`.
+
+`kiln gc` is `kiln models gc` under its older name (kept, hidden from the command list).
+"""
 
 from __future__ import annotations
 
@@ -30,6 +33,15 @@ def open_registry() -> Registry:
     import kiln.registry
 
     return kiln.registry.open(settings=Settings())
+
+
+def model_name(text: str, command: str) -> str:
+    """`text` as a model name, for a command that takes a model rather than one version: a
+    reference (digits:3, digits@candidate) is refused saying so, before any work starts."""
+    ref = parse_reference(text)
+    if ref.version is not None or "@" in text:
+        raise InvalidReference(f"{command} takes a model name, not a reference: {ref.name}")
+    return ref.name
 
 
 def when(value: datetime) -> str:
@@ -228,7 +240,7 @@ def _artifacts_table(found: list[Artifact]) -> Table:
 
 @app.command("history")
 def history(
-    name: Annotated[str, typer.Argument(help="A model name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A model name.")],
     alias: Annotated[str | None, typer.Option(help="Only this alias's moves.")] = None,
     at: Annotated[
         str | None,
@@ -240,20 +252,17 @@ def history(
     as_json: bool = JsonOption,
 ) -> None:
     """Every move of a model's aliases: from, to, when, who, why and the gate decision."""
-    ref = parse_reference(name)
-    if ref.version is not None or "@" in name:
-        raise InvalidReference(f"history takes a model name, not a reference: {ref.name}")
-    if at is not None and alias is None:
+    name = model_name(name, "kiln models history")
+    instant = None if at is None else _parse_time(at)
+    if instant is not None and alias is None:
         alias = "production"
     with open_registry() as registry:
-        moves = registry.history(ref.name, alias)
+        moves = registry.history(name, alias)
         served = None
-        instant = None
-        if at is not None and alias is not None:
-            instant = _parse_time(at)
-            served = registry.alias_at(ref.name, alias, instant)
+        if instant is not None and alias is not None:
+            served = registry.alias_at(name, alias, instant)
     payload: dict[str, Any] = {
-        "name": ref.name,
+        "name": name,
         "alias": alias,
         "moves": [m.to_dict() for m in moves],
     }
@@ -262,15 +271,13 @@ def history(
 
     def render(console: Console) -> None:
         if not moves:
-            console.print(f"no alias moves for {ref.name} yet: kiln promote {ref.name}:VERSION")
+            console.print(f"no alias moves for {name} yet: kiln promote {name}:VERSION")
         else:
-            title = f"{ref.name}@{alias} history" if alias else f"{ref.name} alias history"
+            title = f"{name}@{alias} history" if alias else f"{name} alias history"
             console.print(moves_table(title, moves))
         if instant is not None:
-            pointed = "nothing" if served is None else f"{ref.name}:{served}"
-            console.print(
-                f"at {when(instant)} UTC, {ref.name}@{alias} pointed at [bold]{pointed}[/]"
-            )
+            pointed = "nothing" if served is None else f"{name}:{served}"
+            console.print(f"at {when(instant)} UTC, {name}@{alias} pointed at [bold]{pointed}[/]")
 
     emit(payload, as_json, render)
 
@@ -298,7 +305,8 @@ def delete(
     ref: Annotated[str, typer.Argument(metavar="NAME:VERSION", help="The version to delete.")],
     as_json: bool = JsonOption,
 ) -> None:
-    """Delete a version (refused while an alias points at it). Run `kiln gc` to free space."""
+    """Delete a version (refused while an alias points at it). Run `kiln models gc` to free
+    space."""
     parsed = parse_reference(ref)
     if parsed.version is None:
         raise InvalidReference(
@@ -309,58 +317,12 @@ def delete(
         deleted = registry.delete_version(parsed.name, parsed.version)
 
     def render(console: Console) -> None:
-        console.print(f"deleted {deleted.ref}; kiln gc frees blobs no version uses any more")
+        console.print(f"deleted {deleted.ref}; kiln models gc frees blobs no version uses any more")
 
     emit({"deleted": deleted.to_dict()}, as_json, render)
 
 
-@app.command("export")
-def export(
-    ref: Annotated[str, typer.Argument(help="The version: digits:3, digits@production, digits.")],
-    file: Annotated[Path, typer.Argument(help="Bundle to write (.tar, or .tar.gz to compress).")],
-    as_json: bool = JsonOption,
-) -> None:
-    """Write one version with all its artifacts to a self-contained bundle file."""
-    with open_registry() as registry:
-        manifest = registry.export_version(ref, file)
-    written = file.stat().st_size
-    payload = {
-        "file": str(file),
-        "ref": manifest.version.ref,
-        "artifacts": [a.to_dict() for a in manifest.artifacts],
-        "bytes": written,
-    }
-
-    def render(console: Console) -> None:
-        console.print(
-            f"exported {manifest.version.ref} ({len(manifest.artifacts)} artifacts, "
-            f"{size(written)}) to {file}"
-        )
-
-    emit(payload, as_json, render)
-
-
-@app.command("import")
-def import_(
-    file: Annotated[Path, typer.Argument(help="A bundle written by kiln models export.")],
-    as_json: bool = JsonOption,
-) -> None:
-    """Import a version from a bundle, checking every artifact's sha256."""
-    with open_registry() as registry:
-        result = registry.import_bundle(file)
-
-    def render(console: Console) -> None:
-        ref = result.version.ref
-        if not result.created:
-            console.print(f"{ref} is already in this registry; nothing new imported")
-        elif ref != result.source_ref:
-            console.print(f"imported {result.source_ref} as [bold]{ref}[/] (that number is taken)")
-        else:
-            console.print(f"imported [bold]{ref}[/] ({len(result.artifacts)} artifacts)")
-
-    emit(result.to_dict(), as_json, render)
-
-
+@app.command("gc")
 def gc(
     dry_run: Annotated[
         bool,
@@ -381,7 +343,7 @@ def gc(
 
     Refuses, deleting nothing, when more than half of the stored blobs would go (all of them
     when the registry references none, as a replaced or re-created registry.db does) unless
-    --yes; refuses a damaged registry database always.
+    --yes; refuses a damaged registry database always. `kiln gc` is the same command.
     """
     from kiln.cli.train import unfinished_runs
 
@@ -410,7 +372,7 @@ def gc(
     def render(console: Console) -> None:
         verb = "would remove" if dry_run else "removed"
         if dry_run and payload["entries"]:
-            table = Table(title="kiln gc --dry-run: nothing was deleted")
+            table = Table(title="kiln models gc --dry-run: nothing was deleted")
             for column in ("kind", "name", "size"):
                 table.add_column(column, overflow="fold")
             for entry in payload["entries"]:
@@ -423,6 +385,61 @@ def gc(
             f"kept {report.kept_blobs} blobs"
         )
         if dry_run and report.confirmation:
-            console.print(f"kiln gc would refuse without --yes: {report.confirmation}")
+            console.print(f"kiln models gc would refuse without --yes: {report.confirmation}")
 
     emit(payload, as_json, render)
+
+
+@app.command("export")
+def export(
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="REF", help="The version: digits:3, digits@production, digits."),
+    ],
+    file: Annotated[
+        Path,
+        typer.Argument(metavar="FILE", help="Bundle to write (.tar, or .tar.gz to compress)."),
+    ],
+    as_json: bool = JsonOption,
+) -> None:
+    """Write one version with all its artifacts to a self-contained bundle file."""
+    with open_registry() as registry:
+        manifest = registry.export_version(ref, file)
+    written = file.stat().st_size
+    payload = {
+        "file": str(file),
+        "ref": manifest.version.ref,
+        "artifacts": [a.to_dict() for a in manifest.artifacts],
+        "bytes": written,
+    }
+
+    def render(console: Console) -> None:
+        console.print(
+            f"exported {manifest.version.ref} ({len(manifest.artifacts)} artifacts, "
+            f"{size(written)}) to {file}"
+        )
+
+    emit(payload, as_json, render)
+
+
+@app.command("import")
+def import_(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="A bundle written by kiln models export.")
+    ],
+    as_json: bool = JsonOption,
+) -> None:
+    """Import a version from a bundle, checking every artifact's sha256."""
+    with open_registry() as registry:
+        result = registry.import_bundle(file)
+
+    def render(console: Console) -> None:
+        ref = result.version.ref
+        if not result.created:
+            console.print(f"{ref} is already in this registry; nothing new imported")
+        elif ref != result.source_ref:
+            console.print(f"imported {result.source_ref} as [bold]{ref}[/] (that number is taken)")
+        else:
+            console.print(f"imported [bold]{ref}[/] ({len(result.artifacts)} artifacts)")
+
+    emit(result.to_dict(), as_json, render)

@@ -16,6 +16,14 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from kiln.errors import ErrorCode
+
+EXIT_CODES: dict[ErrorCode, int] = {code: 2 for code in ErrorCode} | {ErrorCode.INTERNAL: 1}
+"""The exit code of a failed command, by the code of its error (`kiln.errors.ErrorCode`):
+the CLI's one table (`kiln.cli.main`'s docstring says which failure gets which)."""
+EXIT_INTERRUPTED = 130
+"""A command stopped by Ctrl-C (SIGINT), as shells report it."""
+
 # Progress bars and notes go to stderr so that stdout stays machine-readable.
 err_console = Console(stderr=True)
 out_console = Console()

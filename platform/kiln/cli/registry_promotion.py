@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cli.models import moves_table, open_registry
-from kiln.cli.output import JsonOption, emit, err_console, error_object
+from kiln.cli.models import model_name, moves_table, open_registry
+from kiln.cli.output import EXIT_CODES, JsonOption, emit, err_console, error_object
 from kiln.errors import GateFailed
 from kiln.registry import (
     DEFAULT_ACCURACY_TOLERANCE,
@@ -24,6 +24,7 @@ from kiln.registry import (
     GateContext,
     GateResult,
     default_gates,
+    validate_name,
 )
 from kiln.settings import Settings
 
@@ -82,7 +83,7 @@ def promote(
         ),
     ] = True,
     actor: Annotated[
-        str | None, typer.Option(help="Who is promoting; defaults to the OS user.")
+        str | None, typer.Option(help="Who is promoting.", show_default="the OS user")
     ] = None,
     as_json: bool = JsonOption,
 ) -> None:
@@ -96,6 +97,9 @@ def promote(
         traffic_window=since,
     )
     with open_registry() as registry:
+        # A bad alias or reference fails here, before the gates announce themselves.
+        validate_name(alias, "alias name")
+        registry.resolve(ref)
         gates: list[Gate] = default_gates(accuracy_tolerance=tolerance)
         if eval_gates:
             gates += evaluation_gates(registry, Settings(), thresholds)
@@ -117,7 +121,7 @@ def promote(
                 "alias": alias,
                 "promoted": False,
                 "gates": [r.to_dict() for r in results],
-                "error": error_object(exc.code.value, exc.message, 2),
+                "error": error_object(exc.code.value, exc.message, EXIT_CODES[exc.code]),
             }
             emit(refused, as_json, lambda console: console.print(gates_table(results)))
             raise
@@ -161,15 +165,16 @@ class _RecordingGate:
 
 
 def rollback(
-    name: Annotated[str, typer.Argument(help="The model.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model.")],
     alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
     reason: Annotated[str, typer.Option(help="Why; stored in the alias history.")] = "",
     actor: Annotated[
-        str | None, typer.Option(help="Who is rolling back; defaults to the OS user.")
+        str | None, typer.Option(help="Who is rolling back.", show_default="the OS user")
     ] = None,
     as_json: bool = JsonOption,
 ) -> None:
     """Move an alias back to the version it pointed at before its latest promotion."""
+    name = model_name(name, "kiln rollback")
     with open_registry() as registry:
         move = registry.rollback(name, alias, actor=actor, reason=reason)
     _report(move, as_json)

@@ -12,20 +12,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cli.models import open_registry, when
+from kiln.cli.models import model_name, open_registry, when
 from kiln.cli.output import JsonOption, emit
 from kiln.errors import InvalidArgument
 from kiln.registry import DEFAULT_ROLLOUT_ALIAS, Rollout, RolloutChange, RolloutMode
 
 
 def rollout(
-    name: Annotated[str, typer.Argument(help="The model.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model.")],
     canary: Annotated[
         float | None,
         typer.Option(
             "--canary",
-            metavar="PERCENT",
-            help="Send PERCENT (0 < P <= 100) of requests to the second version.",
+            help="Send this percentage (0 < P <= 100) of requests to the second version.",
         ),
     ] = None,
     shadow: Annotated[
@@ -38,14 +37,14 @@ def rollout(
     off: Annotated[bool, typer.Option("--off", help="End the rollout.")] = False,
     percent: Annotated[
         float | None,
-        typer.Option(metavar="P", help="With --shadow: the share of requests copied (100)."),
+        typer.Option(help="With --shadow: the percentage of requests copied.", show_default="100"),
     ] = None,
     alias: Annotated[
         str, typer.Option(help="The alias naming the second version.")
     ] = DEFAULT_ROLLOUT_ALIAS,
     reason: Annotated[str, typer.Option(help="Why; stored in the rollout history.")] = "",
     actor: Annotated[
-        str | None, typer.Option(help="Who is changing it; defaults to the OS user.")
+        str | None, typer.Option(help="Who is changing it.", show_default="the OS user")
     ] = None,
     as_json: bool = JsonOption,
 ) -> None:
@@ -53,6 +52,7 @@ def rollout(
 
     Without --canary, --shadow or --off, shows the rollout and its history.
     """
+    name = model_name(name, "kiln rollout")
     mode = _mode(canary, shadow, off, percent)
     with open_registry() as registry:
         before = registry.rollout(name)

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.cli.models import model_name
 from kiln.cli.output import JsonOption, emit
 from kiln.settings import Settings
 
@@ -25,13 +26,14 @@ def _us(value: Any) -> str:
 
 @app.command("stats")
 def stats(
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Model name.")],
     since: Annotated[str, SinceOption] = "24h",
     as_json: bool = JsonOption,
 ) -> None:
     """Requests, error rate, throughput over time and latency p50/p95/p99 per version and route."""
     from kiln.traffic import Window, traffic_stats
 
+    name = model_name(name, "kiln traffic stats")
     # Skipped files are logged (a warning naming each) by the reader, and listed in the JSON.
     report = traffic_stats(Settings().home, name, Window.last(since))
 
