@@ -17,6 +17,7 @@ from kiln.errors import InvalidArgument, Unavailable
 Models = Annotated[
     list[str] | None,
     typer.Argument(
+        metavar="REF",
         help="References to serve: digits (its production alias), digits@candidate, digits:3. "
         "The first reference to a model picks the version requests get by default; further "
         "ones load more versions that requests choose with model_version. Default: every "
@@ -37,38 +38,53 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    host: Annotated[str | None, typer.Option(help="Address to bind [0.0.0.0].")] = None,
-    port: Annotated[int | None, typer.Option(help="gRPC port; 0 picks a free one [8001].")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to bind.", show_default="0.0.0.0")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="gRPC port; 0 picks a free one.", show_default="8001")
+    ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port; 0 picks a free one [8002].")
+        int | None, typer.Option(help="Prometheus port; 0 picks a free one.", show_default="8002")
     ] = None,
     no_metrics: Annotated[bool, typer.Option("--no-metrics", help="Serve no metrics.")] = False,
     max_batch_size: Annotated[
-        int | None, typer.Option(help="Most rows per execution; 0 turns batching off [32].")
+        int | None,
+        typer.Option(help="Most rows per execution; 0 turns batching off.", show_default="32"),
     ] = None,
     max_queue_delay_us: Annotated[
         int | None,
-        typer.Option(help="How long a request may wait for a batch to fill, in microseconds [0]."),
+        typer.Option(
+            help="How long a request may wait for a batch to fill, in microseconds.",
+            show_default="0",
+        ),
     ] = None,
     max_queue_size: Annotated[
         int | None,
         typer.Option(
-            help="Queued requests per model before RESOURCE_EXHAUSTED; 0: no bound [1024]."
+            help="Queued requests per model before RESOURCE_EXHAUSTED; 0: no bound.",
+            show_default="1024",
         ),
     ] = None,
     threads: Annotated[
         int | None,
-        typer.Option(help="Threads per engine [KILN_THREADS, else one per core but one]."),
+        typer.Option(
+            help="Threads per engine.", show_default="KILN_THREADS, else one per core but one"
+        ),
     ] = None,
     engine: Annotated[
         str | None,
-        typer.Option(help="Artifact kind to load (onnxruntime, aotinductor:cpu, ...) [fastest]."),
+        typer.Option(
+            help="Artifact kind to load (onnxruntime, aotinductor:cpu, ...).",
+            show_default="fastest",
+        ),
     ] = None,
     poll_interval: Annotated[
-        float | None, typer.Option(help="Seconds between checks for moved aliases [1].")
+        float | None,
+        typer.Option(help="Seconds between checks for moved aliases.", show_default="1"),
     ] = None,
     max_message_size: Annotated[
-        int | None, typer.Option(help="Largest gRPC message in bytes [64 MiB].")
+        int | None, typer.Option(help="Largest gRPC message in bytes.", show_default="64 MiB")
     ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain (TLS).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key (TLS).")] = None,
