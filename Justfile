@@ -80,6 +80,12 @@ lint: setup
     {{bin}}/mypy
     {{bin}}/lint-imports
     {{bin}}/python proto/generate.py --check
+    NO_MKDOCS_2_WARNING=1 {{bin}}/mkdocs build --strict
+
+# build the docs site into site/ (strict: a broken link or anchor, or a page missing from the
+# nav, fails); `just docs serve` previews it at http://127.0.0.1:8000 while you edit
+docs *ARGS="build --strict": setup
+    NO_MKDOCS_2_WARNING=1 {{bin}}/mkdocs {{ARGS}}
 
 # regenerate the gRPC code in platform/kiln/serving/grpc/generated/ from proto/
 proto: setup
