@@ -14,9 +14,10 @@ from __future__ import annotations
 from kiln_engines.backends import BackendStatus, available_backends, load
 from kiln_engines.engine import Engine, EngineOptions
 from kiln_engines.errors import (
+    BackendBuildError,
     BackendUnavailable,
-    EngineBuildError,
     EngineClosed,
+    EngineConfigError,
     EngineError,
     EngineInputError,
     EngineLoadError,
@@ -27,12 +28,13 @@ from kiln_engines.signature import DYNAMIC, InputValidator, Signature, TensorSpe
 
 __all__ = [
     "DYNAMIC",
+    "BackendBuildError",
     "BackendStatus",
     "BackendUnavailable",
     "Candidate",
     "Engine",
-    "EngineBuildError",
     "EngineClosed",
+    "EngineConfigError",
     "EngineError",
     "EngineInputError",
     "EngineLoadError",

@@ -40,10 +40,18 @@ class EngineLoadError(EngineError):
     code = "data_loss"
 
 
-class EngineBuildError(EngineError):
-    """An engine could not be built from its source model (parser or builder failure)."""
+class BackendBuildError(EngineError):
+    """A backend's own builder refused the model: TensorRT's ONNX parser or builder,
+    onnxruntime's offline optimiser. (Kiln's `EngineBuildFailed` is a whole compilation
+    target failing, export included.)"""
 
     code = "failed_precondition"
+
+
+class EngineConfigError(EngineError):
+    """A build or engine setting is out of range; the message says which values work."""
+
+    code = "invalid_argument"
 
 
 class BackendUnavailable(EngineError):

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from kiln_engines import BackendUnavailable, EngineLoadError, EngineOptions, load
+from kiln_engines import (
+    BackendBuildError,
+    BackendUnavailable,
+    EngineConfigError,
+    EngineLoadError,
+    EngineOptions,
+    load,
+)
 from kiln_engines.backends import tensorrt as trt_backend
 from kiln_engines.backends.tensorrt_plan import (
     PlanFile,
     PlanHeader,
+    batched_shape,
     mismatch,
     read_plan_file,
     write_plan_file,
@@ -124,6 +133,28 @@ def test_matching_plan_is_used_as_is(tmp_path: Path) -> None:
     assert trt_backend.plan_for_host(read_plan_file(path), path, A100, "10.8.0", rebuild=None) == (
         b"serialized-plan" * 100
     )
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"precision": "fp8"}, "pass one of fp32, fp16, bf16, int8"),
+        ({"max_batch": 8, "opt_batch": 16}, "opt_batch=16, max_batch=8"),
+        ({"min_batch": 0}, "raise max_batch"),
+    ],
+)
+def test_a_build_config_out_of_range_says_what_works(settings: dict[str, Any], says: str) -> None:
+    with pytest.raises(EngineConfigError) as err:
+        trt_backend.BuildConfig(**settings)
+    assert err.value.code == "invalid_argument"
+    assert says in err.value.message
+
+
+def test_only_the_batch_axis_may_be_dynamic() -> None:
+    sig = Signature((TensorSpec("x", "float32", (-1, -1)),), (TensorSpec("y", "float32", (-1, 3)),))
+    with pytest.raises(BackendBuildError, match="dynamic batch axis only"):
+        batched_shape(sig, "x", 8)
+    assert batched_shape(SIG, "x", 8) == (8, 4)
 
 
 def _tensorrt_missing() -> bool:

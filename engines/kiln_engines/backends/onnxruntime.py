@@ -18,7 +18,7 @@ import numpy as np
 
 from kiln_engines.backends import BackendStatus
 from kiln_engines.engine import Engine, EngineOptions
-from kiln_engines.errors import BackendUnavailable, EngineBuildError, EngineError, EngineLoadError
+from kiln_engines.errors import BackendBuildError, BackendUnavailable, EngineError, EngineLoadError
 from kiln_engines.host import cuda_gpus
 from kiln_engines.signature import SIGNATURE_METADATA_KEY, Signature, TensorSpec
 
@@ -110,7 +110,7 @@ def optimize(source: Path, dest: Path, options: EngineOptions | None = None) -> 
         raise
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        raise EngineBuildError(f"onnxruntime could not optimise {source}: {exc}") from exc
+        raise BackendBuildError(f"onnxruntime could not optimise {source}: {exc}") from exc
     os.replace(tmp, dest)
 
 

@@ -8,8 +8,10 @@ a host with a builder can rebuild it instead of failing. Layout::
     b"KILNTRT1" | header length (u32, little-endian) | header (UTF-8 JSON) | sections
 
 Each section (plan, onnx, calibration_cache) is located by offset and size in the header and
-verified by its sha256, so truncation and corruption are reported as such. This module is pure
-Python: it is tested on hosts without TensorRT.
+verified by its sha256, so truncation and corruption are reported as such. `batched_shape`
+gives an input's shape at a size in the plan's batch range (the builder's optimisation profile
+and the runtime's buffers both need it). This module is pure Python: it is tested on hosts
+without TensorRT.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln_engines.errors import EngineLoadError
+from kiln_engines.errors import BackendBuildError, EngineLoadError
 from kiln_engines.host import Gpu
-from kiln_engines.signature import Signature
+from kiln_engines.signature import DYNAMIC, Signature
 
 MAGIC = b"KILNTRT1"
 _LENGTH = struct.Struct("<I")
@@ -184,3 +186,19 @@ def mismatch(header: PlanHeader, gpu: Gpu, tensorrt_version: str) -> str | None:
             f"(compute capability {gpu.compute_capability})"
         )
     return "; ".join(reasons) or None
+
+
+def batched_shape(signature: Signature, name: str, batch: int) -> tuple[int, ...]:
+    """Input `name`'s shape at `batch` rows (for optimisation profiles and device buffers).
+
+    Raises `BackendBuildError` for an input with dynamic dimensions besides the batch axis.
+    """
+    spec = next(s for s in signature.inputs if s.name == name)
+    rest = spec.shape[1:]
+    if DYNAMIC in rest:
+        raise BackendBuildError(
+            f"input '{name}' has dynamic dimensions besides the batch axis ({list(spec.shape)}); "
+            "Kiln's TensorRT builder supports a dynamic batch axis only: export the model with "
+            "fixed sizes for the other axes"
+        )
+    return (batch, *rest) if spec.shape and spec.shape[0] == DYNAMIC else spec.shape
