@@ -73,23 +73,38 @@ def _anchor(path: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
 
 
+def _subcommands(command: Any, ctx: Any) -> list[tuple[str, Any, str]]:
+    """(name, command, help panel) of the visible subcommands, panel by panel in the order
+    `--help` shows them (a panel's place is where its first command is)."""
+    if not hasattr(command, "list_commands"):
+        return []
+    found = [(name, command.get_command(ctx, name)) for name in command.list_commands(ctx)]
+    visible = [
+        (name, sub, _value(sub.rich_help_panel) or "") for name, sub in found if not sub.hidden
+    ]
+    panels = list(dict.fromkeys(panel for _, _, panel in visible))
+    return sorted(visible, key=lambda item: panels.index(item[2]))
+
+
 def _walk(command: Any, ctx: Any, out: list[str]) -> None:
     import typer._click.core as click_core
 
     path = ctx.command_path
     # kiln and its commands are level 2, the commands of a group (kiln models list) level 3
-    depth = max(2, len(path.split())) if " " in path else 2
-    out += ["", f"{'#' * min(depth, 3)} `{path}` {{ #{_anchor(path)} }}", "", _help_text(command)]
+    depth = 3 if path.count(" ") > 1 else 2
+    out += ["", f"{'#' * depth} `{path}` {{ #{_anchor(path)} }}", "", _help_text(command)]
     out += ["", "```text", _usage(command, ctx), "```"]
     out += _params_tables(command, ctx)
-    sub_names = command.list_commands(ctx) if hasattr(command, "list_commands") else []
-    if sub_names:
-        out += ["", "| Command | What it does |", "| --- | --- |"]
-        for name in sub_names:
-            short = command.get_command(ctx, name).get_short_help_str(limit=300)
-            out.append(f"| [`{path} {name}`](#{_anchor(f'{path} {name}')}) | {_cell(short)} |")
-    for name in sub_names:
-        sub = command.get_command(ctx, name)
+    subs = _subcommands(command, ctx)
+    panel: str | None = None
+    for name, sub, sub_panel in subs:
+        if sub_panel != panel:
+            panel = sub_panel
+            out += ["", f"**{panel}**" if panel else "**Commands**", ""]
+            out += ["| Command | What it does |", "| --- | --- |"]
+        short = _cell(sub.get_short_help_str(limit=300))
+        out.append(f"| [`{path} {name}`](#{_anchor(f'{path} {name}')}) | {short} |")
+    for name, sub, _ in subs:
         _walk(sub, click_core.Context(sub, info_name=name, parent=ctx), out)
 
 
