@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
 import typer
 from rich import box
@@ -14,7 +16,21 @@ from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError, ParityFailed, Unavailable
 from kiln.settings import Settings
 
-TARGET_CHOICES = ("onnxruntime", "aotinductor", "tensorrt", "all")
+
+class Target(StrEnum):
+    """What `--target` builds: `kiln.compile.TARGETS` and "all", spelled out so that the CLI
+    starts without importing torch (a test keeps them equal). An Enum, not a Literal: typer
+    takes repeatable options only of plain or Enum types."""
+
+    onnxruntime = "onnxruntime"
+    aotinductor = "aotinductor"
+    tensorrt = "tensorrt"
+    all = "all"
+
+
+TARGET_CHOICES = tuple(t.value for t in Target)
+Precision = Literal["fp32", "fp16", "bf16", "int8"]
+"""`kiln.compile.PRECISIONS`, spelled out for the same reason."""
 
 
 def _diff(value: float | None) -> str:
@@ -120,7 +136,7 @@ def failure_for(payload: dict[str, Any], explicit: bool) -> KilnError | None:
 
 def compile_ref(
     ref: str,
-    targets: list[str],
+    targets: Sequence[str],
     precision: str = "fp32",
     max_batch: int = 64,
     threads: int = 0,
@@ -149,32 +165,32 @@ def compile_ref(
         parity_samples=parity_samples,
     )
     options.validate()
-    with (
-        kiln.registry.open(settings=settings) as registry,
-        err_console.status("compiling", spinner="dots") as status,
-    ):
+    with kiln.registry.open(settings=settings) as registry:
+        registry.resolve(ref)  # a bad reference fails before the spinner starts
+        with err_console.status("compiling", spinner="dots") as status:
 
-        def progress(message: str) -> None:
-            err_console.print(f"[dim]· {escape(message)}[/]", highlight=False)
-            status.update(message)
+            def progress(message: str) -> None:
+                err_console.print(f"[dim]· {escape(message)}[/]", highlight=False)
+                status.update(message)
 
-        outcome = compile_version(registry, ref, options, settings, progress=progress)
+            outcome = compile_version(registry, ref, options, settings, progress=progress)
     payload = outcome.to_dict()
     return payload, failure_for(payload, explicit)
 
 
 def compile_command(
-    ref: Annotated[str, typer.Argument(help="Model reference: name, name:VERSION or name@ALIAS.")],
+    ref: Annotated[
+        str,
+        typer.Argument(metavar="REF", help="Model reference: name, name:VERSION or name@ALIAS."),
+    ],
     target: Annotated[
-        list[str] | None,
+        list[Target] | None,
         typer.Option(
-            "--target",
-            "-t",
-            help="onnxruntime, aotinductor, tensorrt or all; repeat for several.",
+            "--target", "-t", help="What to build; repeat for several.", show_default="onnxruntime"
         ),
     ] = None,
     precision: Annotated[
-        str,
+        Precision,
         typer.Option(help="fp32; fp16/bf16 (aotinductor, tensorrt); int8 (onnxruntime, tensorrt)."),
     ] = "fp32",
     max_batch: Annotated[
@@ -194,9 +210,8 @@ def compile_command(
     versions and hardware, and latency at batch 1 and throughput at --max-batch on this host.
     Exits 2 when a target fails to build or fails parity, or is named but cannot be built here.
     """
-    payload, error = compile_ref(
-        ref, target or ["onnxruntime"], precision, max_batch, threads, parity_samples
-    )
+    targets = [t.value for t in target] if target else ["onnxruntime"]
+    payload, error = compile_ref(ref, targets, precision, max_batch, threads, parity_samples)
     emit(payload, as_json, lambda console: render(payload, console))
     if error is not None:
         raise error

@@ -4,8 +4,8 @@ cut an option's name.
 typer draws an option as five columns (long name, short name, the `--no-` form, its short
 form, the type) beside its help; at 80 columns rich shrinks every column, names included
 (`--max-queue-delay…`, `--token-for-inference…`). Kiln draws those panels with the names in
-one column (a `--no-` form on a line of its own) that is never shrunk, so only the help text
-wraps. Flags show no type: they take no value.
+one column (a `--no-` form on a line of its own) that is never shrunk, so only the types and
+the help text wrap. Flags show no type: they take no value.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _names(param: Any) -> Text:
 def _value(param: Any, ctx: Any) -> Text:
     if getattr(param, "is_flag", False):
         return Text("")
-    text = Text(param.display_type_rich(ctx=ctx) or "", style=rich_utils.STYLE_TYPES)
+    # Spaces between choices (<fp32 | fp16 | bf16>) let a long list wrap like the help does.
+    shown = (param.display_type_rich(ctx=ctx) or "").replace("|", " | ")
+    text = Text(shown, style=rich_utils.STYLE_TYPES)
     bounds = param._get_number_range_help_str()
     if bounds:
         text.append(rich_utils.RANGE_STRING.format(bounds))
@@ -67,7 +69,7 @@ def print_options_panel(
         return
     table = Table(show_header=False, expand=True, box=None, pad_edge=False, padding=(0, 1))
     table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     table.add_column(overflow="fold")
     for param in params:
         table.add_row(

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.cli.models import model_name
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.settings import Settings
 
+Approval = Literal["auto", "manual"]
+"""`kiln.loop.watch.LoopPolicy.approve`'s values, spelled out so that the CLI starts without
+importing the loop (a test keeps the two equal)."""
+
 
 def retrain(
-    name: Annotated[str, typer.Argument(help="The model to retrain (its production version).")],
+    name: Annotated[
+        str,
+        typer.Argument(metavar="NAME", help="The model to retrain (its production version)."),
+    ],
     since: Annotated[
         str, typer.Option(help="Traffic window: 30m, 24h, 7d, or an ISO time.")
     ] = "24h",
     min_labels: Annotated[int, typer.Option(help="Labelled requests needed to retrain.")] = 100,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the parent's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs.", show_default="the parent's")] = None,
     warm_start: Annotated[bool, typer.Option(help="Start from the parent's weights.")] = False,
     alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "candidate",
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
@@ -30,6 +38,7 @@ def retrain(
     from kiln.loop.retrain import RetrainOptions
     from kiln.loop.retrain import retrain as run
 
+    name = model_name(name, "kiln retrain")
     options = RetrainOptions(
         since=since,
         min_labels=min_labels,
@@ -75,7 +84,7 @@ def retrain(
 
 
 def loop(
-    name: Annotated[str, typer.Argument(help="The model to watch.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The model to watch.")],
     since: Annotated[str, typer.Option(help="Traffic window per round: 30m, 24h, 7d.")] = "24h",
     min_labels: Annotated[int, typer.Option(help="New labels needed to retrain.")] = 100,
     min_accuracy: Annotated[
@@ -83,7 +92,8 @@ def loop(
     ] = 0.9,
     on_drift: Annotated[bool, typer.Option(help="Retrain when drift is flagged.")] = True,
     approve: Annotated[
-        str, typer.Option(help="auto: promote when the gates pass; manual: leave a candidate.")
+        Approval,
+        typer.Option(help="auto: promote when the gates pass; manual: leave a candidate."),
     ] = "auto",
     interval: Annotated[float, typer.Option(help="Seconds between rounds.")] = 60.0,
     once: Annotated[bool, typer.Option(help="Run one round and exit.")] = False,
@@ -96,12 +106,13 @@ def loop(
     import kiln.registry
     from kiln.loop.watch import LoopPolicy, Round, run_loop
 
+    name = model_name(name, "kiln loop")
     policy = LoopPolicy(
         since=since,
         min_labels=min_labels,
         min_accuracy=min_accuracy,
         on_drift=on_drift,
-        approve=approve,  # type: ignore[arg-type]  # validated by the policy
+        approve=approve,
         interval_s=interval,
     )
     stop = threading.Event()

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kiln.cli.compile import Target
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import InvalidArgument
 from kiln.processes import pid_alive
@@ -65,11 +66,10 @@ def train(
         str | None, typer.Option(help="Register the result as a new version of this model.")
     ] = None,
     compile_targets: Annotated[
-        list[str] | None,
+        list[Target] | None,
         typer.Option(
             "--compile",
-            help="After registering, compile for this target (onnxruntime, aotinductor, "
-            "tensorrt, all); repeat for several. Needs --name.",
+            help="After registering, compile for this target; repeat for several. Needs --name.",
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
@@ -121,7 +121,7 @@ def train(
             from kiln.cli.compile import compile_ref
 
             payload["compile"], compile_error = compile_ref(
-                payload["registered"]["reference"], compile_targets
+                payload["registered"]["reference"], [t.value for t in compile_targets]
             )
 
     def render(console: Console) -> None:
