@@ -73,7 +73,7 @@ test *ARGS: setup
 test-fast *ARGS: setup
     {{bin}}/python -m pytest tests/unit {{ARGS}}
 
-# ruff, mypy (strict) and the import-linter layer contracts
+# ruff, mypy (strict), the import-linter layer contracts, stale generated code, the docs site
 lint: setup
     {{bin}}/ruff check platform engines tests benchmarks
     {{bin}}/ruff format --check platform engines tests benchmarks
@@ -82,8 +82,7 @@ lint: setup
     {{bin}}/python proto/generate.py --check
     NO_MKDOCS_2_WARNING=1 {{bin}}/mkdocs build --strict
 
-# build the docs site into site/ (strict: a broken link or anchor, or a page missing from the
-# nav, fails); `just docs serve` previews it at http://127.0.0.1:8000 while you edit
+# build the docs site into site/, strictly (`just docs serve` previews it while you edit)
 docs *ARGS="build --strict": setup
     NO_MKDOCS_2_WARNING=1 {{bin}}/mkdocs {{ARGS}}
 
