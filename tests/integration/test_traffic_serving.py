@@ -136,7 +136,7 @@ def test_n_requests_give_n_rows_and_feedback_joins(tmp_path: Path) -> None:
     assert set(bad["status"]) == {"invalid_argument"} and bad["error"].null_count() == 0
     assert scan_feedback(home, window).frame.collect().height == 16
 
-    report = evaluate_traffic(home, "digits", window, {})
+    report = evaluate_traffic(home, "digits", window, {}).to_dict()
     assert report["labelled"] == 15 and report["feedback"]["unmatched"] == 1
     (primary,) = [a for a in report["accuracy"] if a["version"] == 1]
     assert primary["accuracy"] == pytest.approx(10 / 15)

@@ -60,9 +60,9 @@ def test_prediction_drift_names_the_classes_that_moved() -> None:
     result = prediction_drift(
         counts, np.full(1000, 0.9), profile, ["a", "b", "c", "d"], DriftThresholds()
     )
-    assert result["moved_classes"] == ["c", "d"]
+    assert result.moved_classes == ["c", "d"]
     expected = (0.1 - 0.25) * math.log(0.1 / 0.25) + (0.4 - 0.25) * math.log(0.4 / 0.25)
-    assert result["psi"] == pytest.approx(expected, rel=1e-4)
+    assert result.psi == pytest.approx(expected, rel=1e-4)
 
 
 def blobs(n: int, seed: int, column: float = 0.5, size: tuple[int, int] = (3, 6)) -> np.ndarray:
@@ -87,6 +87,8 @@ def scores(x: np.ndarray) -> np.ndarray:
 
 
 def evaluate_blobs(home: Path, current: np.ndarray) -> dict[str, Any]:
+    """The evaluation of `current` against the blobs' reference, as `kiln evaluate --json`
+    prints it."""
     reference = blobs(2000, seed=1)
     profile = reference_profile(reference, [1, 16, 16], scores(blobs(500, seed=2)))
     ts = int((NOW - timedelta(minutes=10)).timestamp() * 1e6)
@@ -97,7 +99,7 @@ def evaluate_blobs(home: Path, current: np.ndarray) -> dict[str, Any]:
             )
     window = Window(NOW - timedelta(hours=1), NOW + timedelta(minutes=1))
     versions = {1: VersionInfo(1, ["left", "middle", "right"], profile)}
-    return evaluate_traffic(home, "blobs", window, versions)
+    return evaluate_traffic(home, "blobs", window, versions).to_dict()
 
 
 def test_same_distribution_is_stable(tmp_path: Path) -> None:

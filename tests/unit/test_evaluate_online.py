@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kiln.evaluate import VersionInfo, evaluate_traffic, render_html
+from kiln.evaluate import Evaluation, VersionInfo, evaluate_traffic, render_html
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord, TrafficSettings, Window
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -30,7 +30,7 @@ SERVED: dict[str, tuple[int, str, list[float], int | None]] = {
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def evaluation(tmp_path_factory: pytest.TempPathFactory) -> Evaluation:
     tmp_path = tmp_path_factory.mktemp("evaluate")
     ts = int((NOW - timedelta(minutes=30)).timestamp() * 1e6)
     settings = TrafficSettings(flush_interval_s=60)
@@ -49,6 +49,12 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         fb.add("a1", 2, model="letters")  # names another model: ignored for digits
     versions = {1: VersionInfo(1, ["zero", "one", "two"])}
     return evaluate_traffic(tmp_path, "digits", WINDOW, versions)
+
+
+@pytest.fixture(scope="module")
+def report(evaluation: Evaluation) -> dict[str, Any]:
+    """The evaluation as `kiln evaluate --json` prints it."""
+    return evaluation.to_dict()
 
 
 def test_totals_coverage_and_unmatched(report: dict[str, Any]) -> None:
@@ -98,8 +104,8 @@ def test_versions_without_reference_say_so(report: dict[str, Any]) -> None:
     assert report["drift_detected"] is False
 
 
-def test_html_report_is_self_contained(report: dict[str, Any]) -> None:
-    page = render_html(report)
+def test_html_report_is_self_contained(evaluation: Evaluation) -> None:
+    page = render_html(evaluation)
     assert page.count("data:image/png;base64,") == 2  # accuracy and latency; no drift plot
     assert "<h2>Version 1: 5 labelled, accuracy 0.6000" in page
     assert "http://" not in page and "https://" not in page
@@ -121,7 +127,8 @@ def test_labels_and_predictions_are_checked_against_the_versions_classes(tmp_pat
             logger.log(TrafficRecord(f"q{i}", ts + i, "digits", version, 100, output=logits))
             fb.add(f"q{i}", label)
     versions = {1: VersionInfo(1, ["a", "b", "c"]), 3: VersionInfo(3, num_classes=5000)}
-    report = evaluate_traffic(tmp_path, "digits", WINDOW, versions)
+    evaluation = evaluate_traffic(tmp_path, "digits", WINDOW, versions)
+    report = evaluation.to_dict()
     skipped = report["skipped_rows"]
     assert skipped["labels_out_of_range"] == 3  # 3 and 100000 for v1, 4 for v2
     assert sorted(e["request_id"] for e in skipped["out_of_range_examples"]) == [
@@ -134,5 +141,5 @@ def test_labels_and_predictions_are_checked_against_the_versions_classes(tmp_pat
     assert wide["classes"] == 5000 and wide["confusion"]["matrix"] is None
     assert wide["confusion"]["cells"] == [[8, 6, 1]]
     assert [c["class"] for c in wide["per_class"]] == [6, 8]
-    page = render_html(report)
+    page = render_html(evaluation)
     assert "label outside the version&#x27;s classes" in page and "non-zero cells" in page

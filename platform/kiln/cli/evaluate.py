@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +13,9 @@ from rich.table import Table
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.cli.traffic import SinceOption
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # the CLI starts without importing polars and numpy (kiln.evaluate does)
+    from kiln.evaluate import Evaluation
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -50,86 +53,83 @@ def evaluate(
         thresholds=DriftThresholds(psi=psi_threshold, ks_alpha=ks_alpha),
         sample_size=sample,
     )
+    payload = result.to_dict()
     if report is not None:
-        result["report"] = str(write_report(result, report))
-        err_console.print(f"report: {result['report']}")
+        payload["report"] = str(write_report(result, report))
+        err_console.print(f"report: {payload['report']}")
 
     def render(console: Console) -> None:
         console.print(
-            f"[bold]{name}[/] since {result['since']:%Y-%m-%d %H:%M:%S} UTC: "
-            f"{result['requests']} requests, {result['labelled']} labelled "
-            f"(coverage {_num(result['label_coverage'], 3)}), "
-            f"{result['feedback']['unmatched']} unmatched label(s)"
+            f"[bold]{name}[/] since {result.since:%Y-%m-%d %H:%M:%S} UTC: "
+            f"{result.requests} requests, {result.labelled} labelled "
+            f"(coverage {_num(result.label_coverage, 3)}), "
+            f"{result.feedback.unmatched} unmatched label(s)"
         )
         table = Table(title="accuracy on labelled traffic")
         for col in ("version", "route", "requests", "labelled", "accuracy", "coverage"):
             table.add_column(col, justify="right")
-        for a in result["accuracy"]:
+        for a in result.accuracy:
             table.add_row(
-                "-" if a["version"] is None else str(a["version"]), a["route"],
-                str(a["requests"]), str(a["labelled"]),
-                _num(a["accuracy"]), _num(a["label_coverage"], 3),
+                "-" if a.version is None else str(a.version), a.route,
+                str(a.requests), str(a.labelled),
+                _num(a.accuracy), _num(a.label_coverage, 3),
             )  # fmt: skip
         console.print(table)
-        for v in result["versions"]:
-            worst = [c for c in v["per_class"] if c["accuracy"] is not None]
-            worst.sort(key=lambda c: c["accuracy"])
+        for v in result.versions:
+            worst = [c for c in v.per_class if c.accuracy is not None]
+            worst.sort(key=lambda c: c.accuracy or 0.0)
             console.print(
-                f"version {v['version']}: accuracy {_num(v['accuracy'])}, "
-                f"ECE {_num(v['calibration']['ece'])}"
-                + (
-                    f", hardest class '{worst[0]['name']}' at {worst[0]['accuracy']:.3f}"
-                    if worst
-                    else ""
-                )
+                f"version {v.version}: accuracy {_num(v.accuracy)}, "
+                f"ECE {_num(v.calibration.ece)}"
+                + (f", hardest class '{worst[0].name}' at {worst[0].accuracy:.3f}" if worst else "")
             )
-        for d in result["drift"]["versions"]:
-            if "note" in d:
-                console.print(f"version {d['version']}: {d['note']}")
+        for d in result.drift.versions:
+            inputs, preds = d.inputs, d.predictions
+            if inputs is None or preds is None:
+                console.print(f"version {d.version}: {d.note}")
                 continue
-            inputs, preds = d["inputs"], d["predictions"]
-            verdict = "[bold red]DRIFT[/]" if d["drift"] else "[green]stable[/]"
-            console.print(f"version {d['version']} drift: {verdict}")
-            if inputs["judged"]:
-                top = sorted(inputs["features"], key=lambda f: -f["psi"])[:5]
+            verdict = "[bold red]DRIFT[/]" if d.drift else "[green]stable[/]"
+            console.print(f"version {d.version} drift: {verdict}")
+            if inputs.judged:
+                top = sorted(inputs.features, key=lambda f: -f.psi)[:5]
                 console.print(
-                    f"  inputs ({inputs['samples']} samples): moved "
-                    f"{', '.join(inputs['drifted']) or 'none'}; largest PSI "
-                    + ", ".join(f"{f['name']} {f['psi']:.3f}" for f in top)
+                    f"  inputs ({inputs.samples} samples): moved "
+                    f"{', '.join(inputs.drifted) or 'none'}; largest PSI "
+                    + ", ".join(f"{f.name} {f.psi:.3f}" for f in top)
                 )
             else:
-                console.print(f"  inputs: {inputs['note']}")
-            if preds["judged"]:
+                console.print(f"  inputs: {inputs.note}")
+            if preds.judged and preds.confidence is not None:
                 console.print(
-                    f"  predictions: class mix PSI {preds['psi']:.3f}, moved "
-                    f"{', '.join(preds['moved_classes']) or 'none'}; confidence PSI "
-                    f"{preds['confidence']['psi']:.3f}, mean "
-                    f"{_num(preds['confidence']['current_mean'], 3)} vs "
-                    f"{_num(preds['confidence']['reference_mean'], 3)} at training"
+                    f"  predictions: class mix PSI {_num(preds.psi, 3)}, moved "
+                    f"{', '.join(preds.moved_classes) or 'none'}; confidence PSI "
+                    f"{preds.confidence.psi:.3f}, mean "
+                    f"{_num(preds.confidence.current_mean, 3)} vs "
+                    f"{_num(preds.confidence.reference_mean, 3)} at training"
                 )
             else:
-                console.print(f"  predictions: {preds['note']}")
+                console.print(f"  predictions: {preds.note}")
         for line in skipped_lines(result):
             console.print(line, highlight=False)
 
-    emit(result, as_json, render)
+    emit(payload, as_json, render)
 
 
-def skipped_lines(result: dict[str, Any]) -> list[str]:
+def skipped_lines(result: Evaluation) -> list[str]:
     """What a person should know was left out: rows that could not be used, unreadable
     files (each is also warned about, by name, on stderr)."""
-    rows = result.get("skipped_rows", {})
+    rows = result.skipped_rows
     what = [
-        (rows.get("labels_out_of_range", 0), "label(s) outside the model's classes"),
-        (rows.get("predictions_out_of_range", 0), "prediction(s) outside the model's classes"),
+        (rows.labels_out_of_range, "label(s) outside the model's classes"),
+        (rows.predictions_out_of_range, "prediction(s) outside the model's classes"),
         (
-            rows.get("feedback_labels_invalid", 0),
+            rows.feedback_labels_invalid,
             "feedback label(s) that are no class index (negative or beyond any model's)",
         ),
-        (rows.get("predictions_for_drift", 0), "prediction(s) left out of prediction drift"),
+        (rows.predictions_for_drift, "prediction(s) left out of prediction drift"),
     ]
     notes = [f"{n} {text}" for n, text in what if n]
-    inputs = rows.get("inputs") or {}
+    inputs = rows.inputs
     if inputs:
         notes.append(
             f"{sum(inputs.values())} logged input(s) unusable for drift ("
@@ -137,7 +137,7 @@ def skipped_lines(result: dict[str, Any]) -> list[str]:
             + ")"
         )
     lines = [f"skipped: {'; '.join(notes)} (details in --json: skipped_rows)"] if notes else []
-    files = result.get("skipped_files") or {}
+    files = result.skipped_files
     if files:
         lines.append(
             f"skipped {len(files)} unreadable or damaged file(s): "

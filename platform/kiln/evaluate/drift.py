@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,6 +50,132 @@ class DriftThresholds:
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One input feature against its reference: PSI, KS, and whether it counts as moved."""
+
+    name: str
+    psi: float
+    ks_statistic: float
+    ks_pvalue: float
+    reference_mean: float
+    current_mean: float | None
+    """None when there are no current values."""
+    drift: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class InputDrift:
+    """Drift of a version's logged inputs, per reference feature."""
+
+    samples: int
+    judged: bool
+    """False when there were too few samples to judge (`note` says so); `features` is empty."""
+    features: list[FeatureDrift]
+    drifted: list[str]
+    """The names of the features that moved."""
+    note: str | None = None
+    incompatible_inputs: int = 0
+    """Logged inputs whose size is no whole number of the reference's samples."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Logged inputs left out, by reason (`kiln.traffic.validity`, `wrong_width`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        note = {} if self.note is None else {"note": self.note}
+        return {
+            "samples": self.samples,
+            "judged": self.judged,
+            **note,
+            "features": [f.to_dict() for f in self.features],
+            "drifted": self.drifted,
+            "incompatible_inputs": self.incompatible_inputs,
+            "skipped": self.skipped,
+        }
+
+
+@dataclass(frozen=True)
+class ClassShare:
+    """One class's share of the predictions, at training and now."""
+
+    index: int
+    name: str
+    reference: float
+    current: float
+    contribution: float
+    """Its term of the class-mix PSI."""
+    z: float
+    """The two-proportion z statistic of the change."""
+    moved: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.index,
+            "name": self.name,
+            "reference": self.reference,
+            "current": self.current,
+            "contribution": self.contribution,
+            "z": self.z,
+            "moved": self.moved,
+        }
+
+
+@dataclass(frozen=True)
+class ConfidenceDrift:
+    """The distribution of top-1 confidence against the reference: PSI and KS."""
+
+    samples: int
+    psi: float
+    ks_statistic: float
+    ks_pvalue: float
+    reference_mean: float
+    current_mean: float | None
+    drift: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PredictionDrift:
+    """Drift of a version's predictions: the class mix and the confidence."""
+
+    samples: int
+    judged: bool
+    """False when there were too few predictions to judge (`note` says so)."""
+    classes: list[ClassShare]
+    moved_classes: list[str]
+    note: str | None = None
+    psi: float | None = None
+    """The class-mix PSI (None when not judged)."""
+    drift: bool = False
+    """Whether the class mix moved (the confidence has its own flag)."""
+    confidence: ConfidenceDrift | None = None
+    skipped: int = 0
+    """Predictions left out because they are no class of the version."""
+
+    @property
+    def drifted(self) -> bool:
+        """The class mix or the confidence moved."""
+        return self.drift or (self.confidence is not None and self.confidence.drift)
+
+    def to_dict(self) -> dict[str, Any]:
+        head: dict[str, Any] = {"samples": self.samples, "judged": self.judged}
+        if not self.judged:
+            head["note"] = self.note
+        else:
+            head |= {"psi": self.psi, "drift": self.drift}
+        tail = {} if self.confidence is None else {"confidence": self.confidence.to_dict()}
+        return head | {
+            "classes": [c.to_dict() for c in self.classes],
+            "moved_classes": self.moved_classes,
+            **tail,
+            "skipped": self.skipped,
+        }
 
 
 def psi_terms(reference: npt.ArrayLike, current: npt.ArrayLike) -> Array:
@@ -116,22 +242,22 @@ def ks_against_quantiles(
 
 def feature_drift(
     name: str, values: Array, summary: dict[str, Any], reference_samples: int, t: DriftThresholds
-) -> dict[str, Any]:
+) -> FeatureDrift:
     """PSI and KS of one feature's current values against its reference summary."""
     terms = psi_terms(summary["fractions"], bin_fractions(values, summary["edges"]))
     psi = float(terms.sum())
     ks, p = ks_against_quantiles(values, summary["quantiles"], reference_samples)
     by_psi = psi > t.psi
     by_ks = p < t.ks_alpha and ks > t.ks_statistic
-    return {
-        "name": name,
-        "psi": psi,
-        "ks_statistic": ks,
-        "ks_pvalue": p,
-        "reference_mean": summary["mean"],
-        "current_mean": float(np.mean(values)) if values.size else None,
-        "drift": bool(by_psi or by_ks),
-    }
+    return FeatureDrift(
+        name=name,
+        psi=psi,
+        ks_statistic=ks,
+        ks_pvalue=p,
+        reference_mean=summary["mean"],
+        current_mean=float(np.mean(values)) if values.size else None,
+        drift=bool(by_psi or by_ks),
+    )
 
 
 def samples_from_inputs(
@@ -159,29 +285,26 @@ def samples_from_inputs(
     return values.reshape(-1, *shape), misfit
 
 
-def input_drift(x: Array, profile: dict[str, Any], t: DriftThresholds) -> dict[str, Any]:
+def input_drift(x: Array, profile: dict[str, Any], t: DriftThresholds) -> InputDrift:
     """Drift of current inputs `x` (samples, *input_shape) per reference feature."""
     if len(x) < t.min_samples:
-        return {
-            "samples": len(x),
-            "judged": False,
-            "note": f"{len(x)} logged input sample(s), fewer than the {t.min_samples} needed "
+        return InputDrift(
+            samples=len(x),
+            judged=False,
+            features=[],
+            drifted=[],
+            note=f"{len(x)} logged input sample(s), fewer than the {t.min_samples} needed "
             "(log more inputs: KILN_TRAFFIC_INPUT_SAMPLE_RATE, or widen --since)",
-            "features": [],
-            "drifted": [],
-        }
+        )
     names, matrix = features(x, profile)
     summaries = profile["features"]
     rows = [
         feature_drift(name, matrix[:, i], summaries[name], int(profile["samples"]), t)
         for i, name in enumerate(names)
     ]
-    return {
-        "samples": len(x),
-        "judged": True,
-        "features": rows,
-        "drifted": [r["name"] for r in rows if r["drift"]],
-    }
+    return InputDrift(
+        samples=len(x), judged=True, features=rows, drifted=[r.name for r in rows if r.drift]
+    )
 
 
 def prediction_drift(
@@ -190,20 +313,20 @@ def prediction_drift(
     profile: dict[str, Any],
     class_names: Sequence[str],
     t: DriftThresholds,
-) -> dict[str, Any]:
+) -> PredictionDrift:
     """Drift of the predicted-class shares and of the confidence, against the reference.
 
     `class_counts` counts every answered request per predicted class; `confidences` may be a
     sample of them (the KS test and the confidence histogram use it)."""
     total = int(sum(class_counts))
     if total < t.min_samples:
-        return {
-            "samples": total,
-            "judged": False,
-            "note": f"{total} prediction(s), fewer than the {t.min_samples} needed",
-            "classes": [],
-            "moved_classes": [],
-        }
+        return PredictionDrift(
+            samples=total,
+            judged=False,
+            classes=[],
+            moved_classes=[],
+            note=f"{total} prediction(s), fewer than the {t.min_samples} needed",
+        )
     ref = list(profile["class_fractions"])
     k = max(len(ref), len(class_counts))
     ref += [0.0] * (k - len(ref))
@@ -217,15 +340,15 @@ def prediction_drift(
     z = np.abs(current - np.asarray(ref)) / np.where(spread > 0, spread, np.inf)
     names = [class_names[i] if i < len(class_names) else str(i) for i in range(k)]
     classes = [
-        {
-            "class": i,
-            "name": names[i],
-            "reference": ref[i],
-            "current": float(current[i]),
-            "contribution": float(terms[i]),
-            "z": float(z[i]),
-            "moved": bool(terms[i] > t.class_contribution and z[i] > t.class_z),
-        }
+        ClassShare(
+            index=i,
+            name=names[i],
+            reference=ref[i],
+            current=float(current[i]),
+            contribution=float(terms[i]),
+            z=float(z[i]),
+            moved=bool(terms[i] > t.class_contribution and z[i] > t.class_z),
+        )
         for i in range(k)
     ]
     psi = float(terms.sum())
@@ -233,21 +356,21 @@ def prediction_drift(
     conf_terms = psi_terms(conf["fractions"], bin_fractions(confidences, conf["edges"]))
     ks, p = ks_against_quantiles(confidences, conf["quantiles"], n_ref)
     conf_psi = float(conf_terms.sum())
-    confidence = {
-        "samples": len(confidences),
-        "psi": conf_psi,
-        "ks_statistic": ks,
-        "ks_pvalue": p,
-        "reference_mean": conf["mean"],
-        "current_mean": float(np.mean(confidences)) if len(confidences) else None,
-        "drift": bool(conf_psi > t.psi or (p < t.ks_alpha and ks > t.ks_statistic)),
-    }
-    return {
-        "samples": total,
-        "judged": True,
-        "psi": psi,
-        "drift": bool(psi > t.psi),
-        "classes": classes,
-        "moved_classes": [c["name"] for c in classes if c["moved"]],
-        "confidence": confidence,
-    }
+    confidence = ConfidenceDrift(
+        samples=len(confidences),
+        psi=conf_psi,
+        ks_statistic=ks,
+        ks_pvalue=p,
+        reference_mean=conf["mean"],
+        current_mean=float(np.mean(confidences)) if len(confidences) else None,
+        drift=bool(conf_psi > t.psi or (p < t.ks_alpha and ks > t.ks_statistic)),
+    )
+    return PredictionDrift(
+        samples=total,
+        judged=True,
+        classes=classes,
+        moved_classes=[c.name for c in classes if c.moved],
+        psi=psi,
+        drift=bool(psi > t.psi),
+        confidence=confidence,
+    )

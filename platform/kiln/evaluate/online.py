@@ -13,8 +13,9 @@ prediction shares count every answered request.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,25 @@ import polars as pl
 
 from kiln.evaluate.drift import (
     DriftThresholds,
+    PredictionDrift,
     input_drift,
     prediction_drift,
     samples_from_inputs,
+)
+from kiln.evaluate.results import (
+    AccuracyPoint,
+    Calibration,
+    CalibrationBin,
+    ClassAccuracy,
+    Confusion,
+    DriftReport,
+    Evaluation,
+    FeedbackMatch,
+    GroupAccuracy,
+    OutOfRange,
+    SkippedRows,
+    VersionDrift,
+    VersionMetrics,
 )
 from kiln.traffic import (
     STATUS_OK,
@@ -68,7 +85,7 @@ class VersionInfo:
 
 def expected_calibration_error(
     confidence: np.ndarray[Any, Any], correct: np.ndarray[Any, Any], bins: int = ECE_BINS
-) -> tuple[float, list[dict[str, Any]]]:
+) -> Calibration:
     """ECE over `bins` equal-width confidence bins (lo, hi], and the bins themselves."""
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece, rows = 0.0, []
@@ -81,16 +98,8 @@ def expected_calibration_error(
         acc = float(correct[inside].mean())
         conf = float(confidence[inside].mean())
         ece += count / n * abs(acc - conf)
-        rows.append(
-            {
-                "low": float(lo),
-                "high": float(hi),
-                "count": count,
-                "accuracy": acc,
-                "confidence": conf,
-            }
-        )
-    return float(ece), rows
+        rows.append(CalibrationBin(float(lo), float(hi), count, acc, conf))
+    return Calibration(float(ece), rows)
 
 
 def _every(frame: pl.LazyFrame, rows: int, limit: int) -> pl.LazyFrame:
@@ -108,8 +117,8 @@ def evaluate_traffic(
     thresholds: DriftThresholds | None = None,
     sample_size: int = SAMPLE_SIZE,
     points: int = 24,
-) -> dict[str, Any]:
-    """The online evaluation of `model` over `window`, as a JSON-ready dict.
+) -> Evaluation:
+    """The online evaluation of `model` over `window` (`Evaluation.to_dict()` for JSON).
 
     `versions` gives class names and reference profiles; versions missing from it are
     evaluated without drift (noted in the result), their classes taken from the width of
@@ -126,51 +135,48 @@ def evaluate_traffic(
     counts, hits, unmatched, invalid_feedback = run_query(
         lambda: _join(traffic, feedback, model, known), traffic, feedback
     )
-    labelled, skipped = _checked(hits, versions)
-    skipped["feedback_labels_invalid"] = invalid_feedback
+    labelled, out_of_range = _checked(hits, versions)
     stats = traffic_stats(home, model, window, points=points)
     requests = int(counts["requests"].sum()) if counts.height else 0
     answered = int(counts["answered"].sum()) if counts.height else 0
     drift = run_query(lambda: _drift(traffic, counts, versions, t, sample_size), traffic)
-    skipped["inputs"] = _sum_counts(
-        d.get("inputs", {}).get("skipped", {}) for d in drift["versions"]
+    judged = [d for d in drift.versions if d.inputs is not None and d.predictions is not None]
+    skipped = SkippedRows(
+        labels_out_of_range=out_of_range[0],
+        predictions_out_of_range=out_of_range[1],
+        out_of_range_examples=out_of_range[2],
+        feedback_labels_invalid=invalid_feedback,
+        inputs=_sum_counts(d.inputs.skipped for d in judged if d.inputs is not None),
+        predictions_for_drift=sum(d.predictions.skipped for d in judged if d.predictions),
     )
-    skipped["predictions_for_drift"] = sum(
-        d.get("predictions", {}).get("skipped", 0) for d in drift["versions"]
-    )
-    skipped_files = {**traffic.skipped, **feedback.skipped}
-    return {
-        "model": model,
-        "since": window.since,
-        "until": window.until,
-        "requests": requests,
-        "answered": answered,
-        "labelled": labelled.height,
-        "label_coverage": labelled.height / answered if answered else None,
-        "feedback": {
-            "unmatched": unmatched.height,
-            "unmatched_examples": unmatched["request_id"].sort().head(EXAMPLES).to_list(),
-        },
-        "accuracy": _accuracy_by_group(counts, labelled),
-        "versions": [
+    return Evaluation(
+        model=model,
+        since=window.since,
+        until=window.until,
+        requests=requests,
+        answered=answered,
+        labelled=labelled.height,
+        feedback=FeedbackMatch(
+            unmatched.height, unmatched["request_id"].sort().head(EXAMPLES).to_list()
+        ),
+        accuracy=_accuracy_by_group(counts, labelled),
+        versions=[
             _version_metrics(v, labelled.filter(pl.col("version") == v), versions.get(v))
             for v in sorted(labelled["version"].unique().drop_nulls().to_list())
         ],
-        "bucket": bucket.every,
-        "accuracy_over_time": _over_time(labelled, bucket),
-        "latency": stats["by_version_route"],
-        "latency_over_time": stats["over_time"],
-        "drift": drift,
-        "drift_detected": any(v["drift"] for v in drift["versions"]),
-        "skipped_rows": skipped,
-        "files": len(traffic.files),
-        "skipped_files": skipped_files,
-        "skipped_file_count": len(skipped_files),
-        "files_without_checksums": len(traffic.unverified) + len(feedback.unverified),
-    }
+        bucket=bucket.every,
+        accuracy_over_time=_over_time(labelled, bucket),
+        latency=stats["by_version_route"],
+        latency_over_time=stats["over_time"],
+        drift=drift,
+        skipped_rows=skipped,
+        files=len(traffic.files),
+        skipped_files={**traffic.skipped, **feedback.skipped},
+        files_without_checksums=len(traffic.unverified) + len(feedback.unverified),
+    )
 
 
-def _sum_counts(counts: Any) -> dict[str, int]:
+def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
     total: dict[str, int] = {}
     for one in counts:
         for key, n in one.items():
@@ -224,10 +230,10 @@ def _join(
 
 def _checked(
     labelled: pl.DataFrame, versions: Mapping[int, VersionInfo]
-) -> tuple[pl.DataFrame, dict[str, Any]]:
+) -> tuple[pl.DataFrame, tuple[int, int, list[OutOfRange]]]:
     """The labelled rows whose label and prediction are classes of the version that answered
     (as the registry knows them, else as wide as its logged output), with a `classes`
-    column; and what was left out."""
+    column; and what was left out (bad labels, bad predictions, the first few of them)."""
     known = pl.DataFrame(
         {
             "version": [v for v, info in versions.items() if info.classes],
@@ -245,21 +251,18 @@ def _checked(
     bad_labels = rows.filter(~pl.col("label_ok"))
     bad_predictions = rows.filter(pl.col("label_ok") & ~pl.col("prediction_ok"))
     kept = rows.filter(pl.col("label_ok") & pl.col("prediction_ok"))
-    skipped: dict[str, Any] = {
-        "labels_out_of_range": bad_labels.height,
-        "predictions_out_of_range": bad_predictions.height,
-        "out_of_range_examples": [
-            {k: r[k] for k in ("request_id", "version", "label", "prediction", "classes")}
-            for r in pl.concat([bad_labels, bad_predictions])
-            .sort("request_id")
-            .head(EXAMPLES)
-            .iter_rows(named=True)
-        ],
-    }
-    return kept.drop("known_classes", "outputs", "label_ok", "prediction_ok"), skipped
+    examples = [
+        OutOfRange(**{k: r[k] for k in ("request_id", "version", "label", "prediction", "classes")})
+        for r in pl.concat([bad_labels, bad_predictions])
+        .sort("request_id")
+        .head(EXAMPLES)
+        .iter_rows(named=True)
+    ]
+    kept = kept.drop("known_classes", "outputs", "label_ok", "prediction_ok")
+    return kept, (bad_labels.height, bad_predictions.height, examples)
 
 
-def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[dict[str, Any]]:
+def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[GroupAccuracy]:
     scored = labelled.group_by("version", "route").agg(
         pl.len().alias("labelled"),
         (pl.col("prediction") == pl.col("label")).sum().alias("correct"),
@@ -271,21 +274,21 @@ def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[dic
     for r in rows.iter_rows(named=True):
         n = r["labelled"] or 0
         out.append(
-            {
-                "version": r["version"],
-                "route": r["route"],
-                "requests": r["requests"],
-                "answered": r["answered"],
-                "labelled": n,
-                "correct": r["correct"] or 0,
-                "accuracy": (r["correct"] / n) if n else None,
-                "label_coverage": n / r["answered"] if r["answered"] else None,
-            }
+            GroupAccuracy(
+                version=r["version"],
+                route=r["route"],
+                requests=r["requests"],
+                answered=r["answered"],
+                labelled=n,
+                correct=r["correct"] or 0,
+                accuracy=(r["correct"] / n) if n else None,
+                label_coverage=n / r["answered"] if r["answered"] else None,
+            )
         )
     return out
 
 
-def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None) -> dict[str, Any]:
+def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None) -> VersionMetrics:
     """Accuracy, per-class accuracy, confusion and calibration of `rows` (checked: every
     label and prediction is below its row's `classes`)."""
     pred = rows["prediction"].to_numpy().astype(np.int64)
@@ -295,14 +298,14 @@ def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None)
     known = info.classes if info else None
     k = known or int(rows["classes"].max() or 0)  # type: ignore[arg-type]
     correct = pred == label
-    ece, bins = expected_calibration_error(conf, correct)
+    calibration = expected_calibration_error(conf, correct)
     names: list[str]
     if k <= MAX_DENSE_CLASSES:
         matrix = np.bincount(label * k + pred, minlength=k * k).reshape(k, k)
         listed = np.arange(k)
         support, hits = matrix.sum(axis=1), np.diagonal(matrix)
         names = [given[i] if i < len(given) else str(i) for i in range(k)]
-        confusion: dict[str, Any] = {"classes": names, "matrix": matrix.tolist()}
+        confusion = Confusion(classes=names, matrix=matrix.tolist())
     else:
         # Too many classes to list them all: those that occur (bounded by the rows, whatever
         # the model's width), and the confusion matrix's non-zero cells.
@@ -315,34 +318,29 @@ def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None)
         same = pairs[0] == pairs[1]
         np.add.at(hits, position[same], cell_counts[same])
         names = [given[i] if i < len(given) else str(i) for i in listed.tolist()]
-        confusion = {
-            "classes": None,
-            "matrix": None,
-            "cells": [
+        confusion = Confusion(
+            classes=None,
+            matrix=None,
+            cells=[
                 [int(a), int(b), int(n)] for (a, b), n in zip(pairs.T, cell_counts, strict=True)
             ],
-            "note": f"{k} classes: only the non-zero cells [truth, prediction, count]",
-        }
-    return {
-        "version": version,
-        "labelled": len(rows),
-        "accuracy": float(correct.mean()) if len(rows) else None,
-        "classes": k,
-        "per_class": [
-            {
-                "class": int(c),
-                "name": name,
-                "labelled": int(n),
-                "accuracy": float(h / n) if n else None,
-            }
+            note=f"{k} classes: only the non-zero cells [truth, prediction, count]",
+        )
+    return VersionMetrics(
+        version=version,
+        labelled=len(rows),
+        accuracy=float(correct.mean()) if len(rows) else None,
+        classes=k,
+        per_class=[
+            ClassAccuracy(int(c), name, int(n), float(h / n) if n else None)
             for c, name, n, h in zip(listed.tolist(), names, support, hits, strict=True)
         ],
-        "confusion": confusion,
-        "calibration": {"ece": ece, "bins": bins},
-    }
+        confusion=confusion,
+        calibration=calibration,
+    )
 
 
-def _over_time(labelled: pl.DataFrame, bucket: Bucket) -> list[dict[str, Any]]:
+def _over_time(labelled: pl.DataFrame, bucket: Bucket) -> list[AccuracyPoint]:
     series = (
         labelled.group_by(pl.col("timestamp").dt.truncate(bucket.every).alias("start"), "version")
         .agg(
@@ -351,7 +349,7 @@ def _over_time(labelled: pl.DataFrame, bucket: Bucket) -> list[dict[str, Any]]:
         )
         .sort("start", "version")
     )
-    return list(series.iter_rows(named=True))
+    return [AccuracyPoint(**row) for row in series.iter_rows(named=True)]
 
 
 def _drift(
@@ -360,7 +358,7 @@ def _drift(
     versions: Mapping[int, VersionInfo],
     t: DriftThresholds,
     sample_size: int,
-) -> dict[str, Any]:
+) -> DriftReport:
     served = sorted(counts["version"].drop_nulls().unique().to_list())
     base = traffic.frame
     predicted = base.filter(pl.col("prediction").is_not_null())  # answered, one sample
@@ -388,13 +386,12 @@ def _drift(
     for v in served:
         info = versions.get(v)
         reference = info.reference if info else {}
-        entry: dict[str, Any] = {"version": v, "drift": False}
         if not reference.get("inputs") or not reference.get("predictions"):
-            entry["note"] = (
+            note = (
                 f"version {v} has no reference profile (it was not trained by this Kiln, or "
                 "is not in the registry): drift not measured"
             )
-            results.append(entry)
+            results.append(VersionDrift(v, drift=False, note=note))
             continue
         mine = input_df.filter(pl.col("version") == v)
         problems = mine.filter(pl.col("problem").is_not_null())["problem"].value_counts()
@@ -404,20 +401,15 @@ def _drift(
             usable.list.len().to_numpy(),
             reference["inputs"]["input_shape"],
         )
-        entry["inputs"] = input_drift(x, reference["inputs"], t)
-        entry["inputs"]["incompatible_inputs"] = misfit
-        entry["inputs"]["skipped"] = {
-            **dict(problems.iter_rows()),
-            **({"wrong_width": misfit} if misfit else {}),
-        }
-        entry["predictions"] = _prediction_drift(class_df, conf_df, v, info, reference, t)
-        entry["drift"] = bool(
-            entry["inputs"]["drifted"]
-            or entry["predictions"].get("drift")
-            or entry["predictions"].get("confidence", {}).get("drift")
+        measured = dataclasses.replace(
+            input_drift(x, reference["inputs"], t),
+            incompatible_inputs=misfit,
+            skipped={**dict(problems.iter_rows()), **({"wrong_width": misfit} if misfit else {})},
         )
-        results.append(entry)
-    return {"thresholds": t.as_dict(), "sample_size": sample_size, "versions": results}
+        predictions = _prediction_drift(class_df, conf_df, v, info, reference, t)
+        drifted = bool(measured.drifted or predictions.drifted)
+        results.append(VersionDrift(v, drifted, inputs=measured, predictions=predictions))
+    return DriftReport(t, sample_size, results)
 
 
 def _prediction_drift(
@@ -427,7 +419,7 @@ def _prediction_drift(
     info: VersionInfo | None,
     reference: dict[str, Any],
     t: DriftThresholds,
-) -> dict[str, Any]:
+) -> PredictionDrift:
     """Prediction drift of `version`, counting only predictions that are its classes (the
     registry's count, else the reference's): a class index from a damaged row sizes nothing."""
     classes = (info.classes if info else None) or len(reference["predictions"]["class_fractions"])
@@ -443,5 +435,4 @@ def _prediction_drift(
         info.class_names if info else [],
         t,
     )
-    result["skipped"] = int(mine.filter(~ok)["n"].sum())
-    return result
+    return dataclasses.replace(result, skipped=int(mine.filter(~ok)["n"].sum()))

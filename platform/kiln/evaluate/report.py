@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import Unavailable
+from kiln.evaluate.results import AccuracyPoint, Confusion, Evaluation, SkippedRows, VersionDrift
 
 
 def _pyplot() -> Any:
@@ -29,7 +30,7 @@ def _pyplot() -> Any:
     return plt
 
 
-def _png(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
+def png(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(width, height), dpi=100)
     try:
@@ -54,7 +55,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | None = None) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | None = None) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = []
     for row in rows:
@@ -64,7 +65,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | No
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _img(b64: str, alt: str) -> str:
+def image(b64: str, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
@@ -79,50 +80,59 @@ def _by_version(
     return series
 
 
-def _time_axis(ax: Any, report: Mapping[str, Any]) -> None:
+def _accuracy_series(points: Sequence[AccuracyPoint]) -> dict[Any, tuple[list[Any], list[Any]]]:
+    series: dict[Any, tuple[list[Any], list[Any]]] = {}
+    for p in points:
+        xs, ys = series.setdefault(p.version, ([], []))
+        xs.append(p.start)
+        ys.append(p.accuracy)
+    return series
+
+
+def _time_axis(ax: Any, report: Evaluation) -> None:
     """The window on the x axis, labelled in UTC (a lone point would get a year-wide axis)."""
     mdates: Any = importlib.import_module("matplotlib.dates")  # untyped library
-    ax.set_xlim(report["since"], report["until"])
+    ax.set_xlim(report.since, report.until)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
     ax.tick_params(axis="x", labelrotation=20)
     ax.set_xlabel("UTC")
 
 
-def _accuracy_plot(report: Mapping[str, Any]) -> str:
+def _accuracy_plot(report: Evaluation) -> str:
     def draw(ax: Any) -> None:
-        for version, (xs, ys) in _by_version(report["accuracy_over_time"], "accuracy").items():
+        for version, (xs, ys) in _accuracy_series(report.accuracy_over_time).items():
             ax.plot(xs, ys, marker="o", label=f"version {version}")
         _time_axis(ax, report)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy (labelled)")
-        ax.set_title(f"accuracy per {report['bucket']}")
+        ax.set_title(f"accuracy per {report.bucket}")
         ax.grid(alpha=0.3)
-        if report["accuracy_over_time"]:
+        if report.accuracy_over_time:
             ax.legend()
 
-    return _png(draw)
+    return png(draw)
 
 
-def _drift_plot(version: Mapping[str, Any], threshold: float) -> str:
-    features = version["inputs"]["features"]
+def _drift_plot(version: VersionDrift, threshold: float) -> str:
+    features = version.inputs.features if version.inputs else []
 
     def draw(ax: Any) -> None:
-        names = [f["name"] for f in features]
-        values = [f["psi"] for f in features]
-        colors = ["#c0392b" if f["drift"] else "#2c7fb8" for f in features]
+        names = [f.name for f in features]
+        values = [f.psi for f in features]
+        colors = ["#c0392b" if f.drift else "#2c7fb8" for f in features]
         ax.barh(names, values, color=colors)
         ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"threshold {threshold}")
         ax.invert_yaxis()
         ax.set_xlabel("PSI vs reference")
-        ax.set_title(f"input drift per feature, version {version['version']}")
+        ax.set_title(f"input drift per feature, version {version.version}")
         ax.legend(loc="lower right")
 
-    return _png(draw, height=max(3.0, 0.22 * len(features) + 1.0))
+    return png(draw, height=max(3.0, 0.22 * len(features) + 1.0))
 
 
-def _latency_plot(report: Mapping[str, Any]) -> str:
+def _latency_plot(report: Evaluation) -> str:
     def draw(ax: Any) -> None:
-        points = report["latency_over_time"]
+        points = report.latency_over_time
         for key, style in (("latency_p50_us", "-"), ("latency_p99_us", "--")):
             for version, (xs, ys) in _by_version(points, key).items():
                 if version is None:
@@ -131,12 +141,12 @@ def _latency_plot(report: Mapping[str, Any]) -> str:
                 ax.plot(xs, ms, style, marker=".", label=f"v{version} {key[8:11]}")
         _time_axis(ax, report)
         ax.set_ylabel("latency (ms)")
-        ax.set_title(f"latency per {report['bucket']} (answered requests)")
+        ax.set_title(f"latency per {report.bucket} (answered requests)")
         ax.grid(alpha=0.3)
         if points:
             ax.legend()
 
-    return _png(draw)
+    return png(draw)
 
 
 _CSS = """
@@ -147,120 +157,56 @@ text-align:right}th{background:#f3f3f3}tr.flag td{background:#fbe3e0}
 """
 
 
-def render_html(report: Mapping[str, Any]) -> str:
+def render_html(report: Evaluation) -> str:
     """The page for an `evaluate_traffic` result."""
-    title = f"Kiln evaluation: {report['model']}"
-    threshold = report["drift"]["thresholds"]["psi"]
+    title = f"Kiln evaluation: {report.model}"
     verdict = (
         '<span class="drift">drift detected</span>'
-        if report["drift_detected"]
+        if report.drift_detected
         else '<span class="ok">no drift detected</span>'
     )
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{_fmt(report['since'])} to {_fmt(report['until'])} UTC: {report['requests']} "
-        f"requests, {report['answered']} answered, {report['labelled']} labelled "
-        f"(coverage {_fmt(report['label_coverage'], 3)}); "
-        f"{report['feedback']['unmatched']} unmatched feedback label(s); {verdict}.</p>",
+        f"<p>{_fmt(report.since)} to {_fmt(report.until)} UTC: {report.requests} "
+        f"requests, {report.answered} answered, {report.labelled} labelled "
+        f"(coverage {_fmt(report.label_coverage, 3)}); "
+        f"{report.feedback.unmatched} unmatched feedback label(s); {verdict}.</p>",
         "<h2>Accuracy by version and route</h2>",
-        _table(
+        table(
             ["version", "route", "requests", "answered", "labelled", "accuracy", "coverage"],
             [
                 [
-                    a["version"],
-                    a["route"],
-                    a["requests"],
-                    a["answered"],
-                    a["labelled"],
-                    a["accuracy"],
-                    a["label_coverage"],
+                    a.version,
+                    a.route,
+                    a.requests,
+                    a.answered,
+                    a.labelled,
+                    a.accuracy,
+                    a.label_coverage,
                 ]
-                for a in report["accuracy"]
+                for a in report.accuracy
             ],
         ),
-        _img(_accuracy_plot(report), "accuracy over time"),
+        image(_accuracy_plot(report), "accuracy over time"),
     ]
-    for v in report["versions"]:
+    for v in report.versions:
         parts += [
-            f"<h2>Version {v['version']}: {v['labelled']} labelled, accuracy "
-            f"{_fmt(v['accuracy'])}, ECE {_fmt(v['calibration']['ece'])}</h2>",
+            f"<h2>Version {v.version}: {v.labelled} labelled, accuracy "
+            f"{_fmt(v.accuracy)}, ECE {_fmt(v.calibration.ece)}</h2>",
             "<h3>Per class</h3>",
-            _table(
+            table(
                 ["class", "name", "labelled", "accuracy"],
-                [[c["class"], c["name"], c["labelled"], c["accuracy"]] for c in v["per_class"]],
+                [[c.index, c.name, c.labelled, c.accuracy] for c in v.per_class],
             ),
-            *_confusion(v["confusion"]),
+            *_confusion(v.confusion),
         ]
+    threshold = report.drift.thresholds.psi
     parts.append(f"<h2>Drift (PSI threshold {threshold})</h2>")
-    for d in report["drift"]["versions"]:
-        parts.append(f"<h3>Version {d['version']}</h3>")
-        if "note" in d:
-            parts.append(f"<p>{html.escape(d['note'])}</p>")
-            continue
-        inputs, preds = d["inputs"], d["predictions"]
-        if inputs["judged"]:
-            moved = ", ".join(inputs["drifted"]) or "none"
-            parts += [
-                f"<p>{inputs['samples']} input samples; features that moved: "
-                f"<b>{html.escape(moved)}</b></p>",
-                _img(_drift_plot(d, threshold), "drift per feature"),
-                _table(
-                    [
-                        "feature",
-                        "PSI",
-                        "KS",
-                        "KS p-value",
-                        "reference mean",
-                        "current mean",
-                        "drift",
-                    ],
-                    [
-                        [
-                            f["name"],
-                            f["psi"],
-                            f["ks_statistic"],
-                            f["ks_pvalue"],
-                            f["reference_mean"],
-                            f["current_mean"],
-                            f["drift"],
-                        ]
-                        for f in inputs["features"]
-                    ],
-                    flag=6,
-                ),
-            ]
-        else:
-            parts.append(f"<p>Inputs: {html.escape(inputs['note'])}</p>")
-        if preds["judged"]:
-            conf = preds["confidence"]
-            parts += [
-                f"<p>Predicted classes: PSI {_fmt(preds['psi'])} "
-                f"({'drift' if preds['drift'] else 'stable'}); classes that moved: "
-                f"<b>{html.escape(', '.join(preds['moved_classes']) or 'none')}</b>. "
-                f"Confidence: PSI {_fmt(conf['psi'])}, KS {_fmt(conf['ks_statistic'])} "
-                f"(p {_fmt(conf['ks_pvalue'])}), mean {_fmt(conf['current_mean'])} vs "
-                f"{_fmt(conf['reference_mean'])} at training.</p>",
-                _table(
-                    ["class", "name", "reference share", "current share", "PSI term", "moved"],
-                    [
-                        [
-                            c["class"],
-                            c["name"],
-                            c["reference"],
-                            c["current"],
-                            c["contribution"],
-                            c["moved"],
-                        ]
-                        for c in preds["classes"]
-                    ],
-                    flag=5,
-                ),
-            ]
-        else:
-            parts.append(f"<p>Predictions: {html.escape(preds['note'])}</p>")
+    for d in report.drift.versions:
+        parts += _drift_section(d, threshold)
     parts += [
         "<h2>Latency</h2>",
-        _table(
+        table(
             ["version", "route", "requests", "errors", "p50 (µs)", "p95 (µs)", "p99 (µs)"],
             [
                 [
@@ -272,18 +218,23 @@ def render_html(report: Mapping[str, Any]) -> str:
                     r["latency_p95_us"],
                     r["latency_p99_us"],
                 ]
-                for r in report["latency"]
+                for r in report.latency
             ],
         ),
-        _img(_latency_plot(report), "latency over time"),
+        image(_latency_plot(report), "latency over time"),
     ]
-    skipped = _skipped_rows(report.get("skipped_rows") or {})
+    skipped = _skipped_rows(report.skipped_rows)
     if skipped:
         parts.append("<h2>Skipped rows</h2>")
-        parts.append(_table(["rows", "why"], skipped))
-    if report["skipped_files"]:
+        parts.append(table(["rows", "why"], skipped))
+    if report.skipped_files:
         parts.append("<h2>Skipped files</h2>")
-        parts.append(_table(["file", "why"], list(report["skipped_files"].items())))
+        parts.append(table(["file", "why"], list(report.skipped_files.items())))
+    return page(title, parts)
+
+
+def page(title: str, parts: Sequence[str]) -> str:
+    """A self-contained HTML page of `parts` (HTML fragments) in the report's style."""
     body = "\n".join(parts)
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -291,48 +242,106 @@ def render_html(report: Mapping[str, Any]) -> str:
     )
 
 
+def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
+    parts = [f"<h3>Version {d.version}</h3>"]
+    inputs, preds = d.inputs, d.predictions
+    if inputs is None or preds is None:
+        return [*parts, f"<p>{html.escape(d.note or '')}</p>"]
+    if inputs.judged:
+        moved = ", ".join(inputs.drifted) or "none"
+        parts += [
+            f"<p>{inputs.samples} input samples; features that moved: "
+            f"<b>{html.escape(moved)}</b></p>",
+            image(_drift_plot(d, threshold), "drift per feature"),
+            table(
+                ["feature", "PSI", "KS", "KS p-value", "reference mean", "current mean", "drift"],
+                [
+                    [
+                        f.name,
+                        f.psi,
+                        f.ks_statistic,
+                        f.ks_pvalue,
+                        f.reference_mean,
+                        f.current_mean,
+                        f.drift,
+                    ]
+                    for f in inputs.features
+                ],
+                flag=6,
+            ),
+        ]
+    else:
+        parts.append(f"<p>Inputs: {html.escape(inputs.note or '')}</p>")
+    if preds.judged and preds.confidence is not None:
+        conf = preds.confidence
+        parts += [
+            f"<p>Predicted classes: PSI {_fmt(preds.psi)} "
+            f"({'drift' if preds.drift else 'stable'}); classes that moved: "
+            f"<b>{html.escape(', '.join(preds.moved_classes) or 'none')}</b>. "
+            f"Confidence: PSI {_fmt(conf.psi)}, KS {_fmt(conf.ks_statistic)} "
+            f"(p {_fmt(conf.ks_pvalue)}), mean {_fmt(conf.current_mean)} vs "
+            f"{_fmt(conf.reference_mean)} at training.</p>",
+            table(
+                ["class", "name", "reference share", "current share", "PSI term", "moved"],
+                [
+                    [c.index, c.name, c.reference, c.current, c.contribution, c.moved]
+                    for c in preds.classes
+                ],
+                flag=5,
+            ),
+        ]
+    else:
+        parts.append(f"<p>Predictions: {html.escape(preds.note or '')}</p>")
+    return parts
+
+
 MAX_CELLS = 500
 """Non-zero confusion cells listed at most on the page (the JSON has them all)."""
 
 
-def _confusion(confusion: Mapping[str, Any]) -> list[str]:
-    if confusion.get("matrix") is not None:
-        classes = confusion["classes"]
+def _confusion(confusion: Confusion) -> list[str]:
+    if confusion.matrix is not None:
+        classes = confusion.classes or []
         return [
             "<h3>Confusion matrix (rows: truth, columns: prediction)</h3>",
-            _table(
+            table(
                 ["", *classes],
-                [[name, *row] for name, row in zip(classes, confusion["matrix"], strict=True)],
+                [[name, *row] for name, row in zip(classes, confusion.matrix, strict=True)],
             ),
         ]
-    cells = sorted(confusion.get("cells") or [], key=lambda c: -c[2])
+    cells = sorted(confusion.cells or [], key=lambda c: -c[2])
     return [
         f"<h3>Confusion: the {min(len(cells), MAX_CELLS)} largest non-zero cells of "
-        f"{len(cells)} ({html.escape(confusion.get('note', ''))})</h3>",
-        _table(["truth", "prediction", "count"], cells[:MAX_CELLS]),
+        f"{len(cells)} ({html.escape(confusion.note or '')})</h3>",
+        table(["truth", "prediction", "count"], cells[:MAX_CELLS]),
     ]
 
 
-def _skipped_rows(skipped: Mapping[str, Any]) -> list[list[Any]]:
+def _skipped_rows(skipped: SkippedRows) -> list[list[Any]]:
     """The skipped-row counts of a report as table rows (count, why), non-zero ones only."""
-    why = {
-        "labels_out_of_range": "label outside the version's classes",
-        "predictions_out_of_range": "prediction outside the version's classes",
-        "feedback_labels_invalid": "feedback label that is no class index",
-        "predictions_for_drift": "prediction left out of prediction drift",
-    }
-    rows: list[list[Any]] = [[skipped[k], text] for k, text in why.items() if skipped.get(k)]
+    why = [
+        (skipped.labels_out_of_range, "label outside the version's classes"),
+        (skipped.predictions_out_of_range, "prediction outside the version's classes"),
+        (skipped.feedback_labels_invalid, "feedback label that is no class index"),
+        (skipped.predictions_for_drift, "prediction left out of prediction drift"),
+    ]
+    rows: list[list[Any]] = [[n, text] for n, text in why if n]
     rows += [
         [n, f"logged input unusable for drift: {reason}"]
-        for reason, n in sorted((skipped.get("inputs") or {}).items())
+        for reason, n in sorted(skipped.inputs.items())
     ]
     return rows
 
 
-def write_report(report: Mapping[str, Any], path: Path) -> Path:
-    """Write `render_html(report)` to `path` (atomically) and return it."""
+def write_page(text: str, path: Path) -> Path:
+    """Write the page `text` to `path` atomically (a reader never sees half a page)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(render_html(report), encoding="utf-8")
+    temp.write_text(text, encoding="utf-8")
     temp.replace(path)
     return path
+
+
+def write_report(report: Evaluation, path: Path) -> Path:
+    """Write `render_html(report)` to `path` (atomically) and return it."""
+    return write_page(render_html(report), path)

@@ -269,12 +269,12 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
             window = Window(datetime.fromtimestamp(phases[1].started - 1, UTC), datetime.now(UTC))
             with kiln.registry.open(settings=settings) as registry:
                 report = evaluate_traffic(home, MODEL, window, version_infos(registry, MODEL))
-            drift = report["drift"]["versions"][0] if report["drift"]["versions"] else {}
-            moved = (drift.get("inputs") or {}).get("drifted", [])
-            figures["drift_detected"] = bool(report["drift_detected"])
+            drift = report.drift.versions[0] if report.drift.versions else None
+            moved = drift.inputs.drifted if drift and drift.inputs else []
+            figures["drift_detected"] = report.drift_detected
             figures["drifted_features"] = moved[:8]
             say(
-                f"   drift {'DETECTED' if report['drift_detected'] else 'not detected'} on the "
+                f"   drift {'DETECTED' if report.drift_detected else 'not detected'} on the "
                 f"shifted traffic; inputs that moved: {', '.join(moved[:6]) or 'none'}"
             )
             write_report(report, home / "reports" / "demo-before-retraining.html")

@@ -93,13 +93,11 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     except KilnError as exc:
         current.message = f"no evaluation yet: {exc.message}"
         return current
-    row = next((v for v in report["versions"] if v.get("version") == production.version), None)
-    current.accuracy = row.get("accuracy") if row else None
-    current.labelled = int(report["labelled"])
-    drift = next(
-        (d for d in report["drift"]["versions"] if d.get("version") == production.version), None
-    )
-    current.drift = bool(drift and drift.get("drift"))
+    metrics = report.metrics_of(production.version)
+    current.accuracy = metrics.accuracy if metrics else None
+    current.labelled = report.labelled
+    drift = report.drift.of(production.version)
+    current.drift = bool(drift and drift.drift)
     if current.accuracy is not None and current.accuracy < policy.min_accuracy:
         current.reasons.append(
             f"accuracy {current.accuracy:.3f} on labelled traffic < {policy.min_accuracy:g}"
@@ -114,7 +112,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     since = max(window.since, last) if last else window.since
     fresh = Window(since, window.until)
     try:
-        current.new_labels = int(evaluate_traffic(settings.home, name, fresh, {})["labelled"])
+        current.new_labels = evaluate_traffic(settings.home, name, fresh, {}).labelled
     except KilnError:
         current.new_labels = 0
     if current.new_labels < policy.min_labels:

@@ -1,0 +1,282 @@
+"""What `evaluate_traffic` returns: a model's online evaluation over a traffic window, typed.
+
+`Evaluation.to_dict()` is the JSON object `kiln evaluate --json` prints (datetimes left as
+such: the CLI's encoder writes them in ISO 8601); the HTML report and `kiln loop` read the
+typed values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from kiln.evaluate.drift import DriftThresholds, InputDrift, PredictionDrift
+
+
+@dataclass(frozen=True)
+class FeedbackMatch:
+    """Labels of the window that name no logged request of the model."""
+
+    unmatched: int
+    unmatched_examples: list[str]
+    """The first few of their request ids, sorted."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GroupAccuracy:
+    """Requests, labels and accuracy of one version on one route (primary, canary, shadow)."""
+
+    version: int | None
+    route: str | None
+    requests: int
+    answered: int
+    labelled: int
+    correct: int
+    accuracy: float | None
+    """None without labelled requests."""
+    label_coverage: float | None
+    """Labelled share of the answered requests; None when none was answered."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    index: int
+    name: str
+    labelled: int
+    accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "class": self.index,
+            "name": self.name,
+            "labelled": self.labelled,
+            "accuracy": self.accuracy,
+        }
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """The confusion matrix (rows: truth, columns: prediction), whole for up to
+    `online.MAX_DENSE_CLASSES` classes; beyond, only its non-zero cells."""
+
+    classes: list[str] | None
+    matrix: list[list[int]] | None
+    cells: list[list[int]] | None = None
+    """[truth, prediction, count] per non-zero cell, when the matrix is too large to list."""
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        sparse = {} if self.cells is None else {"cells": self.cells, "note": self.note}
+        return {"classes": self.classes, "matrix": self.matrix, **sparse}
+
+
+@dataclass(frozen=True)
+class CalibrationBin:
+    low: float
+    high: float
+    count: int
+    accuracy: float
+    confidence: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    ece: float
+    """Expected calibration error over equal-width confidence bins."""
+    bins: list[CalibrationBin]
+    """The bins that hold predictions."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ece": self.ece, "bins": [b.to_dict() for b in self.bins]}
+
+
+@dataclass(frozen=True)
+class VersionMetrics:
+    """One version on its labelled requests."""
+
+    version: int
+    labelled: int
+    accuracy: float | None
+    classes: int
+    per_class: list[ClassAccuracy]
+    confusion: Confusion
+    calibration: Calibration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "labelled": self.labelled,
+            "accuracy": self.accuracy,
+            "classes": self.classes,
+            "per_class": [c.to_dict() for c in self.per_class],
+            "confusion": self.confusion.to_dict(),
+            "calibration": self.calibration.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """Accuracy of one version's labelled requests in one time bucket."""
+
+    start: datetime
+    version: int | None
+    labelled: int
+    accuracy: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionDrift:
+    """Drift of one served version against its training reference; without a reference
+    (`note` says why) nothing is measured."""
+
+    version: int
+    drift: bool
+    note: str | None = None
+    inputs: InputDrift | None = None
+    predictions: PredictionDrift | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        head = {"version": self.version, "drift": self.drift}
+        if self.inputs is None or self.predictions is None:
+            return head | {"note": self.note}
+        return head | {"inputs": self.inputs.to_dict(), "predictions": self.predictions.to_dict()}
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    thresholds: DriftThresholds
+    sample_size: int
+    """Logged inputs examined per evaluation at most."""
+    versions: list[VersionDrift]
+
+    @property
+    def detected(self) -> bool:
+        return any(v.drift for v in self.versions)
+
+    def of(self, version: int) -> VersionDrift | None:
+        return next((d for d in self.versions if d.version == version), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": self.thresholds.as_dict(),
+            "sample_size": self.sample_size,
+            "versions": [v.to_dict() for v in self.versions],
+        }
+
+
+@dataclass(frozen=True)
+class OutOfRange:
+    """A labelled request left out: its label or prediction is no class of its version."""
+
+    request_id: str
+    version: int | None
+    label: int
+    prediction: int
+    classes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SkippedRows:
+    """Rows the evaluation could not use, counted by reason (never an error)."""
+
+    labels_out_of_range: int
+    predictions_out_of_range: int
+    out_of_range_examples: list[OutOfRange]
+    feedback_labels_invalid: int
+    """Feedback labels that are no class index at all (negative, beyond any model's)."""
+    inputs: dict[str, int]
+    """Logged inputs left out of input drift, by reason."""
+    predictions_for_drift: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "labels_out_of_range": self.labels_out_of_range,
+            "predictions_out_of_range": self.predictions_out_of_range,
+            "out_of_range_examples": [e.to_dict() for e in self.out_of_range_examples],
+            "feedback_labels_invalid": self.feedback_labels_invalid,
+            "inputs": self.inputs,
+            "predictions_for_drift": self.predictions_for_drift,
+        }
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The online evaluation of `model` over [since, until)."""
+
+    model: str
+    since: datetime
+    until: datetime
+    requests: int
+    answered: int
+    labelled: int
+    """Answered one-sample requests with a usable label."""
+    feedback: FeedbackMatch
+    accuracy: list[GroupAccuracy]
+    versions: list[VersionMetrics]
+    """Per version with labelled requests, in version order."""
+    bucket: str
+    """The width of a time bucket (a Polars duration, e.g. "5m")."""
+    accuracy_over_time: list[AccuracyPoint]
+    latency: list[Mapping[str, Any]]
+    """Per version and route (`kiln.traffic.traffic_stats`)."""
+    latency_over_time: list[Mapping[str, Any]]
+    drift: DriftReport
+    skipped_rows: SkippedRows
+    files: int
+    """Traffic part files read."""
+    skipped_files: dict[str, str]
+    """Damaged or foreign files left out, by path: why."""
+    files_without_checksums: int
+
+    @property
+    def label_coverage(self) -> float | None:
+        return self.labelled / self.answered if self.answered else None
+
+    @property
+    def drift_detected(self) -> bool:
+        return self.drift.detected
+
+    def metrics_of(self, version: int) -> VersionMetrics | None:
+        return next((v for v in self.versions if v.version == version), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "since": self.since,
+            "until": self.until,
+            "requests": self.requests,
+            "answered": self.answered,
+            "labelled": self.labelled,
+            "label_coverage": self.label_coverage,
+            "feedback": self.feedback.to_dict(),
+            "accuracy": [a.to_dict() for a in self.accuracy],
+            "versions": [v.to_dict() for v in self.versions],
+            "bucket": self.bucket,
+            "accuracy_over_time": [p.to_dict() for p in self.accuracy_over_time],
+            "latency": self.latency,
+            "latency_over_time": self.latency_over_time,
+            "drift": self.drift.to_dict(),
+            "drift_detected": self.drift_detected,
+            "skipped_rows": self.skipped_rows.to_dict(),
+            "files": self.files,
+            "skipped_files": self.skipped_files,
+            "skipped_file_count": len(self.skipped_files),
+            "files_without_checksums": self.files_without_checksums,
+        }
