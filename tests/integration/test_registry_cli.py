@@ -1,4 +1,4 @@
-"""`kiln models …`, `kiln promote`, `kiln rollback`, `kiln gc` through the real entry point."""
+"""`kiln models …`, `kiln promote` and `kiln rollback` through the real entry point."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def test_delete_export_import_and_gc(
     assert "kiln rollback digits --alias production" in message
     deleted = cli("models", "delete", "digits:3", "--json").json()
     assert deleted["deleted"]["version"] == 3
-    collected = cli("gc", "--json").json()
+    collected = cli("models", "gc", "--json").json()
     assert len(collected["removed_blobs"]) == 1 and collected["kept_blobs"] == 2
 
     bundle = tmp_path / "digits-1.tar.gz"
@@ -149,6 +149,12 @@ def test_delete_export_import_and_gc(
         (("models", "history", "digits", "--at", "yesterday"), ["not an ISO 8601 time"]),
         (("models", "history", "digits", "--at", "9999-12-31T23:59-14:00"), ["out of range"]),
         (("models", "history", "digits", "--at", "0001-01-01T00:00+14:00"), ["out of range"]),
+        (("models", "history", "digits@production"), ["takes a model name, not a reference"]),
+        (("rollback", "digits:2"), ["kiln rollback takes a model name, not a reference: digits"]),
+        (("rollout", "digits@candidate"), ["kiln rollout takes a model name, not a reference"]),
+        (("retrain", "digits:2"), ["kiln retrain takes a model name, not a reference"]),
+        (("loop", "digits:2", "--once"), ["kiln loop takes a model name, not a reference"]),
+        (("traffic", "stats", "digits:2"), ["takes a model name, not a reference"]),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(
@@ -173,3 +179,24 @@ def test_importing_foreign_or_truncated_files(
     assert "is not a Kiln bundle" in error_of(cli("models", "import", str(foreign)))
     assert "no bundle file" in error_of(cli("models", "import", str(tmp_path / "missing.tar")))
     assert cli("models", "list", "--json").json() == {"models": []}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("promote", "digits:9"),
+        ("promote", "digits:2", "--alias", "Prod!"),
+        ("promote", "digitz:2"),
+        ("compile", "digits:9"),
+        ("retrain", "digitz"),
+    ],
+    ids=" ".join,
+)
+def test_a_bad_reference_fails_before_any_progress(
+    cli: Any, seeded: Settings, args: tuple[str, ...]
+) -> None:
+    result = cli(*args)
+    message = error_of(result)
+    assert "digit" in message or "Prod!" in message
+    assert "·" not in result.stderr, result.stderr  # progress lines start with a dot
+    assert "running the evaluation gates" not in result.stderr and "compiling" not in result.stderr
