@@ -48,10 +48,6 @@ def model_of_dir(path: Path) -> str | None:
     return unquote(value) if sep and key == "model" else None
 
 
-def date_dir(parent: Path, day: date) -> Path:
-    return parent / f"date={day.isoformat()}"
-
-
 def date_of_dir(path: Path) -> date | None:
     key, sep, value = path.name.partition("=")
     if not sep or key != "date":
