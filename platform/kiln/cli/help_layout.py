@@ -11,7 +11,7 @@ the help text wrap. Flags show no type: they take no value.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, Final, Literal
 
 from rich.console import Console
 from rich.panel import Panel
@@ -28,7 +28,7 @@ SERVING = "Serving"
 TRAFFIC = "Traffic & evaluation"
 LOOP = "Loop"
 
-MARKUP = "markdown"
+MARKUP: Final[Literal["markdown"]] = "markdown"
 """Help text is Markdown: a docstring's hard-wrapped lines join into paragraphs, and text in
 square brackets stays text (Rich markup would swallow a `[fastest]`)."""
 
