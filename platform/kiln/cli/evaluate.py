@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.cli.models import model_name
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.cli.traffic import SinceOption
 from kiln.settings import Settings
@@ -23,7 +24,7 @@ def _num(value: Any, digits: int = 4) -> str:
 
 
 def evaluate(
-    name: Annotated[str, typer.Argument(help="Model name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Model name.")],
     since: Annotated[str, SinceOption] = "24h",
     report: Annotated[
         Path | None, typer.Option(help="Also write a self-contained HTML report here.")
@@ -42,6 +43,7 @@ def evaluate(
     from kiln.evaluate import DriftThresholds, evaluate_traffic, version_infos, write_report
     from kiln.traffic import Window
 
+    name = model_name(name, "kiln evaluate")
     settings = Settings()
     with kiln.registry.open(settings=settings) as registry:
         versions = version_infos(registry, name)

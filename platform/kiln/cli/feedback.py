@@ -19,7 +19,10 @@ app = typer.Typer(help="Ground-truth labels for served requests.", no_args_is_he
 @app.command("import")
 def import_command(
     file: Annotated[
-        Path, typer.Argument(help="CSV or Parquet with request_id and label (class index).")
+        Path,
+        typer.Argument(
+            metavar="FILE", help="CSV or Parquet with request_id and label (class index)."
+        ),
     ],
     model: Annotated[
         str | None,

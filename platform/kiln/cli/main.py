@@ -1,10 +1,11 @@
 """The `kiln` application: global options, sub-command registration and error reporting.
 
-Exit codes, one table (`EXIT_CODES`, by `kiln.errors.ErrorCode`):
+Exit codes, one table (`kiln.cli.output.EXIT_CODES`, by `kiln.errors.ErrorCode`):
 
 - 0: success.
 - 2: the user's mistake or the system's state, never Kiln's: a usage error (an unknown
-  command or option, a value of the wrong type: click's usage message), a bad setting
+  command or option, a value of the wrong type or outside an option's choices: click's usage
+  message), a bad setting
   (``KILN_*`` environment variable), or any `KilnError` except the internal ones; one
   paragraph that says what to do.
 - 1: a bug in Kiln (any other exception, or a `KilnError` with code INTERNAL).
