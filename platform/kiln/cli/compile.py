@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich import box
@@ -15,6 +15,9 @@ from rich.table import Table
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError, ParityFailed, Unavailable
 from kiln.settings import Settings
+
+if TYPE_CHECKING:  # kiln.compile imports torch: only commands that compile may pay for that
+    from kiln.compile import RegisteredCompile
 
 
 class Target(StrEnum):
@@ -43,93 +46,93 @@ def _pct(value: float | None) -> str:
     return "100%" if value == 1.0 else f"{value:.1%}"
 
 
-def parity_table(payload: dict[str, Any]) -> Table:
+def parity_table(outcome: RegisteredCompile) -> Table:
     """One row per engine: its status and how closely it matches the checkpoint."""
-    title = f"{payload['ref']} ({payload['precision']}): parity with the checkpoint"
+    title = f"{outcome.version.ref} ({outcome.report.precision}): parity with the checkpoint"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in ("artifact", "device", "status"):
         table.add_column(column, no_wrap=True)
     for column in ("Δ held-out", "top-1", "Δ random", "top-1"):
         table.add_column(column, justify="right", no_wrap=True)
-    for r in payload["results"]:
-        parity = r["parity"] or {}
-        held = (parity.get("held_out") or [{}])[0]
-        rand = (parity.get("random") or [{}])[0]
-        style = {"passed": "green", "failed": "red"}.get(r["status"], "yellow")
+    for r in outcome.report.results:
+        held = r.parity.held_out[0] if r.parity and r.parity.held_out else None
+        rand = r.parity.random[0] if r.parity and r.parity.random else None
+        style = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
         table.add_row(
-            r["kind"],
-            r["device"] or "-",
-            f"[{style}]{'registered' if r.get('artifact') else r['status']}[/]",
-            _diff(held.get("max_abs_diff")),
-            _pct(held.get("top1_agreement")),
-            _diff(rand.get("max_abs_diff")),
-            _pct(rand.get("top1_agreement")),
+            r.kind,
+            r.device or "-",
+            f"[{style}]{'registered' if outcome.artifact_of(r) else r.status}[/]",
+            _diff(held.max_abs_diff if held else None),
+            _pct(held.top1_agreement if held else None),
+            _diff(rand.max_abs_diff if rand else None),
+            _pct(rand.top1_agreement if rand else None),
         )
     return table
 
 
-def speed_table(payload: dict[str, Any]) -> Table | None:
+def speed_table(outcome: RegisteredCompile) -> Table | None:
     """Latency and throughput of each verified engine next to PyTorch eager on this host."""
-    eager = payload.get("eager")
-    if not eager:
+    report = outcome.report
+    eager = report.eager
+    if eager is None:
         return None
-    batch = payload["max_batch"]
-    table = Table(title=f"speed on this host ({eager['threads']} threads)", box=box.SIMPLE_HEAD)
+    table = Table(title=f"speed on this host ({eager.threads} threads)", box=box.SIMPLE_HEAD)
     for column in ("engine", "device"):
         table.add_column(column, no_wrap=True)
-    for column in ("b=1 ms", "vs eager", f"b={batch} /s", "vs eager"):
+    for column in ("b=1 ms", "vs eager", f"b={report.max_batch} /s", "vs eager"):
         table.add_column(column, justify="right", no_wrap=True)
     table.add_row(
         "pytorch eager",
         "cpu",
-        f"{eager['latency_ms_p50']:.3f}",
+        f"{eager.latency_ms_p50:.3f}",
         "1.00x",
-        f"{eager['throughput_per_s']:,.0f}",
+        f"{eager.throughput_per_s:,.0f}",
         "1.00x",
     )
-    for r in payload["results"]:
-        perf, speed = r["performance"], r["speedup"]
+    for r in report.results:
+        perf, speed = r.performance, report.speedup(r)
         if perf and speed:
             table.add_row(
-                r["kind"],
-                r["device"],
-                f"{perf['latency_ms_p50']:.3f}",
-                f"{speed['latency_batch1']:.2f}x",
-                f"{perf['throughput_per_s']:,.0f}",
-                f"{speed['throughput_max_batch']:.2f}x",
+                r.kind,
+                r.device,
+                f"{perf.latency_ms_p50:.3f}",
+                f"{speed.latency_batch1:.2f}x",
+                f"{perf.throughput_per_s:,.0f}",
+                f"{speed.throughput_max_batch:.2f}x",
             )
     return table
 
 
-def render(payload: dict[str, Any], console: Console) -> None:
-    console.print(parity_table(payload))
-    speed = speed_table(payload)
+def render(outcome: RegisteredCompile, console: Console) -> None:
+    console.print(parity_table(outcome))
+    speed = speed_table(outcome)
     if speed is not None:
         console.print(speed)
-    for r in payload["results"]:
-        if r["reason"]:
-            console.print(f"[bold]{r['kind']}[/]: {escape(r['reason'])}", soft_wrap=True)
-    for note in payload.get("notes", []):
+    for r in outcome.report.results:
+        if r.reason:
+            console.print(f"[bold]{r.kind}[/]: {escape(r.reason)}", soft_wrap=True)
+    for note in outcome.notes:
         console.print(f"note: {escape(note)}", soft_wrap=True)
 
 
-def failure_for(payload: dict[str, Any], explicit: bool) -> KilnError | None:
+def failure_for(outcome: RegisteredCompile, explicit: bool) -> KilnError | None:
     """The error that makes the command exit non-zero, or None when everything asked for passed."""
-    failed = [r for r in payload["results"] if r["status"] == "failed"]
-    parity = [r for r in failed if r["parity"] is not None]
+    results = outcome.report.results
+    failed = [r for r in results if r.status == "failed"]
+    parity = [r for r in failed if r.parity is not None]
     if parity:
-        kinds = ", ".join(f"{r['kind']} ({r['device']})" for r in parity)
+        kinds = ", ".join(f"{r.kind} ({r.device})" for r in parity)
         return ParityFailed(
             f"{kinds} did not match the checkpoint and were not registered; see the report "
             "above. Try --precision fp32, or another target"
         )
     if failed:
-        reasons = "; ".join(f"{r['kind']}: {r['reason']}" for r in failed)
+        reasons = "; ".join(f"{r.kind}: {r.reason}" for r in failed)
         return EngineBuildFailed(f"not registered: {reasons}")
-    missing = [r for r in payload["results"] if r["status"] == "unavailable"]
+    missing = [r for r in results if r.status == "unavailable"]
     if explicit and missing:
-        return Unavailable("; ".join(f"{r['kind']}: {r['reason']}" for r in missing))
-    if not any(r.get("artifact") for r in payload["results"]):
+        return Unavailable("; ".join(f"{r.kind}: {r.reason}" for r in missing))
+    if not any(outcome.artifact_of(r) for r in results):
         return Unavailable("no target could be built on this host (kiln engines)")
     return None
 
@@ -141,10 +144,10 @@ def compile_ref(
     max_batch: int = 64,
     threads: int = 0,
     parity_samples: int = 512,
-) -> tuple[dict[str, Any], KilnError | None]:
-    """Compile `ref` with progress on stderr; return the report and the error that should end
-    the command (None when everything asked for was registered). Prints nothing on stdout, so
-    `kiln train --compile` can embed the report in its own output.
+) -> tuple[RegisteredCompile, KilnError | None]:
+    """Compile `ref` with progress on stderr; return what was compiled and the error that
+    should end the command (None when everything asked for was registered). Prints nothing on
+    stdout, so `kiln train --compile` can embed the report in its own output.
     """
     import kiln.registry
     from kiln.compile import TARGETS, CompileOptions, compile_version
@@ -174,8 +177,7 @@ def compile_ref(
                 status.update(message)
 
             outcome = compile_version(registry, ref, options, settings, progress=progress)
-    payload = outcome.to_dict()
-    return payload, failure_for(payload, explicit)
+    return outcome, failure_for(outcome, explicit)
 
 
 def compile_command(
@@ -211,7 +213,7 @@ def compile_command(
     Exits 2 when a target fails to build or fails parity, or is named but cannot be built here.
     """
     targets = [t.value for t in target] if target else ["onnxruntime"]
-    payload, error = compile_ref(ref, targets, precision, max_batch, threads, parity_samples)
-    emit(payload, as_json, lambda console: render(payload, console))
+    outcome, error = compile_ref(ref, targets, precision, max_batch, threads, parity_samples)
+    emit(outcome.to_dict(), as_json, lambda console: render(outcome, console))
     if error is not None:
         raise error

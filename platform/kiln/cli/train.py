@@ -20,7 +20,8 @@ from kiln.errors import InvalidArgument
 from kiln.processes import pid_alive
 from kiln.settings import Settings
 
-if TYPE_CHECKING:  # kiln.train imports torch: only `kiln train` itself may pay for that
+if TYPE_CHECKING:  # both import torch: only a command that trains or compiles may pay for it
+    from kiln.compile import RegisteredCompile
     from kiln.train import TrainResult
 
 
@@ -114,15 +115,17 @@ def train(
         "history": result.history,
         "duration_s": result.duration_s,
     }
+    compiled: RegisteredCompile | None = None
     compile_error = None
     if name is not None:
         payload["registered"] = register(name, result, settings)
         if compile_targets:
             from kiln.cli.compile import compile_ref
 
-            payload["compile"], compile_error = compile_ref(
+            compiled, compile_error = compile_ref(
                 payload["registered"]["reference"], [t.value for t in compile_targets]
             )
+            payload["compile"] = compiled.to_dict()
 
     def render(console: Console) -> None:
         m = result.metrics
@@ -146,10 +149,10 @@ def train(
         console.print(f"run: {result.run_dir}  (curves.png, metrics.jsonl, checkpoint/)")
         if "registered" in payload:
             console.print(f"registered [bold]{payload['registered']['reference']}[/]")
-        if "compile" in payload:
+        if compiled is not None:
             from kiln.cli.compile import render as render_compile
 
-            render_compile(payload["compile"], console)
+            render_compile(compiled, console)
 
     emit(payload, as_json, render)
     if compile_error is not None:

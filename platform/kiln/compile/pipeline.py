@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,19 @@ class TargetResult:
         }
 
 
+@dataclass(frozen=True)
+class Speedup:
+    """A compiled engine against PyTorch eager on the same host and threads."""
+
+    latency_batch1: float
+    """Eager's batch-1 p50 latency divided by the engine's."""
+    throughput_max_batch: float
+    """The engine's throughput at the maximum batch divided by eager's."""
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
 @dataclass
 class CompileReport:
     signature: Signature
@@ -124,22 +137,27 @@ class CompileReport:
     eager: Performance | None = None
     """PyTorch eager on the same host and threads: the baseline for speed-ups."""
 
-    def speedup(self, result: TargetResult) -> dict[str, float] | None:
+    def speedup(self, result: TargetResult) -> Speedup | None:
+        """`result` against eager; None when either was not measured."""
         if self.eager is None or result.performance is None:
             return None
         perf = result.performance
-        return {
-            "latency_batch1": round(self.eager.latency_ms_p50 / perf.latency_ms_p50, 2),
-            "throughput_max_batch": round(perf.throughput_per_s / self.eager.throughput_per_s, 2),
-        }
+        return Speedup(
+            latency_batch1=round(self.eager.latency_ms_p50 / perf.latency_ms_p50, 2),
+            throughput_max_batch=round(perf.throughput_per_s / self.eager.throughput_per_s, 2),
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        results = []
+        for r in self.results:
+            speedup = self.speedup(r)
+            results.append({**r.to_dict(), "speedup": speedup.to_dict() if speedup else None})
         return {
             "signature": self.signature.to_dict(),
             "precision": self.precision,
             "max_batch": self.max_batch,
             "eager": self.eager.to_dict() if self.eager else None,
-            "results": [{**r.to_dict(), "speedup": self.speedup(r)} for r in self.results],
+            "results": results,
         }
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.compile.pipeline import CompileOptions, CompileReport, Progress, compile_module
+from kiln.compile.pipeline import (
+    CompileOptions,
+    CompileReport,
+    Progress,
+    TargetResult,
+    compile_module,
+)
 from kiln.data import load_recorded
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition
 from kiln.registry import Registry
@@ -27,17 +33,24 @@ from kiln_engines import Signature, TensorSpec
 
 @dataclass
 class RegisteredCompile:
+    """What `compile_version` built, verified and registered for a version."""
+
     version: ModelVersion
     report: CompileReport
     artifacts: list[Artifact] = field(default_factory=list)
+    """The artifacts registered: one per result that passed."""
     notes: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict[str, Any]:
+    def artifact_of(self, result: TargetResult) -> Artifact | None:
+        """The artifact registered for `result` (same kind and device), if any."""
         registered = {(a.kind.value, a.target.get("device")): a for a in self.artifacts}
+        return registered.get((result.kind, result.target.get("device")))
+
+    def to_dict(self) -> dict[str, Any]:
         report = self.report.to_dict()
-        for result in report["results"]:
-            artifact = registered.get((result["kind"], result["target"].get("device")))
-            result["artifact"] = (
+        for result, entry in zip(self.report.results, report["results"], strict=True):
+            artifact = self.artifact_of(result)
+            entry["artifact"] = (
                 {"sha256": artifact.sha256, "size": artifact.size} if artifact else None
             )
         return {"ref": self.version.ref, **report, "notes": self.notes}

@@ -221,7 +221,8 @@ def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
         )  # fmt: skip
         engine = next(r for r in compiled.report.results if r.kind == "onnxruntime")
         parity = engine.parity
-        speedup = compiled.report.speedup(engine) or {}
+        measured = compiled.report.speedup(engine)
+        speedup = measured.to_dict() if measured else {}
         figures["v1"] = {
             "version": v1.version,
             "mnist_test_accuracy": v1_run.metrics["test_accuracy"],
