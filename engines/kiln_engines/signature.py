@@ -146,7 +146,7 @@ class InputValidator:
             for spec in signature.inputs
         )
 
-    def __call__(self, inputs: Mapping[str, Any]) -> int:
+    def __call__(self, inputs: Mapping[str, Any]) -> int:  # noqa: PLR0912
         if len(inputs) != len(self._checks):
             self._fail_names(inputs)
         batch = -1

@@ -154,7 +154,7 @@ class _Calibrator:
         return Calibrator()
 
 
-def build_plan(
+def build_plan(  # noqa: PLR0915
     onnx: bytes,
     signature: Signature,
     config: BuildConfig,

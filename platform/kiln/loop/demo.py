@@ -182,7 +182,7 @@ def write_labels(path: Path, labels: list[tuple[str, int]], share: float, seed: 
     return len(chosen)
 
 
-def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:
+def run_demo(home: Path, options: DemoOptions, say: Say) -> dict[str, Any]:  # noqa: PLR0915
     """Run the story in `home` (a KILN_HOME); returns the figures `kiln demo --json` prints."""
     import kiln.registry
     from kiln.compile import CompileOptions, compile_version

@@ -190,7 +190,7 @@ def pointed_at(conn: Connection, name: str, alias: str, when: datetime) -> int |
     return None if found is None else int(found)
 
 
-def _write(
+def _write(  # noqa: PLR0913
     conn: Connection,
     model: int,
     version_pk: int,

@@ -81,7 +81,7 @@ def insert_artifact(conn: Connection, version_pk: int, artifact: Artifact) -> in
     )
 
 
-def register(
+def register(  # noqa: PLR0913
     conn: Connection,
     name: str,
     checkpoint: StoredBlob,

@@ -199,7 +199,7 @@ class ServingCore:
 
     # -- inference ------------------------------------------------------------------------------
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest) -> InferResponse:  # noqa: PLR0912
         """Run one request through its model's batcher and return the outputs it asked for.
 
         Raises `KilnError`s only: `ModelNotServed`/`VersionNotServed` (NOT_FOUND),

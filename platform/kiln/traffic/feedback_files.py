@@ -224,7 +224,7 @@ def _label_verdicts(pairs: pl.DataFrame, counts: dict[str, int | None]) -> pl.Da
     )
 
 
-def _parse_label(text: str | None) -> tuple[int | None, str | None]:
+def _parse_label(text: str | None) -> tuple[int | None, str | None]:  # noqa: PLR0911
     """A label as written: (its integer value, None), or (None, why it is not an integer)."""
     if text is None or not text.strip():
         return None, "the label is missing"

@@ -100,7 +100,7 @@ def new_run_id(config: TrainConfig) -> str:
     return f"{stamp}-{Path(config.dataset).stem}-{model}-{secrets.token_hex(3)}"
 
 
-def train(
+def train(  # noqa: PLR0915
     config: TrainConfig,
     settings: Settings,
     *,
