@@ -192,8 +192,9 @@ def serve(
         asyncio.run(serve(settings, kiln_settings, on_ready=ready))
         return
     from kiln.serving.traffic_hook import TrafficSink
+    from kiln.traffic import Transport
 
-    sink = TrafficSink(kiln_settings.home)
+    sink = TrafficSink(kiln_settings.home, feedback_source=Transport.GRPC.value)
     try:
         asyncio.run(
             serve(

@@ -5,7 +5,7 @@ writer thread converts tensors a whole flush at a time) and hands labels to the 
 store.
 A server plugs it in and closes it after draining::
 
-    sink = TrafficSink(kiln_settings.home)   # `kiln serve --no-traffic-log` creates none
+    sink = TrafficSink(home, feedback_source="grpc")  # `--no-traffic-log`: none
     core = ServingCore(repo, settings, traffic_hook=sink.on_request,
                        feedback_hook=sink.on_feedback)
     metrics.registry.register(sink.collector)
@@ -68,11 +68,12 @@ class TrafficSink:
     """A request logger and a feedback store over one KILN_HOME, as the core's two hooks."""
 
     def __init__(
-        self, home: Path, settings: TrafficSettings | None = None, *, feedback_source: str = "grpc"
+        self, home: Path, settings: TrafficSettings | None = None, *, feedback_source: str = ""
     ) -> None:
         settings = settings or TrafficSettings()
         self.feedback_source = feedback_source
-        """Recorded with each label: the transport that carried it."""
+        """Recorded with each label: the transport that carried it (each server says which;
+        empty for labels handed over in-process)."""
         self.logger = TrafficLogger(home, settings)
         self.feedback = FeedbackWriter(home, settings)
         self.collector = TrafficCollector(traffic=self.logger, feedback=self.feedback)

@@ -107,3 +107,4 @@ def test_a_full_feedback_buffer_is_back_pressure_and_keeps_nothing_of_the_call(
         assert served.process.wait(60) == 0, served.output()[-2000:]
     stored = scan_feedback(own).frame.collect()
     assert stored.height == 50 and set(stored["label"]) == {2}
+    assert set(stored["source"]) == {"grpc"}  # kiln serve says which transport carried them
