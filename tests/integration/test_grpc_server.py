@@ -243,6 +243,23 @@ def test_load_and_unload(server: RunningServer, client: triton.InferenceServerCl
     assert err.value.status() == "StatusCode.NOT_FOUND"
 
 
+def test_unload_reads_references_as_load_does(client: triton.InferenceServerClient) -> None:
+    """By the registry's rules: an alias is refused, a malformed name is named as such, and a
+    version that is not loaded lists those that are, with how to load it."""
+    cases = (
+        ("digits@production", "INVALID_ARGUMENT", "not an alias"),
+        ("Digits", "INVALID_ARGUMENT", "did you mean 'digits'"),
+        ("digits:9", "NOT_FOUND", "loaded versions: "),
+        ("digits:9", "NOT_FOUND", "RepositoryModelLoad"),
+    )
+    for text, status, says in cases:
+        with pytest.raises(InferenceServerException) as err:
+            client.unload_model(text)
+        assert err.value.status() == f"StatusCode.{status}", err.value.message()
+        assert says in err.value.message(), err.value.message()
+    assert client.is_model_ready("digits")
+
+
 def test_load_of_an_unknown_model_names_what_exists(client: triton.InferenceServerClient) -> None:
     with pytest.raises(InferenceServerException, match="nothere") as err:
         client.load_model("nothere")
