@@ -70,10 +70,6 @@ class ServeProcess:
         """What the server wrote to stderr so far (its log)."""
         return _output(self.log, self.stderr)
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM and wait for the exit code; SIGKILL after `timeout_s`. Idempotent."""
-        return _stop(self.process, timeout_s)
-
 
 @contextlib.contextmanager
 def kiln_serve(
