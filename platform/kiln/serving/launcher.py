@@ -102,18 +102,21 @@ def kiln_serve(
         lines: queue.Queue[str | None] = queue.Queue()
         _pump(process.stdout, lines.put, end=lambda: lines.put(None))
         errors = _pump(process.stderr, collected.append) if log is None else None
+
+        def failed(problem: str) -> Unavailable:
+            if errors is not None:
+                errors.join(5)  # the rest of what it wrote before it ended
+            tail = _output(log, collected)[-TAIL_CHARS:]
+            return Unavailable(f"kiln serve {problem} ({' '.join(args)}): {tail}")
+
         try:
-            ready = _ready_line(lines, startup_timeout_s)
-            if ready is None:
-                if process.poll() is None:
-                    process.kill()
-                    problem = f"printed no ready line in {startup_timeout_s:g} s"
-                else:
-                    problem = f"exited with code {process.wait()}"
-                if errors is not None:
-                    errors.join(5)  # the rest of what it wrote before it ended
-                tail = _output(log, collected)[-TAIL_CHARS:]
-                raise Unavailable(f"kiln serve {problem} ({' '.join(args)}): {tail}")
+            try:
+                ready = _ready_line(lines, startup_timeout_s)
+            except TimeoutError:
+                process.kill()
+                raise failed(f"printed no ready line in {startup_timeout_s:g} s") from None
+            if ready is None:  # its stdout closed: it is exiting, or has just exited
+                raise failed(f"exited with code {_exit_code(process, stop_timeout_s)}")
             line, endpoints = ready
             connect = "127.0.0.1" if host in ("0.0.0.0", "") else host
             yield ServeProcess(process, endpoints, line, connect, log, collected)
@@ -122,19 +125,20 @@ def kiln_serve(
 
 
 def _ready_line(lines: queue.Queue[str | None], timeout_s: float) -> tuple[str, Endpoints] | None:
-    """The first ready line and what it says; None when stdout ends or `timeout_s` passes."""
+    """The first ready line and what it says; None when stdout ends first (the server is
+    exiting); `TimeoutError` when `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     while (remaining := deadline - time.monotonic()) > 0:
         try:
             line = lines.get(timeout=remaining)
         except queue.Empty:
-            return None
-        if line is None:  # stdout closed: the server exited
+            break
+        if line is None:
             return None
         endpoints = parse_ready_line(line)
         if endpoints is not None:
             return line.rstrip("\n"), endpoints
-    return None
+    raise TimeoutError
 
 
 def _pump(
@@ -156,8 +160,14 @@ def _pump(
 
 
 def _stop(process: subprocess.Popen[str], timeout_s: float) -> int:
+    """SIGTERM (unless it has exited) and its exit code."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
+    return _exit_code(process, timeout_s)
+
+
+def _exit_code(process: subprocess.Popen[str], timeout_s: float) -> int:
+    """Its exit code once it exits; SIGKILL if it has not after `timeout_s`."""
     try:
         return process.wait(timeout_s)
     except subprocess.TimeoutExpired:
