@@ -125,19 +125,16 @@ class ClassShare:
 
 
 @dataclass(frozen=True)
-class ConfidenceDrift:
-    """The distribution of top-1 confidence against the reference: PSI and KS."""
+class ConfidenceDrift(FeatureDrift):
+    """The distribution of top-1 confidence against the reference, measured as one more
+    feature would be (`name` is "confidence")."""
 
     samples: int
-    psi: float
-    ks_statistic: float
-    ks_pvalue: float
-    reference_mean: float
-    current_mean: float | None
-    drift: bool
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        measured = asdict(self)
+        del measured["name"]
+        return {"samples": measured.pop("samples"), **measured}
 
 
 @dataclass(frozen=True)
@@ -352,19 +349,8 @@ def prediction_drift(
         for i in range(k)
     ]
     psi = float(terms.sum())
-    conf = profile["confidence"]
-    conf_terms = psi_terms(conf["fractions"], bin_fractions(confidences, conf["edges"]))
-    ks, p = ks_against_quantiles(confidences, conf["quantiles"], n_ref)
-    conf_psi = float(conf_terms.sum())
-    confidence = ConfidenceDrift(
-        samples=len(confidences),
-        psi=conf_psi,
-        ks_statistic=ks,
-        ks_pvalue=p,
-        reference_mean=conf["mean"],
-        current_mean=float(np.mean(confidences)) if len(confidences) else None,
-        drift=bool(conf_psi > t.psi or (p < t.ks_alpha and ks > t.ks_statistic)),
-    )
+    measured = feature_drift("confidence", confidences, profile["confidence"], n_ref, t)
+    confidence = ConfidenceDrift(**asdict(measured), samples=len(confidences))
     return PredictionDrift(
         samples=total,
         judged=True,
