@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,42 +29,37 @@ def demo(
     )
 
     def render(console: Console) -> None:
-        acc = figures["accuracy"]
+        acc = figures.accuracy
         table = Table(title="kiln demo: the loop, measured", show_header=False)
         table.add_column("", style="bold")
         table.add_column("")
 
-        def pct(value: Any) -> str:
-            return (
-                "-"
-                if value is None or (isinstance(value, float) and math.isnan(value))
-                else (f"{value:.3f}")
-            )
+        def pct(value: float | None) -> str:
+            return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
-        table.add_row("v1 on MNIST traffic", pct(acc["mnist_traffic_v1"]))
-        table.add_row("v1 on shifted traffic", pct(acc["shifted_before_retraining"]))
-        table.add_row("drift detected", "yes" if figures["drift_detected"] else "no")
+        table.add_row("v1 on MNIST traffic", pct(acc.mnist_traffic_v1))
+        table.add_row("v1 on shifted traffic", pct(acc.shifted_before_retraining))
+        table.add_row("drift detected", "yes" if figures.drift_detected else "no")
         table.add_row(
-            f"v{figures['v2']['version']} on new shifted traffic",
-            pct(acc["shifted_after_retraining"]),
+            f"v{figures.v2.version} on new shifted traffic", pct(acc.shifted_after_retraining)
         )
-        heldout = figures["heldout"]
+        heldout = figures.heldout
         untouched = (
-            f"{heldout['samples']} test digits, {heldout['in_training_data']} of them in any "
+            f"{heldout.samples} test digits, {heldout.in_training_data} of them in any "
             "version's training data"
         )
         table.add_row(
-            f"v{figures['v1']['version']} / v{figures['v2']['version']} on the MNIST held-out set",
-            f"{pct(acc['mnist_heldout_v1'])} / {pct(acc['mnist_heldout_after_retraining'])} "
+            f"v{figures.v1.version} / v{figures.v2.version} on the MNIST held-out set",
+            f"{pct(acc.mnist_heldout_v1)} / {pct(acc.mnist_heldout_after_retraining)} "
             f"({untouched})",
         )
         table.add_row(
             "labelled requests left out of retraining",
-            f"{heldout['excluded_labelled_requests']} (their inputs are held-out test digits)",
+            f"{heldout.excluded_labelled_requests} (their inputs are held-out test digits)",
         )
-        table.add_row("failed requests", f"{figures['failed_requests']} of {figures['requests']}")
-        table.add_row("duration", f"{figures['duration_s']} s")
-        table.add_row("report", figures["report"])
+        table.add_row("failed requests", f"{figures.failed_requests} of {figures.requests}")
+        table.add_row("duration", f"{figures.duration_s} s")
+        table.add_row("report", str(figures.report))
         console.print(table)
 
-    emit(figures, as_json, render)
+    emit(figures.to_dict(), as_json, render)

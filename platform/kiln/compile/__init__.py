@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from kiln.compile.parity import THRESHOLDS, ParityReport, Thresholds
 from kiln.compile.performance import Performance
-from kiln.compile.pipeline import CompileOptions, CompileReport, TargetResult, compile_module
+from kiln.compile.pipeline import (
+    CompileOptions,
+    CompileReport,
+    Speedup,
+    TargetResult,
+    compile_module,
+)
 from kiln.compile.registered import RegisteredCompile, compile_version, signature_of
 from kiln.compile.targets import PRECISIONS, TARGETS
 
@@ -22,6 +28,7 @@ __all__ = [
     "ParityReport",
     "Performance",
     "RegisteredCompile",
+    "Speedup",
     "TargetResult",
     "Thresholds",
     "compile_module",
