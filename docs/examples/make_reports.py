@@ -23,7 +23,7 @@ from pathlib import Path
 REPORTS = ("demo.html", "demo-before-retraining.html")
 """What `kiln demo` writes under KILN_HOME/reports (demo.html links to the other by name)."""
 
-WINDOW = {"demo.html": (1000, 900), "demo-before-retraining.html": (1000, 1800)}
+WINDOW = {"demo.html": (1000, 1000), "demo-before-retraining.html": (1000, 1800)}
 """Screenshot sizes (width, height): each page's first screens, where its tables and plots are."""
 
 
