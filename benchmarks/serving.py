@@ -251,7 +251,7 @@ def perf_analyzer(binary: Path, port: int, concurrency: int, seconds: float) -> 
             str(binary), "-m", MODEL, "-i", "grpc", "-u", f"127.0.0.1:{port}",
             "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-interval", str(int(seconds * 1000 / 3)),
-            "--stability-percentage", "100", "--max-trials", "6",
+            "--stability-percentage", "100", "--max-trials", "6", "--input-data", "zero",
         ],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip

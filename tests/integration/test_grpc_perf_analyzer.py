@@ -1,5 +1,10 @@
 """NVIDIA's perf_analyzer, unmodified, against a real server (skipped where it is not installed:
-`../shared/tools/install-perf-analyzer .bench/perf_analyzer`)."""
+`../shared/tools/install-perf-analyzer .bench/perf_analyzer`).
+
+perf_analyzer's default input data is random bits, which for a float tensor include NaN and
+infinities; `kiln serve` refuses those unless `--allow-nonfinite`, so the measurement runs with
+`--input-data zero` (what docs/user-guide/serving.md tells users) and the default is checked to
+fail with Kiln's message, not a crash."""
 
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ def test_perf_analyzer_measures_kiln_serve(tmp_path: Path) -> None:
         result = subprocess.run(
             [str(PERF_ANALYZER), "-m", "digits", "-i", "grpc", "-u", server.url,
              "--concurrency-range", "2:2", "--measurement-interval", "500",
-             "--stability-percentage", "100"],
+             "--stability-percentage", "100", "--input-data", "zero"],
             capture_output=True, text=True, timeout=300, check=False,
         )  # fmt: skip
         with server.client() as client:
@@ -42,3 +47,20 @@ def test_perf_analyzer_measures_kiln_serve(tmp_path: Path) -> None:
     assert re.search(r"Server:\s+Inference count: [1-9]", result.stdout)
     assert "compute infer" in result.stdout
     assert served.inference_stats.success.count > 0
+
+
+def test_perf_analyzer_random_bits_get_kilns_message(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register(registry, tmp_path, "digits", seed=1)
+    with running_server(home, models=("digits",)) as server:
+        result = subprocess.run(
+            [str(PERF_ANALYZER), "-m", "digits", "-i", "grpc", "-u", server.url,
+             "--concurrency-range", "1:1", "--measurement-interval", "300",
+             "--max-trials", "1"],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        with server.client() as client:
+            assert client.is_server_ready()
+    assert result.returncode != 0
+    assert "holds NaN or infinite values" in result.stdout + result.stderr
