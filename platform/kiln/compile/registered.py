@@ -57,10 +57,11 @@ class RegisteredCompile:
 
 
 def signature_of(config: CheckpointConfig) -> Signature:
-    """The engine signature a checkpoint's model has: raw inputs in, class scores out."""
+    """The engine signature a checkpoint's model has: raw inputs in, class scores (or, for a
+    regressor, one predicted value) out."""
     return Signature(
         inputs=(TensorSpec(config.input_name, config.input_dtype, (-1, *config.input_shape)),),
-        outputs=(TensorSpec(config.output_name, "float32", (-1, config.num_classes)),),
+        outputs=(TensorSpec(config.output_name, "float32", (-1, config.output_width)),),
     )
 
 

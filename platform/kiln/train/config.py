@@ -62,6 +62,9 @@ class CheckpointConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     format: int = 1
+    task: str = "classification"
+    """"classification" (class scores out, one per `class_names`) or "regression" (one value
+    per target out); versions written before regression existed are classifiers."""
     builder: str
     builder_args: dict[str, Any] = Field(default_factory=dict)
     input_name: str = "input"
@@ -84,3 +87,8 @@ class CheckpointConfig(BaseModel):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def output_width(self) -> int:
+        """Columns of the model's output: a score per class, or one predicted value."""
+        return 1 if self.task == "regression" else self.num_classes
