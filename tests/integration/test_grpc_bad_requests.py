@@ -254,7 +254,9 @@ def unknown_version(draw: st.DrawFn) -> Bad:
     )
     request = good()
     request.model_version = version
-    return Bad(request, NOT_FOUND, f"version {version}" if version.isdigit() else "no version")
+    # "²".isdigit() is True, yet it is no version number: only ASCII digits name one.
+    numeric = version.isascii() and version.isdigit()
+    return Bad(request, NOT_FOUND, f"version {version}" if numeric else "no version")
 
 
 @st.composite
