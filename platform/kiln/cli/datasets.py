@@ -34,6 +34,7 @@ def list_datasets(as_json: bool = JsonOption) -> None:
         rows.append(
             {
                 "name": info.name,
+                "task": info.task,
                 "description": info.description,
                 "samples": samples,
                 "status": status,
@@ -42,11 +43,15 @@ def list_datasets(as_json: bool = JsonOption) -> None:
 
     def render(console: Console) -> None:
         table = Table(title="data sets (or pass a .parquet file or an image folder)")
-        for col in ("name", "samples", "description", "status"):
+        for col in ("name", "task", "samples", "description", "status"):
             table.add_column(col, overflow="fold")
         for r in rows:
             table.add_row(
-                str(r["name"]), str(r["samples"] or "-"), str(r["description"]), str(r["status"])
+                str(r["name"]),
+                str(r["task"]),
+                str(r["samples"] or "-"),
+                str(r["description"]),
+                str(r["status"]),
             )
         console.print(table)
 
@@ -62,7 +67,8 @@ def show(
     seed: Annotated[int, typer.Option(min=0, help="Split seed (0 or more).")] = 0,
     as_json: bool = JsonOption,
 ) -> None:
-    """Show a data set's shape, classes, split sizes, value range and fingerprint."""
+    """Show a data set's shape, classes (or, for regression, its target's range, mean and
+    std), split sizes, value range and fingerprint."""
     from kiln.data import load_dataset
 
     summary = load_dataset(name, Settings(), seed=seed).summary()
@@ -75,7 +81,18 @@ def show(
         assert isinstance(sizes, dict)
         table.add_row("source", str(summary["source"]))
         table.add_row("input shape", str(summary["input_shape"]))
-        table.add_row("classes", ", ".join(summary["classes"]))  # type: ignore[arg-type]
+        table.add_row("task", str(summary["task"]))
+        if summary["task"] == "regression":
+            target = summary["target"]
+            assert isinstance(target, dict)
+            for split, stats in target.items():
+                table.add_row(
+                    f"target ({split})",
+                    f"{stats['min']:g} to {stats['max']:g}, "
+                    f"mean {stats['mean']:.4g}, std {stats['std']:.4g}",
+                )
+        else:
+            table.add_row("classes", ", ".join(summary["classes"]))  # type: ignore[arg-type]
         table.add_row("train / val / test", f"{sizes['train']} / {sizes['val']} / {sizes['test']}")
         table.add_row("value range", str(summary["value_range"]))
         table.add_row("split", str(summary["split"]))

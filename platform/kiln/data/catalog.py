@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.data import builtin, user
-from kiln.data.dataset import Dataset, RawData, SplitSpec, build
+from kiln.data.dataset import CLASSIFICATION, REGRESSION, Dataset, RawData, SplitSpec, build
 from kiln.errors import DatasetNotFound, did_you_mean
 from kiln.settings import Settings
 
@@ -18,6 +18,7 @@ class DatasetInfo:
     name: str
     description: str
     load: Callable[[Settings], RawData]
+    task: str = CLASSIFICATION
 
 
 CATALOG: dict[str, DatasetInfo] = {
@@ -43,12 +44,34 @@ CATALOG: dict[str, DatasetInfo] = {
             "Fashion-MNIST 60k/10k (28x28) from Debian's dataset-fashion-mnist",
             lambda s: builtin.load_fashion_mnist(s.fashion_mnist_dir),
         ),
+        DatasetInfo(
+            "diabetes",
+            "442 diabetes patients x 10 measurements in raw units from scikit-learn; "
+            "target: disease progression after one year",
+            lambda _: builtin.load_diabetes(),
+            REGRESSION,
+        ),
+        DatasetInfo(
+            "autompg",
+            "392 cars x 7 features (cylinders to origin) from the mlxtend wheel; "
+            "target: miles per gallon",
+            lambda _: builtin.load_autompg(),
+            REGRESSION,
+        ),
     )
 }
 
 
 def _looks_like_path(name: str) -> bool:
     return "/" in name or name.startswith(".") or name.endswith(".parquet") or Path(name).exists()
+
+
+def _unknown(name: str) -> DatasetNotFound:
+    return DatasetNotFound(
+        f"no data set '{name}'{did_you_mean(name, CATALOG) or '.'} Known data sets: "
+        f"{', '.join(CATALOG)}; or give a .parquet file or an image folder path "
+        "(kiln datasets list)"
+    )
 
 
 def load_raw(name: str, settings: Settings) -> RawData:
@@ -60,11 +83,19 @@ def load_raw(name: str, settings: Settings) -> RawData:
         if path.suffix == ".parquet":
             return user.load_parquet(path)
         return user.load_image_folder(path)
-    raise DatasetNotFound(
-        f"no data set '{name}'{did_you_mean(name, CATALOG) or '.'} Known data sets: "
-        f"{', '.join(CATALOG)}; or give a .parquet file or an image folder path "
-        "(kiln datasets list)"
-    )
+    raise _unknown(name)
+
+
+def task_of(name: str) -> str:
+    """A data set's task ("classification" or "regression") without loading its samples:
+    the catalogue says it for named sets, a Parquet file's schema for a file, and an image
+    folder is classification. Raises what `load_raw` raises for a name it cannot load."""
+    if name in CATALOG:
+        return CATALOG[name].task
+    if _looks_like_path(name):
+        path = Path(name).expanduser()
+        return user.parquet_task(path) if path.suffix == ".parquet" else CLASSIFICATION
+    raise _unknown(name)
 
 
 def load_dataset(

@@ -2,7 +2,9 @@
 
 Inputs are float32 with raw values (pixels scaled to [0, 1] for the built-in image sets);
 normalisation belongs to the model, so that a compiled engine takes the same raw inputs the
-data set holds. Splits are deterministic for a given seed and stratified by class.
+data set holds. A data set's task is "classification" (int64 class indices, splits stratified
+by class) or "regression" (float32 targets in their own units, no classes, random splits).
+Splits are deterministic for a given seed either way.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kiln.errors import DatasetInvalid
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+MIN_REGRESSION_SAMPLES = 10
+"""Fewer targets than this cannot fill train, validation and test splits with anything an
+R^2 or an RMSE could be read from."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,8 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: `x` float32 of shape (n, *input_shape), `y` int64 class indices of shape (n,)."""
+    """One split: `x` float32 of shape (n, *input_shape), `y` of shape (n,): int64 class
+    indices (classification) or float32 targets (regression)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -60,29 +70,48 @@ class Dataset:
     fingerprint: str
     source: str = ""
     extra: dict[str, object] = field(default_factory=dict)
+    task: str = CLASSIFICATION
+    """"classification" or "regression" (then `class_names` is empty and `y` float32)."""
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def summary(self) -> dict[str, object]:
-        """A JSON-ready description (what `kiln datasets show` prints)."""
-        counts = {
-            split: np.bincount(part.y, minlength=self.num_classes).tolist()
-            for split, part in (("train", self.train), ("val", self.val), ("test", self.test))
-        }
+        """A JSON-ready description (what `kiln datasets show` prints): class counts per split
+        for a classification set, the target's range, mean and std per split for regression."""
+        parts = (("train", self.train), ("val", self.val), ("test", self.test))
         everything = np.concatenate([self.train.x, self.val.x, self.test.x])
+        per_split: dict[str, object]
+        if self.task == REGRESSION:
+            per_split = {"target": {split: target_summary(part.y) for split, part in parts}}
+        else:
+            per_split = {
+                "class_counts": {
+                    split: np.bincount(part.y, minlength=self.num_classes).tolist()
+                    for split, part in parts
+                }
+            }
         return {
             "name": self.name,
             "source": self.source,
+            "task": self.task,
             "input_shape": list(self.input_shape),
             "classes": list(self.class_names),
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
-            "class_counts": counts,
+            **per_split,
             "value_range": [float(everything.min()), float(everything.max())],
             "split": self.split_spec.as_dict(),
             "fingerprint": self.fingerprint,
         }
+
+
+def target_summary(y: np.ndarray) -> dict[str, float]:
+    """Range, mean and standard deviation of regression targets, to float32's 7 significant
+    digits (a float32 46.6 would otherwise print as 46.599998474121094)."""
+    values = np.asarray(y, dtype=np.float64)
+    stats = (values.min(), values.max(), values.mean(), values.std())
+    return dict(zip(("min", "max", "mean", "std"), (float(f"{v:.7g}") for v in stats), strict=True))
 
 
 @dataclass(frozen=True)
@@ -96,9 +125,42 @@ class RawData:
     # Sources with an official test set pass it here; the split then cuts only train/val.
     test_x: np.ndarray | None = None
     test_y: np.ndarray | None = None
+    task: str = CLASSIFICATION
 
 
-def validate(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ...]) -> None:
+def validate_targets(name: str, y: np.ndarray) -> None:
+    """Refuse regression targets no model can be fitted to or judged on."""
+    if y.ndim != 1:
+        raise DatasetInvalid(
+            f"data set '{name}' has targets of shape {y.shape[1:]} per sample; a regressor "
+            "here predicts one number per sample"
+        )
+    bad = ~np.isfinite(y)
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise DatasetInvalid(
+            f"data set '{name}' has missing, NaN or infinite targets in {int(bad.sum())} "
+            f"sample(s), first rows {rows}; drop those rows or fill in their targets"
+        )
+    if y.size < MIN_REGRESSION_SAMPLES:
+        raise DatasetInvalid(
+            f"data set '{name}' has {y.size} samples; a regressor needs at least "
+            f"{MIN_REGRESSION_SAMPLES} to fill its train, validation and test splits"
+        )
+    if float(np.ptp(y)) == 0.0:
+        raise DatasetInvalid(
+            f"data set '{name}' has the same target ({float(y[0]):g}) in every sample; "
+            "there is nothing for a regressor to learn"
+        )
+
+
+def validate(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: tuple[str, ...],
+    task: str = CLASSIFICATION,
+) -> None:
     """Refuse data no model can learn from, naming the problem and where to look."""
     if x.shape[0] == 0:
         raise DatasetInvalid(f"data set '{name}' is empty: it has no samples")
@@ -114,6 +176,9 @@ def validate(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[str, ..
             f"data set '{name}' has NaN or infinite feature values in {int(bad.sum())} "
             f"sample(s), first rows {rows}; clean or drop them before training"
         )
+    if task == REGRESSION:
+        validate_targets(name, y)
+        return
     if len(class_names) < 2:
         raise DatasetInvalid(
             f"data set '{name}' has {len(class_names)} class(es); a classifier needs at least 2"
@@ -128,15 +193,21 @@ def fingerprint(
     class_names: tuple[str, ...],
     spec: SplitSpec,
     test: tuple[np.ndarray, np.ndarray] | None = None,
+    task: str = CLASSIFICATION,
 ) -> str:
-    """sha256 over the data, the labels, the class names and the split spec (for lineage)."""
+    """sha256 over the data, the labels or targets, the class names and the split spec (for
+    lineage). A regression set's task is hashed too; a classification set's record is what it
+    was before regression existed, so the fingerprints of existing versions still match."""
     h = hashlib.sha256()
     arrays = [x, y] + (list(test) if test is not None else [])
     for array in arrays:
         contiguous = np.ascontiguousarray(array)
         h.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
         h.update(contiguous.tobytes())
-    h.update(json.dumps({"classes": list(class_names), "split": spec.as_dict()}).encode())
+    record: dict[str, object] = {"classes": list(class_names), "split": spec.as_dict()}
+    if task != CLASSIFICATION:
+        record["task"] = task
+    h.update(json.dumps(record).encode())
     return h.hexdigest()
 
 
@@ -172,25 +243,49 @@ def stratified_indices(y: np.ndarray, fractions: tuple[float, ...], seed: int) -
     return [rng.permutation(np.concatenate(p)) for p in parts]
 
 
+def random_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Cut a seeded permutation of range(n) into len(fractions)+1 parts (the last takes the
+    rest): the split for targets, which have no classes to stratify by."""
+    order = np.random.default_rng(seed).permutation(n)
+    parts, start = [], 0
+    for frac in fractions:
+        size = round(frac * n)
+        parts.append(order[start : start + size])
+        start += size
+    parts.append(order[start:])
+    return parts
+
+
+def _indices(y: np.ndarray, fractions: tuple[float, ...], seed: int, task: str) -> list[np.ndarray]:
+    if task == REGRESSION:
+        return random_indices(y.size, fractions, seed)
+    return stratified_indices(y, fractions, seed)
+
+
 def build(name: str, raw: RawData, spec: SplitSpec) -> Dataset:
     """Validate raw data, cut it into splits and fingerprint the result."""
-    validate(name, raw.x, raw.y, raw.class_names)
+    task = raw.task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r} for data set '{name}'")  # a loader's bug
+    validate(name, raw.x, raw.y, raw.class_names, task)
+    # Targets keep float32, the dtype a regressor's output has; classes are int64 indices.
+    y_dtype = np.float32 if task == REGRESSION else np.int64
     x = np.ascontiguousarray(raw.x, dtype=np.float32)
-    y = np.ascontiguousarray(raw.y, dtype=np.int64)
+    y = np.ascontiguousarray(raw.y, dtype=y_dtype)
     if raw.test_x is not None and raw.test_y is not None:
         test_x = np.ascontiguousarray(raw.test_x, dtype=np.float32)
-        test_y = np.ascontiguousarray(raw.test_y, dtype=np.int64)
-        validate(f"{name} (test)", test_x, test_y, raw.class_names)
+        test_y = np.ascontiguousarray(raw.test_y, dtype=y_dtype)
+        validate(f"{name} (test)", test_x, test_y, raw.class_names, task)
         spec = SplitSpec(spec.seed, spec.val_fraction, 0.0, predefined_test=True)
-        val_idx, train_idx = stratified_indices(y, (spec.val_fraction,), spec.seed)
+        val_idx, train_idx = _indices(y, (spec.val_fraction,), spec.seed, task)
         test = Split(test_x, test_y)
-        fp = fingerprint(x, y, raw.class_names, spec, (test_x, test_y))
+        fp = fingerprint(x, y, raw.class_names, spec, (test_x, test_y), task)
     else:
-        val_idx, test_idx, train_idx = stratified_indices(
-            y, (spec.val_fraction, spec.test_fraction), spec.seed
+        val_idx, test_idx, train_idx = _indices(
+            y, (spec.val_fraction, spec.test_fraction), spec.seed, task
         )
         test = Split(x[test_idx], y[test_idx])
-        fp = fingerprint(x, y, raw.class_names, spec)
+        fp = fingerprint(x, y, raw.class_names, spec, task=task)
     for split_name, idx in (("train", train_idx), ("validation", val_idx)):
         if idx.size == 0:
             raise DatasetInvalid(
@@ -209,4 +304,5 @@ def build(name: str, raw: RawData, spec: SplitSpec) -> Dataset:
         split_spec=spec,
         fingerprint=fp,
         source=raw.source,
+        task=task,
     )

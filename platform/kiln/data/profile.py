@@ -4,7 +4,8 @@ so that production traffic can be compared with it (drift).
 A profile is a small JSON-ready dict stored in the version's config (`reference`). It holds,
 per input feature, fixed histogram bin edges with the reference's bin fractions (for the
 population stability index) and 101 quantiles (for a two-sample Kolmogorov-Smirnov test), and
-the class distribution and confidence histogram of predictions on held-out data.
+the class distribution and confidence histogram of predictions on held-out data (for a
+regressor: the distribution of its predicted values, and its RMSE when targets were given).
 
 Features are few and interpretable, so that "what moved" has an answer a person can act on:
 
@@ -219,16 +220,39 @@ def prediction_profile(scores: Array, labels: Array | None = None) -> dict[str, 
     return profile
 
 
+def regression_prediction_profile(outputs: Array, targets: Array | None = None) -> dict[str, Any]:
+    """The prediction half for a regressor: the distribution of its predicted values on
+    held-out data (`outputs` of shape (n,) or (n, 1)), plus the RMSE against `targets`."""
+    values = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)[:, 0]
+    profile: dict[str, Any] = {
+        "samples": len(values),
+        "task": "regression",
+        "value": feature_summary(values),
+    }
+    if targets is not None:
+        error = values - np.asarray(targets, dtype=np.float64).reshape(-1)
+        profile["rmse"] = _round([float(np.sqrt(np.mean(error**2)))])[0]
+    return profile
+
+
 def reference_profile(
     x_train: Array,
     input_shape: Sequence[int],
     held_out_scores: Array,
     held_out_labels: Array | None = None,
+    *,
+    task: str = "classification",
 ) -> dict[str, Any]:
     """What `kiln train` stores with a version: input features of the training data and
-    predictions on the held-out split."""
+    predictions on the held-out split (class scores and labels, or, with
+    task="regression", predicted values and targets)."""
+    predictions = (
+        regression_prediction_profile(held_out_scores, held_out_labels)
+        if task == "regression"
+        else prediction_profile(held_out_scores, held_out_labels)
+    )
     return {
         "format": PROFILE_FORMAT,
         "inputs": input_profile(x_train, input_shape),
-        "predictions": prediction_profile(held_out_scores, held_out_labels),
+        "predictions": predictions,
     }

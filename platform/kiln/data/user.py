@@ -1,9 +1,10 @@
 """User data: a Parquet file or a folder of images, one subfolder per class.
 
-Parquet: a `label` column (integers or strings) and the inputs as either
+Parquet: a `label` column (integers or strings: a classification set) or a numeric `target`
+column (a regression set; never both), and the inputs as either
   - an `image` column: encoded PNG/JPEG bytes, or lists of pixel values of square length,
   - a `features` column: lists of numbers (one vector per row), or
-  - every other numeric column, one feature each.
+  - every other numeric column (not `label` or `target`), one feature each.
 Image folders: `ROOT/CLASS/*.png|jpg|jpeg`; grayscale stays one channel, anything else becomes
 RGB; pixels are scaled to [0, 1]; images of another size are resized to the most common size.
 """
@@ -12,12 +13,17 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kiln.data.dataset import RawData
+from kiln.data.dataset import CLASSIFICATION, REGRESSION, RawData
 from kiln.errors import DatasetInvalid, DatasetNotFound
+
+if TYPE_CHECKING:  # polars is imported where a file is read, not when kiln.data is
+    import polars as pl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
@@ -87,23 +93,54 @@ def _stack_lists(column: list[object], file: Path, col: str) -> np.ndarray:
         raise DatasetInvalid(f"{file}: column '{col}' holds non-numeric values: {exc}") from exc
 
 
-def load_parquet(path: Path) -> RawData:
+TARGET = "target"
+"""The column that makes a Parquet file a regression set."""
+
+
+def task_of_columns(schema: Mapping[str, Any], path: Path) -> str:
+    """The task a Parquet file's columns (name -> polars dtype) say: a `label` column is
+    classification, a numeric `target` column regression. Raises DatasetInvalid for neither,
+    for both, and for a `target` that is not numeric."""
+    has_label, has_target = "label" in schema, TARGET in schema
+    if has_label and has_target:
+        raise DatasetInvalid(
+            f"{path} has both a 'label' and a 'target' column; keep 'label' for a classifier "
+            "(classes) or 'target' for a regressor (numbers), and rename or drop the other"
+        )
+    if has_target:
+        dtype = schema[TARGET]
+        if not dtype.is_numeric():
+            raise DatasetInvalid(
+                f"{path}: column 'target' holds {dtype}, not numbers; a regression target must "
+                "be numeric (name the column 'label' for classes)"
+            )
+        return REGRESSION
+    if not has_label:
+        raise DatasetInvalid(
+            f"{path} has no 'label' column (columns: {', '.join(schema)}); add one holding "
+            "each row's class, or a numeric 'target' column holding each row's value for a "
+            "regressor"
+        )
+    return CLASSIFICATION
+
+
+def parquet_task(path: Path) -> str:
+    """The task of a Parquet file, from its schema alone (no rows are read)."""
     import polars as pl
 
     if not path.is_file():
         raise DatasetNotFound(f"Parquet file {path} does not exist")
     try:
-        frame = pl.read_parquet(path)
+        schema = pl.read_parquet_schema(path)
     except Exception as exc:  # polars raises several unrelated types for unreadable files
         raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
-    if "label" not in frame.columns:
-        raise DatasetInvalid(
-            f"{path} has no 'label' column (columns: {', '.join(frame.columns)}); "
-            "add one holding each row's class"
-        )
-    if frame.height == 0:
-        raise DatasetInvalid(f"data set '{path}' is empty: it has no rows")
-    y, classes = _labels(frame["label"].to_list(), str(path))
+    return task_of_columns(schema, path)
+
+
+def _parquet_inputs(frame: pl.DataFrame, path: Path) -> np.ndarray:
+    """The input array of a Parquet data set: its 'image', 'features' or numeric columns."""
+    import polars as pl
+
     if "image" in frame.columns:
         values = frame["image"].to_list()
         if all(isinstance(v, bytes) for v in values):
@@ -124,13 +161,38 @@ def load_parquet(path: Path) -> RawData:
     elif "features" in frame.columns:
         x = _stack_lists(frame["features"].to_list(), path, "features")
     else:
-        numeric = [c for c, t in frame.schema.items() if c != "label" and t.is_numeric()]
+        numeric = [
+            c for c, t in frame.schema.items() if c not in ("label", TARGET) and t.is_numeric()
+        ]
         if not numeric:
             raise DatasetInvalid(
                 f"{path} has no inputs: add an 'image' or 'features' column, or numeric columns"
             )
         x = frame.select(numeric).cast(pl.Float32).fill_null(float("nan")).to_numpy()
-    return RawData(x.astype(np.float32), y, classes, f"parquet: {path}")
+    return x
+
+
+def load_parquet(path: Path) -> RawData:
+    import polars as pl
+
+    if not path.is_file():
+        raise DatasetNotFound(f"Parquet file {path} does not exist")
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several unrelated types for unreadable files
+        raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
+    task = task_of_columns(frame.schema, path)
+    classes: tuple[str, ...] = ()
+    if frame.height == 0:
+        raise DatasetInvalid(f"data set '{path}' is empty: it has no rows")
+    if task == REGRESSION:
+        # Missing targets become NaN, which validation lists by row.
+        target = frame[TARGET].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        y = np.asarray(target, dtype=np.float32)
+    else:
+        y, classes = _labels(frame["label"].to_list(), str(path))
+    x = _parquet_inputs(frame, path)
+    return RawData(x.astype(np.float32), y, classes, f"parquet: {path}", task=task)
 
 
 def load_image_folder(root: Path) -> RawData:
