@@ -94,6 +94,20 @@ class CheckpointInvalid(DataLoss):
     """A checkpoint's files are missing, truncated or do not match their config."""
 
 
+# -- sources (models Kiln did not train) -------------------------------------------------------
+
+
+class SourceInvalid(InvalidArgument):
+    """A model given to `kiln register` cannot be used: not the format it claims, fails the
+    ONNX checker, a builder that cannot be imported or builds no module, weights that do not
+    fit it, or a signature it cannot run."""
+
+
+class PickleRefused(SourceInvalid):
+    """A file holds Python pickle data (torch.save, a pickled state dict): Kiln never loads
+    pickle, because unpickling runs arbitrary code."""
+
+
 # -- registry -----------------------------------------------------------------------------------
 
 
