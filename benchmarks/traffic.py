@@ -52,7 +52,7 @@ from kiln.serving.launcher import kiln_serve
 from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
-from kiln.traffic import FEEDBACK_SCHEMA, TRAFFIC_SCHEMA, TrafficSettings
+from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA, TrafficSettings
 from kiln.traffic.layout import write_part
 
 KILN = Path(sys.executable).with_name("kiln")
@@ -276,7 +276,8 @@ def generate(home: Path, rows: int, images: np.ndarray, now: datetime) -> float:
             "model": np.full(len(ids), "digits"),
         }
     ).with_columns(pl.from_epoch("received_at", time_unit="us").dt.replace_time_zone("UTC"))
-    write_part(home / "feedback" / f"date={now.date().isoformat()}", fb.cast(dict(FEEDBACK_SCHEMA)))  # type: ignore[arg-type]
+    labels = fb.cast(dict(FEEDBACK_SCHEMA_V1))  # type: ignore[arg-type]
+    write_part(home / "feedback" / f"date={now.date().isoformat()}", labels)
     return time.perf_counter() - started
 
 

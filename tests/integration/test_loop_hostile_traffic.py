@@ -20,7 +20,7 @@ import pytest
 import kiln.registry
 from kiln.data import load_dataset
 from kiln.settings import Settings
-from kiln.traffic import FEEDBACK_SCHEMA, TRAFFIC_SCHEMA, FeedbackWriter, TrafficLogger
+from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA, FeedbackWriter, TrafficLogger
 from kiln.traffic import TrafficRecord as Record
 from kiln.traffic.layout import write_part
 from tests.integration.bento_harness import train_and_register
@@ -96,7 +96,7 @@ def log_hostile_traffic(home: Path, x: np.ndarray, y: np.ndarray, version: int) 
         schema_overrides={"label": pl.Int64},
     ).with_columns(pl.from_epoch("received_at", time_unit="us").dt.replace_time_zone("UTC"))
     write_part(home / "feedback" / f"date={day}",
-               old_labels.cast(dict(FEEDBACK_SCHEMA)))  # type: ignore[arg-type]  # fmt: skip
+               old_labels.cast(dict(FEEDBACK_SCHEMA_V1)))  # type: ignore[arg-type]  # fmt: skip
     return len(x) - 2  # ok-0 and ok-1 carry labels out of range
 
 

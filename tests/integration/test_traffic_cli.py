@@ -17,7 +17,7 @@ import kiln.registry
 from kiln.data.profile import reference_profile
 from kiln.settings import Settings
 from kiln.traffic import (
-    FEEDBACK_SCHEMA,
+    FEEDBACK_SCHEMA_V1,
     FeedbackWriter,
     TrafficLogger,
     TrafficRecord,
@@ -134,7 +134,7 @@ def test_evaluate_skips_labels_outside_the_models_classes(
          "model": "shades", "received_at": datetime.now(UTC)},
     ).with_columns(pl.col("received_at").dt.cast_time_unit("us"))  # fmt: skip
     write_part(kiln_home / "feedback" / f"date={datetime.now(UTC).date()}",
-               old.select(FEEDBACK_SCHEMA.names()).cast(dict(FEEDBACK_SCHEMA)))  # type: ignore[arg-type]  # fmt: skip
+               old.select(FEEDBACK_SCHEMA_V1.names()).cast(dict(FEEDBACK_SCHEMA_V1)))  # type: ignore[arg-type]  # fmt: skip
     result = cli("evaluate", "shades", "--json")
     assert result.exit_code == 0, result.stderr
     report = result.json()

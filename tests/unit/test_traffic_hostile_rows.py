@@ -33,7 +33,7 @@ from kiln.data.profile import reference_profile
 from kiln.evaluate.labelled import labelled_traffic
 from kiln.settings import Settings
 from kiln.traffic import (
-    FEEDBACK_SCHEMA,
+    FEEDBACK_SCHEMA_V1,
     TRAFFIC_SCHEMA,
     FeedbackWriter,
     TrafficLogger,
@@ -222,7 +222,7 @@ def write_log(home: Path, mix: list[tuple[str, tuple[int, bool] | None]], seed: 
                 schema_overrides={"label": pl.Int64},
             )
             .with_columns(pl.from_epoch("received_at", time_unit="us").dt.replace_time_zone("UTC"))
-            .cast(dict(FEEDBACK_SCHEMA)),  # type: ignore[arg-type]
+            .cast(dict(FEEDBACK_SCHEMA_V1)),  # type: ignore[arg-type]
         )
     return rows
 

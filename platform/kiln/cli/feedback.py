@@ -1,4 +1,5 @@
-"""`kiln feedback import FILE`: store ground-truth labels from a CSV or Parquet file."""
+"""`kiln feedback import FILE`: store ground-truth labels or values from a CSV or Parquet
+file."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from rich.markup import escape
 from kiln.cli.output import JsonOption, emit
 from kiln.settings import Settings
 
-app = typer.Typer(help="Ground-truth labels for served requests.", no_args_is_help=True)
+app = typer.Typer(
+    help="Ground truth for served requests: labels (classifiers) or values (regressors).",
+    no_args_is_help=True,
+)
 
 
 @app.command("import")
@@ -21,12 +25,14 @@ def import_command(
     file: Annotated[
         Path,
         typer.Argument(
-            metavar="FILE", help="CSV or Parquet with request_id and label (class index)."
+            metavar="FILE",
+            help="CSV or Parquet with request_id and label (class index), or request_id and "
+            "value (the true number, for a regression model).",
         ),
     ],
     model: Annotated[
         str | None,
-        typer.Option(help="The model the labels are for (where the file has no model column)."),
+        typer.Option(help="The model the feedback is for (where the file has no model column)."),
     ] = None,
     skip_invalid: Annotated[
         bool,
@@ -38,34 +44,47 @@ def import_command(
     ] = False,
     as_json: bool = JsonOption,
 ) -> None:
-    """Import labels keyed by request id; ids not in the traffic log are kept and reported.
+    """Import labels or values keyed by request id; ids not in the traffic log are kept and
+    reported.
 
     Each label must be a class index of its model (the file's model column, else --model),
-    as the registry knows its classes. A file with invalid rows is refused as a whole (exit
-    2, nothing imported) unless --skip-invalid is given.
+    as the registry knows its classes; each value a finite number, for a regression model. A
+    file with invalid rows is refused as a whole (exit 2, nothing imported) unless
+    --skip-invalid is given.
     """
     import kiln.registry
-    from kiln.evaluate.references import model_classes
+    from kiln.evaluate.references import model_classes, model_task
     from kiln.traffic import import_feedback
 
     settings = Settings()
     with kiln.registry.open(settings=settings) as registry:
         known: dict[str, int | None] = {}
+        kinds: dict[str, str | None] = {}
 
         def classes(name: str) -> int | None:
             if name not in known:
                 known[name] = model_classes(registry, name)
             return known[name]
 
+        def task(name: str) -> str | None:
+            if name not in kinds:
+                kinds[name] = model_task(registry, name)
+            return kinds[name]
+
         result = import_feedback(
-            settings.home, file, model=model, classes=classes, skip_invalid=skip_invalid
+            settings.home,
+            file,
+            model=model,
+            classes=classes,
+            skip_invalid=skip_invalid,
+            tasks=task,
         )
 
     def render(console: Console) -> None:
         console.print(
-            f"imported {result.rows} label(s) from {escape(str(file))}: {result.matched} "
-            f"matched logged requests, {result.unmatched} unmatched (kept; they match once "
-            "the request is logged)"
+            f"imported {result.rows} {_kind(result.rows, result.values)} from "
+            f"{escape(str(file))}: {result.matched} matched logged requests, "
+            f"{result.unmatched} unmatched (kept; they match once the request is logged)"
             + (
                 f"; {result.duplicates} duplicate id(s), the last label wins"
                 if result.duplicates
@@ -87,3 +106,8 @@ def import_command(
             )
 
     emit(asdict(result), as_json, render)
+
+
+def _kind(rows: int, values: int) -> str:
+    """What the rows were, for the summary line: "label(s)" as before numeric feedback."""
+    return "value(s)" if rows and values == rows else "label(s)"

@@ -55,6 +55,7 @@ from kiln.traffic import (
     scan_traffic,
     traffic_stats,
 )
+from kiln.traffic.labels import CLASSIFICATION, REGRESSION
 from kiln.traffic.stats import Bucket, bucket_for
 from kiln.traffic.validity import index_below, input_problem, label_in_range, output_width
 
@@ -75,6 +76,12 @@ class VersionInfo:
     reference: dict[str, Any] = field(default_factory=dict)
     num_classes: int | None = None
     """The version's class count when known otherwise than by its names (its output width)."""
+    task: str = CLASSIFICATION
+    """"classification" or "regression" (`config["task"]`; absent means classification)."""
+
+    @property
+    def regression(self) -> bool:
+        return self.task == REGRESSION
 
     @property
     def classes(self) -> int | None:

@@ -1,11 +1,13 @@
-"""What the registry knows about a model's versions that evaluation needs: class names and the
-reference profile `kiln train` stored in each version's config."""
+"""What the registry knows about a model's versions that evaluation needs: the task, class
+names and the reference profile `kiln train` (or `kiln register --dataset`) stored in each
+version's config."""
 
 from __future__ import annotations
 
 from kiln.errors import ModelNotFound
 from kiln.evaluate.online import VersionInfo
 from kiln.registry import Registry
+from kiln.traffic.labels import CLASSIFICATION, REGRESSION
 
 
 def version_infos(registry: Registry, model: str) -> dict[int, VersionInfo]:
@@ -19,6 +21,7 @@ def version_infos(registry: Registry, model: str) -> dict[int, VersionInfo]:
             version=v.version,
             class_names=[str(c) for c in v.config.get("class_names") or []],
             reference=dict(v.config.get("reference") or {}),
+            task=str(v.config.get("task") or CLASSIFICATION),
         )
         for v in versions
     }
@@ -30,3 +33,14 @@ def model_classes(registry: Registry, model: str) -> int | None:
     version names its classes. What `kiln feedback import` checks labels against."""
     counts = [info.classes for info in version_infos(registry, model).values() if info.classes]
     return max(counts) if counts else None
+
+
+def model_task(registry: Registry, model: str) -> str | None:
+    """`model`'s task as its registered versions say: "regression" when they all are
+    regressors, "classification" when none is, None when it is not registered or its versions
+    differ (either kind of feedback is then taken). What `kiln feedback import` checks the
+    kind of each row against."""
+    tasks = {info.task for info in version_infos(registry, model).values()}
+    if tasks == {REGRESSION}:
+        return REGRESSION
+    return CLASSIFICATION if tasks and REGRESSION not in tasks else None

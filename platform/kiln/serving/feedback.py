@@ -1,5 +1,6 @@
-"""Ground-truth labels arriving at a server: checked against the model they name, then handed
-to the feedback hook (which stores them beside the traffic log they join)."""
+"""Ground truth arriving at a server: labels (classifiers) and values (regressors), checked
+against the model they name, then handed to the feedback hook (which stores them beside the
+traffic log they join)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from kiln.errors import FeedbackDisabled, FeedbackRejected
 from kiln.serving.hooks import FeedbackHook
 from kiln.serving.messages import Feedback
 from kiln.serving.settings import ServingSettings
-from kiln.serving.table import ModelTable
-from kiln.traffic.labels import label_problem
+from kiln.serving.table import LoadedModel, ModelTable
+from kiln.traffic.labels import CLASSIFICATION, REGRESSION, feedback_problem
 
 FULL_REASONS = 100
 """Refused feedback items of one call that get their full reason whatever the others'."""
@@ -20,7 +21,7 @@ _NUMBER = re.compile(r"-?\d+")
 
 
 class FeedbackIntake:
-    """Takes the labels of feedback calls for the serving core."""
+    """Takes the labels and values of feedback calls for the serving core."""
 
     def __init__(
         self, table: ModelTable, settings: ServingSettings, hook: FeedbackHook | None
@@ -30,10 +31,12 @@ class FeedbackIntake:
         self.hook = hook
 
     def submit(self, items: Sequence[Feedback]) -> list[tuple[int, str]]:
-        """Hand valid labels to the feedback hook; returns (index, reason) of rejected ones.
+        """Hand valid items to the feedback hook; returns (index, reason) of rejected ones.
 
-        A label is checked against the classes of the model it names (of the served models
-        when it names none): out of range is refused here, per item, with the valid range.
+        An item is checked against the model it names (the served models when it names
+        none), per item: a classification model takes a label, refused here when out of
+        range, with the valid range; a regression model takes a value, refused when NaN or
+        infinite; the wrong one of the two, both or neither are refused saying which to send.
         Accepted items are kept all together or not at all: `FeedbackBufferFull`
         (RESOURCE_EXHAUSTED) when the store cannot take them now, so nothing acknowledged is
         ever dropped. More than `max_feedback_items` in one call is refused as a whole.
@@ -53,14 +56,16 @@ class FeedbackIntake:
             )
         rejected: list[tuple[int, str]] = []
         accepted: list[Feedback] = []
-        classes: dict[str, int | None] = {}
+        expected: dict[str, tuple[str | None, int | None]] = {}
         for index, item in enumerate(items):
             if not item.request_id:
                 rejected.append((index, "request_id is empty: give the `id` of the response"))
                 continue
-            if item.model not in classes:
-                classes[item.model] = self._num_classes(item.model)
-            problem = label_problem(item.label, classes[item.model])
+            if item.model not in expected:
+                loaded = self._loaded(item.model)
+                expected[item.model] = (_task(loaded), _num_classes(loaded))
+            task, classes = expected[item.model]
+            problem = feedback_problem(item.label, item.value, task, classes)
             if problem:
                 rejected.append((index, problem))
             else:
@@ -69,20 +74,34 @@ class FeedbackIntake:
             self.hook(accepted)
         return _summarised(rejected)
 
-    def _num_classes(self, model: str) -> int | None:
-        """Classes of `model`'s loaded versions (of every served model when `model` is ""):
-        the widest output row among them; None when nothing loaded says."""
+    def _loaded(self, model: str) -> list[LoadedModel]:
+        """`model`'s loaded versions (every served model's when `model` is "")."""
         if model:
             served = self.table.models.get(model)
-            loaded = served.by_version() if served else []
-        else:
-            loaded = self.table.loaded()
-        widths = [
-            m.description.outputs[0].shape[-1]
-            for m in loaded
-            if m.description.outputs and len(m.description.outputs[0].shape) > 1
-        ]
-        return max(widths) if widths and min(widths) > 0 else None
+            return served.by_version() if served else []
+        return self.table.loaded()
+
+
+def _task(loaded: list[LoadedModel]) -> str | None:
+    """What feedback `loaded` takes: "regression" when every one is a regressor,
+    "classification" when none is, None (either) when they differ or nothing is loaded."""
+    tasks = {m.opened.task for m in loaded}
+    if tasks == {REGRESSION}:
+        return REGRESSION
+    return CLASSIFICATION if tasks and REGRESSION not in tasks else None
+
+
+def _num_classes(loaded: list[LoadedModel]) -> int | None:
+    """Classes of the classifiers among `loaded`: the widest output row among them; None
+    when nothing loaded says."""
+    widths = [
+        m.description.outputs[0].shape[-1]
+        for m in loaded
+        if m.opened.task != REGRESSION
+        and m.description.outputs
+        and len(m.description.outputs[0].shape) > 1
+    ]
+    return max(widths) if widths and min(widths) > 0 else None
 
 
 def _summarised(rejected: list[tuple[int, str]]) -> list[tuple[int, str]]:

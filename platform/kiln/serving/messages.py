@@ -150,14 +150,18 @@ class IndexEntry:
 
 @dataclass(frozen=True, slots=True)
 class Feedback:
-    """A ground-truth label for a served request, as the feedback hook receives it."""
+    """Ground truth for a served request, as the feedback hook receives it: a label (the
+    true class of a classifier's request) or a value (the true target of a regressor's)."""
 
     request_id: str
-    label: int
+    label: int | None
+    """None when the feedback is a value."""
     model: str = ""
     """The model that served the request, when the client said."""
     received_at_ns: int = 0
     """`time.time_ns()` when the server received it."""
+    value: float | None = None
+    """The true target of a regression model's request; None for a label."""
 
 
 _DIRECTORIES = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`]+/)+(?=[^\s/'\"`])")

@@ -28,6 +28,8 @@ class OpenedEngine:
     device: str
     """Where it runs: cpu, cuda, cuda:N."""
     sha256: str
+    task: str = "classification"
+    """The version's task (`config["task"]`): whether its feedback is a label or a value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +93,8 @@ class RegistryRepository:
         engine, artifact = open_engine(
             self._registry, name, version, self._options, kind=self._engine_kind
         )
-        return OpenedEngine(engine, artifact.kind.value, engine.device, artifact.sha256)
+        task = self._registry.get_version(name, version).config.get("task") or "classification"
+        return OpenedEngine(engine, artifact.kind.value, engine.device, artifact.sha256, str(task))
 
     def model_names(self) -> list[str]:
         return [m.name for m in self._registry.list_models()]

@@ -85,14 +85,17 @@ class TrafficSink:
         logger.log_row(traffic_row(event, time.time_ns(), logger.keep_input()))
 
     def on_feedback(self, items: Sequence[Feedback]) -> None:
-        """The core's `feedback_hook`: buffers every label or none (`FeedbackBufferFull`)."""
+        """The core's `feedback_hook`: buffers every item or none (`FeedbackBufferFull`)."""
         add = self.feedback.row
         self.feedback.add_all(
             [
-                add(i.request_id, i.label, i.model, self.feedback_source, i.received_at_ns)
+                add(
+                    i.request_id, i.label, i.model, self.feedback_source, i.received_at_ns,
+                    value=i.value,
+                )
                 for i in items
             ]
-        )
+        )  # fmt: skip
 
     def flush(self, timeout: float | None = None) -> bool:
         """Write everything logged so far (both streams); True when done within `timeout`."""

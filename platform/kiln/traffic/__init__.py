@@ -1,8 +1,8 @@
 """Production traffic: the request log, ground-truth feedback, and lazy readers over both.
 
-Serving logs each request with a `TrafficLogger`; labels arrive through a `FeedbackWriter`
-(servers) or `import_feedback` (files); `scan_traffic` / `scan_feedback` give Polars lazy
-frames over the Parquet partitions for `traffic_stats` and `kiln.evaluate`::
+Serving logs each request with a `TrafficLogger`; labels and values arrive through a
+`FeedbackWriter` (servers) or `import_feedback` (files); `scan_traffic` / `scan_feedback` give
+Polars lazy frames over the Parquet partitions for `traffic_stats` and `kiln.evaluate`::
 
     from kiln.traffic import TrafficLogger, TrafficRecord
 
@@ -26,6 +26,7 @@ from kiln.traffic.readers import (
     Scan,
     Window,
     latest_labels,
+    latest_values,
     parse_since,
     run_query,
     scan_feedback,
@@ -38,13 +39,21 @@ from kiln.traffic.records import (
     predictions_and_confidences,
     record_row,
 )
-from kiln.traffic.schema import FEEDBACK_SCHEMA, STATUS_OK, TRAFFIC_SCHEMA, Route, Transport
+from kiln.traffic.schema import (
+    FEEDBACK_SCHEMA,
+    FEEDBACK_SCHEMA_V1,
+    STATUS_OK,
+    TRAFFIC_SCHEMA,
+    Route,
+    Transport,
+)
 from kiln.traffic.shutdown import close_on_signals
 from kiln.traffic.stats import traffic_stats
 from kiln.traffic.writer import WriterStats
 
 __all__ = [
     "FEEDBACK_SCHEMA",
+    "FEEDBACK_SCHEMA_V1",
     "STATUS_OK",
     "TRAFFIC_SCHEMA",
     "FeedbackWriter",
@@ -63,6 +72,7 @@ __all__ = [
     "import_feedback",
     "label_problem",
     "latest_labels",
+    "latest_values",
     "parse_since",
     "predictions_and_confidences",
     "read_feedback_file",

@@ -1,5 +1,5 @@
-"""Ground truth from servers: labels keyed by request id, buffered and written in the
-background under ``KILN_HOME/feedback/date=…/``.
+"""Ground truth from servers: labels (classifiers) and values (regressors) keyed by request
+id, buffered and written in the background under ``KILN_HOME/feedback/date=…/``.
 
 The gRPC kiln.v1 feedback service and the BentoML HTTP endpoint call `FeedbackWriter.add`;
 it never waits on disk. Files come in through `kiln.traffic.feedback_files` into the same
@@ -18,20 +18,21 @@ from pathlib import Path
 import polars as pl
 
 from kiln.errors import FeedbackBufferFull, FeedbackRejected, quote
-from kiln.traffic.labels import label_problem
+from kiln.traffic.labels import feedback_problem
 from kiln.traffic.layout import feedback_root
 from kiln.traffic.logger import TrafficSettings
 from kiln.traffic.schema import FEEDBACK_SCHEMA
 from kiln.traffic.writer import BackgroundWriter, WriterStats
 
-FeedbackRow = tuple[str, int, int, str, str | None]
-"""(request_id, label, received_at in ns since the epoch, source, model or None)."""
+FeedbackRow = tuple[str, int | None, int, str, str | None, float | None]
+"""(request_id, label or None, received_at in ns since the epoch, source, model or None,
+value or None): exactly one of label and value is set."""
 
 
 class FeedbackWriter:
-    """Buffers labels and writes them in the background, like the traffic logger.
+    """Buffers feedback and writes it in the background, like the traffic logger.
 
-    `add` is what a transport's feedback handler calls, once per label, on the request path.
+    `add` is what a transport's feedback handler calls, once per item, on the request path.
     """
 
     def __init__(self, home: Path, settings: TrafficSettings | None = None) -> None:
@@ -48,38 +49,55 @@ class FeedbackWriter:
     def add(
         self,
         request_id: str,
-        label: int,
+        label: int | None = None,
         *,
+        value: float | None = None,
         model: str | None = None,
         source: str = "grpc",
         received_at_ns: int = 0,
         num_classes: int | None = None,
+        task: str | None = None,
     ) -> None:
-        """Record that request `request_id` had true class `label`. Never waits on disk.
+        """Record that request `request_id` had true class `label` (a classifier) or true
+        target `value` (a regressor). Never waits on disk.
 
-        Raises `FeedbackRejected` (INVALID_ARGUMENT) for an empty id or a label outside
-        `0 .. num_classes - 1` (outside the int32 range when `num_classes` is None), and
-        `FeedbackBufferFull` (RESOURCE_EXHAUSTED) when the buffer is full: once this returns
-        the label is kept.
+        Raises `FeedbackRejected` (INVALID_ARGUMENT) for an empty id, for both or neither of
+        `label` and `value`, a label outside `0 .. num_classes - 1` (outside the int32 range
+        when `num_classes` is None), a value that is NaN or infinite, or the wrong kind for
+        `task` (when given); and `FeedbackBufferFull` (RESOURCE_EXHAUSTED) when the buffer is
+        full: once this returns the feedback is kept.
         """
-        self.add_all([self.row(request_id, label, model, source, received_at_ns, num_classes)])
+        row = self.row(
+            request_id, label, model, source, received_at_ns, num_classes, value=value, task=task
+        )
+        self.add_all([row])
 
     def row(
         self,
         request_id: str,
-        label: int,
+        label: int | None,
         model: str | None = None,
         source: str = "grpc",
         received_at_ns: int = 0,
         num_classes: int | None = None,
+        *,
+        value: float | None = None,
+        task: str | None = None,
     ) -> FeedbackRow:
         """One checked row for `add_all`; raises `FeedbackRejected` as `add` does."""
         if not request_id:
             raise FeedbackRejected("feedback needs the request id the server returned")
-        problem = label_problem(label, num_classes)
+        problem = feedback_problem(label, value, task, num_classes)
         if problem:
             raise FeedbackRejected(f"feedback for request {quote(request_id)}: {problem}")
-        return (request_id, int(label), received_at_ns or time.time_ns(), source, model or None)
+        return (
+            request_id,
+            None if label is None else int(label),
+            received_at_ns or time.time_ns(),
+            source,
+            model or None,
+            None if value is None else float(value),
+        )
 
     def add_all(self, rows: Sequence[FeedbackRow]) -> None:
         """Buffer every row (made by `row`) or none: `FeedbackBufferFull` when they do not all
@@ -112,7 +130,7 @@ class FeedbackWriter:
         for row in rows:
             by_day[datetime.fromtimestamp(row[2] / 1e9, UTC).date().isoformat()].append(row)
         for day, group in by_day.items():
-            ids, labels, times, sources, models = zip(*group, strict=True)
+            ids, labels, times, sources, models, values = zip(*group, strict=True)
             frame = pl.DataFrame(
                 {
                     "request_id": ids,
@@ -120,8 +138,9 @@ class FeedbackWriter:
                     "received_at": [t // 1000 for t in times],
                     "source": sources,
                     "model": models,
+                    "value": values,
                 },
-                schema_overrides={"received_at": pl.Int64},
+                schema_overrides={"received_at": pl.Int64, "label": pl.Int64, "value": pl.Float64},
             ).with_columns(_from_us("received_at"))
             yield self.root / f"date={day}", frame.cast(dict(FEEDBACK_SCHEMA))  # type: ignore[arg-type]
 

@@ -150,11 +150,27 @@ def scan_feedback(home: Path, window: Window | None = None) -> Scan:
 
 def latest_labels(feedback: pl.LazyFrame, model: str | None = None) -> pl.LazyFrame:
     """One label per request id: the last one received. Feedback that names another model is
-    left out; feedback that names none is kept."""
+    left out; feedback that names none is kept; rows carrying a value, not a label, too."""
+    return _latest(feedback, model, "label")
+
+
+def latest_values(feedback: pl.LazyFrame, model: str | None = None) -> pl.LazyFrame:
+    """One true value per request id (regressors' feedback): the last one received, by the
+    same rules as `latest_labels`."""
+    return _latest(feedback, model, "value")
+
+
+def _latest(feedback: pl.LazyFrame, model: str | None, column: str) -> pl.LazyFrame:
     if model is not None:
         feedback = feedback.filter(pl.col("model").is_null() | (pl.col("model") == model))
+    if column != "label":
+        feedback = feedback.filter(pl.col(column).is_not_null())
+    else:
+        # Files written before numeric feedback hold labels only, all set; a value row's
+        # label is null and must not hide an earlier label of the same request.
+        feedback = feedback.filter(pl.col("value").is_null() | pl.col("label").is_not_null())
     return feedback.group_by("request_id").agg(
-        pl.col("label").sort_by("received_at").last(),
+        pl.col(column).sort_by("received_at").last(),
         pl.col("received_at").max(),
     )
 

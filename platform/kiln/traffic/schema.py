@@ -54,7 +54,7 @@ TRAFFIC_SCHEMA = pl.Schema(
     }
 )
 
-FEEDBACK_SCHEMA = pl.Schema(
+FEEDBACK_SCHEMA_V1 = pl.Schema(
     {
         "request_id": pl.String(),
         "label": pl.Int64(),  # the true class index
@@ -63,6 +63,20 @@ FEEDBACK_SCHEMA = pl.Schema(
         "model": pl.String(),  # the model the client named; null when it did not say
     }
 )
+"""The feedback columns before numeric feedback: files of older writers have exactly these
+(every row a label); readers take them as rows whose `value` is null."""
+
+FEEDBACK_SCHEMA = pl.Schema(
+    {
+        "request_id": pl.String(),
+        "label": pl.Int64(),  # the true class index (classifiers); null for a value
+        "received_at": pl.Datetime("us", "UTC"),
+        "source": pl.String(),
+        "model": pl.String(),
+        "value": pl.Float64(),  # the true target (regressors, finite); null for a label
+    }
+)
+"""Every row carries exactly one of `label` and `value` (`kiln.traffic.labels`)."""
 
 TRAFFIC_REQUIRED = ("request_id", "timestamp", "model", "status")
 FEEDBACK_REQUIRED = ("request_id", "label", "received_at")

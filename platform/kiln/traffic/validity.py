@@ -83,3 +83,9 @@ def output_width(shape: str = "output_shape") -> pl.Expr:
     output was not logged or has no dimensions)."""
     width = pl.col(shape).list.last()
     return pl.when(width > 0).then(width).otherwise(pl.lit(None, pl.Int64))
+
+
+def value_is_finite(value: str = "value") -> pl.Expr:
+    """`kiln.traffic.labels.value_problem` as an expression: True where `value` is a finite
+    number; False where it is null, NaN or infinite."""
+    return pl.col(value).is_finite().fill_null(False)

@@ -131,15 +131,23 @@ class Prediction(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    """The true label of an answered request.
+    """The true label (a classification model) or value (a regression model) of an answered
+    request.
 
-    Only the types are checked here; whether the id is empty and the label one of the model's
-    classes is the serving core's check, per item, so that one bad item is refused in the
-    receipt instead of failing the items sent with it.
+    Only the types are checked here; whether the id is empty, exactly one of label and value
+    given, the label one of the model's classes and the value finite is the serving core's
+    check, per item, so that one bad item is refused in the receipt instead of failing the
+    items sent with it.
     """
 
     request_id: str = Field(description="The request_id of the answer being labelled.")
-    label: int = Field(description="The true class index: 0 to the model's classes - 1.")
+    label: int | None = Field(
+        default=None,
+        description="The true class index (classification): 0 to the model's classes - 1.",
+    )
+    value: float | None = Field(
+        default=None, description="The true target (regression): a finite number."
+    )
     model: str = ""
 
 

@@ -340,17 +340,20 @@ class KilnService:
 
     @bentoml.api
     async def feedback(self, items: list[FeedbackItem]) -> FeedbackReceipt:
-        """Ground truth for answered requests: `[{"request_id": ..., "label": 3}, ...]`.
+        """Ground truth for answered requests: `[{"request_id": ..., "label": 3}, ...]` for a
+        classification model, `[{"request_id": ..., "value": 151.0}, ...]` for a regression
+        model.
 
         Each item is stored or refused in the answer with its reason (an empty request id, a
-        label outside the model's classes); the stored ones are written in the background.
+        label outside the model's classes, a value that is not finite, the wrong one of the
+        two for the model); the stored ones are written in the background.
         A full buffer refuses the whole call with 429 (nothing of it kept; retry after the
         Retry-After seconds), more than KILN_SERVE_MAX_FEEDBACK_ITEMS (10,000) with 400.
         """
         now = time.time_ns()
         try:
             rejected = self.core.feedback(
-                [Feedback(i.request_id, i.label, i.model or self.name, now) for i in items]
+                [Feedback(i.request_id, i.label, i.model or self.name, now, i.value) for i in items]
             )
         except KilnError as exc:
             raise to_http(exc) from exc

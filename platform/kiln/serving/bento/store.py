@@ -154,7 +154,8 @@ class StoreRepository:
                 f"found {actual}; export the version again"
             )
         engine = load(path, str(self.manifest["kind"]), self._options)
-        return OpenedEngine(engine, str(self.manifest["kind"]), engine.device, actual)
+        task = (self.manifest.get("config") or {}).get("task") or "classification"
+        return OpenedEngine(engine, str(self.manifest["kind"]), engine.device, actual, str(task))
 
     def model_names(self) -> list[str]:
         return [self.name]

@@ -166,7 +166,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class FeedbackServicer(fb_grpc.FeedbackServicer):
-    """`kiln.v1.Feedback`: labels for served requests, handed to the core's feedback hook."""
+    """`kiln.v1.Feedback`: labels or values for served requests, handed to the core's
+    feedback hook."""
 
     def __init__(self, core: ServingCore) -> None:
         self.core = core
@@ -192,4 +193,8 @@ class FeedbackServicer(fb_grpc.FeedbackServicer):
 
 
 def _feedback(item: fb.FeedbackItem) -> Feedback:
-    return Feedback(item.request_id, item.label, item.model_name, time.time_ns())
+    if not item.HasField("value"):
+        return Feedback(item.request_id, item.label, item.model_name, time.time_ns())
+    # proto3 cannot tell an unset label from 0: beside a value, only a non-zero one was sent.
+    label = item.label or None
+    return Feedback(item.request_id, label, item.model_name, time.time_ns(), item.value)

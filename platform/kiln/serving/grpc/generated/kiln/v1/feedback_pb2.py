@@ -27,7 +27,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _kiln_pool.AddSerializedFile(b'\n\x16kiln/v1/feedback.proto\x12\x07kiln.v1\"E\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\"<\n\x15SubmitFeedbackRequest\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.kiln.v1.FeedbackItem\"\x18\n\x16SubmitFeedbackResponse\"B\n\x1aSubmitFeedbackBatchRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.kiln.v1.FeedbackItem\"\x9b\x01\n\x1bSubmitFeedbackBatchResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12?\n\x08rejected\x18\x02 \x03(\x0b\x32-.kiln.v1.SubmitFeedbackBatchResponse.Rejected\x1a)\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xc3\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12S\n\x0eSubmitFeedback\x12\x1e.kiln.v1.SubmitFeedbackRequest\x1a\x1f.kiln.v1.SubmitFeedbackResponse\"\x00\x12\x62\n\x13SubmitFeedbackBatch\x12#.kiln.v1.SubmitFeedbackBatchRequest\x1a$.kiln.v1.SubmitFeedbackBatchResponse\"\x00\x62\x06proto3')
+DESCRIPTOR = _kiln_pool.AddSerializedFile(b'\n\x16kiln/v1/feedback.proto\x12\x07kiln.v1\"c\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\x03\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_value\"<\n\x15SubmitFeedbackRequest\x12#\n\x04item\x18\x01 \x01(\x0b\x32\x15.kiln.v1.FeedbackItem\"\x18\n\x16SubmitFeedbackResponse\"B\n\x1aSubmitFeedbackBatchRequest\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.kiln.v1.FeedbackItem\"\x9b\x01\n\x1bSubmitFeedbackBatchResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12?\n\x08rejected\x18\x02 \x03(\x0b\x32-.kiln.v1.SubmitFeedbackBatchResponse.Rejected\x1a)\n\x08Rejected\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t2\xc3\x01\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12S\n\x0eSubmitFeedback\x12\x1e.kiln.v1.SubmitFeedbackRequest\x1a\x1f.kiln.v1.SubmitFeedbackResponse\"\x00\x12\x62\n\x13SubmitFeedbackBatch\x12#.kiln.v1.SubmitFeedbackBatchRequest\x1a$.kiln.v1.SubmitFeedbackBatchResponse\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'kiln.serving.grpc.generated
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEEDBACKITEM']._serialized_start=35
-  _globals['_FEEDBACKITEM']._serialized_end=104
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=106
-  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=166
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=168
-  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=192
-  _globals['_SUBMITFEEDBACKBATCHREQUEST']._serialized_start=194
-  _globals['_SUBMITFEEDBACKBATCHREQUEST']._serialized_end=260
-  _globals['_SUBMITFEEDBACKBATCHRESPONSE']._serialized_start=263
-  _globals['_SUBMITFEEDBACKBATCHRESPONSE']._serialized_end=418
-  _globals['_SUBMITFEEDBACKBATCHRESPONSE_REJECTED']._serialized_start=377
-  _globals['_SUBMITFEEDBACKBATCHRESPONSE_REJECTED']._serialized_end=418
-  _globals['_FEEDBACK']._serialized_start=421
-  _globals['_FEEDBACK']._serialized_end=616
+  _globals['_FEEDBACKITEM']._serialized_end=134
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_start=136
+  _globals['_SUBMITFEEDBACKREQUEST']._serialized_end=196
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_start=198
+  _globals['_SUBMITFEEDBACKRESPONSE']._serialized_end=222
+  _globals['_SUBMITFEEDBACKBATCHREQUEST']._serialized_start=224
+  _globals['_SUBMITFEEDBACKBATCHREQUEST']._serialized_end=290
+  _globals['_SUBMITFEEDBACKBATCHRESPONSE']._serialized_start=293
+  _globals['_SUBMITFEEDBACKBATCHRESPONSE']._serialized_end=448
+  _globals['_SUBMITFEEDBACKBATCHRESPONSE_REJECTED']._serialized_start=407
+  _globals['_SUBMITFEEDBACKBATCHRESPONSE_REJECTED']._serialized_end=448
+  _globals['_FEEDBACK']._serialized_start=451
+  _globals['_FEEDBACK']._serialized_end=646
 # @@protoc_insertion_point(module_scope)

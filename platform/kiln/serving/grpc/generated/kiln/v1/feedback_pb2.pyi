@@ -9,14 +9,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class FeedbackItem(_message.Message):
-    __slots__ = ("request_id", "label", "model_name")
+    __slots__ = ("request_id", "label", "model_name", "value")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     label: int
     model_name: str
-    def __init__(self, request_id: _Optional[str] = ..., label: _Optional[int] = ..., model_name: _Optional[str] = ...) -> None: ...
+    value: float
+    def __init__(self, request_id: _Optional[str] = ..., label: _Optional[int] = ..., model_name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class SubmitFeedbackRequest(_message.Message):
     __slots__ = ("item",)
