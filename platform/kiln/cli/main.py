@@ -42,6 +42,7 @@ from kiln.cli import (
     loop,
     models,
     output,
+    register,
     registry_promotion,
     rollout,
     serve,
@@ -101,6 +102,7 @@ def version(as_json: bool = JsonOption) -> None:
 app.command(name="demo", rich_help_panel=help_layout.START)(demo.demo)
 app.command(name="version", rich_help_panel=help_layout.START)(version)
 app.command(name="train", rich_help_panel=help_layout.DATA)(train.train)
+app.command(name="register", rich_help_panel=help_layout.REGISTRY)(register.register)
 app.command(name="promote", rich_help_panel=help_layout.REGISTRY)(registry_promotion.promote)
 app.command(name="rollback", rich_help_panel=help_layout.REGISTRY)(registry_promotion.rollback)
 app.command(name="rollout", rich_help_panel=help_layout.REGISTRY)(rollout.rollout)
