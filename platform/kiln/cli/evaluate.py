@@ -1,4 +1,5 @@
-"""`kiln evaluate NAME`: accuracy, calibration and drift of a model on its production traffic."""
+"""`kiln evaluate NAME`: accuracy and calibration (classifiers) or MAE, RMSE and residuals
+(regressors), and drift, of a model on its production traffic."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from kiln.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing polars and numpy (kiln.evaluate does)
     from kiln.evaluate import Evaluation
+    from kiln.evaluate.drift import ValueDrift
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -38,7 +40,12 @@ def evaluate(
     ] = 50_000,
     as_json: bool = JsonOption,
 ) -> None:
-    """Evaluate served versions on labelled traffic and measure drift against training."""
+    """Evaluate served versions on labelled traffic and measure drift against training.
+
+    Classification versions are judged by accuracy on feedback labels, regression versions
+    by MAE and RMSE on feedback values (with their residuals and the drift of their
+    predicted values).
+    """
     import kiln.registry
     from kiln.evaluate import DriftThresholds, evaluate_traffic, version_infos, write_report
     from kiln.traffic import Window
@@ -67,16 +74,19 @@ def evaluate(
             f"(coverage {_num(result.label_coverage, 3)}), "
             f"{result.feedback.unmatched} unmatched label(s)"
         )
-        table = Table(title="accuracy on labelled traffic")
-        for col in ("version", "route", "requests", "labelled", "accuracy", "coverage"):
-            table.add_column(col, justify="right")
-        for a in result.accuracy:
-            table.add_row(
-                "-" if a.version is None else str(a.version), a.route,
-                str(a.requests), str(a.labelled),
-                _num(a.accuracy), _num(a.label_coverage, 3),
-            )  # fmt: skip
-        console.print(table)
+        if result.regression is None or result.accuracy:
+            table = Table(title="accuracy on labelled traffic")
+            for col in ("version", "route", "requests", "labelled", "accuracy", "coverage"):
+                table.add_column(col, justify="right")
+            for a in result.accuracy:
+                table.add_row(
+                    "-" if a.version is None else str(a.version), a.route,
+                    str(a.requests), str(a.labelled),
+                    _num(a.accuracy), _num(a.label_coverage, 3),
+                )  # fmt: skip
+            console.print(table)
+        if result.regression is not None:
+            render_regression(console, result)
         for v in result.versions:
             worst = [c for c in v.per_class if c.accuracy is not None]
             worst.sort(key=lambda c: c.accuracy or 0.0)
@@ -85,36 +95,84 @@ def evaluate(
                 f"ECE {_num(v.calibration.ece)}"
                 + (f", hardest class '{worst[0].name}' at {worst[0].accuracy:.3f}" if worst else "")
             )
-        for d in result.drift.versions:
-            inputs, preds = d.inputs, d.predictions
-            if inputs is None or preds is None:
-                console.print(f"version {d.version}: {d.note}")
-                continue
-            verdict = "[bold red]DRIFT[/]" if d.drift else "[green]stable[/]"
-            console.print(f"version {d.version} drift: {verdict}")
-            if inputs.judged:
-                top = sorted(inputs.features, key=lambda f: -f.psi)[:5]
-                console.print(
-                    f"  inputs ({inputs.samples} samples): moved "
-                    f"{', '.join(inputs.drifted) or 'none'}; largest PSI "
-                    + ", ".join(f"{f.name} {f.psi:.3f}" for f in top)
-                )
-            else:
-                console.print(f"  inputs: {inputs.note}")
-            if preds.judged and preds.confidence is not None:
-                console.print(
-                    f"  predictions: class mix PSI {_num(preds.psi, 3)}, moved "
-                    f"{', '.join(preds.moved_classes) or 'none'}; confidence PSI "
-                    f"{preds.confidence.psi:.3f}, mean "
-                    f"{_num(preds.confidence.current_mean, 3)} vs "
-                    f"{_num(preds.confidence.reference_mean, 3)} at training"
-                )
-            else:
-                console.print(f"  predictions: {preds.note}")
+        render_drift(console, result)
         for line in skipped_lines(result):
             console.print(line, highlight=False)
 
     emit(payload, as_json, render)
+
+
+def render_drift(console: Console, result: Evaluation) -> None:
+    """Each served version's drift: inputs, then class mix and confidence or values."""
+    from kiln.evaluate.drift import ValueDrift
+
+    for d in result.drift.versions:
+        inputs, preds = d.inputs, d.predictions
+        if inputs is None or preds is None:
+            console.print(f"version {d.version}: {d.note}")
+            continue
+        verdict = "[bold red]DRIFT[/]" if d.drift else "[green]stable[/]"
+        console.print(f"version {d.version} drift: {verdict}")
+        if inputs.judged:
+            top = sorted(inputs.features, key=lambda f: -f.psi)[:5]
+            console.print(
+                f"  inputs ({inputs.samples} samples): moved "
+                f"{', '.join(inputs.drifted) or 'none'}; largest PSI "
+                + ", ".join(f"{f.name} {f.psi:.3f}" for f in top)
+            )
+        else:
+            console.print(f"  inputs: {inputs.note}")
+        if isinstance(preds, ValueDrift):
+            console.print(f"  predictions: {value_drift_line(preds)}")
+        elif preds.judged and preds.confidence is not None:
+            console.print(
+                f"  predictions: class mix PSI {_num(preds.psi, 3)}, moved "
+                f"{', '.join(preds.moved_classes) or 'none'}; confidence PSI "
+                f"{preds.confidence.psi:.3f}, mean "
+                f"{_num(preds.confidence.current_mean, 3)} vs "
+                f"{_num(preds.confidence.reference_mean, 3)} at training"
+            )
+        else:
+            console.print(f"  predictions: {preds.note}")
+
+
+def render_regression(console: Console, result: Evaluation) -> None:
+    """The regression versions' errors: a table per version and route, a line per version."""
+    regression = result.regression
+    if regression is None:
+        return
+    table = Table(title="errors on labelled traffic (regression)")
+    for col in ("version", "route", "requests", "labelled", "MAE", "RMSE", "coverage"):
+        table.add_column(col, justify="right")
+    for e in regression.errors:
+        table.add_row(
+            "-" if e.version is None else str(e.version), e.route,
+            str(e.requests), str(e.labelled),
+            _num(e.mae), _num(e.rmse), _num(e.label_coverage, 3),
+        )  # fmt: skip
+    console.print(table)
+    for v in regression.versions:
+        r = v.residuals
+        residuals = (
+            f", mean residual {r.mean:+.4f}, |residual| p50 {r.abs_p50:.4f} p90 {r.abs_p90:.4f}"
+            if r
+            else ""
+        )
+        training = f" (RMSE at training {v.reference_rmse:.4f})" if v.reference_rmse else ""
+        console.print(
+            f"version {v.version}: RMSE {_num(v.rmse)}, MAE {_num(v.mae)}{residuals}{training}"
+        )
+
+
+def value_drift_line(drift: ValueDrift) -> str:
+    value = drift.value
+    if value is None:
+        return str(drift.note)
+    return (
+        f"values PSI {value.psi:.3f}, KS {value.ks_statistic:.3f} "
+        f"({'drift' if value.drift else 'stable'}), mean {_num(value.current_mean, 3)} vs "
+        f"{_num(value.reference_mean, 3)} at training"
+    )
 
 
 def skipped_lines(result: Evaluation) -> list[str]:

@@ -11,7 +11,8 @@ Two measures per feature, both against what `kiln.data.profile` stored at traini
   statistic is also large (`ks_statistic`).
 
 Prediction drift compares the class shares (PSI, with each class's contribution, so that the
-classes that moved can be named) and the confidence distribution (PSI and KS).
+classes that moved can be named) and the confidence distribution (PSI and KS); for a
+regression model, the distribution of predicted values (PSI and KS, as one more feature).
 """
 
 from __future__ import annotations
@@ -173,6 +174,43 @@ class PredictionDrift:
             **tail,
             "skipped": self.skipped,
         }
+
+
+@dataclass(frozen=True)
+class ValueDrift:
+    """Drift of a regression model's predicted values against those on held-out data at
+    training (`reference["predictions"]["value"]`), measured as one feature would be."""
+
+    samples: int
+    judged: bool
+    """False when there were too few predictions to judge (`note` says so)."""
+    value: FeatureDrift | None = None
+    note: str | None = None
+
+    @property
+    def drifted(self) -> bool:
+        return self.value is not None and self.value.drift
+
+    def to_dict(self) -> dict[str, Any]:
+        head: dict[str, Any] = {"samples": self.samples, "judged": self.judged}
+        if self.value is None:
+            return head | {"task": "regression", "note": self.note}
+        measured = self.value.to_dict()
+        del measured["name"]
+        return head | {"task": "regression", "drift": self.value.drift, "value": measured}
+
+
+def value_drift(values: Array, profile: dict[str, Any], t: DriftThresholds) -> ValueDrift:
+    """Drift of served predicted `values` (a sample of them) against the reference profile's
+    predictions of a regressor (`{"samples", "value": feature_summary}`)."""
+    if len(values) < t.min_samples:
+        return ValueDrift(
+            samples=len(values),
+            judged=False,
+            note=f"{len(values)} prediction(s), fewer than the {t.min_samples} needed",
+        )
+    measured = feature_drift("prediction", values, profile["value"], int(profile["samples"]), t)
+    return ValueDrift(samples=len(values), judged=True, value=measured)
 
 
 def psi_terms(reference: npt.ArrayLike, current: npt.ArrayLike) -> Array:

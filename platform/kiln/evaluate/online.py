@@ -4,47 +4,39 @@
 scans; the heavy part, the join on request id, streams), then computes on the labelled part:
 accuracy per version and route, per-class accuracy, confusion matrix, calibration (expected
 calibration error, 15 equal-width confidence bins, as `kiln train` reports it), label
-coverage, accuracy over time; and drift of inputs and predictions per version.
-
-Input drift looks at a deterministic sample of the logged inputs (at most `sample_size`
-requests, evenly spread over the window) so that its cost does not grow with the log;
-prediction shares count every answered request.
+coverage, accuracy over time; for regression versions, MAE and RMSE per version and route and
+residuals (`kiln.evaluate.regression`); and drift of inputs and predictions per version
+(`kiln.evaluate.served_drift`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from kiln.evaluate.drift import (
-    DriftThresholds,
-    PredictionDrift,
-    input_drift,
-    prediction_drift,
-    samples_from_inputs,
-)
+from kiln.evaluate.drift import DriftThresholds, PredictionDrift
+from kiln.evaluate.regression import error_over_time, errors_by_group, join_values, version_errors
 from kiln.evaluate.results import (
     AccuracyPoint,
     Calibration,
     CalibrationBin,
     ClassAccuracy,
     Confusion,
-    DriftReport,
     Evaluation,
     FeedbackMatch,
     GroupAccuracy,
     OutOfRange,
+    Regression,
     SkippedRows,
-    VersionDrift,
     VersionMetrics,
 )
+from kiln.evaluate.served_drift import served_drift
+from kiln.evaluate.version_info import VersionInfo
 from kiln.traffic import (
     STATUS_OK,
     Scan,
@@ -55,9 +47,10 @@ from kiln.traffic import (
     scan_traffic,
     traffic_stats,
 )
-from kiln.traffic.labels import CLASSIFICATION, REGRESSION
 from kiln.traffic.stats import Bucket, bucket_for
-from kiln.traffic.validity import index_below, input_problem, label_in_range, output_width
+from kiln.traffic.validity import index_below, label_in_range, output_width
+
+__all__ = ["VersionInfo", "evaluate_traffic", "expected_calibration_error"]
 
 ECE_BINS = 15
 SAMPLE_SIZE = 50_000
@@ -65,29 +58,6 @@ MAX_DENSE_CLASSES = 1024
 """Up to this many classes the confusion matrix is reported whole (classes x classes);
 beyond, only its non-zero cells: a 100,000-class matrix would take 80 GB."""
 EXAMPLES = 5
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """What evaluation needs to know about a served version (from the registry)."""
-
-    version: int
-    class_names: list[str] = field(default_factory=list)
-    reference: dict[str, Any] = field(default_factory=dict)
-    num_classes: int | None = None
-    """The version's class count when known otherwise than by its names (its output width)."""
-    task: str = CLASSIFICATION
-    """"classification" or "regression" (`config["task"]`; absent means classification)."""
-
-    @property
-    def regression(self) -> bool:
-        return self.task == REGRESSION
-
-    @property
-    def classes(self) -> int | None:
-        """How many classes the version has, when the registry says: labels and predictions
-        are checked against it, and nothing is sized by a value beyond it."""
-        return self.num_classes or len(self.class_names) or None
 
 
 def expected_calibration_error(
@@ -109,12 +79,6 @@ def expected_calibration_error(
     return Calibration(float(ece), rows)
 
 
-def _every(frame: pl.LazyFrame, rows: int, limit: int) -> pl.LazyFrame:
-    """About `limit` of `rows` rows, evenly spread: every k-th in file order (part files are
-    read in name order, i.e. time order), so the same log gives the same sample."""
-    return frame if rows <= limit else frame.gather_every(-(-rows // limit))
-
-
 def evaluate_traffic(
     home: Path,
     model: str,
@@ -127,26 +91,29 @@ def evaluate_traffic(
 ) -> Evaluation:
     """The online evaluation of `model` over `window` (`Evaluation.to_dict()` for JSON).
 
-    `versions` gives class names and reference profiles; versions missing from it are
-    evaluated without drift (noted in the result), their classes taken from the width of
-    their logged outputs. Rows that cannot be used (a label outside the version's classes, a
-    logged input whose values do not match its shape, ...) are left out and counted under
-    `skipped_rows`; damaged or foreign files under `skipped_files`. Raises `TrafficNotFound`
-    when the model never logged traffic here.
+    `versions` gives tasks, class names and reference profiles; versions missing from it are
+    evaluated as classifiers without drift (noted in the result), their classes taken from
+    the width of their logged outputs. Regression versions (`VersionInfo.task`) are judged on
+    feedback values, under `Evaluation.regression`. Rows that cannot be used (a label outside
+    the version's classes, a logged input whose values do not match its shape, ...) are left
+    out and counted under `skipped_rows`; damaged or foreign files under `skipped_files`.
+    Raises `TrafficNotFound` when the model never logged traffic here.
     """
     t = thresholds or DriftThresholds()
     traffic = scan_traffic(home, model, window)
     feedback = scan_feedback(home, window)
     bucket = bucket_for(window, points)
     known = {v for v, info in versions.items() if info.classes}
+    regressors = sorted(v for v, info in versions.items() if info.regression)
+    by_regressor = pl.col("version").is_in(regressors).fill_null(False)
     counts, hits, unmatched, invalid_feedback = run_query(
         lambda: _join(traffic, feedback, model, known), traffic, feedback
     )
-    labelled, out_of_range = _checked(hits, versions)
+    labelled, out_of_range = _checked(hits.filter(~by_regressor), versions)
     stats = traffic_stats(home, model, window, points=points)
     requests = int(counts["requests"].sum()) if counts.height else 0
     answered = int(counts["answered"].sum()) if counts.height else 0
-    drift = run_query(lambda: _drift(traffic, counts, versions, t, sample_size), traffic)
+    drift = run_query(lambda: served_drift(traffic, counts, versions, t, sample_size), traffic)
     judged = [d for d in drift.versions if d.inputs is not None and d.predictions is not None]
     skipped = SkippedRows(
         labels_out_of_range=out_of_range[0],
@@ -154,15 +121,27 @@ def evaluate_traffic(
         out_of_range_examples=out_of_range[2],
         feedback_labels_invalid=invalid_feedback,
         inputs=_sum_counts(d.inputs.skipped for d in judged if d.inputs is not None),
-        predictions_for_drift=sum(d.predictions.skipped for d in judged if d.predictions),
+        predictions_for_drift=sum(
+            d.predictions.skipped for d in judged if isinstance(d.predictions, PredictionDrift)
+        ),
     )
+    regression, valued = None, 0
+    served_regressors = counts.filter(by_regressor)
+    if served_regressors.height:
+        regression, valued, unmatched_values = run_query(
+            lambda: _regression(traffic, feedback, model, served_regressors, versions, bucket),
+            traffic,
+            feedback,
+        )
+        counts = counts.filter(~by_regressor)
+        unmatched = pl.concat([unmatched, unmatched_values]).unique()
     return Evaluation(
         model=model,
         since=window.since,
         until=window.until,
         requests=requests,
         answered=answered,
-        labelled=labelled.height,
+        labelled=labelled.height + valued,
         feedback=FeedbackMatch(
             unmatched.height, unmatched["request_id"].sort().head(EXAMPLES).to_list()
         ),
@@ -180,7 +159,35 @@ def evaluate_traffic(
         files=len(traffic.files),
         skipped_files={**traffic.skipped, **feedback.skipped},
         files_without_checksums=len(traffic.unverified) + len(feedback.unverified),
+        regression=regression,
     )
+
+
+def _regression(
+    traffic: Scan,
+    feedback: Scan,
+    model: str,
+    counts: pl.DataFrame,
+    versions: Mapping[int, VersionInfo],
+    bucket: Bucket,
+) -> tuple[Regression, int, pl.DataFrame]:
+    """The regression versions of `counts` on their true values: (their errors, how many
+    requests had a value, the ids of values matching no logged request)."""
+    served = sorted(counts["version"].drop_nulls().unique().to_list())
+    valued, unmatched, invalid = join_values(traffic, feedback, model, served)
+    per_version = []
+    for v in served:
+        predictions = versions[v].reference.get("predictions") or {}
+        rmse = predictions.get("rmse")
+        reference_rmse = float(rmse) if isinstance(rmse, int | float) else None
+        per_version.append(version_errors(v, valued.filter(pl.col("version") == v), reference_rmse))
+    result = Regression(
+        errors=errors_by_group(counts, valued),
+        versions=per_version,
+        error_over_time=error_over_time(valued, bucket),
+        feedback_values_invalid=invalid,
+    )
+    return result, valued.height, unmatched
 
 
 def _sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
@@ -357,89 +364,3 @@ def _over_time(labelled: pl.DataFrame, bucket: Bucket) -> list[AccuracyPoint]:
         .sort("start", "version")
     )
     return [AccuracyPoint(**row) for row in series.iter_rows(named=True)]
-
-
-def _drift(
-    traffic: Scan,
-    counts: pl.DataFrame,
-    versions: Mapping[int, VersionInfo],
-    t: DriftThresholds,
-    sample_size: int,
-) -> DriftReport:
-    served = sorted(counts["version"].drop_nulls().unique().to_list())
-    base = traffic.frame
-    predicted = base.filter(pl.col("prediction").is_not_null())  # answered, one sample
-    class_counts = predicted.group_by("version", "prediction").agg(pl.len().alias("n"))
-    confidences = _every(predicted, int(counts["predicted"].sum()), sample_size)
-    # Inputs of every request that logged one, answered or not: drift is about what arrives.
-    # Beyond the sample size, read every k-th part file only: decoding the input column is
-    # the expensive part, and files are spread evenly over time.
-    with_input = int(counts["with_input"].sum())
-    step = max(1, -(-with_input // sample_size))
-    logged = pl.col("input_shape").is_not_null() | pl.col("input").is_not_null()
-    inputs = _every(
-        traffic.build(traffic.files[::step]).filter(logged), with_input // step, sample_size
-    )
-    class_df = class_counts.collect(engine="streaming")
-    conf_df = (
-        confidences.select("version", "confidence")
-        .filter(pl.col("confidence").is_finite())
-        .collect(engine="streaming")
-    )
-    input_df = inputs.select("version", "input", input_problem().alias("problem")).collect(
-        engine="streaming"
-    )
-    results = []
-    for v in served:
-        info = versions.get(v)
-        reference = info.reference if info else {}
-        if not reference.get("inputs") or not reference.get("predictions"):
-            note = (
-                f"version {v} has no reference profile (it was not trained by this Kiln, or "
-                "is not in the registry): drift not measured"
-            )
-            results.append(VersionDrift(v, drift=False, note=note))
-            continue
-        mine = input_df.filter(pl.col("version") == v)
-        problems = mine.filter(pl.col("problem").is_not_null())["problem"].value_counts()
-        usable = mine.filter(pl.col("problem").is_null())["input"]
-        x, misfit = samples_from_inputs(
-            usable.explode().to_numpy(),
-            usable.list.len().to_numpy(),
-            reference["inputs"]["input_shape"],
-        )
-        measured = dataclasses.replace(
-            input_drift(x, reference["inputs"], t),
-            incompatible_inputs=misfit,
-            skipped={**dict(problems.iter_rows()), **({"wrong_width": misfit} if misfit else {})},
-        )
-        predictions = _prediction_drift(class_df, conf_df, v, info, reference, t)
-        drifted = bool(measured.drifted or predictions.drifted)
-        results.append(VersionDrift(v, drifted, inputs=measured, predictions=predictions))
-    return DriftReport(t, sample_size, results)
-
-
-def _prediction_drift(
-    class_df: pl.DataFrame,
-    conf_df: pl.DataFrame,
-    version: int,
-    info: VersionInfo | None,
-    reference: dict[str, Any],
-    t: DriftThresholds,
-) -> PredictionDrift:
-    """Prediction drift of `version`, counting only predictions that are its classes (the
-    registry's count, else the reference's): a class index from a damaged row sizes nothing."""
-    classes = (info.classes if info else None) or len(reference["predictions"]["class_fractions"])
-    mine = class_df.filter(pl.col("version") == version)
-    ok = index_below("prediction", pl.lit(classes))
-    per_class = np.zeros(classes, dtype=np.int64)
-    kept = mine.filter(ok)
-    np.add.at(per_class, kept["prediction"].to_numpy(), kept["n"].to_numpy())
-    result = prediction_drift(
-        per_class.tolist(),
-        conf_df.filter(pl.col("version") == version)["confidence"].to_numpy().astype(np.float64),
-        reference["predictions"],
-        info.class_names if info else [],
-        t,
-    )
-    return dataclasses.replace(result, skipped=int(mine.filter(~ok)["n"].sum()))

@@ -5,7 +5,7 @@ version's config."""
 from __future__ import annotations
 
 from kiln.errors import ModelNotFound
-from kiln.evaluate.online import VersionInfo
+from kiln.evaluate.version_info import VersionInfo
 from kiln.registry import Registry
 from kiln.traffic.labels import CLASSIFICATION, REGRESSION
 

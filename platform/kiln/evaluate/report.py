@@ -1,72 +1,28 @@
 """The evaluation as one self-contained HTML page: tables plus PNG plots embedded as base64
-(accuracy over time, drift per feature, latency over time). Needs matplotlib."""
+(accuracy or RMSE over time, drift per feature, latency over time). Needs matplotlib."""
 
 from __future__ import annotations
 
-import base64
 import html
-import importlib
-import io
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import Unavailable
-from kiln.evaluate.results import AccuracyPoint, Confusion, Evaluation, SkippedRows, VersionDrift
+from kiln.evaluate.drift import ValueDrift
+from kiln.evaluate.page import (
+    fmt,
+    image,
+    page,
+    png,
+    series_by_version,
+    table,
+    time_axis,
+    write_page,
+)
+from kiln.evaluate.regression_report import regression_sections, value_drift_paragraph
+from kiln.evaluate.results import Confusion, Evaluation, SkippedRows, VersionDrift
 
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise Unavailable(
-            "the HTML report needs matplotlib: pip install 'kiln[train]' (or matplotlib), "
-            "or leave out --report"
-        ) from exc
-    return plt
-
-
-def png(draw: Callable[[Any], None], width: float = 7.5, height: float = 3.2) -> str:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(width, height), dpi=100)
-    try:
-        draw(ax)
-        fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-    finally:
-        plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], flag: int | None = None) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cls = ' class="flag"' if flag is not None and row[flag] is True else ""
-        cells = "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row)
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def image(b64: str, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+__all__ = ["image", "page", "png", "render_html", "table", "write_page", "write_report"]
 
 
 def _by_version(
@@ -80,29 +36,11 @@ def _by_version(
     return series
 
 
-def _accuracy_series(points: Sequence[AccuracyPoint]) -> dict[Any, tuple[list[Any], list[Any]]]:
-    series: dict[Any, tuple[list[Any], list[Any]]] = {}
-    for p in points:
-        xs, ys = series.setdefault(p.version, ([], []))
-        xs.append(p.start)
-        ys.append(p.accuracy)
-    return series
-
-
-def _time_axis(ax: Any, report: Evaluation) -> None:
-    """The window on the x axis, labelled in UTC (a lone point would get a year-wide axis)."""
-    mdates: Any = importlib.import_module("matplotlib.dates")  # untyped library
-    ax.set_xlim(report.since, report.until)
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz="UTC"))
-    ax.tick_params(axis="x", labelrotation=20)
-    ax.set_xlabel("UTC")
-
-
 def _accuracy_plot(report: Evaluation) -> str:
     def draw(ax: Any) -> None:
-        for version, (xs, ys) in _accuracy_series(report.accuracy_over_time).items():
+        for version, (xs, ys) in series_by_version(report.accuracy_over_time).items():
             ax.plot(xs, ys, marker="o", label=f"version {version}")
-        _time_axis(ax, report)
+        time_axis(ax, report)
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy (labelled)")
         ax.set_title(f"accuracy per {report.bucket}")
@@ -139,7 +77,7 @@ def _latency_plot(report: Evaluation) -> str:
                     continue
                 ms = [None if y is None else y / 1000 for y in ys]
                 ax.plot(xs, ms, style, marker=".", label=f"v{version} {key[8:11]}")
-        _time_axis(ax, report)
+        time_axis(ax, report)
         ax.set_ylabel("latency (ms)")
         ax.set_title(f"latency per {report.bucket} (answered requests)")
         ax.grid(alpha=0.3)
@@ -147,14 +85,6 @@ def _latency_plot(report: Evaluation) -> str:
             ax.legend()
 
     return png(draw)
-
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;
-text-align:right}th{background:#f3f3f3}tr.flag td{background:#fbe3e0}
-.drift{color:#c0392b;font-weight:bold}.ok{color:#1e8449;font-weight:bold}img{max-width:100%}
-"""
 
 
 def render_html(report: Evaluation) -> str:
@@ -167,32 +97,19 @@ def render_html(report: Evaluation) -> str:
     )
     parts = [
         f"<h1>{html.escape(title)}</h1>",
-        f"<p>{_fmt(report.since)} to {_fmt(report.until)} UTC: {report.requests} "
+        f"<p>{fmt(report.since)} to {fmt(report.until)} UTC: {report.requests} "
         f"requests, {report.answered} answered, {report.labelled} labelled "
-        f"(coverage {_fmt(report.label_coverage, 3)}); "
+        f"(coverage {fmt(report.label_coverage, 3)}); "
         f"{report.feedback.unmatched} unmatched feedback label(s); {verdict}.</p>",
-        "<h2>Accuracy by version and route</h2>",
-        table(
-            ["version", "route", "requests", "answered", "labelled", "accuracy", "coverage"],
-            [
-                [
-                    a.version,
-                    a.route,
-                    a.requests,
-                    a.answered,
-                    a.labelled,
-                    a.accuracy,
-                    a.label_coverage,
-                ]
-                for a in report.accuracy
-            ],
-        ),
-        image(_accuracy_plot(report), "accuracy over time"),
     ]
+    if report.regression is None or report.accuracy:
+        parts += _accuracy_sections(report)
+    if report.regression is not None:
+        parts += regression_sections(report, report.regression)
     for v in report.versions:
         parts += [
             f"<h2>Version {v.version}: {v.labelled} labelled, accuracy "
-            f"{_fmt(v.accuracy)}, ECE {_fmt(v.calibration.ece)}</h2>",
+            f"{fmt(v.accuracy)}, ECE {fmt(v.calibration.ece)}</h2>",
             "<h3>Per class</h3>",
             table(
                 ["class", "name", "labelled", "accuracy"],
@@ -233,13 +150,26 @@ def render_html(report: Evaluation) -> str:
     return page(title, parts)
 
 
-def page(title: str, parts: Sequence[str]) -> str:
-    """A self-contained HTML page of `parts` (HTML fragments) in the report's style."""
-    body = "\n".join(parts)
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
-    )
+def _accuracy_sections(report: Evaluation) -> list[str]:
+    return [
+        "<h2>Accuracy by version and route</h2>",
+        table(
+            ["version", "route", "requests", "answered", "labelled", "accuracy", "coverage"],
+            [
+                [
+                    a.version,
+                    a.route,
+                    a.requests,
+                    a.answered,
+                    a.labelled,
+                    a.accuracy,
+                    a.label_coverage,
+                ]
+                for a in report.accuracy
+            ],
+        ),
+        image(_accuracy_plot(report), "accuracy over time"),
+    ]
 
 
 def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
@@ -272,15 +202,17 @@ def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
         ]
     else:
         parts.append(f"<p>Inputs: {html.escape(inputs.note or '')}</p>")
+    if isinstance(preds, ValueDrift):
+        return [*parts, value_drift_paragraph(preds)]
     if preds.judged and preds.confidence is not None:
         conf = preds.confidence
         parts += [
-            f"<p>Predicted classes: PSI {_fmt(preds.psi)} "
+            f"<p>Predicted classes: PSI {fmt(preds.psi)} "
             f"({'drift' if preds.drift else 'stable'}); classes that moved: "
             f"<b>{html.escape(', '.join(preds.moved_classes) or 'none')}</b>. "
-            f"Confidence: PSI {_fmt(conf.psi)}, KS {_fmt(conf.ks_statistic)} "
-            f"(p {_fmt(conf.ks_pvalue)}), mean {_fmt(conf.current_mean)} vs "
-            f"{_fmt(conf.reference_mean)} at training.</p>",
+            f"Confidence: PSI {fmt(conf.psi)}, KS {fmt(conf.ks_statistic)} "
+            f"(p {fmt(conf.ks_pvalue)}), mean {fmt(conf.current_mean)} vs "
+            f"{fmt(conf.reference_mean)} at training.</p>",
             table(
                 ["class", "name", "reference share", "current share", "PSI term", "moved"],
                 [
@@ -331,15 +263,6 @@ def _skipped_rows(skipped: SkippedRows) -> list[list[Any]]:
         for reason, n in sorted(skipped.inputs.items())
     ]
     return rows
-
-
-def write_page(text: str, path: Path) -> Path:
-    """Write the page `text` to `path` atomically (a reader never sees half a page)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    temp.replace(path)
-    return path
 
 
 def write_report(report: Evaluation, path: Path) -> Path:

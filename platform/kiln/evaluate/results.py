@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from kiln.evaluate.drift import DriftThresholds, InputDrift, PredictionDrift
+from kiln.evaluate.drift import DriftThresholds, InputDrift, PredictionDrift, ValueDrift
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,100 @@ class VersionMetrics:
 
 
 @dataclass(frozen=True)
+class GroupError:
+    """Requests, true values and errors of one regression version on one route."""
+
+    version: int | None
+    route: str | None
+    requests: int
+    answered: int
+    labelled: int
+    """Answered one-sample requests with a true value."""
+    mae: float | None
+    """Mean absolute error; None without labelled requests."""
+    rmse: float | None
+    label_coverage: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Residuals:
+    """Residuals (predicted minus true value) of a regression version's labelled requests."""
+
+    mean: float
+    """The bias: above 0, the version predicts too high on average."""
+    abs_p50: float
+    """Median absolute residual."""
+    abs_p90: float
+    abs_max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VersionErrors:
+    """One regression version on its labelled requests (all routes)."""
+
+    version: int
+    labelled: int
+    mae: float | None
+    rmse: float | None
+    residuals: Residuals | None
+    """None without labelled requests."""
+    reference_rmse: float | None = None
+    """RMSE on held-out data at training, when the reference profile recorded it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "labelled": self.labelled,
+            "mae": self.mae,
+            "rmse": self.rmse,
+            "residuals": None if self.residuals is None else self.residuals.to_dict(),
+            "reference_rmse": self.reference_rmse,
+        }
+
+
+@dataclass(frozen=True)
+class ErrorPoint:
+    """RMSE of one regression version's labelled requests in one time bucket."""
+
+    start: datetime
+    version: int | None
+    labelled: int
+    rmse: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Regression:
+    """The regression part of an evaluation: errors per version and route, per version, and
+    over time; present when a regression version served in the window."""
+
+    errors: list[GroupError]
+    versions: list[VersionErrors]
+    error_over_time: list[ErrorPoint]
+    feedback_values_invalid: int
+    """Feedback values that are no finite number (a hand-made file)."""
+
+    def of(self, version: int) -> VersionErrors | None:
+        return next((v for v in self.versions if v.version == version), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "errors": [e.to_dict() for e in self.errors],
+            "versions": [v.to_dict() for v in self.versions],
+            "error_over_time": [p.to_dict() for p in self.error_over_time],
+            "feedback_values_invalid": self.feedback_values_invalid,
+        }
+
+
+@dataclass(frozen=True)
 class AccuracyPoint:
     """Accuracy of one version's labelled requests in one time bucket."""
 
@@ -147,7 +241,8 @@ class VersionDrift:
     drift: bool
     note: str | None = None
     inputs: InputDrift | None = None
-    predictions: PredictionDrift | None = None
+    predictions: PredictionDrift | ValueDrift | None = None
+    """Class mix and confidence of a classifier; predicted values of a regressor."""
 
     def to_dict(self) -> dict[str, Any]:
         head = {"version": self.version, "drift": self.drift}
@@ -226,7 +321,8 @@ class Evaluation:
     requests: int
     answered: int
     labelled: int
-    """Answered one-sample requests with a usable label."""
+    """Answered one-sample requests with a usable label (or, served by a regression version,
+    a true value)."""
     feedback: FeedbackMatch
     accuracy: list[GroupAccuracy]
     versions: list[VersionMetrics]
@@ -244,6 +340,9 @@ class Evaluation:
     skipped_files: dict[str, str]
     """Damaged or foreign files left out, by path: why."""
     files_without_checksums: int
+    regression: Regression | None = None
+    """Errors of the regression versions served (None when none served): `accuracy` and
+    `versions` hold the classification versions only."""
 
     @property
     def label_coverage(self) -> float | None:
@@ -279,4 +378,5 @@ class Evaluation:
             "skipped_files": self.skipped_files,
             "skipped_file_count": len(self.skipped_files),
             "files_without_checksums": self.files_without_checksums,
+            **({} if self.regression is None else {"regression": self.regression.to_dict()}),
         }
