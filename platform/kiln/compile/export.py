@@ -110,10 +110,21 @@ def export_program(
     *,
     max_batch: int,
 ) -> torch.export.ExportedProgram:
-    """Capture `module` with a dynamic batch axis (1..max_batch) on every batched input."""
+    """Capture `module` with a dynamic batch axis (1..max_batch) on every batched input, and
+    every other -1 axis (a sequence length, say) dynamic too.
+
+    Other axes are `Dim.AUTO`: torch.export works out which of them must be equal (a token
+    and a mask tensor of one length), where named dimensions of their own would be refused.
+    An axis the model forces to one size is specialised; parity's second length finds it.
+    """
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, 2))
     dynamic: tuple[Any, ...] = tuple(
-        {0: batch} if spec.shape and spec.shape[0] == DYNAMIC else {} for spec in signature.inputs
+        {
+            axis: batch if axis == 0 else torch.export.Dim.AUTO
+            for axis, size in enumerate(spec.shape)
+            if size == DYNAMIC
+        }
+        for spec in signature.inputs
     )
     parameters = inspect.signature(module.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters):

@@ -5,11 +5,18 @@ real samples (the checkpoint's own test split) and random inputs spanning the da
 range. The engine is fed batches of varying sizes (1, 7, the maximum) so the dynamic batch axis
 is exercised too. Per output it reports the max and mean absolute difference, the relative
 error ``||engine - reference|| / ||reference||`` and, for class scores, top-1 agreement.
+Parity is task-aware: a regressor's outputs are values, not scores, so they get no top-1 (whatever
+their width) and are judged by max abs diff relative to their scale, and relative error.
 
 Thresholds depend on precision. fp32 must agree everywhere: top-1 100% and max abs diff
 <= 1e-4 on both sets. Reduced precision (fp16, bf16, int8) must keep top-1 >= 99.5% on the
 held-out samples; random inputs are reported but not gated, because near-ties between class
-scores on noise legitimately flip under reduced precision.
+scores on noise legitimately flip under reduced precision. A regressor at fp32 must keep max abs
+diff <= 1e-4 x max(1, max |reference|) and relative error <= 1e-5 on both sets; at reduced
+precision its held-out relative error must stay within 1% (fp16), 3% (bf16) or 5% (int8).
+
+Inputs with a dynamic axis besides the batch (a sequence length) get another length in the
+random set than in the held-out set, so two lengths are verified.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kiln_engines import Engine, Signature
+from kiln_engines import DYNAMIC, Engine, Signature
 
 Outputs = dict[str, np.ndarray]
 
@@ -36,6 +43,11 @@ class Thresholds:
     """Smallest allowed top-1 agreement."""
     gate_random: bool
     """Whether random inputs must meet the thresholds too (fp32), or are only reported."""
+    max_relative_error: float | None = None
+    """Largest allowed relative error (None: not gated; gated for regressors)."""
+    abs_diff_scaled: bool = False
+    """Whether `max_abs_diff` is relative to max(1, the output's largest magnitude):
+    regressors' values have the data's units, class scores are gated absolutely."""
 
 
 THRESHOLDS: dict[str, Thresholds] = {
@@ -44,6 +56,13 @@ THRESHOLDS: dict[str, Thresholds] = {
     "bf16": Thresholds(max_abs_diff=None, min_top1=0.995, gate_random=False),
     "int8": Thresholds(max_abs_diff=None, min_top1=0.995, gate_random=False),
 }
+REGRESSION_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(1e-4, 1.0, gate_random=True, max_relative_error=1e-5, abs_diff_scaled=True),
+    "fp16": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.01),
+    "bf16": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.03),
+    "int8": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.05),
+}
+TASK_THRESHOLDS = {"classification": THRESHOLDS, "regression": REGRESSION_THRESHOLDS}
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,9 @@ class OutputParity:
     mean_abs_diff: float
     relative_error: float
     top1_agreement: float | None
-    """None for outputs that are not class scores (rank < 2 or a single column)."""
+    """None for outputs that are not class scores (rank < 2, a single column, a regressor)."""
+    scale: float = 1.0
+    """max(1, the reference's largest magnitude): what a scaled abs diff is relative to."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +104,25 @@ class ParityReport:
 def random_inputs(
     signature: Signature, like: Mapping[str, np.ndarray], count: int, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """`count` random samples per input, uniform over the value range of `like`."""
+    """`count` random samples per input, uniform over the value range of `like`; a dynamic
+    non-batch axis gets another length than in `like` (one more), so it is exercised too."""
     rng = np.random.default_rng(seed)
     result = {}
     for spec in signature.inputs:
         real = like[spec.name]
-        shape = (count, *real.shape[1:])
+        shape = (
+            count,
+            *(
+                size + 1 if axis < len(spec.shape) and spec.shape[axis] == DYNAMIC else size
+                for axis, size in enumerate(real.shape[1:], start=1)
+            ),
+        )
         lo, hi = float(real.min()), float(real.max())
         data: np.ndarray
         if np.issubdtype(np.dtype(spec.dtype), np.floating):
             data = rng.uniform(lo, hi if hi > lo else lo + 1.0, size=shape)
+        elif np.dtype(spec.dtype).kind == "b":
+            data = rng.random(size=shape) < 0.5
         else:
             data = rng.integers(int(lo), int(hi) + 1, size=shape)
         result[spec.name] = np.ascontiguousarray(data, dtype=spec.dtype)
@@ -124,7 +154,11 @@ def run_batched(
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def compare(reference: Outputs, candidate: Outputs) -> list[OutputParity]:
+def compare(
+    reference: Outputs, candidate: Outputs, task: str = "classification"
+) -> list[OutputParity]:
+    """Per output: differences between `candidate` and `reference`; top-1 agreement only for
+    a classifier's class scores."""
     results = []
     for name, ref in reference.items():
         got = candidate[name].astype(np.float64)
@@ -132,7 +166,7 @@ def compare(reference: Outputs, candidate: Outputs) -> list[OutputParity]:
         diff = np.abs(got - ref64)
         norm = float(np.linalg.norm(ref64))
         top1 = None
-        if ref.ndim >= 2 and ref.shape[-1] > 1:
+        if task != "regression" and ref.ndim >= 2 and ref.shape[-1] > 1:
             top1 = float(np.mean(got.argmax(-1) == ref64.argmax(-1)))
         results.append(
             OutputParity(
@@ -142,6 +176,7 @@ def compare(reference: Outputs, candidate: Outputs) -> list[OutputParity]:
                 mean_abs_diff=float(diff.mean()),
                 relative_error=float(np.linalg.norm(got - ref64) / norm) if norm else 0.0,
                 top1_agreement=top1,
+                scale=max(1.0, float(np.abs(ref64).max())),
             )
         )
     return results
@@ -150,9 +185,19 @@ def compare(reference: Outputs, candidate: Outputs) -> list[OutputParity]:
 def _failures(subset: str, results: list[OutputParity], limits: Thresholds) -> list[str]:
     found = []
     for r in results:
-        if limits.max_abs_diff is not None and not r.max_abs_diff <= limits.max_abs_diff:
-            limit = limits.max_abs_diff
-            found.append(f"{subset} '{r.output}': max abs diff {r.max_abs_diff:.3g} > {limit:g}")
+        if limits.max_abs_diff is not None:
+            limit = limits.max_abs_diff * (r.scale if limits.abs_diff_scaled else 1.0)
+            if not r.max_abs_diff <= limit:
+                found.append(
+                    f"{subset} '{r.output}': max abs diff {r.max_abs_diff:.3g} > {limit:.3g}"
+                )
+        if limits.max_relative_error is not None and not (
+            r.relative_error <= limits.max_relative_error
+        ):
+            found.append(
+                f"{subset} '{r.output}': relative error {r.relative_error:.3g} > "
+                f"{limits.max_relative_error:g}"
+            )
         if r.top1_agreement is not None and r.top1_agreement < limits.min_top1:
             found.append(
                 f"{subset} '{r.output}': top-1 agreement {r.top1_agreement:.2%} < "
@@ -167,14 +212,16 @@ def check_parity(
     held_out: tuple[Mapping[str, np.ndarray], Outputs],
     random: tuple[Mapping[str, np.ndarray], Outputs],
     max_batch: int,
+    task: str = "classification",
 ) -> ParityReport:
     """Compare `engine` with reference outputs on the held-out and the random inputs.
 
     Each pair is (inputs, reference outputs); the references are computed once per compile.
+    `task` picks the thresholds and whether top-1 agreement means anything.
     """
-    limits = THRESHOLDS[precision]
-    held = compare(held_out[1], run_batched(engine.infer, held_out[0], max_batch))
-    rand = compare(random[1], run_batched(engine.infer, random[0], max_batch))
+    limits = TASK_THRESHOLDS.get(task, THRESHOLDS)[precision]
+    held = compare(held_out[1], run_batched(engine.infer, held_out[0], max_batch), task)
+    rand = compare(random[1], run_batched(engine.infer, random[0], max_batch), task)
     failures = _failures("held-out", held, limits)
     if limits.gate_random:
         failures += _failures("random", rand, limits)

@@ -136,6 +136,10 @@ class CompileReport:
     results: list[TargetResult]
     eager: Performance | None = None
     """PyTorch eager on the same host and threads: the baseline for speed-ups."""
+    task: str = "classification"
+    """What parity judged the outputs as (`kiln.compile.parity`)."""
+    reference: str = "pytorch eager (fp32)"
+    """What computed the reference outputs every engine was compared with."""
 
     def speedup(self, result: TargetResult) -> Speedup | None:
         """`result` against eager; None when either was not measured."""
@@ -157,6 +161,8 @@ class CompileReport:
             "precision": self.precision,
             "max_batch": self.max_batch,
             "eager": self.eager.to_dict() if self.eager else None,
+            "task": self.task,
+            "reference": self.reference,
             "results": results,
         }
 
@@ -178,7 +184,23 @@ def _calibration_batches(
     ]
 
 
-def compile_module(
+References = tuple[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], ...]
+"""(inputs, reference outputs) for the held-out set, then for the random set."""
+
+
+def reference_pairs(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    signature: Signature,
+    held_out: Mapping[str, np.ndarray],
+    options: CompileOptions,
+) -> References:
+    """The held-out and random inputs parity uses, with `run`'s outputs for them."""
+    real = _rows(held_out, options.parity_samples)
+    noise = random_inputs(signature, real, options.random_samples)
+    return ((real, run(real)), (noise, run(noise)))
+
+
+def compile_module(  # noqa: PLR0913
     module: nn.Module,
     signature: Signature,
     held_out: Mapping[str, np.ndarray],
@@ -187,13 +209,16 @@ def compile_module(
     *,
     calibration: Mapping[str, np.ndarray] | None = None,
     progress: Progress = lambda _: None,
+    task: str = "classification",
+    program: torch.export.ExportedProgram | None = None,
 ) -> CompileReport:
     """Build, verify and measure every requested target for `module`.
 
     `held_out` maps each input name to real samples the model was not trained on; `calibration`
     (training inputs) feeds INT8 calibration. Engine files are written under `workdir`.
-    Raises `EngineBuildFailed` only when the model cannot be captured at all; per-target
-    problems are reported in the results.
+    `task` decides how parity judges the outputs; `program` is the module already captured
+    (a user's exported program), else it is captured here. Raises `EngineBuildFailed` only
+    when the model cannot be captured at all; per-target problems are reported in the results.
     """
     options.validate()
     module = module.eval()
@@ -201,16 +226,14 @@ def compile_module(
     torch.set_num_threads(options.threads)
     workdir.mkdir(parents=True, exist_ok=True)
 
-    progress("capturing the model with torch.export")
     example = example_inputs(signature, held_out)
-    program = export_program(module, signature, example, max_batch=options.max_batch)
+    if program is None:
+        progress("capturing the model with torch.export")
+        program = export_program(module, signature, example, max_batch=options.max_batch)
 
     progress("computing reference outputs (PyTorch, fp32)")
-    real = _rows(held_out, options.parity_samples)
-    noise = random_inputs(signature, real, options.random_samples)
-    references = (
-        (real, reference_outputs(module, signature, real)),
-        (noise, reference_outputs(module, signature, noise)),
+    references = reference_pairs(
+        lambda inputs: reference_outputs(module, signature, inputs), signature, held_out, options
     )
 
     targets: list[str] = list(options.targets)
@@ -225,12 +248,38 @@ def compile_module(
         except EngineBuildFailed as exc:
             onnx_error = exc.message
 
-    ctx = BuildContext(
+    ctx = build_context(workdir, signature, onnx_path, options, calibration)
+    ctx.module, ctx.program, ctx.example = module, program, example
+    results = build_targets(targets, ctx, references, options, progress, task, onnx_error)
+
+    eager = None
+    if options.measure_seconds > 0 and any(r.performance for r in results):
+        progress("measuring PyTorch eager for comparison")
+        with EagerEngine(module, signature) as baseline:
+            eager = measure(
+                baseline,
+                references[0][0],
+                max_batch=options.max_batch,
+                threads=options.threads,
+                budget_s=options.measure_seconds,
+            )
+    return CompileReport(signature, options.precision, options.max_batch, results, eager, task=task)
+
+
+def build_context(
+    workdir: Path,
+    signature: Signature,
+    onnx_path: Path,
+    options: CompileOptions,
+    calibration: Mapping[str, np.ndarray] | None,
+) -> BuildContext:
+    """The builders' context without a PyTorch model (the caller adds one when it has it)."""
+    return BuildContext(
         workdir=workdir,
-        module=module,
+        module=None,
         signature=signature,
-        program=program,
-        example=example,
+        program=None,
+        example=(),
         onnx_path=onnx_path,
         precision=options.precision,
         max_batch=options.max_batch,
@@ -240,33 +289,34 @@ def compile_module(
         ),
         cache_dir=options.cache_dir,
     )
+
+
+def build_targets(
+    targets: list[str],
+    ctx: BuildContext,
+    references: References,
+    options: CompileOptions,
+    progress: Progress,
+    task: str,
+    onnx_error: str | None = None,
+) -> list[TargetResult]:
+    """Build and verify each of `targets`; ONNX-based ones fail with `onnx_error` if set."""
     results: list[TargetResult] = []
     for kind in targets:
         if onnx_error is not None and kind in ONNX_TARGETS:
             results.append(TargetResult(kind, "failed", onnx_error))
             continue
-        results.extend(_build_target(kind, ctx, references, options, progress))
-
-    eager = None
-    if options.measure_seconds > 0 and any(r.performance for r in results):
-        progress("measuring PyTorch eager for comparison")
-        with EagerEngine(module, signature) as baseline:
-            eager = measure(
-                baseline,
-                real,
-                max_batch=options.max_batch,
-                threads=options.threads,
-                budget_s=options.measure_seconds,
-            )
-    return CompileReport(signature, options.precision, options.max_batch, results, eager)
+        results.extend(_build_target(kind, ctx, references, options, progress, task))
+    return results
 
 
 def _build_target(
     kind: str,
     ctx: BuildContext,
-    references: tuple[tuple[dict[str, np.ndarray], dict[str, np.ndarray]], ...],
+    references: References,
     options: CompileOptions,
     progress: Progress,
+    task: str,
 ) -> list[TargetResult]:
     progress(f"building {kind} ({options.precision})")
     start = time.perf_counter()
@@ -293,7 +343,12 @@ def _build_target(
         try:
             with load(item.path, item.kind, item.options) as engine:
                 result.parity = check_parity(
-                    engine, options.precision, references[0], references[1], options.max_batch
+                    engine,
+                    options.precision,
+                    references[0],
+                    references[1],
+                    options.max_batch,
+                    task,
                 )
                 if not result.parity.passed:
                     result.reason = "parity failed: " + "; ".join(result.parity.failures)

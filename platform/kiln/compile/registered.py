@@ -4,7 +4,8 @@ The thin layer over `compile_module`: resolve the reference, rebuild the model f
 checkpoint artifact, reload the data set it was trained on with the same split (its test split
 is the held-out data for parity, its training split feeds INT8 calibration), compile, and add
 every engine that passed parity to the version with its report. Engines that failed are not
-registered; the report says why.
+registered; the report says why. Versions registered from a user's source (`kiln register`)
+compile from that source instead (`kiln.compile.registered_source`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kiln.compile.held_out import recorded
 from kiln.compile.pipeline import (
     CompileOptions,
     CompileReport,
@@ -22,8 +24,7 @@ from kiln.compile.pipeline import (
     TargetResult,
     compile_module,
 )
-from kiln.data import load_recorded
-from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition
+from kiln.compile.registered_source import compile_source
 from kiln.registry import Registry
 from kiln.registry.records import Artifact, ModelVersion
 from kiln.settings import Settings
@@ -73,41 +74,20 @@ def compile_version(
     *,
     progress: Progress = lambda _: None,
 ) -> RegisteredCompile:
-    """Compile the version `ref` names and register the artifacts that pass parity."""
+    """Compile the version `ref` names and register the artifacts that pass parity.
+
+    A trained version is rebuilt from its checkpoint; a registered one (`config["source"]`)
+    from its source (`kiln.compile.registered_source`).
+    """
     version = registry.resolve(ref)
-    progress(f"loading the checkpoint of {version.ref}")
-    checkpoint = load_checkpoint(
-        registry.artifact_file(registry.checkpoint(version.name, version.version))
-    )
-    config = checkpoint.config
-    split = config.split
-    progress(f"loading held-out data from '{config.dataset}'")
-    try:
-        dataset = load_recorded(config.dataset, split, settings, seed=config.seed)
-    except (DatasetNotFound, DatasetInvalid) as exc:
-        raise FailedPrecondition(
-            f"cannot verify {version.ref}: its data set '{config.dataset}' is not available "
-            f"here ({exc.message}); parity needs held-out real samples from it"
-        ) from exc
-    notes = []
-    if config.data_fingerprint and dataset.fingerprint != config.data_fingerprint:
-        notes.append(
-            f"data set '{config.dataset}' changed since training (fingerprint differs); its "
-            "current test split was used as held-out data"
-        )
-    name = config.input_name
+    blob = registry.artifact_file(registry.checkpoint(version.name, version.version))
     options = dataclasses.replace(options, cache_dir=options.cache_dir or settings.home / "cache")
     settings.home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.home, prefix="compile-") as tmp:
-        report = compile_module(
-            checkpoint.model,
-            signature_of(config),
-            {name: dataset.test.x},
-            Path(tmp),
-            options,
-            calibration={name: dataset.train.x},
-            progress=progress,
-        )
+        if version.config.get("source"):
+            report, notes = compile_source(version, blob, options, settings, Path(tmp), progress)
+        else:
+            report, notes = _compile_trained(version, blob, options, settings, Path(tmp), progress)
         artifacts = []
         for result in report.results:
             if not result.passed or result.path is None:
@@ -125,3 +105,29 @@ def compile_version(
                 )
             )
     return RegisteredCompile(version, report, artifacts, notes)
+
+
+def _compile_trained(
+    version: ModelVersion,
+    blob: Path,
+    options: CompileOptions,
+    settings: Settings,
+    workdir: Path,
+    progress: Progress,
+) -> tuple[CompileReport, list[str]]:
+    progress(f"loading the checkpoint of {version.ref}")
+    checkpoint = load_checkpoint(blob)
+    config = checkpoint.config
+    progress(f"loading held-out data from '{config.dataset}'")
+    held_out = recorded(config.model_dump(), version.ref, config.input_name, settings)
+    report = compile_module(
+        checkpoint.model,
+        signature_of(config),
+        held_out.inputs,
+        workdir,
+        options,
+        calibration=held_out.calibration,
+        progress=progress,
+        task=config.task,
+    )
+    return report, held_out.notes

@@ -42,9 +42,10 @@ class BuildContext:
     """Everything a target builder may need, prepared once per compile."""
 
     workdir: Path
-    module: nn.Module
+    module: nn.Module | None
+    """The PyTorch source (None for an ONNX source: only ONNX-based targets can be built)."""
     signature: Signature
-    program: torch.export.ExportedProgram
+    program: torch.export.ExportedProgram | None
     example: tuple[torch.Tensor, ...]
     onnx_path: Path
     precision: str
@@ -136,7 +137,10 @@ def _quantize_int8(ctx: BuildContext, dest: Path) -> dict[str, Any]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if not ctx.calibration:
-        raise TargetUnavailable("int8 needs calibration data: batches of real training inputs")
+        raise TargetUnavailable(
+            "int8 needs calibration data: batches of real training inputs (a version trained "
+            "by Kiln, or registered with --dataset)"
+        )
 
     class Batches(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -174,16 +178,24 @@ def _quantize_int8(ctx: BuildContext, dest: Path) -> dict[str, Any]:
 
 
 class _Cast(nn.Module):
-    """Run a copy of the model in a reduced precision behind fp32 inputs and outputs."""
+    """Run a copy of the model in a reduced precision behind fp32 inputs and outputs.
+
+    Only floating-point tensors are cast: integer inputs (ids, indices) stay as they are."""
 
     def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
         self.inner = copy.deepcopy(module).to(dtype)
         self.dtype = dtype
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.inner(*(x.to(self.dtype) for x in inputs))
-        return out.float()
+    def _cast(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return x.to(dtype) if x.is_floating_point() else x
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        out = self.inner(*(self._cast(x, self.dtype) for x in inputs))
+        if isinstance(out, list | tuple):
+            return tuple(self._cast(t, torch.float32) for t in out)
+        result: torch.Tensor = self._cast(out, torch.float32)
+        return result
 
 
 def build_aotinductor(ctx: BuildContext) -> list[Built]:
@@ -193,6 +205,12 @@ def build_aotinductor(ctx: BuildContext) -> list[Built]:
         raise TargetUnavailable("the aotinductor target builds fp32, bf16 and fp16, not int8")
     dtype = dtypes[ctx.precision]
     program = ctx.program
+    if ctx.module is None or program is None:
+        raise TargetUnavailable(
+            "unavailable for an ONNX source: AOTInductor compiles PyTorch programs, and ONNX "
+            "cannot be turned back into one. Register the model as a module (--module) or an "
+            "exported program (--exported) to build it"
+        )
     if dtype is not None:
         program = export_program(
             _Cast(ctx.module, dtype), ctx.signature, ctx.example, max_batch=ctx.max_batch
@@ -226,6 +244,7 @@ def build_aotinductor(ctx: BuildContext) -> list[Built]:
 
 
 def _on_cuda(ctx: BuildContext, dtype: torch.dtype | None) -> torch.export.ExportedProgram:
+    assert ctx.module is not None  # build_aotinductor checked
     module = copy.deepcopy(ctx.module).to("cuda")
     if dtype is not None:
         module = _Cast(module, dtype)

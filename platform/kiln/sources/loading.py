@@ -22,7 +22,7 @@ from torch import nn
 from kiln.errors import InvalidArgument, SourceInvalid
 from kiln.sources.module import module_source, probe_outputs, run_module
 from kiln.sources.onnx_model import OnnxReference, onnx_signature, read_onnx
-from kiln.sources.program import load_program, program_signature
+from kiln.sources.program import ProgramModule, load_program, program_signature
 from kiln_engines import Signature, TensorSpec
 
 SourceKind = Literal["onnx", "module", "exported"]
@@ -146,7 +146,7 @@ def load_source(spec: SourceSpec) -> LoadedSource:
             "exported",
             spec.path,
             Signature(inputs, signature.outputs),
-            module=program.module(),
+            module=ProgramModule(program),
             program=program,
             max_batch=bound,
         )
@@ -169,7 +169,7 @@ def open_version_source(config: Mapping[str, Any], blob: Path) -> LoadedSource:
         return LoadedSource("onnx", blob, signature, onnx_model=read_onnx(blob))
     if kind == "exported":
         program = load_program(blob)
-        return LoadedSource("exported", blob, signature, program.module(), program)
+        return LoadedSource("exported", blob, signature, ProgramModule(program), program)
     if kind == "module":
         module = module_source(str(source.get("builder")), source.get("model_args") or {}, blob)
         return LoadedSource("module", blob, signature, module=module)

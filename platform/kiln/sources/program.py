@@ -25,6 +25,24 @@ from kiln_engines import DYNAMIC, Signature, TensorSpec
 SAMPLE_INPUTS = "data/sample_inputs/"
 
 
+class ProgramModule(torch.nn.Module):
+    """An exported program's module, usable where Kiln expects an `nn.Module`.
+
+    `ExportedProgram.module()` refuses `.eval()` and `.train()` (the mode was fixed when the
+    program was captured), which every PyTorch caller does; here they leave it as it is.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        self.program_module = program.module()
+
+    def train(self, mode: bool = True) -> ProgramModule:
+        return self
+
+    def forward(self, *inputs: torch.Tensor) -> object:
+        return self.program_module(*inputs)
+
+
 def _prefix(archive: zipfile.ZipFile) -> str:
     for name in archive.namelist():
         if name.endswith("archive_format"):
