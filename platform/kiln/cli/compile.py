@@ -18,6 +18,7 @@ from kiln.settings import Settings
 
 if TYPE_CHECKING:  # kiln.compile imports torch: only commands that compile may pay for that
     from kiln.compile import RegisteredCompile
+    from kiln.compile.parity import OutputParity
 
 
 class Target(StrEnum):
@@ -46,17 +47,24 @@ def _pct(value: float | None) -> str:
     return "100%" if value == 1.0 else f"{value:.1%}"
 
 
+def _worst(outputs: Sequence[OutputParity]) -> OutputParity | None:
+    return max(outputs, key=lambda p: p.max_abs_diff / p.scale, default=None)
+
+
 def parity_table(outcome: RegisteredCompile) -> Table:
-    """One row per engine: its status and how closely it matches the checkpoint."""
-    title = f"{outcome.version.ref} ({outcome.report.precision}): parity with the checkpoint"
+    """One row per engine: its status and how closely it matches the checkpoint (or, for a
+    registered source, the source). With several outputs, the worst output is shown."""
+    source = (outcome.version.config.get("source") or {}).get("kind")
+    against = f"the {source} source" if source else "the checkpoint"
+    title = f"{outcome.version.ref} ({outcome.report.precision}): parity with {against}"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in ("artifact", "device", "status"):
         table.add_column(column, no_wrap=True)
     for column in ("Δ held-out", "top-1", "Δ random", "top-1"):
         table.add_column(column, justify="right", no_wrap=True)
     for r in outcome.report.results:
-        held = r.parity.held_out[0] if r.parity and r.parity.held_out else None
-        rand = r.parity.random[0] if r.parity and r.parity.random else None
+        held = _worst(r.parity.held_out) if r.parity else None
+        rand = _worst(r.parity.random) if r.parity else None
         style = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
         table.add_row(
             r.kind,

@@ -230,6 +230,10 @@ def compile_module(  # noqa: PLR0913
     if program is None:
         progress("capturing the model with torch.export")
         program = export_program(module, signature, example, max_batch=options.max_batch)
+    elif program.example_inputs is None:
+        # Loaded without its pickled example inputs (kiln.sources.program); AOTInductor
+        # needs some, and rows of the held-out data are as good.
+        program.example_inputs = (example, {})
 
     progress("computing reference outputs (PyTorch, fp32)")
     references = reference_pairs(

@@ -36,6 +36,7 @@ class EagerEngine(Engine):
 def reference_outputs(
     module: nn.Module, signature: Signature, inputs: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    """The module's fp32 outputs for `inputs`, computed in batches."""
+    """The module's fp32 outputs for `inputs`, computed in batches (no larger than the
+    signature's maximum: an exported program may refuse more)."""
     engine = EagerEngine(module, signature.with_max_batch(None))
-    return run_batched(engine.infer, inputs, max_batch=256)
+    return run_batched(engine.infer, inputs, max_batch=min(256, signature.max_batch or 256))

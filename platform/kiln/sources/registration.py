@@ -139,6 +139,23 @@ def _name_outputs(signature: Signature, names: Sequence[str], task: str) -> Sign
         raise InvalidArgument(f"--output: {exc}") from exc
 
 
+def _require_batch_axis(signature: Signature, kind: str) -> None:
+    fixed = [
+        t for t in (*signature.inputs, *signature.outputs) if not t.shape or t.shape[0] != DYNAMIC
+    ]
+    if fixed:
+        how = {
+            "onnx": "export it with a dynamic batch axis (torch.onnx.export(..., dynamo=True, "
+            "dynamic_shapes=...) or dynamic_axes={name: {0: 'batch'}})",
+            "exported": "export it with dynamic_shapes={name: {0: torch.export.Dim('batch')}}",
+            "module": "declare -1 as the first size of every --input",
+        }[kind]
+        raise InvalidArgument(
+            f"{', '.join(t.describe() for t in fixed)}: the first axis must be a dynamic batch "
+            f"axis (Kiln batches requests and checks engines at several batch sizes); {how}"
+        )
+
+
 def _check_dataset(dataset: Dataset, signature: Signature) -> None:
     if len(signature.inputs) != 1:
         raise InvalidArgument(
@@ -243,6 +260,7 @@ def register_source(
     if max_batch is not None and max_batch < 1:
         raise InvalidArgument(f"--max-batch must be at least 1, got {max_batch}")
     signature = _name_outputs(loaded.signature, source.output_names, task).with_max_batch(max_batch)
+    _require_batch_axis(signature, source.kind)
     loaded = loaded.renamed(signature)
     config: dict[str, Any] = {"task": task, "class_names": classes}
     metrics = _json_metrics(options.metrics)
