@@ -1,7 +1,8 @@
 """`kiln promote` and `kiln rollback`: move aliases, with gates and a recorded history.
 
-`kiln promote` runs the recorded-accuracy gate and, unless `--no-eval-gates`, the evaluation
-gates (`kiln.evaluate.gates`: parity, held-out regression, traffic gain, latency). The gate
+`kiln promote` runs the recorded-accuracy gate (recorded test RMSE for a regression model) and,
+unless `--no-eval-gates`, the evaluation gates (`kiln.evaluate.gates`: parity, held-out
+regression, traffic gain, latency; RMSE-based for a regression model). The gate
 table is printed whether the move happens or is refused; the registry stores the decision
 (forced or not) with the move.
 """
@@ -32,6 +33,7 @@ from kiln.settings import Settings
 # not import the evaluation stack (a test keeps the two equal).
 DEFAULT_MIN_TRAFFIC_GAIN = 0.0
 DEFAULT_MAX_REGRESSION = 0.01
+DEFAULT_MAX_HELDOUT_RMSE_INCREASE = 0.02
 DEFAULT_LATENCY_BUDGET = 1.5
 DEFAULT_TRAFFIC_WINDOW = "24h"
 
@@ -67,6 +69,15 @@ def promote(
             "version's data set.",
         ),
     ] = DEFAULT_MAX_REGRESSION,
+    max_heldout_rmse_increase: Annotated[
+        float,
+        typer.Option(
+            help="Regression models: how much higher than the current version's the "
+            "candidate's RMSE may be on the held-out test split (and as recorded at "
+            "training), as a fraction (0.02: 2%). --min-traffic-gain is then the fraction by "
+            "which its RMSE on held-out traffic must fall.",
+        ),
+    ] = DEFAULT_MAX_HELDOUT_RMSE_INCREASE,
     latency_budget: Annotated[
         float,
         typer.Option(help="Candidate batch-1 latency at most this times the current one's."),
@@ -89,18 +100,25 @@ def promote(
 ) -> None:
     """Point an alias (default: production) at a version, after the promotion gates pass."""
     from kiln.evaluate.gates import GateThresholds, evaluation_gates
+    from kiln.evaluate.regression_gates import RecordedRmseGate, task_of
 
     thresholds = GateThresholds(
         min_traffic_gain=min_traffic_gain,
         max_heldout_regression=max_regression,
+        max_heldout_rmse_increase=max_heldout_rmse_increase,
         latency_budget=latency_budget,
         traffic_window=since,
     )
     with open_registry() as registry:
         # A bad alias or reference fails here, before the gates announce themselves.
         validate_name(alias, "alias name")
-        registry.resolve(ref)
-        gates: list[Gate] = default_gates(accuracy_tolerance=tolerance)
+        candidate = registry.resolve(ref)
+        # A regressor records test_rmse, not test_accuracy: judge it by that instead.
+        gates: list[Gate] = (
+            [RecordedRmseGate(max_heldout_rmse_increase)]
+            if task_of(candidate) == "regression"
+            else default_gates(accuracy_tolerance=tolerance)
+        )
         if eval_gates:
             gates += evaluation_gates(registry, Settings(), thresholds)
             err_console.print(

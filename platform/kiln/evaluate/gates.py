@@ -15,6 +15,7 @@ ones a server on this host would load) on the same inputs:
 - `TrafficGate`: accuracy on the held-out slice of recent labelled traffic (the requests
   `labelled.holdout_mask` keeps out of retraining, minus any whose input retraining saw under
   another request id) must rise by at least `min_traffic_gain`;
+- for a regression candidate, both judge RMSE instead (`kiln.evaluate.regression_gates`);
 - `LatencyGate`: the candidate's batch-1 p50 latency (measured at compile time) at most
   `latency_budget` times the current version's.
 
@@ -26,166 +27,26 @@ can still override it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from kiln.data import load_recorded, sample_digests
-from kiln.errors import FailedPrecondition, InvalidArgument, KilnError, TrafficNotFound
-from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
-from kiln.registry import (
-    Gate,
-    GateContext,
-    GateResult,
-    ModelVersion,
-    Registry,
+from kiln.errors import KilnError
+from kiln.evaluate.evaluator import (
+    EVALUATION_ERRORS,
+    Evaluator,
+    GateThresholds,
+    HeldOut,
+    unseen_holdout_mask,
 )
-from kiln.registry.loader import choose_artifact, open_engine
+from kiln.evaluate.regression_gates import heldout_rmse, is_regression, traffic_rmse
+from kiln.registry import Gate, GateContext, GateResult, ModelVersion, Registry
+from kiln.registry.loader import choose_artifact
 from kiln.settings import Settings
-from kiln.traffic import Window
-from kiln_engines import EngineError, EngineOptions
-
-# Either kind of failure means "could not evaluate": a Kiln error (no engine, data set gone,
-# unreadable traffic) or an engine error (inputs of another shape, a backend missing here).
-_EVALUATION_ERRORS = (KilnError, EngineError)
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """Where the evaluation gates draw their lines (`kiln promote` options set them)."""
-
-    min_traffic_gain: float = 0.0
-    """Candidate minus current accuracy on held-out labelled traffic, at least this."""
-    max_heldout_regression: float = 0.01
-    """Current minus candidate accuracy on the held-out test split, at most this."""
-    latency_budget: float = 1.5
-    """Candidate batch-1 p50 latency at most this many times the current version's."""
-    min_traffic_samples: int = 20
-    """Fewer labelled held-out requests than this cannot show a gain: the traffic gate then
-    passes only when no gain is required (`min_traffic_gain` <= 0)."""
-    traffic_window: str = "24h"
-    """How far back labelled traffic is read: 30m, 24h, 7d or an ISO time."""
-    holdout_fraction: float = DEFAULT_HOLDOUT
-    """The share of labelled requests retraining keeps out; must match retraining's."""
-
-    def validate(self) -> None:
-        """Raise `InvalidArgument` for a threshold that cannot be meant."""
-        for name in ("min_traffic_gain", "max_heldout_regression"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and -1 <= value <= 1):
-                raise InvalidArgument(
-                    f"{name.replace('_', '-')} is an accuracy difference in [-1, 1], got {value}"
-                )
-        if not (math.isfinite(self.latency_budget) and self.latency_budget > 0):
-            raise InvalidArgument(
-                f"latency budget is a factor of the current version's latency (e.g. 1.5), "
-                f"got {self.latency_budget}"
-            )
-        if self.min_traffic_samples < 1:
-            raise InvalidArgument(
-                f"min_traffic_samples must be at least 1, got {self.min_traffic_samples}"
-            )
-        if not 0 < self.holdout_fraction < 1:
-            raise InvalidArgument(
-                f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}"
-            )
-        Window.last(self.traffic_window)  # InvalidArgument for a window that does not parse
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:
     return float((predictions == labels).mean()) if labels.size else math.nan
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """A data set's test split, as the gates judge on it."""
-
-    x: np.ndarray
-    y: np.ndarray
-    dataset: str
-    split: dict[str, Any]
-
-
-@dataclass
-class Evaluator:
-    """Runs versions on the evaluation data, once each, shared by the gates of one promotion
-    (`Registry.promote` may run its gates more than once when the alias moves meanwhile)."""
-
-    registry: Registry
-    settings: Settings
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
-    _predictions: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)
-    _held_out: dict[str, HeldOut] = field(default_factory=dict)
-    _traffic_by_model: dict[str, LabelledTraffic] = field(default_factory=dict)
-
-    def predict(self, version: ModelVersion, x: np.ndarray, data: str) -> np.ndarray:
-        """Top-1 classes of `version` on `x`; `data` names `x` for the cache."""
-        key = (version.name, version.version, data)
-        if key not in self._predictions:
-            engine, _ = open_engine(
-                self.registry, version.name, version.version, EngineOptions(intra_op_threads=0)
-            )
-            try:
-                name = engine.signature.inputs[0].name
-                output = engine.signature.outputs[0].name
-                step = engine.signature.max_batch or 256
-                parts = [
-                    engine.infer({name: x[i : i + step]})[output].argmax(axis=1)
-                    for i in range(0, len(x), step)
-                ]
-            finally:
-                engine.close()
-            self._predictions[key] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-        return self._predictions[key]
-
-    def held_out(self, version: ModelVersion) -> HeldOut:
-        """The test split of the data set `version` was trained on (same split settings)."""
-        config = version.config
-        name = config.get("dataset")
-        if not name:
-            raise FailedPrecondition(f"{version.ref} records no data set to evaluate it on")
-        split = dict(config.get("split") or {})
-        cache = f"{name}:{sorted(split.items())}:{config.get('seed', 0)}"
-        if cache not in self._held_out:
-            seed = int(config.get("seed", 0))
-            dataset = load_recorded(str(name), split, self.settings, seed=seed)
-            self._held_out[cache] = HeldOut(dataset.test.x, dataset.test.y, str(name), split)
-        return self._held_out[cache]
-
-    def traffic(self, name: str) -> LabelledTraffic:
-        """Held-out labelled requests of `name` in the window; none when it logged no traffic.
-
-        Other errors (unreadable files) propagate: the traffic gate reports them.
-        """
-        if name not in self._traffic_by_model:
-            try:
-                rows = labelled_traffic(
-                    self.settings.home, name, Window.last(self.thresholds.traffic_window)
-                )
-            except TrafficNotFound:
-                rows = labelled_traffic_empty()
-            mask = unseen_holdout_mask(rows, self.thresholds.holdout_fraction)
-            self._traffic_by_model[name] = rows.subset(mask)
-        return self._traffic_by_model[name]
-
-
-def labelled_traffic_empty() -> LabelledTraffic:
-    empty = np.zeros((0,), dtype=np.int64)
-    return LabelledTraffic(np.zeros((0,), np.float32), empty, [], empty, empty, empty)
-
-
-def unseen_holdout_mask(rows: LabelledTraffic, fraction: float) -> np.ndarray:
-    """`holdout_mask`, minus held-out requests whose input also came in a request retraining
-    could learn from (clients resend the same image; held out by id, seen by content)."""
-    held = holdout_mask(rows.request_ids, fraction)
-    if not held.any() or held.all():
-        return held
-    keys = sample_digests(rows.x)
-    trained = {k for k, h in zip(keys, held, strict=True) if not h}
-    unseen = np.fromiter((k not in trained for k in keys), dtype=bool, count=len(keys))
-    mask: np.ndarray = held & unseen
-    return mask
 
 
 class HeldOutGate:
@@ -195,6 +56,8 @@ class HeldOutGate:
         self.evaluator = evaluator
 
     def __call__(self, context: GateContext) -> GateResult:
+        if is_regression(context):
+            return heldout_rmse(self.name, self.evaluator, context, self._notes)
         limit = self.evaluator.thresholds.max_heldout_regression
         # Judge on the data the current version was made for: "no worse elsewhere" means no
         # worse at what production does now. With nothing served, the candidate's own data.
@@ -210,7 +73,7 @@ class HeldOutGate:
                     f"{candidate:.4f}",
                 )  # fmt: skip
             current = _accuracy(self.evaluator.predict(context.current, data.x, key), data.y)
-        except _EVALUATION_ERRORS as exc:
+        except EVALUATION_ERRORS as exc:
             return GateResult(self.name, False, {"limit": limit}, f"could not evaluate: {exc}")
         drop = current - candidate
         numbers: dict[str, float | None] = {
@@ -283,6 +146,8 @@ class TrafficGate:
         self.evaluator = evaluator
 
     def __call__(self, context: GateContext) -> GateResult:
+        if is_regression(context):
+            return traffic_rmse(self.name, self.evaluator, context)
         t = self.evaluator.thresholds
         numbers: dict[str, Any] = {"samples": 0, "min_gain": t.min_traffic_gain}
         try:
@@ -308,7 +173,7 @@ class TrafficGate:
                     f"labelled requests {candidate:.4f}",
                 )  # fmt: skip
             current = _accuracy(self.evaluator.predict(context.current, rows.x, "traffic"), rows.y)
-        except _EVALUATION_ERRORS as exc:
+        except EVALUATION_ERRORS as exc:
             return GateResult(self.name, False, numbers, f"could not evaluate: {exc}")
         gain = candidate - current
         numbers.update({"candidate": candidate, "current": current, "gain": gain})
@@ -325,7 +190,7 @@ class TrafficGate:
 def _latency_ms(registry: Registry, version: ModelVersion) -> float | None:
     try:
         artifact = choose_artifact(registry, version.name, version.version).artifact
-    except _EVALUATION_ERRORS:
+    except EVALUATION_ERRORS:
         return None
     performance = (artifact.report or {}).get("performance") or {}
     value = performance.get("latency_ms_p50")
@@ -377,7 +242,7 @@ class ParityGate:
         # The engine a server here would load is the one that must be verified.
         try:
             artifact = choose_artifact(self.evaluator.registry, version.name, version.version)
-        except _EVALUATION_ERRORS as exc:
+        except EVALUATION_ERRORS as exc:
             return GateResult(
                 self.name, False, {"verified": 0},
                 f"{version.ref} has no engine to serve here ({exc}); run kiln compile "

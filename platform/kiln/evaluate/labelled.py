@@ -1,4 +1,5 @@
-"""Labelled production traffic as arrays: the logged inputs joined with their feedback.
+"""Labelled production traffic as arrays: the logged inputs joined with their feedback
+(labels for a classification model, true values for a regression model).
 
 Retraining learns from it and the promotion gates judge candidates on it, so both must agree
 on which rows are held out: `holdout_mask` decides by a hash of the request id, the same
@@ -21,11 +22,13 @@ from kiln.traffic import (
     Route,
     Window,
     latest_labels,
+    latest_values,
     run_query,
     scan_feedback,
     scan_traffic,
 )
-from kiln.traffic.validity import input_problem, label_in_range, output_width
+from kiln.traffic.labels import REGRESSION
+from kiln.traffic.validity import input_problem, label_in_range, output_width, value_is_finite
 
 log = logging.getLogger("kiln.evaluate")
 
@@ -40,7 +43,7 @@ class LabelledTraffic:
     x: np.ndarray
     """Inputs, (n, *sample_shape), float32."""
     y: np.ndarray
-    """True labels, (n,), int64."""
+    """True labels, (n,), int64; for a regression model true values, (n,), float64."""
     request_ids: list[str]
     versions: np.ndarray
     """The version that answered each request."""
@@ -50,8 +53,9 @@ class LabelledTraffic:
     skipped: dict[str, int] = field(default_factory=dict)
     """Labelled answered requests with a logged input that were left out, by reason:
     `missing`, `inconsistent`, `empty`, `non_finite` (see `kiln.traffic.validity`),
-    `not_one_sample`, `label_out_of_range` (not a class of the model), `other_shape` (a
-    sample shape other than the most common one: another model's era)."""
+    `not_one_sample`, `label_out_of_range` (not a class of the model), `value_not_finite`
+    (a regression model's), `other_shape` (a sample shape other than the most common one:
+    another model's era)."""
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -81,8 +85,11 @@ def labelled_traffic(
     *,
     num_classes: int | None = None,
     sample_shape: Sequence[int] | None = None,
+    task: str | None = None,
 ) -> LabelledTraffic:
-    """Primary and canary requests of `model` in `window` that carry an input and a label.
+    """Primary and canary requests of `model` in `window` that carry an input and a label
+    (a true value when `task` is "regression": then `y` holds the values and no class
+    bound applies, a value must be finite).
 
     Shadow answers are left out: they repeat a primary request. When a request id was labelled
     twice, the last label wins; when an input was sent twice, each labelled request counts.
@@ -94,6 +101,13 @@ def labelled_traffic(
     traffic = scan_traffic(home, model, window)
     feedback = scan_feedback(home)
     classes = pl.lit(num_classes) if num_classes is not None else pl.col("outputs")
+    regression = task == REGRESSION
+    # The truth is called `label` below either way: one query serves both tasks.
+    truth_problem = (
+        pl.when(~value_is_finite("label")).then(pl.lit("value_not_finite"))
+        if regression
+        else pl.when(~label_in_range(classes)).then(pl.lit("label_out_of_range"))
+    )
 
     def query() -> pl.DataFrame:
         rows = (
@@ -113,7 +127,13 @@ def labelled_traffic(
             )
             .unique(subset="request_id", keep="last")
         )
-        labels = latest_labels(feedback.frame, model).select("request_id", "label")
+        labels = (
+            latest_values(feedback.frame, model).select(
+                "request_id", pl.col("value").alias("label")
+            )
+            if regression
+            else latest_labels(feedback.frame, model).select("request_id", "label")
+        )
         return (
             rows.join(labels, on="request_id", how="inner")
             .with_columns(
@@ -122,7 +142,7 @@ def labelled_traffic(
                     pl.when((pl.col("input_shape").list.first() != 1).fill_null(True)).then(
                         pl.lit("not_one_sample")
                     ),
-                    pl.when(~label_in_range(classes)).then(pl.lit("label_out_of_range")),
+                    truth_problem,
                 ).alias("problem")
             )
             .sort("timestamp")
@@ -156,11 +176,12 @@ def labelled_traffic(
     if usable.height == 0:
         empty = np.zeros((0,), dtype=np.int64)
         x = np.zeros((0, *(sample_shape or ())), dtype=np.float32)
-        return LabelledTraffic(x, empty, [], empty, empty, empty, skipped)
+        y = np.zeros((0,), dtype=np.float64) if regression else empty
+        return LabelledTraffic(x, y, [], empty, empty, empty, skipped)
     flat = usable["input"].explode().to_numpy().astype(np.float32, copy=False)
     return LabelledTraffic(
         x=flat.reshape(usable.height, *sample),
-        y=usable["label"].to_numpy().astype(np.int64),
+        y=usable["label"].to_numpy().astype(np.float64 if regression else np.int64),
         request_ids=usable["request_id"].to_list(),
         versions=usable["version"].fill_null(-1).to_numpy().astype(np.int64),
         predictions=usable["prediction"].fill_null(-1).to_numpy().astype(np.int64),
