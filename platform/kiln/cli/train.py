@@ -7,6 +7,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -42,27 +43,80 @@ def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     return args
 
 
+class Task(StrEnum):
+    """`--task`: the tasks `kiln.data.TASKS` names, spelled out so the CLI starts without
+    importing the data layer."""
+
+    classification = "classification"
+    regression = "regression"
+
+
+class Loss(StrEnum):
+    """`--loss`: `kiln.train.config`'s classification and regression losses."""
+
+    cross_entropy = "cross-entropy"
+    mse = "mse"
+    huber = "huber"
+
+
 def train(
     dataset: Annotated[
         str, typer.Option(help="Data set name (kiln datasets list), .parquet file or image folder.")
     ] = "mnist-5k",
+    task: Annotated[
+        Task | None,
+        typer.Option(
+            help="What to train; default: the data set's task (a 'target' column or a "
+            "regression set: regression)."
+        ),
+    ] = None,
+    loss: Annotated[
+        Loss | None,
+        typer.Option(help="Loss: cross-entropy (classification), mse (default) or huber."),
+    ] = None,
     model: Annotated[
-        str, typer.Option(help="Builder: mlp, cnn, resnet, or package.module:function.")
-    ] = "cnn",
+        str | None,
+        typer.Option(
+            help="Builder: mlp, cnn, resnet, or package.module:function "
+            "[default: cnn; mlp for regression]."
+        ),
+    ] = None,
     model_arg: Annotated[
-        list[str] | None, typer.Option("--model-arg", help="Builder argument key=value; repeat.")
+        list[str] | None,
+        typer.Option(
+            "--model-arg",
+            help="Builder argument key=value; repeat [regression default: hidden=[32] dropout=0].",
+        ),
     ] = None,
     epochs: Annotated[
-        int, typer.Option(help="Maximum epochs (early stopping may end sooner).")
-    ] = 8,
-    batch_size: Annotated[int, typer.Option(help="Samples per step.")] = 64,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 3e-3,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
+        int | None,
+        typer.Option(
+            help="Maximum epochs (early stopping may end sooner) [default: 8; 200 for regression]."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Samples per step [default: 64; 32 for regression].")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak AdamW learning rate [default: 0.003; 0.001 for regression]."),
+    ] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(help="AdamW weight decay [default: 0.01].")
+    ] = None,
     patience: Annotated[
-        int, typer.Option(help="Epochs without val improvement before stopping.")
-    ] = 3,
+        int | None,
+        typer.Option(
+            help="Epochs without val improvement before stopping [default: 3; 20 for regression]."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
-    threads: Annotated[int, typer.Option(help="CPU threads; 0 = KILN_THREADS or all cores.")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads; 0 = KILN_THREADS or all cores [default: 0; 1 for regression]."
+        ),
+    ] = None,
     name: Annotated[
         str | None, typer.Option(help="Register the result as a new version of this model.")
     ] = None,
@@ -76,22 +130,33 @@ def train(
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     as_json: bool = JsonOption,
 ) -> None:
-    """Train a classifier, evaluate it on the test split and save the best checkpoint."""
+    """Train a classifier or a regressor, evaluate it on the test split and save the best
+    checkpoint. The data set decides which (a regression set such as diabetes, autompg or a
+    Parquet file with a numeric 'target' column trains a regressor), and the defaults suit it."""
+    from kiln.data import task_of
     from kiln.train import TrainConfig
     from kiln.train import train as run_training
 
     settings = Settings()
-    config = TrainConfig(
+    given = {
+        "model": model,
+        "model_args": parse_model_args(model_arg) if model_arg else None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "patience": patience,
+        "threads": threads,
+        "task": task.value if task else None,
+        "loss": loss.value if loss else None,
+    }
+    # The task picks the defaults, so a regression set trains an MLP without --model mlp;
+    # the trainer still checks --task against the data set it loads.
+    config = TrainConfig.for_task(
+        task.value if task else task_of(dataset),
         dataset=dataset,
-        model=model,
-        model_args=parse_model_args(model_arg or []),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        patience=patience,
         seed=seed,
-        threads=threads,
+        **{key: value for key, value in given.items() if value is not None},
     )
     config.validate()
     if compile_targets and name is None:
@@ -110,7 +175,8 @@ def train(
         "checkpoint": str(result.checkpoint),
         "dataset": result.dataset.name,
         "data_fingerprint": result.dataset.fingerprint,
-        "model": model,
+        "task": result.config.task,
+        "model": config.model,
         "metrics": result.metrics,
         "history": result.history,
         "duration_s": result.duration_s,
@@ -127,18 +193,40 @@ def train(
             )
             payload["compile"] = compiled.to_dict()
 
-    def render(console: Console) -> None:
-        m = result.metrics
-        table = Table(title=f"{model} on {result.dataset.name}: test split", show_header=False)
-        table.add_column("metric", style="bold")
-        table.add_column("value")
+    emit(payload, as_json, lambda console: render(console, result, payload, compiled))
+    if compile_error is not None:
+        raise compile_error
+
+
+def render(
+    console: Console,
+    result: TrainResult,
+    payload: dict[str, Any],
+    compiled: RegisteredCompile | None,
+) -> None:
+    """The tables `kiln train` prints: test metrics (a classifier's per-class accuracy too),
+    the run folder, the version registered and what was compiled."""
+    m = result.metrics
+    title = f"{payload['model']} on {result.dataset.name}: test split"
+    table = Table(title=title, show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value")
+    regression = result.config.task == "regression"
+    if regression:
+        table.add_row("test R^2", f"{m['test_r2']:.4f}")
+        table.add_row("test RMSE", f"{m['test_rmse']:.4g}")
+        table.add_row("test MAE", f"{m['test_mae']:.4g}")
+        loss = result.config.train.get("loss")
+        table.add_row(f"test loss ({loss}, standardised)", f"{m['test_loss']:.4f}")
+    else:
         table.add_row("test accuracy", f"{m['test_accuracy']:.4f}")
         table.add_row("test loss", f"{m['test_loss']:.4f}")
         table.add_row("expected calibration error", f"{m['ece']:.4f}")
-        table.add_row("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run")
-        table.add_row("train throughput", f"{m['train_samples_per_s']:.0f} samples/s")
-        table.add_row("duration", f"{result.duration_s:.1f} s")
-        console.print(table)
+    table.add_row("best epoch", f"{m['best_epoch']} of {m['epochs_run']} run")
+    table.add_row("train throughput", f"{m['train_samples_per_s']:.0f} samples/s")
+    table.add_row("duration", f"{result.duration_s:.1f} s")
+    console.print(table)
+    if not regression:
         per_class = Table(title="per-class accuracy")
         for cls in m["per_class_accuracy"]:
             per_class.add_column(cls, justify="right")
@@ -146,17 +234,13 @@ def train(
             *(f"{v:.3f}" if v is not None else "-" for v in m["per_class_accuracy"].values())
         )
         console.print(per_class)
-        console.print(f"run: {result.run_dir}  (curves.png, metrics.jsonl, checkpoint/)")
-        if "registered" in payload:
-            console.print(f"registered [bold]{payload['registered']['reference']}[/]")
-        if compiled is not None:
-            from kiln.cli.compile import render as render_compile
+    console.print(f"run: {result.run_dir}  (curves.png, metrics.jsonl, checkpoint/)")
+    if "registered" in payload:
+        console.print(f"registered [bold]{payload['registered']['reference']}[/]")
+    if compiled is not None:
+        from kiln.cli.compile import render as render_compile
 
-            render_compile(compiled, console)
-
-    emit(payload, as_json, render)
-    if compile_error is not None:
-        raise compile_error
+        render_compile(compiled, console)
 
 
 def register(name: str, result: TrainResult, settings: Settings) -> dict[str, Any]:

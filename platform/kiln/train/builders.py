@@ -1,8 +1,11 @@
-"""Model builders: small, readable classifiers, plus any user builder `package.module:function`.
+"""Model builders: small, readable networks, plus any user builder `package.module:function`.
 
-A builder is `fn(input_shape, num_classes, **args) -> nn.Module` producing logits from
-*normalised* inputs. `build_model` wraps it in a `Classifier` that normalises raw inputs first,
-so the exported graph (and every engine built from it) takes the data set's raw values.
+A builder is `fn(input_shape, num_classes, **args) -> nn.Module` producing `num_classes`
+outputs per sample (the output width: 1 for a regressor) from *normalised* inputs.
+`build_model` wraps it in a `Classifier` that normalises raw inputs first, so the exported
+graph (and every engine built from it) takes the data set's raw values; `build_regressor`
+wraps it in a `Regressor`, which also turns the network's standardised output back into the
+target's own units, so engines return raw-unit predictions.
 """
 
 from __future__ import annotations
@@ -142,6 +145,42 @@ class Classifier(nn.Module):
         return out
 
 
+class Regressor(nn.Module):
+    """Normalise raw inputs, run the network, de-standardise: one prediction per row in the
+    target's units, shape (n, 1).
+
+    The network learns standardised targets (mean 0, std 1 on the training split), so one
+    learning rate and one Huber threshold suit targets of any scale; `standardized` is what
+    the loss sees, `forward` what every engine computes.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        target_mean: torch.Tensor,
+        target_std: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.target_mean: torch.Tensor
+        self.target_std: torch.Tensor
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.register_buffer("target_mean", target_mean)
+        self.register_buffer("target_std", target_std)
+
+    def standardized(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net((x - self.mean) / self.std)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.standardized(x) * self.target_std + self.target_mean
+
+
 def resolve_builder(name: str) -> Builder:
     """Return a built-in builder by name, or import `package.module:function`."""
     if name in BUILDERS:
@@ -172,6 +211,28 @@ def normalization_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return (1, *(int(d) for d in input_shape))
 
 
+def _network(
+    builder: str,
+    input_shape: Sequence[int],
+    width: int,
+    normalization: dict[str, list[float]] | None,
+    builder_args: dict[str, Any],
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The builder's network for `width` outputs and the input statistics as tensors."""
+    fn = resolve_builder(builder)
+    try:
+        net = fn(tuple(input_shape), width, **builder_args)
+    except TypeError as exc:
+        raise InvalidArgument(f"bad arguments for model builder '{builder}': {exc}") from exc
+    shape = normalization_shape(input_shape)
+    if normalization is None:
+        mean, std = torch.zeros(shape), torch.ones(shape)
+    else:
+        mean = torch.tensor(normalization["mean"], dtype=torch.float32).reshape(shape)
+        std = torch.tensor(normalization["std"], dtype=torch.float32).reshape(shape)
+    return net, mean, std
+
+
 def build_model(
     builder: str,
     input_shape: Sequence[int],
@@ -185,15 +246,30 @@ def build_model(
     `normalization` ({"mean": [...], "std": [...]}, per channel or per feature) defaults to the
     identity. Raises ModelBuilderNotFound or InvalidArgument (bad arguments for the builder).
     """
-    fn = resolve_builder(builder)
-    try:
-        net = fn(tuple(input_shape), num_classes, **builder_args)
-    except TypeError as exc:
-        raise InvalidArgument(f"bad arguments for model builder '{builder}': {exc}") from exc
-    shape = normalization_shape(input_shape)
-    if normalization is None:
-        mean, std = torch.zeros(shape), torch.ones(shape)
-    else:
-        mean = torch.tensor(normalization["mean"], dtype=torch.float32).reshape(shape)
-        std = torch.tensor(normalization["std"], dtype=torch.float32).reshape(shape)
+    net, mean, std = _network(builder, input_shape, num_classes, normalization, builder_args)
     return Classifier(net, mean, std)
+
+
+def build_regressor(
+    builder: str,
+    input_shape: Sequence[int],
+    *,
+    normalization: dict[str, list[float]] | None = None,
+    target_normalization: dict[str, float] | None = None,
+    **builder_args: Any,
+) -> Regressor:
+    """Build a regressor taking raw inputs of `input_shape` and returning one prediction per
+    row in the target's units (the builder is asked for an output width of 1).
+
+    `target_normalization` ({"mean": m, "std": s} of the training targets) defaults to the
+    identity; `normalization` as for `build_model`. Raises what `build_model` raises.
+    """
+    net, mean, std = _network(builder, input_shape, 1, normalization, builder_args)
+    target = target_normalization or {"mean": 0.0, "std": 1.0}
+    return Regressor(
+        net,
+        mean,
+        std,
+        torch.tensor([float(target["mean"])], dtype=torch.float32),
+        torch.tensor([float(target["std"])], dtype=torch.float32),
+    )

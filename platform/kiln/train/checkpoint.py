@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from kiln.errors import CheckpointInvalid
-from kiln.train.builders import Classifier, build_model
+from kiln.train.builders import Classifier, Regressor, build_model, build_regressor
 from kiln.train.config import CheckpointConfig
 
 WEIGHTS = "model.safetensors"
@@ -27,7 +27,8 @@ METADATA_KEY = "kiln.config"
 
 @dataclass
 class LoadedCheckpoint:
-    model: Classifier
+    model: Classifier | Regressor
+    """A `Regressor` when `config.task` is "regression", else a `Classifier`."""
     config: CheckpointConfig
 
 
@@ -71,17 +72,28 @@ def read_config(path: Path) -> CheckpointConfig:
 
 
 def load_checkpoint(path: Path) -> LoadedCheckpoint:
-    """Rebuild the model from a checkpoint directory or .safetensors file, in eval mode."""
+    """Rebuild the model from a checkpoint directory or .safetensors file, in eval mode: a
+    classifier, or a regressor when the config's task says so."""
     path = Path(path)
     config = read_config(path)
     weights = path / WEIGHTS if path.is_dir() else path
-    model = build_model(
-        config.builder,
-        config.input_shape,
-        config.num_classes,
-        normalization=config.normalization,
-        **config.builder_args,
-    )
+    model: Classifier | Regressor
+    if config.task == "regression":
+        model = build_regressor(
+            config.builder,
+            config.input_shape,
+            normalization=config.normalization,
+            target_normalization=config.target_normalization,
+            **config.builder_args,
+        )
+    else:
+        model = build_model(
+            config.builder,
+            config.input_shape,
+            config.num_classes,
+            normalization=config.normalization,
+            **config.builder_args,
+        )
     try:
         with safe_open(str(weights), framework="pt") as fh:
             state = {key: fh.get_tensor(key) for key in fh.keys()}  # noqa: SIM118

@@ -1,4 +1,5 @@
-"""Classification metrics on a held-out split: accuracy, per class, confusion, calibration."""
+"""Metrics on a held-out split: for classifiers accuracy, per class, confusion and calibration;
+for regressors MAE, RMSE and R^2."""
 
 from __future__ import annotations
 
@@ -44,4 +45,37 @@ def classification_report(
         "per_class_accuracy": per_class,
         "confusion": confusion.tolist(),
         "samples": int(labels.size),
+    }
+
+
+def standardized_loss(
+    predictions: np.ndarray, targets: np.ndarray, loss: str, target_std: float
+) -> float:
+    """The training loss on held-out data: MSE or Huber (threshold 1) of the errors in units
+    of the training target's standard deviation, as the trainer computes it."""
+    error = (np.asarray(predictions, np.float64) - np.asarray(targets, np.float64)) / target_std
+    if loss == "huber":
+        magnitude = np.abs(error)
+        return float(np.where(magnitude <= 1.0, 0.5 * error**2, magnitude - 0.5).mean())
+    return float((error**2).mean())
+
+
+def regression_report(
+    predictions: np.ndarray, targets: np.ndarray, loss: str, target_std: float
+) -> dict[str, Any]:
+    """MAE, RMSE (in the target's units), R^2 and the standardised loss.
+
+    R^2 is 1 - SSE / SST with SST about the split's own mean (scikit-learn's `r2_score`): 0 for
+    predicting that mean, negative for worse. `predictions` may be (n,) or (n, 1).
+    """
+    pred = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    truth = np.asarray(targets, dtype=np.float64).reshape(-1)
+    error = pred - truth
+    total = float(((truth - truth.mean()) ** 2).sum())
+    return {
+        "loss": standardized_loss(pred, truth, loss, target_std),
+        "mae": float(np.abs(error).mean()),
+        "rmse": float(np.sqrt((error**2).mean())),
+        "r2": 1.0 - float((error**2).sum()) / total if total > 0 else 0.0,
+        "samples": int(truth.size),
     }

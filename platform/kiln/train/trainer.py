@@ -1,5 +1,8 @@
 """The trainer: AdamW, warm-up + cosine, gradient clipping, early stopping, seeded on CPU.
 
+Classifiers and regressors go through the same loop; what differs (model, loss, metrics)
+comes from the data set's task through `kiln.train.objectives`.
+
 One function, `train(config, settings)`, reads top to bottom like the loop it runs. It writes
 `KILN_HOME/runs/RUN_ID/` (process.json first, metrics.jsonl per epoch, curves.png,
 checkpoint/, summary.json last) and returns a `TrainResult` holding the best checkpoint (by
@@ -23,18 +26,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kiln.data import Dataset, load_dataset
-from kiln.data.profile import reference_profile
+from kiln.data import REGRESSION, Dataset, load_dataset
 from kiln.settings import Settings
-from kiln.train.builders import build_model, normalization_shape
+from kiln.train.builders import normalization_shape
 from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
-from kiln.train.metrics import classification_report
+from kiln.train.objectives import Classification, Objective, Regression
 
 RUN_PROCESS = "process.json"
 """Written when a run starts: the host and pid of the process training it."""
@@ -94,6 +95,19 @@ def predict_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 1024
     return torch.cat(parts).numpy()
 
 
+def objective_for(
+    config: TrainConfig, ds: Dataset, warm_start: LoadedCheckpoint | None
+) -> Objective:
+    """The objective for `ds`'s task (`config` resolved against it); a warm start keeps its
+    checkpoint's target statistics, as it keeps its input normalisation."""
+    if ds.task != REGRESSION:
+        return Classification(ds.class_names)
+    target = None
+    if warm_start is not None:
+        target = warm_start.config.target_normalization
+    return Regression(str(config.loss), target or Regression.target_stats(ds.train.y))
+
+
 def new_run_id(config: TrainConfig) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     model = config.model.rsplit(":", 1)[-1]
@@ -110,8 +124,11 @@ def train(  # noqa: PLR0915
 ) -> TrainResult:
     """Train, keep the best epoch by validation loss, evaluate it on the test split, save it.
 
-    `dataset` replaces loading `config.dataset` (retraining passes a mixed one); `warm_start`
-    begins from a checkpoint's weights and normalisation instead of a fresh initialisation.
+    The data set's task decides what is trained: a classifier (cross-entropy; accuracy) or a
+    regressor (MSE or Huber on standardised targets; MAE, RMSE, R^2). `dataset` replaces
+    loading `config.dataset` (retraining passes a mixed one); `warm_start` begins from a
+    checkpoint's weights and normalisation instead of a fresh initialisation. Raises
+    InvalidArgument when `config.task` or `config.loss` does not fit the data set.
     """
     config.validate()
     started = time.perf_counter()
@@ -125,10 +142,10 @@ def train(  # noqa: PLR0915
         val_fraction=config.val_fraction,
         test_fraction=config.test_fraction,
     )
+    config = config.resolved(ds.task)
+    objective = objective_for(config, ds, warm_start)
     norm = warm_start.config.normalization if warm_start else normalization_stats(ds.train.x)
-    model = build_model(
-        config.model, ds.input_shape, ds.num_classes, normalization=norm, **config.model_args
-    )
+    model = objective.build(config, ds, norm)
     if warm_start is not None:
         model.load_state_dict(warm_start.model.state_dict())
     x_train, y_train = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
@@ -170,15 +187,14 @@ def train(  # noqa: PLR0915
             model.train()
             perm = torch.randperm(n, generator=shuffle)
             loss_sum = torch.zeros(())
-            correct = torch.zeros((), dtype=torch.int64)
+            metric_sum = objective.zero()
             seen = 0
             for step in range(steps_per_epoch):
                 idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
                 if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
                     continue
                 xb, yb = x_train[idx], y_train[idx]
-                logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                loss, batch_metric = objective.step(model, xb, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -186,18 +202,19 @@ def train(  # noqa: PLR0915
                 sched.step()
                 # Accumulate as tensors: a .item() per step would cost a sync for nothing.
                 loss_sum += loss.detach() * idx.numel()
-                correct += (logits.detach().argmax(1) == yb).sum()
+                metric_sum += batch_metric
                 seen += idx.numel()
                 progress.advance(task)
 
             train_seconds = time.perf_counter() - epoch_start
-            val = classification_report(predict_logits(model, ds.val.x), ds.val.y, ds.class_names)
+            val = objective.evaluate(predict_logits(model, ds.val.x), ds.val.y)
+            metric = objective.metric
             row = {
                 "epoch": epoch,
                 "train_loss": float(loss_sum) / seen,
-                "train_accuracy": float(correct) / seen,
+                f"train_{metric}": objective.train_metric(metric_sum, seen),
                 "val_loss": val["loss"],
-                "val_accuracy": val["accuracy"],
+                f"val_{metric}": val[metric],
                 "lr": sched.get_last_lr()[0],
                 "train_seconds": train_seconds,
                 "seconds": time.perf_counter() - epoch_start,
@@ -209,7 +226,7 @@ def train(  # noqa: PLR0915
                 task,
                 epoch=min(epoch + 1, config.epochs),
                 stats=f"loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-                f"val_acc {row['val_accuracy']:.4f}",
+                f"val_{metric.replace('accuracy', 'acc')} {row[f'val_{metric}']:.4f}",
             )
             if val["loss"] < best_loss:
                 best_loss, best_epoch, stale = val["loss"], epoch, 0
@@ -221,31 +238,27 @@ def train(  # noqa: PLR0915
 
     model.load_state_dict(best_state)
     model.eval()
-    test_logits = predict_logits(model, ds.test.x)
-    test = classification_report(test_logits, ds.test.y, ds.class_names)
+    test_outputs = predict_logits(model, ds.test.x)
+    test = objective.evaluate(test_outputs, ds.test.y)
     duration = time.perf_counter() - started
     # Throughput of the optimisation loop alone; epoch "seconds" also include validation.
     samples = len(ds.train) * len(history)
     train_seconds = sum(r["train_seconds"] for r in history)
+    metric = objective.metric
     metrics: dict[str, Any] = {
-        "test_accuracy": test["accuracy"],
-        "test_loss": test["loss"],
-        "ece": test["ece"],
-        "per_class_accuracy": test["per_class_accuracy"],
-        "confusion": test["confusion"],
-        "test_samples": test["samples"],
+        **objective.test_metrics(test),
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "best_val_loss": best_loss,
-        "best_val_accuracy": history[best_epoch - 1]["val_accuracy"],
+        f"best_val_{metric}": history[best_epoch - 1][f"val_{metric}"],
         "duration_s": duration,
         "train_samples_per_s": samples / train_seconds if train_seconds else 0.0,
     }
     ckpt_config = CheckpointConfig(
+        **objective.checkpoint_fields(ds),
         builder=config.model,
         builder_args=config.model_args,
         input_shape=list(ds.input_shape),
-        class_names=list(ds.class_names),
         normalization=norm,
         dataset=ds.name,
         data_fingerprint=ds.fingerprint,
@@ -256,10 +269,16 @@ def train(  # noqa: PLR0915
         run_id=run_id,
         torch_version=torch.__version__,
         # What production traffic is compared with to measure drift (kiln evaluate).
-        reference=reference_profile(ds.train.x, ds.input_shape, test_logits, ds.test.y),
+        reference=objective.reference(ds, test_outputs),
     )
     checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint")
-    plot_curves(history, run_dir / "curves.png", title=f"{config.model} on {ds.name}")
+    plot_curves(
+        history,
+        run_dir / "curves.png",
+        title=f"{config.model} on {ds.name}",
+        metric=objective.metric,
+        loss_label=objective.loss_label,
+    )
     summary = {"run_id": run_id, "config": config.as_dict(), "metrics": metrics}
     # Last, and whole or not at all: its presence is what says the run finished.
     partial = run_dir / f".{RUN_FINISHED}.partial"
