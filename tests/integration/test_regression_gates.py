@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 import kiln.registry
 from kiln.data import load_recorded
@@ -28,27 +26,11 @@ from kiln.evaluate.regression_gates import RecordedRmseGate
 from kiln.registry import GateContext, Registry
 from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
+from tests.integration.regressors import write_regressor
 
 MODEL = "sugar"
 SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2}
 CONFIG = {"task": "regression", "class_names": [], "dataset": "diabetes", "split": SPLIT}
-
-
-def write_regressor(path: Path, weights: np.ndarray, bias: float) -> Path:
-    """features (N, 10) float32 -> prediction (N, 1): x @ w + b."""
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["features", "W"], ["xw"]),
-         helper.make_node("Add", ["xw", "B"], ["prediction"])],
-        "regressor",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 10])],
-        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
-        [numpy_helper.from_array(weights.astype(np.float32).reshape(10, 1), "W"),
-         numpy_helper.from_array(np.array([bias], np.float32), "B")],
-    )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return path
 
 
 @pytest.fixture
