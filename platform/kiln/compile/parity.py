@@ -12,7 +12,7 @@ Thresholds depend on precision. fp32 must agree everywhere: top-1 100% and max a
 <= 1e-4 on both sets. Reduced precision (fp16, bf16, int8) must keep top-1 >= 99.5% on the
 held-out samples; random inputs are reported but not gated, because near-ties between class
 scores on noise legitimately flip under reduced precision. A regressor at fp32 must keep max abs
-diff <= 1e-4 x max(1, max |reference|) and relative error <= 1e-5 on both sets; at reduced
+diff <= 1e-4 x max(1, max |reference|) and relative error <= 1e-4 on both sets; at reduced
 precision its held-out relative error must stay within 1% (fp16), 3% (bf16) or 5% (int8).
 
 Inputs with a dynamic axis besides the batch (a sequence length) get another length in the
@@ -57,7 +57,7 @@ THRESHOLDS: dict[str, Thresholds] = {
     "int8": Thresholds(max_abs_diff=None, min_top1=0.995, gate_random=False),
 }
 REGRESSION_THRESHOLDS: dict[str, Thresholds] = {
-    "fp32": Thresholds(1e-4, 1.0, gate_random=True, max_relative_error=1e-5, abs_diff_scaled=True),
+    "fp32": Thresholds(1e-4, 1.0, gate_random=True, max_relative_error=1e-4, abs_diff_scaled=True),
     "fp16": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.01),
     "bf16": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.03),
     "int8": Thresholds(None, 1.0, gate_random=False, max_relative_error=0.05),
