@@ -230,6 +230,20 @@ def test_every_answered_row_is_logged_and_feedback_joins(url: str, world: World)
     assert sorted(logged) == sorted(ids)  # exactly one row per answered request
 
 
+def test_feedback_values_are_refused_for_a_classifier_saying_what_to_send(url: str) -> None:
+    items = [{"request_id": "v1", "value": 2.5}, {"request_id": "v2"}]
+    receipt = _post(url, "feedback", {"items": items})
+    assert receipt.status_code == 200, receipt.text
+    body = receipt.json()
+    assert body["accepted"] == 0
+    reasons = {r["index"]: r["reason"] for r in body["rejected"]}
+    assert reasons[0] == (
+        "the model is a classification model: send the true class index as label, not a "
+        "value (got value 2.5)"
+    )
+    assert "neither a label nor a value" in reasons[1]
+
+
 def test_kiln_serve_http_is_the_bentoml_service(world: World) -> None:
     kiln = str(Path(BENTOML).with_name("kiln"))
     command = [kiln, "serve", "--http", "--models", "digits:1"]
