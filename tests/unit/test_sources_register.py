@@ -8,7 +8,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -245,3 +247,20 @@ def test_bad_input_declarations(text: str, fragment: str) -> None:
 def test_input_declarations_take_kserve_datatypes() -> None:
     spec = parse_input("ids:int64:-1,-1")
     assert (spec.name, spec.dtype, spec.shape) == ("ids", "int64", (-1, -1))
+
+
+def test_an_onnx_file_with_external_data_is_stored_as_one_file(
+    cli: Any, tmp_path: Path, settings: Settings
+) -> None:
+    path = _onnx_with(tmp_path / "relu.onnx", helper.make_node("Add", ["x", "w"], ["y"]))
+    model = onnx.load(str(path))
+    weight = onnx.numpy_helper.from_array(np.ones((1, 3), np.float32), "w")
+    model.graph.initializer.append(weight)
+    onnx.save(model, str(path), save_as_external_data=True, size_threshold=0, location="w.bin")
+    assert (tmp_path / "w.bin").is_file()
+    result = cli("register", "ext", "--onnx", str(path), "--json")
+    assert result.exit_code == 0, result.stderr
+    with kiln.registry.open(settings=settings) as registry:
+        stored = onnx.load(str(registry.artifact_file(registry.checkpoint("ext", 1))))
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in stored.graph.initializer)
+    assert onnx.numpy_helper.to_array(stored.graph.initializer[0]).tolist() == [[1.0, 1.0, 1.0]]

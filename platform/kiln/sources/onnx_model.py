@@ -68,7 +68,9 @@ def single_file(model: onnx.ModelProto, workdir: Path) -> Path:
     return dest
 
 
-def uses_external_data(model: onnx.ModelProto) -> bool:
+def uses_external_data(path: Path) -> bool:
+    """Whether the file at `path` keeps tensors in files beside it (read without them)."""
+    model = onnx.load(str(path), load_external_data=False)
     return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 

@@ -271,7 +271,7 @@ def register_source(
         metrics |= measured  # measured here, from the source itself: these are what gates trust
     with tempfile.TemporaryDirectory(dir=settings.home if settings.home.exists() else None) as tmp:
         stored = source.path
-        if loaded.onnx_model is not None and uses_external_data(loaded.onnx_model):
+        if loaded.onnx_model is not None and uses_external_data(source.path):
             stored = single_file(loaded.onnx_model, Path(tmp))  # one blob: the graph and weights
         record: dict[str, Any] = {
             "kind": source.kind,
