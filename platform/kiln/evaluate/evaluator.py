@@ -4,6 +4,7 @@ engines on held-out data and on labelled traffic, once each per promotion."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,19 +105,7 @@ class Evaluator:
         """Top-1 classes of `version` on `x`; `data` names `x` for the cache."""
         key = (version.name, version.version, data)
         if key not in self._predictions:
-            engine, _ = open_engine(
-                self.registry, version.name, version.version, EngineOptions(intra_op_threads=0)
-            )
-            try:
-                name = engine.signature.inputs[0].name
-                output = engine.signature.outputs[0].name
-                step = engine.signature.max_batch or 256
-                parts = [
-                    engine.infer({name: x[i : i + step]})[output].argmax(axis=1)
-                    for i in range(0, len(x), step)
-                ]
-            finally:
-                engine.close()
+            parts = self._run(version, x, lambda out: out.argmax(axis=1))
             self._predictions[key] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
         return self._predictions[key]
 
@@ -125,23 +114,29 @@ class Evaluator:
         regression `version` on `x`; `data` names `x` for the cache."""
         key = (version.name, version.version, data)
         if key not in self._values:
-            engine, _ = open_engine(
-                self.registry, version.name, version.version, EngineOptions(intra_op_threads=0)
+            parts = self._run(
+                version, x, lambda out: np.asarray(out, np.float64).reshape(len(out), -1)[:, 0]
             )
-            try:
-                name = engine.signature.inputs[0].name
-                output = engine.signature.outputs[0].name
-                step = engine.signature.max_batch or 256
-                parts = [
-                    np.asarray(engine.infer({name: x[i : i + step]})[output], np.float64).reshape(
-                        len(x[i : i + step]), -1
-                    )[:, 0]
-                    for i in range(0, len(x), step)
-                ]
-            finally:
-                engine.close()
             self._values[key] = np.concatenate(parts) if parts else np.zeros(0, np.float64)
         return self._values[key]
+
+    def _run(
+        self, version: ModelVersion, x: np.ndarray, keep: Callable[[np.ndarray], np.ndarray]
+    ) -> list[np.ndarray]:
+        """`keep` of `version`'s first output on `x`, batch by batch (at most the engine's
+        maximum batch, else 256 rows at a time)."""
+        engine, _ = open_engine(
+            self.registry, version.name, version.version, EngineOptions(intra_op_threads=0)
+        )
+        try:
+            name = engine.signature.inputs[0].name
+            output = engine.signature.outputs[0].name
+            step = engine.signature.max_batch or 256
+            return [
+                keep(engine.infer({name: x[i : i + step]})[output]) for i in range(0, len(x), step)
+            ]
+        finally:
+            engine.close()
 
     def held_out(self, version: ModelVersion) -> HeldOut:
         """The test split of the data set `version` was trained on (same split settings)."""

@@ -113,3 +113,26 @@ def write_page(text: str, path: Path) -> Path:
     temp.write_text(text, encoding="utf-8")
     temp.replace(path)
     return path
+
+
+def series_plot(
+    report: Evaluation,
+    points: Sequence[AccuracyPoint | ErrorPoint],
+    ylabel: str,
+    title: str,
+    ylim: tuple[float | None, float | None],
+) -> str:
+    """One line per version of `points` over the report's window."""
+
+    def draw(ax: Any) -> None:
+        for version, (xs, ys) in series_by_version(points).items():
+            ax.plot(xs, ys, marker="o", label=f"version {version}")
+        time_axis(ax, report)
+        ax.set_ylim(*ylim)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        if points:
+            ax.legend()
+
+    return png(draw)

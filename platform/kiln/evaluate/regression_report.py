@@ -4,26 +4,20 @@ RMSE over time, and the drift of predicted values."""
 from __future__ import annotations
 
 import html
-from typing import Any
 
 from kiln.evaluate.drift import ValueDrift
-from kiln.evaluate.page import fmt, image, png, series_by_version, table, time_axis
+from kiln.evaluate.page import fmt, image, series_plot, table
 from kiln.evaluate.results import Evaluation, Regression
 
 
 def _rmse_plot(report: Evaluation, regression: Regression) -> str:
-    def draw(ax: Any) -> None:
-        for version, (xs, ys) in series_by_version(regression.error_over_time).items():
-            ax.plot(xs, ys, marker="o", label=f"version {version}")
-        time_axis(ax, report)
-        ax.set_ylim(bottom=0)
-        ax.set_ylabel("RMSE (labelled)")
-        ax.set_title(f"RMSE per {report.bucket}")
-        ax.grid(alpha=0.3)
-        if regression.error_over_time:
-            ax.legend()
-
-    return png(draw)
+    return series_plot(
+        report,
+        regression.error_over_time,
+        "RMSE (labelled)",
+        f"RMSE per {report.bucket}",
+        (0, None),
+    )
 
 
 def regression_sections(report: Evaluation, regression: Regression) -> list[str]:

@@ -14,7 +14,7 @@ from kiln.evaluate.page import (
     image,
     page,
     png,
-    series_by_version,
+    series_plot,
     table,
     time_axis,
     write_page,
@@ -37,18 +37,13 @@ def _by_version(
 
 
 def _accuracy_plot(report: Evaluation) -> str:
-    def draw(ax: Any) -> None:
-        for version, (xs, ys) in series_by_version(report.accuracy_over_time).items():
-            ax.plot(xs, ys, marker="o", label=f"version {version}")
-        time_axis(ax, report)
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel("accuracy (labelled)")
-        ax.set_title(f"accuracy per {report.bucket}")
-        ax.grid(alpha=0.3)
-        if report.accuracy_over_time:
-            ax.legend()
-
-    return png(draw)
+    return series_plot(
+        report,
+        report.accuracy_over_time,
+        "accuracy (labelled)",
+        f"accuracy per {report.bucket}",
+        (0, 1.02),
+    )
 
 
 def _drift_plot(version: VersionDrift, threshold: float) -> str:
