@@ -91,8 +91,9 @@ class TrainConfig:
         loss = self.loss or allowed[0]
         if loss not in allowed:
             raise InvalidArgument(
-                f"--loss {loss} is for {'classifiers' if task != 'regression' else 'regressors'}"
-                f"; a {task} model on '{self.dataset}' takes {' or '.join(allowed)}"
+                f"--loss {loss} is for "
+                f"{'classifiers' if loss in CLASSIFICATION_LOSSES else 'regressors'}; a {task} "
+                f"model on '{self.dataset}' takes {' or '.join(allowed)}"
             )
         return replace(self, task=task, loss=loss)
 
