@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # polars is imported where a file is read, not when kiln.data
     import polars as pl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+T = TypeVar("T")
 
 
 def _labels(values: list[object], name: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -124,17 +125,22 @@ def task_of_columns(schema: Mapping[str, Any], path: Path) -> str:
     return CLASSIFICATION
 
 
+def _read_parquet(path: Path, read: Callable[[Path], T]) -> T:
+    """`read(path)` (the whole file or its schema), with Kiln's errors for a missing or
+    unreadable file."""
+    if not path.is_file():
+        raise DatasetNotFound(f"Parquet file {path} does not exist")
+    try:
+        return read(path)
+    except Exception as exc:  # polars raises several unrelated types for unreadable files
+        raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
+
+
 def parquet_task(path: Path) -> str:
     """The task of a Parquet file, from its schema alone (no rows are read)."""
     import polars as pl
 
-    if not path.is_file():
-        raise DatasetNotFound(f"Parquet file {path} does not exist")
-    try:
-        schema = pl.read_parquet_schema(path)
-    except Exception as exc:  # polars raises several unrelated types for unreadable files
-        raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
-    return task_of_columns(schema, path)
+    return task_of_columns(_read_parquet(path, pl.read_parquet_schema), path)
 
 
 def _parquet_inputs(frame: pl.DataFrame, path: Path) -> np.ndarray:
@@ -175,12 +181,7 @@ def _parquet_inputs(frame: pl.DataFrame, path: Path) -> np.ndarray:
 def load_parquet(path: Path) -> RawData:
     import polars as pl
 
-    if not path.is_file():
-        raise DatasetNotFound(f"Parquet file {path} does not exist")
-    try:
-        frame = pl.read_parquet(path)
-    except Exception as exc:  # polars raises several unrelated types for unreadable files
-        raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
+    frame = _read_parquet(path, pl.read_parquet)
     task = task_of_columns(frame.schema, path)
     classes: tuple[str, ...] = ()
     if frame.height == 0:
