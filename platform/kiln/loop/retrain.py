@@ -120,6 +120,28 @@ def parent_dataset(parent: ModelVersion, settings: Settings) -> Dataset:
         ) from exc
 
 
+def retrainable(parent: ModelVersion) -> None:
+    """Refuse, saying what to do instead, a version Kiln cannot train further: one registered
+    from an ONNX file or an exported program (`kiln register`) is a fixed graph, not a model
+    Kiln can rebuild."""
+    source = parent.config.get("source") or {}
+    kind = source.get("kind")
+    if kind is None:
+        return
+    what, option = {
+        "onnx": ("an ONNX file", "--onnx new.onnx"),
+        "exported": ("an exported program", "--exported new.pt2"),
+    }.get(kind, ("a PyTorch module of your own", "--module ... --weights new.safetensors"))
+    raise FailedPrecondition(
+        f"cannot retrain {parent.ref}: it was registered from {what} "
+        f"('{source.get('filename', '?')}'), which Kiln did not train. Train the next "
+        "version where this one was made, on data that includes the labelled traffic "
+        f"(Parquet under KILN_HOME/traffic/model={parent.name} and KILN_HOME/feedback), then "
+        f"`kiln register {parent.name} {option}`; traffic, feedback, evaluation, drift, gates, "
+        "promotion and rollouts work for it as for any version"
+    )
+
+
 def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[Dataset, int]:
     """Base splits plus traffic rows (90% train, 10% validation); returns it and the repeat."""
     rng = np.random.default_rng(seed)
@@ -127,10 +149,13 @@ def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[D
     n_val = max(1, len(traffic) // 10)
     val_idx, train_idx = order[:n_val], order[n_val:]
     repeat = int(np.clip(round(TRAFFIC_SHARE * len(base.train) / max(1, len(train_idx))), 1, 8))
+    # Traffic labels take the base's dtype: int64 classes, or a regressor's float32 targets
+    # (feedback values arrive as float64).
+    labels = traffic.y.astype(base.train.y.dtype, copy=False)
     tx = np.concatenate([base.train.x, *([traffic.x[train_idx]] * repeat)])
-    ty = np.concatenate([base.train.y, *([traffic.y[train_idx]] * repeat)])
+    ty = np.concatenate([base.train.y, *([labels[train_idx]] * repeat)])
     vx = np.concatenate([base.val.x, traffic.x[val_idx]])
-    vy = np.concatenate([base.val.y, traffic.y[val_idx]])
+    vy = np.concatenate([base.val.y, labels[val_idx]])
     digest = hashlib.sha256(base.fingerprint.encode())
     digest.update(np.ascontiguousarray(traffic.x).tobytes())
     digest.update(np.ascontiguousarray(traffic.y).tobytes())
@@ -158,8 +183,10 @@ def retrain(
     behind when compiling the new one fails.
     """
     parent = registry.resolve(f"{name}@production")
+    retrainable(parent)
     window = Window.last(options.since)
     base = parent_dataset(parent, settings)
+    task = str(parent.config.get("task") or "classification")
     progress(f"reading labelled traffic of '{name}' since {window.since:%Y-%m-%d %H:%M} UTC")
     try:
         # The parent's classes and sample shape decide what a usable row is: a label outside
@@ -169,8 +196,9 @@ def retrain(
                 settings.home,
                 name,
                 window,
-                num_classes=base.num_classes,
+                num_classes=base.num_classes if task != "regression" else None,
                 sample_shape=base.input_shape,
+                task=task,
             )
         )
     except KilnError as exc:
