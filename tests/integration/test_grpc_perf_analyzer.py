@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from safetensors.torch import save_file
 
 import kiln.registry
 from kiln.settings import Settings
 from tests.integration.grpc_harness import register, running_server
-from tests.unit import sources_models
+from tests.integration.two_tower import register_two_tower
 
 PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".bench" / "perf_analyzer" / "perf_analyzer"
 
@@ -30,25 +29,37 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def perf_analyzer(url: str, model: str, concurrency: int, *extra: str) -> tuple[int, str]:
+    """Run perf_analyzer over gRPC at one concurrency; its exit code and output."""
+    result = subprocess.run(
+        [str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", url,
+         "--concurrency-range", f"{concurrency}:{concurrency}", *extra],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    return result.returncode, result.stdout + result.stderr
+
+
+MEASURE = ("--measurement-interval", "500", "--stability-percentage", "100")
+
+
+def measured(code: int, output: str) -> None:
+    assert code == 0, output[-4000:]
+    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", output)
+    assert throughput and float(throughput.group(1)) > 0
+
+
 def test_perf_analyzer_measures_kiln_serve(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
     with running_server(home, models=("digits",)) as server:
-        result = subprocess.run(
-            [str(PERF_ANALYZER), "-m", "digits", "-i", "grpc", "-u", server.url,
-             "--concurrency-range", "2:2", "--measurement-interval", "500",
-             "--stability-percentage", "100", "--input-data", "zero"],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+        code, output = perf_analyzer(server.url, "digits", 2, *MEASURE, "--input-data", "zero")
         with server.client() as client:
             served = client.get_inference_statistics("digits").model_stats[0]
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", result.stdout)
-    assert throughput and float(throughput.group(1)) > 0
+    measured(code, output)
     # Its server-side breakdown comes from Kiln's ModelStatistics.
-    assert re.search(r"Server:\s+Inference count: [1-9]", result.stdout)
-    assert "compute infer" in result.stdout
+    assert re.search(r"Server:\s+Inference count: [1-9]", output)
+    assert "compute infer" in output
     assert served.inference_stats.success.count > 0
 
 
@@ -57,44 +68,23 @@ def test_perf_analyzer_random_bits_get_kilns_message(tmp_path: Path) -> None:
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
     with running_server(home, models=("digits",)) as server:
-        result = subprocess.run(
-            [str(PERF_ANALYZER), "-m", "digits", "-i", "grpc", "-u", server.url,
-             "--concurrency-range", "1:1", "--measurement-interval", "300",
-             "--max-trials", "1"],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+        code, output = perf_analyzer(
+            server.url, "digits", 1, "--measurement-interval", "300", "--max-trials", "1"
+        )
         with server.client() as client:
             assert client.is_server_ready()
-    assert result.returncode != 0
-    assert "holds NaN or infinite values" in result.stdout + result.stderr
+    assert code != 0
+    assert "holds NaN or infinite values" in output
 
 
 def test_perf_analyzer_drives_a_two_input_model(cli: Any, tmp_path: Path, settings: Any) -> None:
     """A model Kiln did not train, with an FP32 and an INT64 input and two outputs
     (`kiln register --module`): perf_analyzer reads both inputs from ModelMetadata and
     ModelConfig and sends them together; the server batches them."""
-    weights = tmp_path / "two_tower.safetensors"
-    save_file(sources_models.two_tower().state_dict(), str(weights))
-    registered = cli(
-        "register", "tower", "--module", "tests.unit.sources_models:two_tower",
-        "--weights", str(weights), "--input", "features:FP32:-1,10", "--input", "ids:INT64:-1,4",
-        "--task", "regression", "--output", "score", "--output", "pooled", "--max-batch", "16",
-    )  # fmt: skip
-    assert registered.exit_code == 0, registered.stderr
-    compiled = cli("compile", "tower:1", "--parity-samples", "64")
-    assert compiled.exit_code == 0, compiled.stderr
-    with kiln.registry.open(settings=settings) as registry:
-        registry.promote("tower:1", gates=[], reason="test")
+    register_two_tower(cli, tmp_path, settings)
     with running_server(settings.home, models=("tower",)) as server:
-        result = subprocess.run(
-            [str(PERF_ANALYZER), "-m", "tower", "-i", "grpc", "-u", server.url,
-             "--concurrency-range", "4:4", "--measurement-interval", "500",
-             "--stability-percentage", "100", "--input-data", "zero"],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+        code, output = perf_analyzer(server.url, "tower", 4, *MEASURE, "--input-data", "zero")
         with server.client() as client:
             served = client.get_inference_statistics("tower").model_stats[0]
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", result.stdout)
-    assert throughput and float(throughput.group(1)) > 0
+    measured(code, output)
     assert served.inference_stats.success.count > 0

@@ -9,30 +9,19 @@ from typing import Any
 import numpy as np
 import torch
 import tritonclient.grpc as triton
-from safetensors.torch import save_file
 
-import kiln.registry
 from kiln.settings import Settings
 from tests.integration.grpc_harness import running_server
+from tests.integration.two_tower import register_two_tower
 from tests.unit import sources_models
 
 
 def test_a_registered_two_input_model_serves_what_the_source_computes(
     cli: Any, tmp_path: Path, settings: Settings
 ) -> None:
+    register_two_tower(cli, tmp_path, settings)
+    # The same weights: two_tower() is seeded, and register_two_tower saved these.
     model = sources_models.two_tower().eval()
-    weights = tmp_path / "two_tower.safetensors"
-    save_file(model.state_dict(), str(weights))
-    registered = cli(
-        "register", "tower", "--module", "tests.unit.sources_models:two_tower",
-        "--weights", str(weights), "--input", "features:FP32:-1,10", "--input", "ids:INT64:-1,4",
-        "--task", "regression", "--output", "score", "--output", "pooled", "--max-batch", "16",
-    )  # fmt: skip
-    assert registered.exit_code == 0, registered.stderr
-    compiled = cli("compile", "tower:1", "--parity-samples", "64")
-    assert compiled.exit_code == 0, compiled.stderr
-    with kiln.registry.open(settings=settings) as registry:
-        registry.promote("tower:1", gates=[], reason="test")
 
     rng = np.random.default_rng(7)
     features = rng.standard_normal((3, 10)).astype(np.float32)
