@@ -95,6 +95,8 @@ def test_errors_per_version_and_route(evaluation: Evaluation) -> None:
     assert evaluation.labelled == 4
     assert evaluation.feedback.unmatched == 1
     assert evaluation.feedback.unmatched_examples == ["ghost"]
+    # Summary lines call a regressor's feedback values, not labels.
+    assert evaluation.feedback_items == "value(s)"
 
 
 def test_residual_summary(evaluation: Evaluation) -> None:
@@ -124,6 +126,7 @@ def test_json_and_html_carry_the_regression(evaluation: Evaluation) -> None:
     page = render_html(evaluation)
     assert "Errors by version and route (regression)" in page and "RMSE over time" in page
     assert "Accuracy by version and route" not in page
+    assert "1 unmatched feedback value(s)" in page
 
 
 @pytest.mark.parametrize(("shift", "drifted"), [(0.0, False), (6.0, True)])

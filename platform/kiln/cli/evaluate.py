@@ -72,7 +72,7 @@ def evaluate(
             f"[bold]{name}[/] since {result.since:%Y-%m-%d %H:%M:%S} UTC: "
             f"{result.requests} requests, {result.labelled} labelled "
             f"(coverage {_num(result.label_coverage, 3)}), "
-            f"{result.feedback.unmatched} unmatched label(s)"
+            f"{result.feedback.unmatched} unmatched {result.feedback_items}"
         )
         if result.regression is None or result.accuracy:
             table = Table(title="accuracy on labelled traffic")

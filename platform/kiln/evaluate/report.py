@@ -95,7 +95,7 @@ def render_html(report: Evaluation) -> str:
         f"<p>{fmt(report.since)} to {fmt(report.until)} UTC: {report.requests} "
         f"requests, {report.answered} answered, {report.labelled} labelled "
         f"(coverage {fmt(report.label_coverage, 3)}); "
-        f"{report.feedback.unmatched} unmatched feedback label(s); {verdict}.</p>",
+        f"{report.feedback.unmatched} unmatched feedback {report.feedback_items}; {verdict}.</p>",
     ]
     if report.regression is None or report.accuracy:
         parts += _accuracy_sections(report)

@@ -352,6 +352,14 @@ class Evaluation:
     def drift_detected(self) -> bool:
         return self.drift.detected
 
+    @property
+    def feedback_items(self) -> str:
+        """What this window's feedback is, for summary lines: label(s) for classifiers,
+        value(s) when only regression versions served, and both words when both kinds did."""
+        if self.regression is None:
+            return "label(s)"
+        return "label(s) or value(s)" if self.accuracy else "value(s)"
+
     def metrics_of(self, version: int) -> VersionMetrics | None:
         return next((v for v in self.versions if v.version == version), None)
 
