@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from kiln.evaluate.drift import DriftThresholds, PredictionDrift
+from kiln.evaluate.groups import coverage, scored_groups
 from kiln.evaluate.regression import error_over_time, errors_by_group, join_values, version_errors
 from kiln.evaluate.results import (
     AccuracyPoint,
@@ -277,29 +278,20 @@ def _checked(
 
 
 def _accuracy_by_group(counts: pl.DataFrame, labelled: pl.DataFrame) -> list[GroupAccuracy]:
-    scored = labelled.group_by("version", "route").agg(
-        pl.len().alias("labelled"),
-        (pl.col("prediction") == pl.col("label")).sum().alias("correct"),
-    )
-    rows = counts.join(scored, on=["version", "route"], how="left").sort(
-        "version", "route", nulls_last=True
-    )
-    out = []
-    for r in rows.iter_rows(named=True):
-        n = r["labelled"] or 0
-        out.append(
-            GroupAccuracy(
-                version=r["version"],
-                route=r["route"],
-                requests=r["requests"],
-                answered=r["answered"],
-                labelled=n,
-                correct=r["correct"] or 0,
-                accuracy=(r["correct"] / n) if n else None,
-                label_coverage=n / r["answered"] if r["answered"] else None,
-            )
+    correct = (pl.col("prediction") == pl.col("label")).sum().alias("correct")
+    return [
+        GroupAccuracy(
+            version=r["version"],
+            route=r["route"],
+            requests=r["requests"],
+            answered=r["answered"],
+            labelled=n,
+            correct=r["correct"] or 0,
+            accuracy=(r["correct"] / n) if n else None,
+            label_coverage=coverage(n, r["answered"]),
         )
-    return out
+        for r, n in scored_groups(counts, labelled, correct)
+    ]
 
 
 def _version_metrics(version: int, rows: pl.DataFrame, info: VersionInfo | None) -> VersionMetrics:

@@ -14,6 +14,7 @@ from collections.abc import Collection
 import numpy as np
 import polars as pl
 
+from kiln.evaluate.groups import coverage, scored_groups
 from kiln.evaluate.results import ErrorPoint, GroupError, Residuals, VersionErrors
 from kiln.traffic import STATUS_OK, Scan, latest_values
 from kiln.traffic.stats import Bucket
@@ -69,26 +70,19 @@ _RMSE = _RESIDUAL.pow(2).mean().sqrt().alias("rmse")
 def errors_by_group(counts: pl.DataFrame, valued: pl.DataFrame) -> list[GroupError]:
     """Per version and route of `counts` (requests, answered per group): labelled requests,
     MAE, RMSE and label coverage."""
-    scored = valued.group_by("version", "route").agg(_LABELLED, _MAE, _RMSE)
-    rows = counts.join(scored, on=["version", "route"], how="left").sort(
-        "version", "route", nulls_last=True
-    )
-    out = []
-    for r in rows.iter_rows(named=True):
-        n = r["labelled"] or 0
-        out.append(
-            GroupError(
-                version=r["version"],
-                route=r["route"],
-                requests=r["requests"],
-                answered=r["answered"],
-                labelled=n,
-                mae=r["mae"] if n else None,
-                rmse=r["rmse"] if n else None,
-                label_coverage=n / r["answered"] if r["answered"] else None,
-            )
+    return [
+        GroupError(
+            version=r["version"],
+            route=r["route"],
+            requests=r["requests"],
+            answered=r["answered"],
+            labelled=n,
+            mae=r["mae"] if n else None,
+            rmse=r["rmse"] if n else None,
+            label_coverage=coverage(n, r["answered"]),
         )
-    return out
+        for r, n in scored_groups(counts, valued, _MAE, _RMSE)
+    ]
 
 
 def version_errors(version: int, rows: pl.DataFrame, reference_rmse: float | None) -> VersionErrors:
