@@ -11,7 +11,12 @@ Features are few and interpretable, so that "what moved" has an answer a person 
 
 - images (C,H,W or H,W): mean intensity, ink fraction, ink centroid x/y, ink bounding-box
   width/height, and mean intensity on a coarse grid of blocks (4x4 by default);
-- vectors: the features themselves, at most 32 (the highest-variance ones).
+- vectors: the features themselves, at most 32 (the highest-variance ones). A vector feature
+  whose reference values are all whole numbers, with at most `MAX_CATEGORIES` distinct ones
+  and at least `MIN_PER_CATEGORY` samples per distinct value, is categorical (a cylinder
+  count, a model year, a region id, a sex code): its summary also holds the share of each
+  value (`categories`, `shares`), so drift compares category shares rather than deciles that
+  lump categories together.
 
 Everything is numpy and deterministic: the same data gives the same profile, byte for byte.
 """
@@ -34,6 +39,13 @@ MAX_VECTOR_FEATURES = 32
 MAX_SAMPLES = 20_000
 """Reference inputs profiled at most (a fixed-seed subsample beyond it)."""
 GRID = 4
+MAX_CATEGORIES = 20
+"""A whole-number vector feature with at most this many distinct reference values is
+categorical; more, and it is treated as a number (an age in years, a count)."""
+MIN_PER_CATEGORY = 5
+"""... provided the reference has at least this many samples per distinct value on average:
+a small reference sees few distinct values of any whole-number feature, and shares of a
+handful of samples would say little."""
 
 Array = npt.NDArray[Any]
 
@@ -175,6 +187,43 @@ def feature_summary(values: Array) -> dict[str, Any]:
     }
 
 
+def categories(values: Array) -> Array | None:
+    """The distinct values of a categorical feature (sorted), or None when it is numeric
+    (see `MAX_CATEGORIES`, `MIN_PER_CATEGORY`)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0 or not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+        return None
+    distinct = np.unique(values)
+    if len(distinct) > MAX_CATEGORIES or values.size < MIN_PER_CATEGORY * len(distinct):
+        return None
+    return distinct
+
+
+def category_counts(values: Array, distinct: Array) -> Array:
+    """How many of `values` equal each of `distinct` (sorted), and last how many equal none
+    of them (values the reference never had)."""
+    values = np.asarray(values, dtype=np.float64)
+    index = np.searchsorted(distinct, values)
+    known = (index < len(distinct)) & (distinct[np.minimum(index, len(distinct) - 1)] == values)
+    return np.bincount(np.where(known, index, len(distinct)), minlength=len(distinct) + 1)
+
+
+def categorical_summary(values: Array, distinct: Array) -> dict[str, Any]:
+    """`feature_summary` (kept, so that KS and readers of numeric summaries work as before)
+    plus the categories and their shares."""
+    return {
+        **feature_summary(values),
+        "kind": "categorical",
+        "categories": [int(v) for v in distinct.tolist()],
+        "shares": _round(category_counts(values, distinct)[:-1] / max(values.size, 1)),
+    }
+
+
+def _summary(values: Array, vector: bool) -> dict[str, Any]:
+    distinct = categories(values) if vector else None
+    return feature_summary(values) if distinct is None else categorical_summary(values, distinct)
+
+
 def input_profile(x: Array, input_shape: Sequence[int], seed: int = 0) -> dict[str, Any]:
     """The input half of a reference profile, from the training inputs `x`."""
     if len(x) > MAX_SAMPLES:
@@ -182,10 +231,11 @@ def input_profile(x: Array, input_shape: Sequence[int], seed: int = 0) -> dict[s
         x = x[keep]
     spec = input_spec(x, input_shape)
     names, matrix = features(x, spec)
+    vector = spec["kind"] == "vector"
     return {
         **spec,
         "samples": len(x),
-        "features": {name: feature_summary(matrix[:, i]) for i, name in enumerate(names)},
+        "features": {name: _summary(matrix[:, i], vector) for i, name in enumerate(names)},
     }
 
 

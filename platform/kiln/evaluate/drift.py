@@ -10,6 +10,16 @@ Two measures per feature, both against what `kiln.data.profile` stored at traini
   finds even harmless differences significant, so a feature is flagged by KS only when the
   statistic is also large (`ks_statistic`).
 
+A categorical input feature (one the profile recorded with `categories` and `shares`: few
+whole-number values) is compared by category shares instead of deciles: PSI over its
+categories plus an "other" bucket for served values the reference never had (reference share
+0, floored like an empty bin, so unseen values weigh heavily), the total variation distance
+(the fraction of samples that would have to change category), and per category its PSI term
+and a two-proportion z statistic, so that the categories that moved can be named. It counts as
+moved when the PSI is above `psi`, or when the total variation is above `ks_statistic` and some
+category moved (the same "large and significant" rule KS follows); its KS figures, over the
+values as numbers, are reported but do not flag it.
+
 Prediction drift compares the class shares (PSI, with each class's contribution, so that the
 classes that moved can be named) and the confidence distribution (PSI and KS); for a
 regression model, the distribution of predicted values (PSI and KS, as one more feature).
@@ -17,7 +27,6 @@ regression model, the distribution of predicted values (PSI and KS, as one more 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -25,11 +34,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from kiln.data.profile import bin_fractions, features
+from kiln.data.profile import bin_fractions, category_counts, features
+from kiln.evaluate.drift_statistics import (
+    kolmogorov_pvalue,
+    ks_against_quantiles,
+    psi_terms,
+    share_changes,
+)
 
+__all__ = ["kolmogorov_pvalue", "ks_against_quantiles", "psi_terms", "share_changes"]
 Array = npt.NDArray[Any]
-FLOOR = 1e-4
-"""Empty bins count as this fraction, so that the logarithm stays finite."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,46 @@ class FeatureDrift:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CategoryShare:
+    """One category's share of a categorical feature's values, at training and now."""
+
+    name: str
+    """The category's value, or "other" for values the reference never had."""
+    reference: float
+    current: float
+    contribution: float
+    """Its term of the feature's PSI."""
+    z: float
+    """The two-proportion z statistic of the change."""
+    moved: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CategoricalDrift(FeatureDrift):
+    """A categorical feature against its reference: `psi` is over its category shares."""
+
+    total_variation: float = 0.0
+    """Half the summed absolute share changes: the fraction of samples that would have to
+    change category to give the reference's mix."""
+    categories: list[CategoryShare] = field(default_factory=list)
+    """Every reference category and "other", largest PSI term first."""
+    moved_categories: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        measured = asdict(self)
+        del measured["categories"], measured["moved_categories"], measured["total_variation"]
+        return measured | {
+            "kind": "categorical",
+            "total_variation": self.total_variation,
+            "categories": [c.to_dict() for c in self.categories],
+            "moved_categories": self.moved_categories,
+        }
 
 
 @dataclass(frozen=True)
@@ -213,68 +267,6 @@ def value_drift(values: Array, profile: dict[str, Any], t: DriftThresholds) -> V
     return ValueDrift(samples=len(values), judged=True, value=measured)
 
 
-def psi_terms(reference: npt.ArrayLike, current: npt.ArrayLike) -> Array:
-    """Per-bin PSI terms; their sum is the PSI."""
-    ref = np.maximum(np.asarray(reference, dtype=np.float64), FLOOR)
-    cur = np.maximum(np.asarray(current, dtype=np.float64), FLOOR)
-    return np.asarray((cur - ref) * np.log(cur / ref))
-
-
-def kolmogorov_pvalue(statistic: float, n: int, m: int) -> float:
-    """Asymptotic p-value of a two-sample KS statistic (Numerical Recipes' `probks`)."""
-    if n == 0 or m == 0:
-        return 1.0
-    en = math.sqrt(n * m / (n + m))
-    lam = (en + 0.12 + 0.11 / en) * statistic
-    if lam < 1e-3:
-        return 1.0
-    total, sign = 0.0, 1.0
-    for j in range(1, 101):
-        term = sign * math.exp(-2.0 * j * j * lam * lam)
-        total += term
-        if abs(term) < 1e-10:
-            break
-        sign = -sign
-    return float(min(max(2.0 * total, 0.0), 1.0))
-
-
-def reference_cdf(points: Array, quantiles: Sequence[float], *, left: bool = False) -> Array:
-    """The reference CDF at `points` (just below them when `left`), from its quantiles at
-    0, 1/k, ..., 1: linear between distinct quantiles, a step where quantiles repeat (a value
-    that holds many samples, as discrete features have)."""
-    q = np.asarray(quantiles, dtype=np.float64)
-    k = len(q) - 1
-    j = np.searchsorted(q, points, side="left" if left else "right")
-    lo = np.clip(j - 1, 0, k)
-    hi = np.clip(j, 0, k)
-    span = q[hi] - q[lo]
-    frac = np.where(span > 0, (points - q[lo]) / np.where(span > 0, span, 1.0), 0.0)
-    cdf = (lo + np.clip(frac, 0.0, 1.0)) / k
-    return np.where(j == 0, 0.0, np.where(j > k, 1.0, cdf))
-
-
-def ks_against_quantiles(
-    current: Array, quantiles: Sequence[float], reference_samples: int
-) -> tuple[float, float]:
-    """KS statistic and p-value of `current` against a reference known by its quantiles.
-
-    Both CDFs are compared at and just below every current value and reference quantile,
-    which is where their difference can peak."""
-    values = np.sort(np.asarray(current, dtype=np.float64))
-    if values.size == 0:
-        return 0.0, 1.0
-    points = np.unique(np.concatenate([values, np.asarray(quantiles, dtype=np.float64)]))
-    at = np.searchsorted(values, points, side="right") / values.size
-    below = np.searchsorted(values, points, side="left") / values.size
-    statistic = float(
-        max(
-            np.abs(at - reference_cdf(points, quantiles)).max(),
-            np.abs(below - reference_cdf(points, quantiles, left=True)).max(),
-        )
-    )
-    return statistic, kolmogorov_pvalue(statistic, values.size, reference_samples)
-
-
 def feature_drift(
     name: str, values: Array, summary: dict[str, Any], reference_samples: int, t: DriftThresholds
 ) -> FeatureDrift:
@@ -292,6 +284,46 @@ def feature_drift(
         reference_mean=summary["mean"],
         current_mean=float(np.mean(values)) if values.size else None,
         drift=bool(by_psi or by_ks),
+    )
+
+
+def categorical_drift(
+    name: str, values: Array, summary: dict[str, Any], reference_samples: int, t: DriftThresholds
+) -> CategoricalDrift:
+    """Category-share drift of one categorical feature (`summary` has `categories` and
+    `shares`, see `kiln.data.profile.categorical_summary`)."""
+    numeric = feature_drift(name, values, summary, reference_samples, t)
+    distinct = np.asarray(summary["categories"], dtype=np.float64)
+    reference = [*summary["shares"], 0.0]  # "other": values the reference never had
+    counts = category_counts(values, distinct).astype(np.float64)
+    current, terms, z = share_changes(reference, counts, reference_samples)
+    names = [str(c) for c in summary["categories"]] + ["other"]
+    shares = [
+        CategoryShare(
+            name=names[i],
+            reference=float(reference[i]),
+            current=float(current[i]),
+            contribution=float(terms[i]),
+            z=float(z[i]),
+            moved=bool(terms[i] > t.class_contribution and z[i] > t.class_z),
+        )
+        for i in range(len(names))
+    ]
+    shares.sort(key=lambda c: -c.contribution)
+    psi = float(terms.sum())
+    total_variation = float(0.5 * np.abs(current - np.asarray(reference)).sum())
+    moved = [c.name for c in shares if c.moved]
+    return CategoricalDrift(
+        **(
+            asdict(numeric)
+            | {
+                "psi": psi,
+                "drift": bool(psi > t.psi or (total_variation > t.ks_statistic and moved)),
+            }
+        ),
+        total_variation=total_variation,
+        categories=shares,
+        moved_categories=moved,
     )
 
 
@@ -334,7 +366,9 @@ def input_drift(x: Array, profile: dict[str, Any], t: DriftThresholds) -> InputD
     names, matrix = features(x, profile)
     summaries = profile["features"]
     rows = [
-        feature_drift(name, matrix[:, i], summaries[name], int(profile["samples"]), t)
+        (categorical_drift if "categories" in summaries[name] else feature_drift)(
+            name, matrix[:, i], summaries[name], int(profile["samples"]), t
+        )
         for i, name in enumerate(names)
     ]
     return InputDrift(
@@ -367,12 +401,8 @@ def prediction_drift(
     ref += [0.0] * (k - len(ref))
     counts = np.zeros(k)
     counts[: len(class_counts)] = class_counts
-    current = counts / total
-    terms = psi_terms(ref, current)
     n_ref = int(profile["samples"])
-    pooled = (np.asarray(ref) * n_ref + counts) / (n_ref + total)
-    spread = np.sqrt(pooled * (1 - pooled) * (1 / n_ref + 1 / total))
-    z = np.abs(current - np.asarray(ref)) / np.where(spread > 0, spread, np.inf)
+    current, terms, z = share_changes(ref, counts, n_ref)
     names = [class_names[i] if i < len(class_names) else str(i) for i in range(k)]
     classes = [
         ClassShare(
