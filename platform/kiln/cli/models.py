@@ -15,17 +15,22 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit
+from kiln.cli.version_tables import (
+    artifacts_table,
+    number,
+    size,
+    version_table,
+    versions_table,
+    when,
+)
 from kiln.errors import InvalidArgument, InvalidReference
-from kiln.registry import AliasMove, Artifact, ModelVersion, Registry, parse_reference
+from kiln.registry import AliasMove, Registry, parse_reference
 from kiln.settings import Settings
 
 app = typer.Typer(
     help="Inspect and manage registered models, versions and their history.",
     no_args_is_help=True,
 )
-
-# metric key -> column heading in `kiln models show`
-_SHOWN_METRICS = {"test_accuracy": "accuracy", "test_loss": "loss", "ece": "ece"}
 
 
 def open_registry() -> Registry:
@@ -42,26 +47,6 @@ def model_name(text: str, command: str) -> str:
     if ref.version is not None or "@" in text:
         raise InvalidReference(f"{command} takes a model name, not a reference: {ref.name}")
     return ref.name
-
-
-def when(value: datetime) -> str:
-    """A UTC time for tables (their headings say UTC)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def number(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "-" if value is None else str(value)
-
-
-def size(value: int) -> str:
-    scaled = float(value)
-    for unit in ("B", "KiB", "MiB"):
-        if scaled < 1024:
-            return f"{value} B" if unit == "B" else f"{scaled:.1f} {unit}"
-        scaled /= 1024
-    return f"{scaled:.1f} GiB"
 
 
 def moves_table(title: str, moves: list[AliasMove]) -> Table:
@@ -159,23 +144,8 @@ def show(
     }
 
     def render(console: Console) -> None:
-        table = Table(title=f"{ref.name}: {total} versions")
-        table.add_column("version", justify="right")
-        table.add_column("created (UTC)", no_wrap=True)
-        for heading in _SHOWN_METRICS.values():
-            table.add_column(heading, justify="right")
-        for column in ("artifacts", "aliases", "about"):
-            table.add_column(column, overflow="fold")
-        for v in shown:
-            kinds = ", ".join(a.kind.value for a in artifacts.get(v.version, [])) or "-"
-            table.add_row(
-                str(v.version),
-                when(v.created_at)[:16],
-                *(number(v.metrics.get(m)) for m in _SHOWN_METRICS),
-                kinds,
-                ", ".join(f"[bold]{a}[/]" for a in by_version.get(v.version, [])) or "-",
-                v.description or (f"run {v.lineage.run_id}" if v.lineage.run_id else "-"),
-            )
+        title = f"{ref.name}: {total} versions"
+        table = versions_table(title, shown, artifacts, by_version)
         console.print(table)
         if len(shown) < total:
             console.print(f"{total - len(shown)} older versions not shown (--limit 0 shows all)")
@@ -199,43 +169,10 @@ def _show_version(target: str, as_json: bool) -> None:
     }
 
     def render(console: Console) -> None:
-        console.print(_version_table(version, aliases))
-        console.print(_artifacts_table(found))
+        console.print(version_table(version, aliases))
+        console.print(artifacts_table(found))
 
     emit(payload, as_json, render)
-
-
-def _version_table(version: ModelVersion, aliases: list[str]) -> Table:
-    table = Table(title=version.ref, show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
-    table.add_row("created", when(version.created_at) + " UTC")
-    table.add_row("aliases", ", ".join(aliases) or "-")
-    table.add_row("description", version.description or "-")
-    for key, value in version.lineage.to_dict().items():
-        table.add_row(key.replace("_", " "), number(value))
-    for key, value in sorted(version.metrics.items()):
-        if isinstance(value, int | float | str | None):
-            table.add_row(f"metric {key}", number(value))
-    for key, value in sorted(version.config.items()):
-        table.add_row(f"config {key}", str(value))
-    return table
-
-
-def _artifacts_table(found: list[Artifact]) -> Table:
-    table = Table(title="artifacts")
-    for column in ("kind", "file", "size", "sha256", "target", "libraries"):
-        table.add_column(column, overflow="fold")
-    for a in found:
-        table.add_row(
-            a.kind.value,
-            a.filename,
-            size(a.size),
-            a.sha256[:16] + "…",
-            ", ".join(f"{k}={v}" for k, v in a.target.items()) or "-",
-            ", ".join(f"{k} {v}" for k, v in a.libraries.items()) or "-",
-        )
-    return table
 
 
 @app.command("history")

@@ -12,8 +12,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from kiln.cli.models import model_name, open_registry, when
+from kiln.cli.models import model_name, open_registry
 from kiln.cli.output import JsonOption, emit
+from kiln.cli.version_tables import when
 from kiln.errors import InvalidArgument
 from kiln.registry import DEFAULT_ROLLOUT_ALIAS, Rollout, RolloutChange, RolloutMode
 
