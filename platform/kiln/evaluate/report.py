@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.evaluate.drift import ValueDrift
+from kiln.evaluate.drift import CategoricalDrift, FeatureDrift, ValueDrift
 from kiln.evaluate.page import (
     fmt,
     image,
@@ -194,6 +194,7 @@ def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
                 ],
                 flag=6,
             ),
+            *_categories(inputs.features),
         ]
     else:
         parts.append(f"<p>Inputs: {html.escape(inputs.note or '')}</p>")
@@ -220,6 +221,34 @@ def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
     else:
         parts.append(f"<p>Predictions: {html.escape(preds.note or '')}</p>")
     return parts
+
+
+CATEGORY_ROWS = 5
+"""Categories listed per categorical feature on the page, largest PSI term first (the JSON
+has them all)."""
+
+
+def _categories(features: Sequence[FeatureDrift]) -> list[str]:
+    """The category shares of the categorical features (nothing when there are none)."""
+    categorical = [f for f in features if isinstance(f, CategoricalDrift)]
+    if not categorical:
+        return []
+    rows = [
+        [label, c.name, c.reference, c.current, c.contribution, c.z, c.moved]
+        for f in categorical
+        for label in [f"{f.name} (total variation {fmt(f.total_variation)})"]
+        for c in f.categories[:CATEGORY_ROWS]
+    ]
+    return [
+        "<p>Categorical features, compared by category shares (their PSI above is over the "
+        f"categories; 'other' is values the training data never had); the {CATEGORY_ROWS} "
+        "largest PSI terms of each:</p>",
+        table(
+            ["feature", "category", "reference share", "current share", "PSI term", "z", "moved"],
+            rows,
+            flag=6,
+        ),
+    ]
 
 
 MAX_CELLS = 500
