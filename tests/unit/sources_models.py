@@ -46,3 +46,36 @@ def regressor(features: int = 10) -> nn.Module:
     """An MLP with one output value per row: a regressor's shape."""
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(features, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+class TabularRegressor(nn.Module):
+    """A user's tabular regressor: raw features in, the value in the target's units out. The
+    scaling constants are buffers, so they travel in the weights file with the layers."""
+
+    def __init__(self, features: int, hidden: int) -> None:
+        super().__init__()
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.target_mean: torch.Tensor
+        self.target_std: torch.Tensor
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.register_buffer("target_mean", torch.zeros(()))
+        self.register_buffer("target_std", torch.ones(()))
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.net((features - self.mean) / self.std)
+        return out * self.target_std + self.target_mean
+
+
+def tabular_regressor(features: int = 10, hidden: int = 16) -> nn.Module:
+    """Fits diabetes (10 raw features -> one value)."""
+    torch.manual_seed(0)
+    return TabularRegressor(features, hidden)
+
+
+def digits_classifier(hidden: int = 32) -> nn.Module:
+    """Fits digits ([N,1,8,8] in [0,1] -> scores for 10 classes)."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))

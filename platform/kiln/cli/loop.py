@@ -72,7 +72,10 @@ def retrain(
         if result.skipped:
             skipped = ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items()))
             table.add_row("skipped (unusable)", escape(skipped))
-        table.add_row("test accuracy", f"{result.metrics['test_accuracy']:.4f}")
+        if "test_rmse" in result.metrics:  # a regressor
+            table.add_row("test RMSE", f"{result.metrics['test_rmse']:.4f}")
+        else:
+            table.add_row("test accuracy", f"{result.metrics['test_accuracy']:.4f}")
         table.add_row("engines", ", ".join(result.engines))
         table.add_row(alias, result.version.ref)
         console.print(table)

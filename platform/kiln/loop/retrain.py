@@ -26,6 +26,13 @@ from kiln.compile import CompileOptions, compile_version
 from kiln.data import Dataset, Split, load_recorded, sample_digests
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
+from kiln.loop.module_source import (
+    check_module_source,
+    is_module_source,
+    module_train_config,
+    rebuild,
+    register_module_result,
+)
 from kiln.registry import AliasMove, ArtifactKind, ModelVersion, Registry
 from kiln.settings import Settings
 from kiln.traffic import Window
@@ -123,15 +130,18 @@ def parent_dataset(parent: ModelVersion, settings: Settings) -> Dataset:
 def retrainable(parent: ModelVersion) -> None:
     """Refuse, saying what to do instead, a version Kiln cannot train further: one registered
     from an ONNX file or an exported program (`kiln register`) is a fixed graph, not a model
-    Kiln can rebuild."""
+    Kiln can rebuild; a module source is retrained when `check_module_source` allows it."""
     source = parent.config.get("source") or {}
     kind = source.get("kind")
     if kind is None:
         return
+    if kind == "module":
+        check_module_source(parent)
+        return
     what, option = {
         "onnx": ("an ONNX file", "--onnx new.onnx"),
         "exported": ("an exported program", "--exported new.pt2"),
-    }.get(kind, ("a PyTorch module of your own", "--module ... --weights new.safetensors"))
+    }.get(kind, (f"a source of kind '{kind}'", "..."))
     raise FailedPrecondition(
         f"cannot retrain {parent.ref}: it was registered from {what} "
         f"('{source.get('filename', '?')}'), which Kiln did not train. Train the next "
@@ -140,6 +150,19 @@ def retrainable(parent: ModelVersion) -> None:
         f"`kiln register {parent.name} {option}`; traffic, feedback, evaluation, drift, gates, "
         "promotion and rollouts work for it as for any version"
     )
+
+
+def retrain_config(parent: ModelVersion, task: str, epochs: int | None) -> TrainConfig:
+    """How the parent was trained (a module source: the task's defaults for its module),
+    with `epochs` when given."""
+    if is_module_source(parent):
+        config = module_train_config(parent, task)
+    else:
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        config = TrainConfig(
+            **{k: v for k, v in (parent.config.get("train") or {}).items() if k in known}
+        )
+    return config if epochs is None else dataclasses.replace(config, epochs=epochs)
 
 
 def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[Dataset, int]:
@@ -228,16 +251,13 @@ def retrain(
         )
     held = holdout_mask(rows.request_ids, options.holdout_fraction) & ~duplicate
     learn = rows.subset(~held & ~duplicate)
-    config = dict(parent.config)
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    train_config = TrainConfig(
-        **{k: v for k, v in (config.get("train") or {}).items() if k in known}
-    )
-    if options.epochs is not None:
-        train_config = dataclasses.replace(train_config, epochs=options.epochs)
+    # A user's module is rebuilt and always starts from its registered weights (there is no
+    # Kiln initialisation of it to start from instead).
+    module = rebuild(registry, parent) if is_module_source(parent) else None
+    train_config = retrain_config(parent, task, options.epochs)
     dataset, repeat = mixed_dataset(base, learn, train_config.seed)
     warm = None
-    if options.warm_start:
+    if options.warm_start and module is None:
         warm = load_checkpoint(registry.artifact_file(registry.checkpoint(name, parent.version)))
     progress(
         f"training on {len(base.train)} {base.name} samples + {len(learn)} labelled requests "
@@ -251,7 +271,7 @@ def retrain(
     )
     result = train(
         train_config, settings, dataset=dataset, show_progress=options.show_progress,
-        warm_start=warm,
+        warm_start=warm, model=module,
     )  # fmt: skip
     retrain_info = {
         "parent": parent.ref,
@@ -262,17 +282,20 @@ def retrain(
         "held_out": int(held.sum()),
         "excluded_heldout": excluded,
         "repeat": repeat,
-        "warm_start": options.warm_start,
+        "warm_start": options.warm_start or module is not None,
     }
-    version = register_result(
-        registry,
-        name,
-        result,
-        parent=parent,
-        extra_config={"retrain": retrain_info},
-        git_commit=parent.lineage.git_commit if parent.lineage else None,
-        description=f"retrained from {parent.ref} on {len(learn)} labelled requests",
-    )
+    if module is not None:
+        version = register_module_result(registry, parent, module, result, retrain_info)
+    else:
+        version = register_result(
+            registry,
+            name,
+            result,
+            parent=parent,
+            extra_config={"retrain": retrain_info},
+            git_commit=parent.lineage.git_commit if parent.lineage else None,
+            description=f"retrained from {parent.ref} on {len(learn)} labelled requests",
+        )
     targets = _parent_targets(registry, parent)
     progress(f"compiling {version.ref} for {', '.join(targets)}")
     try:

@@ -152,12 +152,18 @@ class Regression:
             raise TypeError(f"a regression objective trains a Regressor, not {type(model)}")
         predicted = model.standardized(xb)[:, 0]
         wanted = (yb - model.target_mean) / model.target_std
+        return self.standardized_loss(predicted, wanted, model.target_std)
+
+    def standardized_loss(
+        self, predicted: torch.Tensor, wanted: torch.Tensor, std: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`step`'s two values from standardised predictions and targets."""
         if self.loss == "huber":
             loss = F.huber_loss(predicted, wanted, delta=1.0)
         else:
             loss = F.mse_loss(predicted, wanted)
         # Squared errors back in the target's units, for the epoch's train RMSE.
-        squared = ((predicted.detach() - wanted) * model.target_std).double() ** 2
+        squared = ((predicted.detach() - wanted) * std).double() ** 2
         return loss, squared.sum()
 
     def train_metric(self, total: torch.Tensor, seen: int) -> float:
@@ -187,3 +193,20 @@ class Regression:
         return reference_profile(
             ds.train.x, ds.input_shape, test_outputs, ds.test.y, task=REGRESSION
         )
+
+
+class RawRegression(Regression):
+    """A regressor Kiln did not build (a user's module, `kiln register --module`): its output
+    is the value in the target's units, so the loss standardises that output and the target by
+    the training targets' statistics, and the module itself stays as the user wrote it."""
+
+    def build(self, config: TrainConfig, ds: Dataset, norm: dict[str, list[float]]) -> nn.Module:
+        raise TypeError("a user's regressor is trained as given (train(..., model=...))")
+
+    def step(
+        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = self.target["mean"], self.target["std"]
+        output = model(xb)
+        predicted = (output.reshape(len(output), -1)[:, 0] - mean) / std
+        return self.standardized_loss(predicted, (yb - mean) / std, std)

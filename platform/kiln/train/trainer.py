@@ -35,7 +35,7 @@ from kiln.train.builders import normalization_shape
 from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
-from kiln.train.objectives import Classification, Objective, Regression
+from kiln.train.objectives import Classification, Objective, RawRegression, Regression
 
 RUN_PROCESS = "process.json"
 """Written when a run starts: the host and pid of the process training it."""
@@ -96,12 +96,19 @@ def predict_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 1024
 
 
 def objective_for(
-    config: TrainConfig, ds: Dataset, warm_start: LoadedCheckpoint | None
+    config: TrainConfig,
+    ds: Dataset,
+    warm_start: LoadedCheckpoint | None,
+    *,
+    prebuilt: bool = False,
 ) -> Objective:
     """The objective for `ds`'s task (`config` resolved against it); a warm start keeps its
-    checkpoint's target statistics, as it keeps its input normalisation."""
+    checkpoint's target statistics, as it keeps its input normalisation. A `prebuilt`
+    regressor (a user's module) outputs raw values: its loss standardises them instead."""
     if ds.task != REGRESSION:
         return Classification(ds.class_names)
+    if prebuilt:
+        return RawRegression(str(config.loss), Regression.target_stats(ds.train.y))
     target = None
     if warm_start is not None:
         target = warm_start.config.target_normalization
@@ -121,13 +128,17 @@ def train(  # noqa: PLR0915
     dataset: Dataset | None = None,
     show_progress: bool = True,
     warm_start: LoadedCheckpoint | None = None,
+    model: torch.nn.Module | None = None,
 ) -> TrainResult:
     """Train, keep the best epoch by validation loss, evaluate it on the test split, save it.
 
     The data set's task decides what is trained: a classifier (cross-entropy; accuracy) or a
     regressor (MSE or Huber on standardised targets; MAE, RMSE, R^2). `dataset` replaces
     loading `config.dataset` (retraining passes a mixed one); `warm_start` begins from a
-    checkpoint's weights and normalisation instead of a fresh initialisation. Raises
+    checkpoint's weights and normalisation instead of a fresh initialisation. `model` is a
+    module built elsewhere (a user's, rebuilt from `kiln register --module`) to train instead
+    of building `config.model`: raw inputs in, class scores or raw-unit values out; it is
+    trained in place from its own weights and left holding the best epoch's. Raises
     InvalidArgument when `config.task` or `config.loss` does not fit the data set.
     """
     config.validate()
@@ -143,11 +154,12 @@ def train(  # noqa: PLR0915
         test_fraction=config.test_fraction,
     )
     config = config.resolved(ds.task)
-    objective = objective_for(config, ds, warm_start)
+    objective = objective_for(config, ds, warm_start, prebuilt=model is not None)
     norm = warm_start.config.normalization if warm_start else normalization_stats(ds.train.x)
-    model = objective.build(config, ds, norm)
-    if warm_start is not None:
-        model.load_state_dict(warm_start.model.state_dict())
+    if model is None:
+        model = objective.build(config, ds, norm)
+        if warm_start is not None:
+            model.load_state_dict(warm_start.model.state_dict())
     x_train, y_train = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
     n = len(ds.train)
     steps_per_epoch = math.ceil(n / config.batch_size)
