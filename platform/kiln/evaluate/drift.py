@@ -85,21 +85,27 @@ class FeatureDrift:
 
 
 @dataclass(frozen=True)
-class CategoryShare:
-    """One category's share of a categorical feature's values, at training and now."""
+class Share:
+    """One share (of a predicted class, of a category of an input feature), at training and
+    now."""
 
     name: str
-    """The category's value, or "other" for values the reference never had."""
     reference: float
     current: float
     contribution: float
-    """Its term of the feature's PSI."""
+    """Its term of the PSI over all the shares."""
     z: float
     """The two-proportion z statistic of the change."""
     moved: bool
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class CategoryShare(Share):
+    """One category's share of a categorical feature's values; `name` is the category's value,
+    or "other" for values the reference never had."""
 
 
 @dataclass(frozen=True)
@@ -154,18 +160,10 @@ class InputDrift:
 
 
 @dataclass(frozen=True)
-class ClassShare:
-    """One class's share of the predictions, at training and now."""
+class ClassShare(Share):
+    """One class's share of the predictions."""
 
     index: int
-    name: str
-    reference: float
-    current: float
-    contribution: float
-    """Its term of the class-mix PSI."""
-    z: float
-    """The two-proportion z statistic of the change."""
-    moved: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {

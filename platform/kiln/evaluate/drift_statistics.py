@@ -83,7 +83,7 @@ def share_changes(
 ) -> tuple[Array, Array, Array]:
     """Current shares, PSI terms and two-proportion z statistics of the change, per share:
     `reference` shares (of `reference_samples`) against current `counts` (same length)."""
-    total = counts.sum()
+    total = max(counts.sum(), 1)  # no current values: every share 0, not NaN
     current = counts / total
     terms = psi_terms(reference, current)
     ref = np.asarray(reference)
