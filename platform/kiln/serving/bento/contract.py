@@ -11,7 +11,7 @@ requests get), so both transports refuse the same requests with the same message
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,8 +26,22 @@ MAX_VERSION_DIGITS = 19
 """Versions are int64s in the registry: a longer version string cannot name one."""
 
 
+def one_input_only(model: str, inputs: Sequence[str]) -> str:
+    """Why the service cannot answer a model with several inputs, and what serves it."""
+    return (
+        f"'{model}' takes {len(inputs)} inputs ({', '.join(inputs)}); the BentoML service "
+        "takes one input array per request (adaptive batching joins requests along that "
+        "array's first axis): serve this model with kiln serve, whose KServe v2 gRPC and "
+        "HTTP endpoints take every input by name"
+    )
+
+
 class InputContract:
-    """The served model's input: one per-sample shape and dtype, -1 for free dimensions."""
+    """The served model's input: one per-sample shape and dtype, -1 for free dimensions.
+
+    A model with several inputs cannot be answered here (see `one_input_only`): the
+    contract then refuses every request with that reason, before batching.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -36,6 +50,8 @@ class InputContract:
         self.max_rows = 0
         self.core_check: tuple[str, RequestCheck] | None = None
         """The input's name and the core's check of the served version."""
+        self.refusal: str | None = None
+        """Why no request can be answered (the served model has several inputs)."""
 
     def set(
         self,
@@ -48,6 +64,12 @@ class InputContract:
         with self._lock:
             self.sample_shape, self.dtype, self.max_rows = sample_shape, dtype, max_rows
             self.core_check = (input_name, core_check) if core_check is not None else None
+            self.refusal = None
+
+    def refuse(self, reason: str) -> None:
+        """Refuse every request with `reason` until `set` describes a servable model."""
+        with self._lock:
+            self.refusal = reason
 
     def expected(self) -> str:
         dims = ", ".join("?" if d < 0 else str(d) for d in self.sample_shape or ())
@@ -55,6 +77,8 @@ class InputContract:
 
     def check(self, value: np.ndarray) -> np.ndarray:
         """Return `value` as the model's dtype, or raise ValueError naming the mismatch."""
+        if self.refusal is not None:
+            raise ValueError(self.refusal)
         shape = self.sample_shape
         if shape is None:  # not loaded yet: /readyz is false, and the service checks again
             return value
@@ -128,6 +152,23 @@ class Prediction(BaseModel):
     prediction: int = Field(description="The index of the most likely class.")
     label: str = Field(description="The most likely class's name.")
     scores: list[float] = Field(description="Softmax probability of every class, in class order.")
+
+
+class Estimate(BaseModel):
+    """One row's answer from a regression model."""
+
+    request_id: str = Field(description="Quote it when sending the true value as feedback.")
+    model: str
+    version: int = Field(description="The model version that computed this answer.")
+    output: str = Field(description="The model output the values come from.")
+    prediction: list[float] = Field(
+        description="The row's predicted value(s), flattened: one per target ([151.2] for a "
+        "model predicting one value)."
+    )
+
+
+Answer = Prediction | Estimate
+"""One row's answer: class-style for a classification model, values for a regression one."""
 
 
 class FeedbackItem(BaseModel):

@@ -15,6 +15,12 @@ decorators need the batch limits then:
 - `KILN_BENTO_MAX_BODY_BYTES` (16 MiB), `KILN_BENTO_MAX_IMAGE_PIXELS` (4096x4096),
   `KILN_BENTO_IMAGE_THREADS` (2): what one request may cost (413 / 400 beyond).
 
+`/predict` answers a classification model with the class (`prediction`, `label`, `scores`)
+and a regression model with its predicted values (`prediction`, a list, and the `output` they
+come from). It takes one input array: a model with several inputs is refused per request
+(400, saying to serve it with `kiln serve`), since adaptive batching joins requests along one
+array's first axis.
+
 Rollouts (`kiln rollout`) apply in registry mode as in `kiln serve`, per core request: with
 adaptive batching on `predict`, the rows BentoML joined into one batch go to one version
 together. Each row's traffic row carries the route the core reports (primary or canary);
@@ -38,12 +44,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kiln.errors import InvalidArgument, KilnError
 from kiln.serving.bento.contract import (
     CONTRACT,
+    Answer,
+    Estimate,
     FeedbackItem,
     FeedbackReceipt,
     Inputs,
     Prediction,
     VersionField,
     class_names_or_indices,
+    one_input_only,
     softmax,
 )
 from kiln.serving.bento.errors import to_http
@@ -109,6 +118,12 @@ def _import_lazy_modules() -> None:
 
     if importlib.util.find_spec("pandas") is not None:
         importlib.import_module("pandas")
+
+
+_NOT_A_CLASSIFIER = (
+    "'{}' is a regression model: /classify_image answers classifiers; send its input arrays "
+    "to /predict, which answers with the predicted values"
+)
 
 
 def row_ids(request_id: str, rows: int) -> list[str]:
@@ -183,6 +198,12 @@ class KilnService:
             description = self.core.describe(self.name)
         except KilnError:
             return
+        if len(description.inputs) != 1:
+            # Refused per request, not at startup: the alias may move to a one-input version.
+            reason = one_input_only(self.name, [s.name for s in description.inputs])
+            log.warning("kiln: %s", reason)
+            CONTRACT.refuse(reason)
+            return
         spec = description.inputs[0]
         # The core's own request check, so that /predict refuses what the core would refuse
         # (non-finite values included, as the core's settings say) before batching.
@@ -191,17 +212,17 @@ class KilnService:
             tuple(spec.shape[1:]), spec.dtype, SETTINGS.max_batch_size, spec.name, validator
         )
 
-    async def _classify(
-        self, inputs: np.ndarray, model: str = "", version: str = ""
-    ) -> list[Prediction]:
+    async def _answer(self, inputs: np.ndarray, model: str = "", version: str = "") -> list[Answer]:
         name = model or self.name
         received = time.perf_counter_ns()
         request = InferRequest(
             model=name, version=version, inputs={}, id=uuid.uuid4().hex, transport="http"
         )
         try:
-            loaded = self.core.resolve(name, version)
-            request.inputs = {loaded.description.inputs[0].name: CONTRACT.check(inputs)}
+            specs = self.core.resolve(name, version).description.inputs
+            if len(specs) != 1:
+                raise InvalidArgument(one_input_only(name, [s.name for s in specs]))
+            request.inputs = {specs[0].name: CONTRACT.check(inputs)}
             response = await self.core.infer(request)
         except KilnError as exc:
             if self.sink is not None:
@@ -209,13 +230,25 @@ class KilnService:
                 self.sink.on_request(TrafficEvent(request, None, exc, None, failed, None))
             raise to_http(exc) from exc
         total_ns = time.perf_counter_ns() - received
-        logits = next(iter(response.outputs.values()))
-        probs = softmax(logits.astype(np.float32, copy=False))
-        top = probs.argmax(axis=1)
+        output, values = next(iter(response.outputs.items()))
         served = int(response.version)
-        labels = class_names_or_indices(self.source.class_names(served), probs.shape[1])
-        ids = row_ids(request.id, probs.shape[0])
+        ids = row_ids(request.id, values.shape[0])
         self._log_rows(request, response, ids, total_ns, served)
+        if self.source.task(served) == "regression":
+            rows = values.reshape(values.shape[0], -1).astype(np.float64, copy=False)
+            return [
+                Estimate(
+                    request_id=ids[i],
+                    model=name,
+                    version=served,
+                    output=output,
+                    prediction=rows[i].tolist(),
+                )
+                for i in range(rows.shape[0])
+            ]
+        probs = softmax(values.astype(np.float32, copy=False))
+        top = probs.argmax(axis=1)
+        labels = class_names_or_indices(self.source.class_names(served), probs.shape[1])
         return [
             Prediction(
                 request_id=ids[i],
@@ -280,29 +313,37 @@ class KilnService:
         max_batch_size=SETTINGS.max_batch_size,
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    async def predict(self, inputs: Inputs) -> list[Prediction]:
-        """Classify a batch of raw inputs (shape (N, ...) as in training); one answer per row.
+    async def predict(self, inputs: Inputs) -> list[Answer]:
+        """Answer a batch of raw inputs (shape (N, ...) as in training); one answer per row:
+        the class (`prediction`, `label`, `scores`) of a classification model, the predicted
+        value(s) (`prediction`, a list, from `output`) of a regression model.
 
         Requests are joined by BentoML's adaptive batching, so each row gets its own request id.
+        A model with several inputs is refused (400): serve it with `kiln serve`.
         """
-        return await self._classify(inputs)
+        return await self._answer(inputs)
 
     @bentoml.api
     async def infer(
         self, inputs: Inputs, model: str = "", version: VersionField = ""
-    ) -> list[Prediction]:
+    ) -> list[Answer]:
         """Like `predict`, for a chosen model and loaded version (`version` "" = the default)."""
-        return await self._classify(inputs, model, version)
+        return await self._answer(inputs, model, version)
 
     @bentoml.api
     async def classify_image(self, image: Path) -> Prediction:
         """Classify one PNG or JPEG image, preprocessed exactly as training read images.
 
         The header is checked first (at most KILN_BENTO_MAX_IMAGE_PIXELS), then the image is
-        decoded on a worker thread.
+        decoded on a worker thread. A regression model is refused (400): send its arrays to
+        /predict. (One answer type keeps BentoML's OpenAPI generator working: it cannot
+        describe a union at the top level.)
         """
         try:
-            spec = self.core.describe(self.name).inputs[0]
+            described = self.core.describe(self.name)
+            if self.source.task(described.version) == "regression":
+                raise InvalidArgument(_NOT_A_CLASSIFIER.format(self.name))
+            spec = described.inputs[0]
             if len(spec.shape) != 4:
                 raise InvalidArgument(
                     f"'{self.name}' takes inputs of shape {spec.shape}, not images; "
@@ -312,13 +353,16 @@ class KilnService:
             array = await self.images.decode(image, channels, (height, width))
         except KilnError as exc:
             raise to_http(exc) from exc
-        return (await self._classify(array[None]))[0]
+        answer = (await self._answer(array[None]))[0]
+        if not isinstance(answer, Prediction):  # the alias moved to a regressor meanwhile
+            raise to_http(InvalidArgument(_NOT_A_CLASSIFIER.format(self.name)))
+        return answer
 
     # model_info and feedback are coroutines so that they run on the event loop, as the core
     # expects of its callers (BentoML runs plain functions on a thread).
     @bentoml.api
     async def model_info(self) -> dict[str, Any]:
-        """The served model: name, default version, inputs, outputs, class names."""
+        """The served model: name, default version, inputs, outputs, task, class names."""
         try:
             d = self.core.describe(self.name)
         except KilnError as exc:
@@ -334,6 +378,7 @@ class KilnService:
             "outputs": [
                 {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in d.outputs
             ],
+            "task": self.source.task(d.version),
             "class_names": self.source.class_names(d.version),
             "source": self.source.description,
         }

@@ -7,9 +7,10 @@ and hot-swaps like `kiln serve`. Store mode (`KILN_BENTO_MODEL=kiln-digits:v3`, 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -28,6 +29,9 @@ class ModelSource:
     """What the serving core loads: `digits@production`, `digits:3`."""
     class_names: Callable[[int], list[str]]
     """A version's class names (empty when unknown)."""
+    task: Callable[[int], str]
+    """A version's task, `classification` (also when unknown) or `regression`: whether its
+    answers are classes or values."""
     close: Callable[[], None]
     description: str
     """Where the model comes from, safe to show clients (`/model_info`): the kind of registry
@@ -54,15 +58,18 @@ def from_registry(reference: str | None, settings: Settings, options: EngineOpti
     parsed = parse_reference(reference)
 
     @lru_cache(maxsize=32)
+    def config(version: int) -> dict[str, Any]:
+        return dict(registry.get_version(parsed.name, version).config)
+
     def class_names(version: int) -> list[str]:
-        config = registry.get_version(parsed.name, version).config
-        return [str(c) for c in config.get("class_names", [])]
+        return [str(c) for c in config(version).get("class_names", [])]
 
     url = make_url(settings.resolved_registry_url)
     return ModelSource(
         RegistryRepository(registry, options=options, engine_kind=engine_kind),
         str(parsed),
         class_names,
+        lambda version: task_of(config(version)),
         registry.close,
         f"kiln registry ({url.get_backend_name()})",
         f"registry {url.render_as_string(hide_password=True)}",
@@ -72,15 +79,22 @@ def from_registry(reference: str | None, settings: Settings, options: EngineOpti
 def from_store(tag: str | None, options: EngineOptions) -> ModelSource:
     repository = StoreRepository(find_exported(tag), options)
     names = [str(c) for c in repository.manifest.get("class_names", [])]
+    task = task_of(repository.manifest.get("config") or {})
     where = f"BentoML model store ({repository.manifest['source']})"
     return ModelSource(
         repository,
         f"{repository.name}:{repository.version}",
         lambda _version: names,
+        lambda _version: task,
         lambda: None,
         where,
         where,
     )
+
+
+def task_of(config: Mapping[str, Any]) -> str:
+    """A version config's task; configs from before regression existed are classifiers'."""
+    return "regression" if config.get("task") == "regression" else "classification"
 
 
 def open_source(
