@@ -10,6 +10,10 @@ untouched by the training of every version retrained from it, and the held-out n
 what they say. Labelled traffic is scarce next to the original data, so its rows are repeated
 until they make up about a quarter of the training set: enough to learn the new inputs
 without forgetting the old ones.
+
+A version registered from the user's own PyTorch module is rebuilt and fine-tuned the same way
+(`kiln.loop.module_source`); one registered from an ONNX file or an exported program cannot
+be, and `retrainable` says what to do instead.
 """
 
 from __future__ import annotations
