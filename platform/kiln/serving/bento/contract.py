@@ -31,8 +31,8 @@ def one_input_only(model: str, inputs: Sequence[str]) -> str:
     return (
         f"'{model}' takes {len(inputs)} inputs ({', '.join(inputs)}); the BentoML service "
         "takes one input array per request (adaptive batching joins requests along that "
-        "array's first axis): serve this model with kiln serve, whose KServe v2 gRPC and "
-        "HTTP endpoints take every input by name"
+        "array's first axis): serve this model with kiln serve (KServe v2 gRPC), which takes "
+        "every input by name"
     )
 
 
