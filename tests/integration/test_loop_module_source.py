@@ -26,6 +26,7 @@ import kiln.registry
 from kiln.data import Dataset, load_dataset
 from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
+from tests.integration.two_tower import register_two_tower
 from tests.unit import sources_models
 
 pytestmark = pytest.mark.slow
@@ -177,3 +178,15 @@ def test_a_module_without_a_data_set_is_refused_saying_why(
     assert "registered without --dataset" in message
     assert "kiln register bare --module tests.unit.sources_models:tabular_regressor" in message
     assert "--dataset REF" in message
+
+
+def test_a_module_with_two_inputs_is_refused_saying_why(
+    cli: Any, tmp_path: Path, settings: Settings
+) -> None:
+    register_two_tower(cli, tmp_path, settings)
+    refused = cli("retrain", "tower", "--min-labels", "1")
+    assert refused.exit_code == 2
+    message = " ".join(refused.stderr.split())
+    assert "takes 2 input(s) (features, ids) and returns 2 output(s) (score, pooled)" in message
+    assert "feeds one input tensor" in message
+    assert "kiln register tower --module tests.unit.sources_models:two_tower" in message
