@@ -15,6 +15,7 @@ import kiln.registry
 from kiln.data import load_dataset
 from kiln.registry import Lineage
 from kiln.settings import Settings
+from kiln.sources import RegisterOptions, SourceSpec, parse_inputs, register_source
 from tests.integration.regressors import write_regressor
 from tests.unit import sources_models
 
@@ -51,16 +52,21 @@ def test_a_regressor_shows_rmse_mae_and_r2(cli: Any, tmp_path: Path, settings: S
     assert metrics["test_r2"] > 0.3  # least squares on diabetes: about 0.5
 
 
-def test_a_registered_version_shows_its_source_and_signature(cli: Any, tmp_path: Path) -> None:
+def test_a_registered_version_shows_its_source_and_signature(
+    cli: Any, tmp_path: Path, settings: Settings
+) -> None:
     weights = tmp_path / "two_tower.safetensors"
     save_file(sources_models.two_tower().state_dict(), str(weights))
-    registered = cli(
-        "register", "tower", "--module", "tests.unit.sources_models:two_tower",
-        "--weights", str(weights), "--input", "features:FP32:-1,10", "--input", "ids:INT64:-1,4",
-        "--task", "regression", "--output", "score", "--output", "pooled",
-        "--model-arg", "dim=3",
-    )  # fmt: skip
-    assert registered.exit_code == 0, registered.stderr
+    spec = SourceSpec(
+        "module",
+        weights,
+        builder="tests.unit.sources_models:two_tower",
+        model_args={"dim": 3},
+        inputs=parse_inputs(["features:FP32:-1,10", "ids:INT64:-1,4"]),
+        output_names=("score", "pooled"),
+    )
+    with kiln.registry.open(settings=settings) as registry:
+        register_source(registry, "tower", spec, RegisterOptions(task="regression"))
     detail = cli("models", "show", "tower:1")
     assert detail.exit_code == 0, detail.stderr
     lines = _lines(detail.stdout)
