@@ -69,7 +69,7 @@ class TabularRegressor(nn.Module):
         return out * self.target_std + self.target_mean
 
 
-def tabular_regressor(features: int = 10, hidden: int = 16) -> nn.Module:
+def tabular_regressor(features: int = 10, hidden: int = 16) -> TabularRegressor:
     """Fits diabetes (10 raw features -> one value)."""
     torch.manual_seed(0)
     return TabularRegressor(features, hidden)
