@@ -49,6 +49,7 @@ def test_a_regressor_shows_rmse_mae_and_r2(cli: Any, tmp_path: Path, settings: S
     row = next(line for line in _lines(shown.stdout) if line.startswith("1 "))
     for key in ("test_rmse", "test_mae", "test_r2"):
         assert f"{metrics[key]:.4f}" in row
+    assert row.endswith("checkpoint - onnx sugar.onnx")  # artifacts, aliases, where it came from
     assert metrics["test_r2"] > 0.3  # least squares on diabetes: about 0.5
 
 

@@ -3,7 +3,8 @@
 Columns follow the task: a classifier's versions show test accuracy, loss and ECE; a
 regressor's show test RMSE, MAE and R^2 (its loss is on standardised targets, so it says
 little on its own). A version registered from a file (`config["source"]`) also says where it
-came from and what its inputs and outputs are.
+came from and what its inputs and outputs are (and, in the versions table, its source file
+when it has no description).
 """
 
 from __future__ import annotations
@@ -84,9 +85,20 @@ def versions_table(
             *cells,
             kinds,
             ", ".join(f"[bold]{a}[/]" for a in aliases.get(v.version, [])) or "-",
-            v.description or (f"run {v.lineage.run_id}" if v.lineage.run_id else "-"),
+            v.description or _origin(v),
         )
     return table
+
+
+def _origin(version: ModelVersion) -> str:
+    """Where a version without a description came from: its training run, or the file it
+    was registered from (`onnx sugar.onnx`)."""
+    if version.lineage.run_id:
+        return f"run {version.lineage.run_id}"
+    source = version.config.get("source")
+    if isinstance(source, Mapping):
+        return f"{source.get('kind', '?')} {source.get('filename', '?')}"
+    return "-"
 
 
 def version_table(version: ModelVersion, aliases: list[str]) -> Table:
