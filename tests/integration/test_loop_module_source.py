@@ -161,6 +161,19 @@ def test_a_module_source_retrains_to_a_module_version(
     shown = cli("models", "show", "mine:2", "--json")
     assert shown.exit_code == 0 and "onnxruntime" in shown.stdout
 
+    # The retrained version is a module source like its parent: it retrains in turn, with the
+    # training configuration it recorded.
+    assert config["train"]["model"] == before["source"]["builder"]
+    assert cli("promote", "mine:2", "--force", "--reason", "test").exit_code == 0
+    again = cli("retrain", "mine", "--min-labels", "10", "--epochs", "1", "--json")
+    assert again.exit_code == 0, again.stderr
+    with kiln.registry.open(settings=settings) as registry:
+        third = registry.get_version("mine", 3)
+    assert third.config["source"]["kind"] == "module"
+    assert third.config["retrain"]["parent"] == "mine:2"
+    assert third.config["train"]["epochs"] == 1
+    assert third.config["train"]["lr"] == config["train"]["lr"]
+
 
 def test_a_module_without_a_data_set_is_refused_saying_why(
     cli: Any, tmp_path: Path, settings: Settings
