@@ -19,11 +19,10 @@ import pytest
 
 import kiln.registry
 from kiln.data import load_recorded
-from kiln.errors import InvalidArgument
+from kiln.errors import GateFailed, InvalidArgument
 from kiln.evaluate.gates import Evaluator, GateThresholds, HeldOutGate, TrafficGate
 from kiln.evaluate.labelled import holdout_mask
-from kiln.evaluate.regression_gates import RecordedRmseGate
-from kiln.registry import GateContext, Registry
+from kiln.registry import GateContext, RecordedRmseGate, Registry
 from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
 from tests.integration.regressors import write_regressor
@@ -189,6 +188,23 @@ def test_recorded_test_rmse(registry: Registry, tmp_path: Path, fitted: Any) -> 
     assert not missing.passed and "recorded no test_rmse" in missing.message
     with pytest.raises(InvalidArgument, match="max-heldout-rmse-increase"):
         RecordedRmseGate(-0.1)
+
+
+def test_the_registrys_default_gates_judge_a_regressor_by_rmse(
+    registry: Registry, tmp_path: Path, fitted: Any
+) -> None:
+    """`Registry.promote` without gates (the Python API's default) picks the recorded metric by
+    the candidate's task: a regressor records no test_accuracy and must not be refused for it."""
+    weights, bias = fitted
+    current = register(registry, tmp_path, weights, bias, metrics={"test_rmse": 50.0})
+    registry.promote(f"{MODEL}:{current}", "production", reason="first")
+    close = register(registry, tmp_path, weights, bias, metrics={"test_rmse": 50.5})
+    move = registry.promote(f"{MODEL}:{close}", "production", reason="close enough")
+    assert move.gate is not None
+    assert [r.gate for r in move.gate.results] == ["test_rmse-not-worse"]
+    far = register(registry, tmp_path, weights, bias, metrics={"test_rmse": 60.0})
+    with pytest.raises(GateFailed, match="test_rmse"):
+        registry.promote(f"{MODEL}:{far}", "production", reason="worse")
 
 
 def test_kiln_promote_judges_a_regressor_by_rmse(

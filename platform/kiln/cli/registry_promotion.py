@@ -25,6 +25,7 @@ from kiln.registry import (
     GateContext,
     GateResult,
     default_gates,
+    task_of,
     validate_name,
 )
 from kiln.settings import Settings
@@ -100,7 +101,6 @@ def promote(
 ) -> None:
     """Point an alias (default: production) at a version, after the promotion gates pass."""
     from kiln.evaluate.gates import GateThresholds, evaluation_gates
-    from kiln.evaluate.regression_gates import RecordedRmseGate, task_of
 
     thresholds = GateThresholds(
         min_traffic_gain=min_traffic_gain,
@@ -113,11 +113,11 @@ def promote(
         # A bad alias or reference fails here, before the gates announce themselves.
         validate_name(alias, "alias name")
         candidate = registry.resolve(ref)
-        # A regressor records test_rmse, not test_accuracy: judge it by that instead.
-        gates: list[Gate] = (
-            [RecordedRmseGate(max_heldout_rmse_increase)]
-            if task_of(candidate) == "regression"
-            else default_gates(accuracy_tolerance=tolerance)
+        # A regressor records test_rmse, not test_accuracy: it is judged by that instead.
+        gates: list[Gate] = default_gates(
+            accuracy_tolerance=tolerance,
+            rmse_tolerance=max_heldout_rmse_increase,
+            task=task_of(candidate),
         )
         if eval_gates:
             gates += evaluation_gates(registry, Settings(), thresholds)

@@ -21,16 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from kiln.errors import InvalidArgument
 from kiln.evaluate.evaluator import EVALUATION_ERRORS, Evaluator, HeldOut
-from kiln.registry import GateContext, GateResult, ModelVersion
-from kiln.traffic.labels import CLASSIFICATION, REGRESSION
-
-RECORDED_METRIC = "test_rmse"
-
-
-def task_of(version: ModelVersion) -> str:
-    return str(version.config.get("task") or CLASSIFICATION)
+from kiln.registry import GateContext, GateResult
+from kiln.registry.gates import relative_change, task_mismatch, task_of
+from kiln.traffic.labels import REGRESSION
 
 
 def is_regression(context: GateContext) -> bool:
@@ -38,27 +32,9 @@ def is_regression(context: GateContext) -> bool:
     return task_of(context.candidate) == REGRESSION
 
 
-def _mismatch(context: GateContext) -> str | None:
-    current = context.current
-    if current is None or task_of(current) == task_of(context.candidate):
-        return None
-    return (
-        f"{context.candidate.ref} is a {task_of(context.candidate)} model and "
-        f"{current.ref} a {task_of(current)} model: their errors cannot be compared (register "
-        "the new model under another name, or --force the move)"
-    )
-
-
 def rmse(predicted: np.ndarray, truth: np.ndarray) -> float:
     error = np.asarray(predicted, np.float64) - np.asarray(truth, np.float64)
     return float(np.sqrt(np.mean(error**2))) if error.size else math.nan
-
-
-def relative_change(candidate: float, current: float) -> float:
-    """(candidate - current) / current; 0 when both are 0, infinite when only current is."""
-    if current == 0:
-        return 0.0 if candidate == 0 else math.inf
-    return (candidate - current) / current
 
 
 def heldout_rmse(
@@ -69,7 +45,7 @@ def heldout_rmse(
 ) -> GateResult:
     """The held-out gate for a regression candidate (see the module's docstring)."""
     limit = evaluator.thresholds.max_heldout_rmse_increase
-    mismatch = _mismatch(context)
+    mismatch = task_mismatch(context)
     if mismatch:
         return GateResult(name, False, {"limit": limit}, mismatch)
     judged_by = context.current or context.candidate
@@ -105,7 +81,7 @@ def traffic_rmse(name: str, evaluator: Evaluator, context: GateContext) -> GateR
     """The traffic gate for a regression candidate (see the module's docstring)."""
     t = evaluator.thresholds
     numbers: dict[str, Any] = {"samples": 0, "min_gain": t.min_traffic_gain}
-    mismatch = _mismatch(context)
+    mismatch = task_mismatch(context)
     if mismatch:
         return GateResult(name, False, numbers, mismatch)
     try:
@@ -147,57 +123,3 @@ def traffic_rmse(name: str, evaluator: Evaluator, context: GateContext) -> GateR
         f"RMSE on {len(rows)} held-out requests with true values {candidate:.4g} vs "
         f"{current:.4g}: {moved} ({required})",
     )
-
-
-class RecordedRmseGate:
-    """The candidate's recorded `test_rmse` may exceed the current version's by at most
-    `tolerance`, a fraction of it. Passes when the alias points nowhere yet or the current
-    version recorded none; fails when the candidate recorded none."""
-
-    name = f"{RECORDED_METRIC}-not-worse"
-
-    def __init__(self, tolerance: float) -> None:
-        if not (math.isfinite(tolerance) and tolerance >= 0):
-            raise InvalidArgument(
-                "max-heldout-rmse-increase is a fraction of the current version's RMSE, >= 0 "
-                f"(e.g. 0.02 for 2%), got {tolerance}"
-            )
-        self.tolerance = tolerance
-
-    def __call__(self, context: GateContext) -> GateResult:
-        candidate = _recorded(context.candidate)
-        current = _recorded(context.current) if context.current else None
-        numbers: dict[str, float | None] = {
-            "candidate": candidate, "current": current, "tolerance": self.tolerance,
-        }  # fmt: skip
-        if context.current is None:
-            return GateResult(self.name, True, numbers, f"{context.alias} points nowhere yet")
-        mismatch = _mismatch(context)
-        if mismatch:
-            return GateResult(self.name, False, numbers, mismatch)
-        if candidate is None:
-            return GateResult(
-                self.name, False, numbers,
-                f"{context.candidate.ref} recorded no {RECORDED_METRIC} to compare with "
-                f"{context.current.ref} (kiln register --metrics records one)",
-            )  # fmt: skip
-        if current is None:
-            return GateResult(
-                self.name, True, numbers,
-                f"{context.current.ref} recorded no {RECORDED_METRIC}; nothing to compare",
-            )  # fmt: skip
-        increase = relative_change(candidate, current)
-        passed = increase <= self.tolerance + 1e-12
-        relation = "within" if passed else "beyond"
-        return GateResult(
-            self.name, passed, numbers | {"increase": increase},
-            f"{RECORDED_METRIC} {candidate:.4g} ({context.candidate.ref}) vs {current:.4g} "
-            f"({context.current.ref}): {increase:+.2%}, {relation} +{self.tolerance:.2%}",
-        )  # fmt: skip
-
-
-def _recorded(version: ModelVersion) -> float | None:
-    value = version.metrics.get(RECORDED_METRIC)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None

@@ -54,10 +54,13 @@ from __future__ import annotations
 from kiln.registry.bundles import BundleManifest
 from kiln.registry.gates import (
     DEFAULT_ACCURACY_TOLERANCE,
+    DEFAULT_RMSE_TOLERANCE,
     AccuracyGate,
     Gate,
     GateContext,
+    RecordedRmseGate,
     default_gates,
+    task_of,
 )
 from kiln.registry.records import (
     AliasMove,
@@ -83,6 +86,7 @@ from kiln.settings import Settings
 __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
     "DEFAULT_ALIAS",
+    "DEFAULT_RMSE_TOLERANCE",
     "DEFAULT_ROLLOUT_ALIAS",
     "AccuracyGate",
     "AliasMove",
@@ -99,6 +103,7 @@ __all__ = [
     "Lineage",
     "ModelSummary",
     "ModelVersion",
+    "RecordedRmseGate",
     "Reference",
     "Registry",
     "Rollout",
@@ -107,6 +112,7 @@ __all__ = [
     "default_gates",
     "open",
     "parse_reference",
+    "task_of",
     "validate_name",
 ]
 

@@ -103,8 +103,94 @@ class AccuracyGate:
         return GateResult(self.name, passed, numbers, message)
 
 
-def default_gates(*, accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE) -> list[Gate]:
-    """The gates `promote` runs when it is given none."""
+RECORDED_RMSE = "test_rmse"
+DEFAULT_RMSE_TOLERANCE = 0.02
+"""How far (a fraction) a regressor's recorded test RMSE may rise over the current version's."""
+
+
+def task_of(version: ModelVersion) -> str:
+    """ "classification" or "regression": `config["task"]`, absent for classifiers."""
+    return str(version.config.get("task") or "classification")
+
+
+def task_mismatch(context: GateContext) -> str | None:
+    """Why the candidate and the current version cannot be compared (different tasks), or
+    None."""
+    current = context.current
+    if current is None or task_of(current) == task_of(context.candidate):
+        return None
+    return (
+        f"{context.candidate.ref} is a {task_of(context.candidate)} model and "
+        f"{current.ref} a {task_of(current)} model: their errors cannot be compared (register "
+        "the new model under another name, or --force the move)"
+    )
+
+
+def relative_change(candidate: float, current: float) -> float:
+    """(candidate - current) / current; 0 when both are 0, infinite when only current is."""
+    if current == 0:
+        return 0.0 if candidate == 0 else math.inf
+    return (candidate - current) / current
+
+
+class RecordedRmseGate:
+    """The candidate's recorded `test_rmse` may exceed the current version's by at most
+    `tolerance`, a fraction of it. Passes when the alias points nowhere yet or the current
+    version recorded none; fails when the candidate recorded none."""
+
+    name = f"{RECORDED_RMSE}-not-worse"
+
+    def __init__(self, tolerance: float) -> None:
+        if not (math.isfinite(tolerance) and tolerance >= 0):
+            raise InvalidArgument(
+                "max-heldout-rmse-increase is a fraction of the current version's RMSE, >= 0 "
+                f"(e.g. 0.02 for 2%), got {tolerance}"
+            )
+        self.tolerance = tolerance
+
+    def __call__(self, context: GateContext) -> GateResult:
+        candidate = _number(context.candidate.metrics.get(RECORDED_RMSE))
+        current = _number(context.current.metrics.get(RECORDED_RMSE)) if context.current else None
+        numbers: dict[str, float | None] = {
+            "candidate": candidate, "current": current, "tolerance": self.tolerance,
+        }  # fmt: skip
+        if context.current is None:
+            return GateResult(self.name, True, numbers, f"{context.alias} points nowhere yet")
+        mismatch = task_mismatch(context)
+        if mismatch:
+            return GateResult(self.name, False, numbers, mismatch)
+        if candidate is None:
+            return GateResult(
+                self.name, False, numbers,
+                f"{context.candidate.ref} recorded no {RECORDED_RMSE} to compare with "
+                f"{context.current.ref} (kiln register --metrics records one)",
+            )  # fmt: skip
+        if current is None:
+            return GateResult(
+                self.name, True, numbers,
+                f"{context.current.ref} recorded no {RECORDED_RMSE}; nothing to compare",
+            )  # fmt: skip
+        increase = relative_change(candidate, current)
+        passed = increase <= self.tolerance + 1e-12
+        relation = "within" if passed else "beyond"
+        return GateResult(
+            self.name, passed, numbers | {"increase": increase},
+            f"{RECORDED_RMSE} {candidate:.4g} ({context.candidate.ref}) vs {current:.4g} "
+            f"({context.current.ref}): {increase:+.2%}, {relation} +{self.tolerance:.2%}",
+        )  # fmt: skip
+
+
+def default_gates(
+    *,
+    accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
+    rmse_tolerance: float = DEFAULT_RMSE_TOLERANCE,
+    task: str = "classification",
+) -> list[Gate]:
+    """The gates `promote` runs when it is given none, for a candidate of `task`: its
+    recorded test accuracy (a classifier) or test RMSE (a regressor) no worse than the
+    current version's."""
+    if task == "regression":
+        return [RecordedRmseGate(rmse_tolerance)]
     return [AccuracyGate(tolerance=accuracy_tolerance)]
 
 

@@ -23,7 +23,7 @@ from kiln.registry import garbage
 from kiln.registry import rollouts as rollout_state
 from kiln.registry.bundles import BundleManifest, read_bundle, write_bundle
 from kiln.registry.catalog import Catalog
-from kiln.registry.gates import DEFAULT_ACCURACY_TOLERANCE, Gate, default_gates
+from kiln.registry.gates import DEFAULT_ACCURACY_TOLERANCE, Gate, default_gates, task_of
 from kiln.registry.importer import import_manifest
 from kiln.registry.records import (
     AliasMove,
@@ -68,15 +68,16 @@ class Registry(Catalog):
     ) -> AliasMove:
         """Point `alias` at the version `ref` names, after the gates pass.
 
-        `gates` defaults to `default_gates()` (test accuracy not worse than the current
-        version's by more than the registry's tolerance); pass ``[]`` to run none. Every
+        `gates` defaults to `default_gates()` for the candidate's task (its recorded test
+        accuracy, or a regressor's test RMSE, not worse than the current version's by more
+        than the registry's tolerance); pass ``[]`` to run none. Every
         gate's result is stored in the history. Raises `GateFailed` (with the numbers) when a
         gate fails and `force` is false; with `force` the move happens and is recorded as
         forced. Raises `AliasUnchanged` when the alias already points at that version.
         """
         validate_name(alias, "alias name")
         candidate = self.resolve(ref)
-        gate_list = list(gates) if gates is not None else self.default_gates()
+        gate_list = list(gates) if gates is not None else self.default_gates(task_of(candidate))
         promotion = alias_moves.Promotion(
             candidate, alias, gate_list,
             force=force, actor=actor or _os_user(), reason=reason, clock=self._clock,
@@ -138,9 +139,9 @@ class Registry(Catalog):
         validate_name(alias, "alias name")
         return self._database.read(lambda conn: alias_moves.pointed_at(conn, name, alias, when))
 
-    def default_gates(self) -> list[Gate]:
-        """The gates `promote` runs when given none."""
-        return default_gates(accuracy_tolerance=self._accuracy_tolerance)
+    def default_gates(self, task: str = "classification") -> list[Gate]:
+        """The gates `promote` runs when given none, for a candidate of `task`."""
+        return default_gates(accuracy_tolerance=self._accuracy_tolerance, task=task)
 
     # -- rollouts -------------------------------------------------------------------------
 
