@@ -93,6 +93,13 @@ def loop(
     min_accuracy: Annotated[
         float, typer.Option(help="Retrain when production's labelled accuracy is below this.")
     ] = 0.9,
+    max_rmse_increase: Annotated[
+        float,
+        typer.Option(
+            help="Retrain a regressor when its labelled-traffic RMSE exceeds the one recorded "
+            "at training by more than this fraction."
+        ),
+    ] = 0.1,
     on_drift: Annotated[bool, typer.Option(help="Retrain when drift is flagged.")] = True,
     approve: Annotated[
         Approval,
@@ -114,6 +121,7 @@ def loop(
         since=since,
         min_labels=min_labels,
         min_accuracy=min_accuracy,
+        max_rmse_increase=max_rmse_increase,
         on_drift=on_drift,
         approve=approve,
         interval_s=interval,
@@ -124,9 +132,13 @@ def loop(
 
     def show(current: Round) -> None:
         if not as_json:
-            acc = "-" if current.accuracy is None else f"{current.accuracy:.3f}"
+            figure = (
+                f"RMSE {current.rmse:.4g}"
+                if current.rmse is not None
+                else f"accuracy {'-' if current.accuracy is None else f'{current.accuracy:.3f}'}"
+            )
             err_console.print(
-                f"production v{current.production}: accuracy {acc}, drift "
+                f"production v{current.production}: {figure}, drift "
                 f"{'yes' if current.drift else 'no'}, {current.labelled} labelled -> "
                 f"[bold]{current.action}[/] {escape(current.message)}"
             )

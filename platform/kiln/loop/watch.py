@@ -1,10 +1,12 @@
 """`kiln loop`: watch a model's production traffic and retrain when it stops being good.
 
 Each round reads the online evaluation of the production version over the policy's window
-(accuracy on labelled traffic, input and prediction drift). When the accuracy falls below the
-policy's floor or drift is flagged, and enough labels arrived since the last retraining, it
-retrains (`kiln.loop.retrain`), then either promotes the candidate through the evaluation gates
-(`approve="auto"`) or leaves it at `candidate` for a person (`approve="manual"`).
+(accuracy, or a regressor's RMSE, on labelled traffic; input and prediction drift). When the
+accuracy falls below the policy's floor, a regressor's RMSE rises past the one recorded at
+training by more than the policy allows, or drift is flagged, and enough labels arrived since
+the last retraining, it retrains (`kiln.loop.retrain`), then either promotes the candidate
+through the evaluation gates (`approve="auto"`) or leaves it at `candidate` for a person
+(`approve="manual"`).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any, Literal
 from kiln.errors import FailedPrecondition, GateFailed, InvalidArgument, KilnError
 from kiln.evaluate import evaluate_traffic, version_infos
 from kiln.evaluate.gates import GateThresholds, evaluation_gates
+from kiln.evaluate.results import Regression
 from kiln.loop.retrain import RetrainOptions, retrain
-from kiln.registry import Registry, default_gates
+from kiln.registry import ModelVersion, Registry, default_gates, task_of
 from kiln.settings import Settings
 from kiln.traffic import Window
 
@@ -34,6 +37,9 @@ class LoopPolicy:
     """New labelled requests needed before retraining."""
     min_accuracy: float = 0.9
     """Retrain when production's accuracy on labelled traffic falls below this."""
+    max_rmse_increase: float = 0.1
+    """Retrain a regressor when its RMSE on labelled traffic exceeds the held-out RMSE recorded
+    at training by more than this fraction."""
     on_drift: bool = True
     """Retrain when input or prediction drift is flagged (with enough labels)."""
     approve: Literal["auto", "manual"] = "auto"
@@ -46,6 +52,10 @@ class LoopPolicy:
             raise InvalidArgument(f"--approve must be auto or manual, got '{self.approve}'")
         if not 0 <= self.min_accuracy <= 1:
             raise InvalidArgument(f"--min-accuracy must be in [0, 1], got {self.min_accuracy}")
+        if not self.max_rmse_increase >= 0:
+            raise InvalidArgument(
+                f"--max-rmse-increase must be >= 0 (a fraction), got {self.max_rmse_increase}"
+            )
         if self.interval_s <= 0:
             raise InvalidArgument(f"--interval must be positive, got {self.interval_s}")
 
@@ -56,6 +66,8 @@ class Round:
 
     production: int | None = None
     accuracy: float | None = None
+    rmse: float | None = None
+    """A regressor's RMSE on labelled traffic (classifiers: None)."""
     labelled: int = 0
     new_labels: int = 0
     drift: bool = False
@@ -81,6 +93,25 @@ def _last_retrain_until(registry: Registry, name: str) -> datetime | None:
     return None
 
 
+def _rmse_reason(
+    current: Round, regression: Regression | None, production: ModelVersion, increase: float
+) -> None:
+    """Add the reason to retrain a regressor whose traffic RMSE rose past its training RMSE."""
+    errors = regression.of(production.version) if regression is not None else None
+    current.rmse = errors.rmse if errors is not None else None
+    recorded = production.metrics.get("test_rmse")
+    reference = errors.reference_rmse if errors is not None else None
+    if reference is None and isinstance(recorded, int | float):
+        reference = float(recorded)
+    if current.rmse is None or reference is None:
+        return
+    if current.rmse > reference * (1 + increase):
+        current.reasons.append(
+            f"RMSE {current.rmse:.4g} on labelled traffic > {reference:.4g} at training "
+            f"+{increase:.0%}"
+        )
+
+
 def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPolicy,
                say: Say) -> Round:  # fmt: skip
     """One round: evaluate, decide, maybe retrain and promote."""
@@ -88,8 +119,9 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     production = registry.resolve(f"{name}@production")
     current.production = production.version
     window = Window.last(policy.since)
+    infos = version_infos(registry, name)
     try:
-        report = evaluate_traffic(settings.home, name, window, version_infos(registry, name))
+        report = evaluate_traffic(settings.home, name, window, infos)
     except KilnError as exc:
         current.message = f"no evaluation yet: {exc.message}"
         return current
@@ -102,6 +134,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
         current.reasons.append(
             f"accuracy {current.accuracy:.3f} on labelled traffic < {policy.min_accuracy:g}"
         )
+    _rmse_reason(current, report.regression, production, policy.max_rmse_increase)
     if policy.on_drift and current.drift:
         current.reasons.append("drift flagged against the training reference")
     if not current.reasons:
@@ -112,7 +145,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     since = max(window.since, last) if last else window.since
     fresh = Window(since, window.until)
     try:
-        current.new_labels = evaluate_traffic(settings.home, name, fresh, {}).labelled
+        current.new_labels = evaluate_traffic(settings.home, name, fresh, infos).labelled
     except KilnError:
         current.new_labels = 0
     if current.new_labels < policy.min_labels:
@@ -142,7 +175,9 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
             f"{result.version.ref} ({trained}) is the candidate: kiln promote {result.version.ref}"
         )
         return current
-    gates = default_gates() + evaluation_gates(registry, settings, policy.thresholds)
+    gates = default_gates(task=task_of(result.version)) + evaluation_gates(
+        registry, settings, policy.thresholds
+    )
     try:
         move = registry.promote(result.version.ref, "production", reason="kiln loop", gates=gates)
     except GateFailed as exc:
