@@ -154,7 +154,9 @@ def test_prediction_drift_against_the_reference_values(
 
 def test_a_non_finite_value_in_a_hand_made_file_is_counted_not_used(tmp_path: Path) -> None:
     log(tmp_path, {"a": (1, "primary", 1.0, 2.0)})
-    later = NOW + timedelta(minutes=1)  # after the writer's value: the last one received
+    # After the writer's value, which is stamped with the clock when the test runs (NOW is
+    # taken when the module is collected, possibly many minutes earlier in a full run).
+    later = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=1)
     bad = pl.DataFrame(
         {"request_id": ["a"], "label": [None], "received_at": [later], "source": ["file:x"],
          "model": ["prices"], "value": [float("nan")]},
@@ -162,7 +164,8 @@ def test_a_non_finite_value_in_a_hand_made_file_is_counted_not_used(tmp_path: Pa
     values = bad.cast(dict(FEEDBACK_SCHEMA))  # type: ignore[arg-type]
     write_part(tmp_path / "feedback" / f"date={later.date()}", values)
     versions = {1: VersionInfo(1, [], {}, task="regression")}
-    result = evaluate_traffic(tmp_path, "prices", WINDOW, versions)
+    window = Window(WINDOW.since, later + timedelta(hours=1))
+    result = evaluate_traffic(tmp_path, "prices", window, versions)
     assert result.regression is not None
     assert result.regression.feedback_values_invalid == 1
     v1 = result.regression.of(1)
