@@ -51,6 +51,12 @@ def test_a_regressor_shows_rmse_mae_and_r2(cli: Any, tmp_path: Path, settings: S
         assert f"{metrics[key]:.4f}" in row
     assert row.endswith("checkpoint - onnx sugar.onnx")  # artifacts, aliases, where it came from
     assert metrics["test_r2"] > 0.3  # least squares on diabetes: about 0.5
+    # The drift reference is one line in the detail view (hundreds of numbers under --json).
+    detail = cli("models", "show", "sugar:1")
+    assert detail.exit_code == 0, detail.stderr
+    text = " ".join(_lines(detail.stdout))
+    assert "config reference 10 input features (1 categorical)" in text
+    assert "full profile: --json" in text and "quantiles" not in text
 
 
 def test_a_registered_version_shows_its_source_and_signature(

@@ -127,10 +127,38 @@ def version_table(version: ModelVersion, aliases: list[str]) -> Table:
     for key, value in sorted(version.metrics.items()):
         if isinstance(value, int | float | str | None):
             table.add_row(f"metric {key}", number(value))
+    reference = version.config.get("reference")
+    if isinstance(reference, Mapping) and reference:
+        # The drift reference runs to hundreds of numbers: a line here, all of it in --json.
+        table.add_row("config reference", _reference_text(reference))
+        described.add("reference")
     for key, value in sorted(version.config.items()):
         if key not in described:
             table.add_row(f"config {key}", str(value))
     return table
+
+
+def _reference_text(reference: Mapping[str, Any]) -> str:
+    """`10 input features (1 categorical) from 353 samples; predictions on 45 held-out
+    samples (the full profile: --json)`."""
+    parts = []
+    inputs = reference.get("inputs")
+    if isinstance(inputs, Mapping):
+        features = inputs.get("features")
+        features = features if isinstance(features, Mapping) else {}
+        categorical = sum(
+            1
+            for f in features.values()
+            if isinstance(f, Mapping) and f.get("kind") == "categorical"
+        )
+        text = f"{len(features)} input features"
+        if categorical:
+            text += f" ({categorical} categorical)"
+        parts.append(f"{text} from {inputs.get('samples', '?')} samples")
+    predictions = reference.get("predictions")
+    if isinstance(predictions, Mapping):
+        parts.append(f"predictions on {predictions.get('samples', '?')} held-out samples")
+    return "; ".join(parts or ["recorded"]) + " (the full profile: --json)"
 
 
 def _source_text(source: Mapping[str, Any]) -> str:
