@@ -188,6 +188,10 @@ class EngineBuildFailed(KilnError):
     code = ErrorCode.FAILED_PRECONDITION
 
 
+class ReferenceFailed(EngineBuildFailed):
+    """The model being compiled raised on the inputs parity judges its engines on."""
+
+
 class ParityFailed(FailedPrecondition):
     """A compiled engine does not compute the same function as its checkpoint."""
 

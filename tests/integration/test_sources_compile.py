@@ -155,6 +155,34 @@ def test_a_two_input_two_output_module_compiles(cli: Any, tmp_path: Path) -> Non
         assert all(p["top1_agreement"] is None for p in outputs.values())
 
 
+def test_input_ranges_keep_random_ids_inside_a_small_vocabulary(
+    cli: Any, tmp_path: Path
+) -> None:
+    """Without a data set, parity's integer inputs are 0..9: an embedding of 5 rows cannot take
+    them. `--input-range ids=0:4` at registration is what compile draws from instead."""
+    weights = tmp_path / "small_vocab.safetensors"
+    save_file(sources_models.two_tower(vocab=5).state_dict(), str(weights))
+    common = (
+        "--module", "tests.unit.sources_models:two_tower", "--model-arg", "vocab=5",
+        "--weights", str(weights), "--input", "features:FP32:-1,10", "--input", "ids:INT64:-1,4",
+        "--task", "regression",
+    )  # fmt: skip
+    assert cli("register", "small", *common, "--input-range", "ids=0:4").exit_code == 0
+    bad = cli("register", "small", *common, "--input-range", "tokens=0:4")
+    assert bad.exit_code == 2 and "no input 'tokens'" in bad.stderr
+    bad = cli("register", "small", *common, "--input-range", "ids=0:x")
+    assert bad.exit_code == 2 and "NAME=LOW:HIGH" in bad.stderr
+    result = cli("compile", "small:1", *FAST, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert all(r["status"] == "passed" for r in result.json()["results"])
+    assert cli("register", "wide", *common).exit_code == 0
+    unranged = cli("compile", "wide:1", *FAST)
+    assert unranged.exit_code == 2, unranged.stderr
+    message = " ".join(unranged.stderr.split())
+    assert "the model itself fails on the inputs parity compares engines on" in message
+    assert "--input-range ids=LOW:HIGH" in message
+
+
 def test_reduced_precision_keeps_integer_inputs() -> None:
     from kiln.compile.targets import _Cast
 

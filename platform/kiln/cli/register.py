@@ -102,6 +102,14 @@ def register(
         list[str] | None,
         typer.Option("--output", help="Output names in order; repeat. Default: by task."),
     ] = None,
+    input_range: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-range",
+            help="NAME=LOW:HIGH (inclusive): the values compile's random inputs take without "
+            "--dataset, e.g. ids=0:19 for an embedding of 20 rows; repeat.",
+        ),
+    ] = None,
     task: Annotated[
         Task | None,
         typer.Option(
@@ -167,6 +175,7 @@ def register(
         max_batch=max_batch,
         description=description,
         actor=actor,
+        input_ranges=tuple(input_range or ()),
     )
     checking = err_console.status(f"checking the {kind} source", spinner="dots")
     with open_registry() as registry, checking:

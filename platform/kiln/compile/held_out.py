@@ -72,12 +72,15 @@ def for_signature(
             }
         return found
     return HeldOut(
-        random_like(signature.inputs, count, RANDOM_LENGTH, seed=0),
+        random_like(
+            signature.inputs, count, RANDOM_LENGTH, seed=0, ranges=config.get("input_ranges")
+        ),
         None,
         [
             f"{ref} was registered without --dataset: no real held-out data was available, so "
             f"parity compared the engines with the source on {count} random inputs drawn from "
-            "the signature (floats standard normal, integers 0..9) and on a second random set; "
+            "the signature (floats standard normal, integers 0..9, or the --input-range given "
+            "at registration) and on a second random set; "
             "register with --dataset to verify on real data and calibrate int8"
         ],
     )

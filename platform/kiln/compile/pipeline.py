@@ -26,7 +26,7 @@ from kiln.compile.performance import Performance, measure
 from kiln.compile.provenance import hardware
 from kiln.compile.reference import EagerEngine, reference_outputs
 from kiln.compile.targets import BUILDERS, PRECISIONS, TARGETS, BuildContext, TargetUnavailable
-from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError
+from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError, ReferenceFailed
 from kiln_engines import EngineError, Signature, load
 
 Progress = Callable[[str], None]
@@ -236,9 +236,18 @@ def compile_module(  # noqa: PLR0913
         program.example_inputs = (example, {})
 
     progress("computing reference outputs (PyTorch, fp32)")
-    references = reference_pairs(
-        lambda inputs: reference_outputs(module, signature, inputs), signature, held_out, options
-    )
+    try:
+        references = reference_pairs(
+            lambda inputs: reference_outputs(module, signature, inputs),
+            signature,
+            held_out,
+            options,
+        )
+    except Exception as exc:  # the user's forward() raised: say so, do not crash
+        raise ReferenceFailed(
+            f"the model itself fails on the inputs parity compares engines on: "
+            f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+        ) from exc
 
     targets: list[str] = list(options.targets)
     onnx_path = workdir / "model.onnx"

@@ -11,14 +11,21 @@ against the source itself.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from kiln.compile.held_out import for_signature
+import numpy as np
+
+from kiln.compile.held_out import HeldOut, for_signature
 from kiln.compile.onnx_source import compile_onnx
 from kiln.compile.pipeline import CompileOptions, CompileReport, Progress, compile_module
+from kiln.errors import EngineBuildFailed, ReferenceFailed
 from kiln.registry.records import ModelVersion
 from kiln.settings import Settings
 from kiln.sources import open_version_source
+from kiln.sources.loading import LoadedSource
+from kiln_engines import Signature
 
 
 def compile_source(
@@ -44,24 +51,46 @@ def compile_source(
         options = dataclasses.replace(options, max_batch=signature.max_batch)
     held_out = for_signature(config, version.ref, signature, settings, options.parity_samples)
     notes += held_out.notes
+    try:
+        return _compile(source, signature, held_out, workdir, options, progress, config), notes
+    except ReferenceFailed as exc:
+        integers = [s.name for s in signature.inputs if np.dtype(s.dtype).kind in "iu"]
+        if config.get("dataset") or not integers:
+            raise
+        ranges = " ".join(f"--input-range {n}=LOW:HIGH" for n in integers)
+        raise EngineBuildFailed(
+            f"{exc.message}. {version.ref} was registered without --dataset, so parity drew "
+            f"its integer inputs from {config.get('input_ranges') or '0..9'}; register it again "
+            f"with the values they may take ({ranges}, e.g. ids=0:19 for an embedding of 20 "
+            "rows) or with --dataset"
+        ) from exc
+
+
+def _compile(
+    source: LoadedSource,
+    signature: Signature,
+    held_out: HeldOut,
+    workdir: Path,
+    options: CompileOptions,
+    progress: Progress,
+    config: Mapping[str, Any],
+) -> CompileReport:
     task = str(config.get("task", "classification"))
     if source.onnx_model is not None:
-        reference = source.reference()
-        report = compile_onnx(
+        return compile_onnx(
             source.onnx_model,
             signature,
             held_out.inputs,
             workdir,
             options,
-            reference=reference,
+            reference=source.reference(),
             reference_name=lambda: source.reference_name,
             calibration=held_out.calibration,
             progress=progress,
             task=task,
         )
-        return report, notes
     assert source.module is not None
-    report = compile_module(
+    return compile_module(
         source.module,
         signature,
         held_out.inputs,
@@ -72,4 +101,3 @@ def compile_source(
         task=task,
         program=source.program,
     )
-    return report, notes

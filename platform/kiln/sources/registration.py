@@ -35,6 +35,7 @@ from kiln.registry import Lineage, ModelVersion, Registry
 from kiln.settings import Settings
 from kiln.sources.loading import LoadedSource, SourceSpec, load_source
 from kiln.sources.onnx_model import single_file, uses_external_data
+from kiln.sources.tensors import parse_ranges
 from kiln_engines import DYNAMIC, Signature, TensorSpec
 
 PREDICT_BATCH = 256
@@ -54,6 +55,9 @@ class RegisterOptions:
     max_batch: int | None = None
     description: str = ""
     actor: str | None = None
+    input_ranges: Sequence[str] = ()
+    """`NAME=LOW:HIGH` per input: the values compile's random held-out inputs take when no
+    data set is recorded (e.g. the ids an embedding accepts)."""
 
 
 def _who(actor: str | None) -> str:
@@ -263,6 +267,9 @@ def register_source(
     _require_batch_axis(signature, source.kind)
     loaded = loaded.renamed(signature)
     config: dict[str, Any] = {"task": task, "class_names": classes}
+    ranges = parse_ranges(options.input_ranges, signature.inputs)
+    if ranges:
+        config["input_ranges"] = {name: list(bounds) for name, bounds in ranges.items()}
     metrics = _json_metrics(options.metrics)
     if dataset is not None:
         _check_dataset(dataset, signature)

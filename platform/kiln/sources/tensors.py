@@ -8,7 +8,7 @@ sequences of any length.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -85,23 +85,65 @@ def zeros(specs: Sequence[TensorSpec], batch: int, length: int) -> dict[str, np.
     return {s.name: np.zeros(concrete_shape(s, batch, length), dtype=s.dtype) for s in specs}
 
 
+def parse_ranges(
+    texts: Sequence[str], specs: Sequence[TensorSpec]
+) -> dict[str, tuple[float, float]]:
+    """`--input-range NAME=LOW:HIGH` declarations (inclusive; integers for integer inputs),
+    checked against the declared or found inputs `specs`."""
+    by_name = {s.name: s for s in specs}
+    ranges: dict[str, tuple[float, float]] = {}
+    for text in texts:
+        name, _, bounds = text.partition("=")
+        low_text, _, high_text = bounds.partition(":")
+        spec = by_name.get(name)
+        if spec is None:
+            raise InvalidArgument(
+                f"--input-range '{text}': the model has no input '{name}'; inputs: "
+                f"{', '.join(by_name) or '(none)'}"
+            )
+        integer = np.dtype(spec.dtype).kind in "iub"
+        try:
+            low, high = (int(v) if integer else float(v) for v in (low_text, high_text))
+        except ValueError:
+            kind = "integers" if integer else "numbers"
+            raise InvalidArgument(
+                f"--input-range '{text}' is not NAME=LOW:HIGH with {kind}; e.g. "
+                "--input-range ids=0:19 (ids 0 to 19, both included)"
+            ) from None
+        if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+            raise InvalidArgument(f"--input-range '{text}': LOW must be <= HIGH, both finite")
+        ranges[name] = (low, high)
+    return ranges
+
+
 def random_like(
-    specs: Sequence[TensorSpec], count: int, length: int, seed: int
+    specs: Sequence[TensorSpec],
+    count: int,
+    length: int,
+    seed: int,
+    ranges: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, np.ndarray]:
-    """`count` random samples per input: floats standard normal, integers in 0..9 (valid ids
-    for any embedding of at least 10 rows), booleans fair coins. Dynamic non-batch axes get
-    `length`."""
+    """`count` random samples per input, uniform over `ranges[name]` (inclusive) where given;
+    otherwise floats standard normal, integers in 0..9 (valid ids for any embedding of at
+    least 10 rows), booleans fair coins. Dynamic non-batch axes get `length`."""
     rng = np.random.default_rng(seed)
+    ranges = ranges or {}
     out = {}
     for spec in specs:
         shape = concrete_shape(spec, count, length)
         kind = np.dtype(spec.dtype).kind
+        bounds = ranges.get(spec.name)
         data: np.ndarray
-        if kind == "f":
-            data = rng.standard_normal(shape)
-        elif kind == "b":
+        if kind == "b":
             data = rng.random(shape) < 0.5
+        elif kind == "f":
+            data = (
+                rng.uniform(bounds[0], bounds[1], size=shape)
+                if bounds is not None
+                else rng.standard_normal(shape)
+            )
         else:
-            data = rng.integers(0, 10, size=shape)
+            low, high = (int(bounds[0]), int(bounds[1])) if bounds is not None else (0, 9)
+            data = rng.integers(low, high + 1, size=shape)
         out[spec.name] = np.ascontiguousarray(data, dtype=spec.dtype)
     return out
