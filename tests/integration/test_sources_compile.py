@@ -155,9 +155,7 @@ def test_a_two_input_two_output_module_compiles(cli: Any, tmp_path: Path) -> Non
         assert all(p["top1_agreement"] is None for p in outputs.values())
 
 
-def test_input_ranges_keep_random_ids_inside_a_small_vocabulary(
-    cli: Any, tmp_path: Path
-) -> None:
+def test_input_ranges_keep_random_ids_inside_a_small_vocabulary(cli: Any, tmp_path: Path) -> None:
     """Without a data set, parity's integer inputs are 0..9: an embedding of 5 rows cannot take
     them. `--input-range ids=0:4` at registration is what compile draws from instead."""
     weights = tmp_path / "small_vocab.safetensors"
