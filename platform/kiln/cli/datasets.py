@@ -35,6 +35,7 @@ def list_datasets(as_json: bool = JsonOption) -> None:
             {
                 "name": info.name,
                 "task": info.task,
+                "modality": info.modality,
                 "description": info.description,
                 "samples": samples,
                 "status": status,
@@ -42,13 +43,14 @@ def list_datasets(as_json: bool = JsonOption) -> None:
         )
 
     def render(console: Console) -> None:
-        table = Table(title="data sets (or pass a .parquet file or an image folder)")
-        for col in ("name", "task", "samples", "description", "status"):
+        table = Table(title="data sets (or pass a .parquet or .csv file or an image folder)")
+        for col in ("name", "task", "modality", "samples", "description", "status"):
             table.add_column(col, overflow="fold")
         for r in rows:
             table.add_row(
                 str(r["name"]),
                 str(r["task"]),
+                str(r["modality"]),
                 str(r["samples"] or "-"),
                 str(r["description"]),
                 str(r["status"]),
@@ -62,16 +64,19 @@ def list_datasets(as_json: bool = JsonOption) -> None:
 def show(
     name: Annotated[
         str,
-        typer.Argument(metavar="NAME", help="A data set name, a .parquet file or an image folder."),
+        typer.Argument(
+            metavar="NAME", help="A data set name, a .parquet or .csv file or an image folder."
+        ),
     ],
     seed: Annotated[int, typer.Option(min=0, help="Split seed (0 or more).")] = 0,
     as_json: bool = JsonOption,
 ) -> None:
     """Show a data set's shape, classes (or, for regression, its target's range, mean and
-    std), split sizes, value range and fingerprint."""
+    std), split sizes, value range (words per text for a text set) and fingerprint."""
     from kiln.data import load_dataset
 
-    summary = load_dataset(name, Settings(), seed=seed).summary()
+    dataset = load_dataset(name, Settings(), seed=seed)
+    summary = {**dataset.summary(), "modality": dataset.modality}
 
     def render(console: Console) -> None:
         table = Table(title=f"data set {name}", show_header=False)
@@ -82,6 +87,7 @@ def show(
         table.add_row("source", str(summary["source"]))
         table.add_row("input shape", str(summary["input_shape"]))
         table.add_row("task", str(summary["task"]))
+        table.add_row("modality", str(summary["modality"]))
         if summary["task"] == "regression":
             target = summary["target"]
             assert isinstance(target, dict)
@@ -94,7 +100,15 @@ def show(
         else:
             table.add_row("classes", ", ".join(summary["classes"]))  # type: ignore[arg-type]
         table.add_row("train / val / test", f"{sizes['train']} / {sizes['val']} / {sizes['test']}")
-        table.add_row("value range", str(summary["value_range"]))
+        if "words_per_text" in summary:
+            words = summary["words_per_text"]
+            assert isinstance(words, dict)
+            table.add_row(
+                "words per text (train)",
+                f"mean {words['mean']}, median {words['median']}, max {words['max']}",
+            )
+        else:
+            table.add_row("value range", str(summary["value_range"]))
         table.add_row("split", str(summary["split"]))
         table.add_row("fingerprint", str(summary["fingerprint"]))
         console.print(table)

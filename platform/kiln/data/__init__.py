@@ -14,6 +14,7 @@ from kiln.data.catalog import (
     load_dataset,
     load_raw,
     load_recorded,
+    modality_of,
     task_of,
 )
 from kiln.data.dataset import (
@@ -39,6 +40,7 @@ __all__ = [
     "load_dataset",
     "load_raw",
     "load_recorded",
+    "modality_of",
     "prepare_image",
     "sample_digests",
     "task_of",

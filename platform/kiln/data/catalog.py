@@ -97,39 +97,56 @@ CATALOG: dict[str, DatasetInfo] = {
 
 
 def _looks_like_path(name: str) -> bool:
-    return "/" in name or name.startswith(".") or name.endswith(".parquet") or Path(name).exists()
+    return (
+        "/" in name
+        or name.startswith(".")
+        or name.endswith(user.TABLE_SUFFIXES)
+        or Path(name).exists()
+    )
 
 
 def _unknown(name: str) -> DatasetNotFound:
     return DatasetNotFound(
         f"no data set '{name}'{did_you_mean(name, CATALOG) or '.'} Known data sets: "
-        f"{', '.join(CATALOG)}; or give a .parquet file or an image folder path "
+        f"{', '.join(CATALOG)}; or give a .parquet or .csv file or an image folder path "
         "(kiln datasets list)"
     )
+
+
+def _user_path(name: str) -> Path:
+    if not _looks_like_path(name):
+        raise _unknown(name)
+    return Path(name).expanduser()
 
 
 def load_raw(name: str, settings: Settings) -> RawData:
     """Load a data set's samples before splitting: a catalogue name or a user path."""
     if name in CATALOG:
         return CATALOG[name].load(settings)
-    if _looks_like_path(name):
-        path = Path(name).expanduser()
-        if path.suffix == ".parquet":
-            return user.load_parquet(path)
-        return user.load_image_folder(path)
-    raise _unknown(name)
+    path = _user_path(name)
+    if path.suffix in user.TABLE_SUFFIXES:
+        return user.load_table(path)
+    return user.load_image_folder(path)
 
 
 def task_of(name: str) -> str:
     """A data set's task ("classification" or "regression") without loading its samples:
-    the catalogue says it for named sets, a Parquet file's schema for a file, and an image
-    folder is classification. Raises what `load_raw` raises for a name it cannot load."""
+    the catalogue says it for named sets, a Parquet file's schema for a file (a CSV's is read
+    whole), and an image folder is classification. Raises what `load_raw` raises for a name
+    it cannot load."""
     if name in CATALOG:
         return CATALOG[name].task
-    if _looks_like_path(name):
-        path = Path(name).expanduser()
-        return user.parquet_task(path) if path.suffix == ".parquet" else CLASSIFICATION
-    raise _unknown(name)
+    path = _user_path(name)
+    return user.table_task(path) if path.suffix in user.TABLE_SUFFIXES else CLASSIFICATION
+
+
+def modality_of(name: str) -> str:
+    """A data set's modality ("text" or "tensor") without loading its samples, as `task_of`
+    finds its task: a file with a `text` column (and no `image` or `features`) is text."""
+    if name in CATALOG:
+        return CATALOG[name].modality
+    path = _user_path(name)
+    return user.table_modality(path) if path.suffix in user.TABLE_SUFFIXES else TENSOR
 
 
 def load_dataset(

@@ -1,9 +1,13 @@
-"""User data: a Parquet file or a folder of images, one subfolder per class.
+"""User data: a Parquet or CSV file, or a folder of images, one subfolder per class.
 
-Parquet: a `label` column (integers or strings: a classification set) or a numeric `target`
-column (a regression set; never both), and the inputs as either
+Parquet or CSV (a path ending .csv, UTF-8, a header row): a `label` column (integers or
+strings: a classification set) or a numeric `target` column (a regression set; never both),
+and the inputs as either
   - an `image` column: encoded PNG/JPEG bytes, or lists of pixel values of square length,
-  - a `features` column: lists of numbers (one vector per row), or
+  - a `features` column: lists of numbers (one vector per row),
+  - a `text` column (and no `image` or `features`): one string per row, a text data set
+    (classification only; a text that occurs more than once is kept once when its copies
+    agree on the label, and dropped when they do not), or
   - every other numeric column (not `label` or `target`), one feature each.
 Image folders: `ROOT/CLASS/*.png|jpg|jpeg`; grayscale stays one channel, anything else becomes
 RGB; pixels are scaled to [0, 1]; images of another size are resized to the most common size.
@@ -19,19 +23,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from kiln.data.dataset import CLASSIFICATION, REGRESSION, RawData
+from kiln.data.csv_files import read_csv
+from kiln.data.dataset import CLASSIFICATION, REGRESSION, TENSOR, TEXT, RawData, text_array
 from kiln.errors import DatasetInvalid, DatasetNotFound
 
 if TYPE_CHECKING:  # polars is imported where a file is read, not when kiln.data is
     import polars as pl
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+TABLE_SUFFIXES = (".parquet", ".csv")
+"""A user path ending in one of these is a file of rows; any other path an image folder."""
+SHOWN_ROWS = 5
 T = TypeVar("T")
 
 
 def _labels(values: list[object], name: str) -> tuple[np.ndarray, tuple[str, ...]]:
-    if any(v is None for v in values):
-        raise DatasetInvalid(f"'{name}' has rows with a missing label; every row needs one")
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise DatasetInvalid(
+            f"'{name}' has {len(missing)} row(s) with a missing label, first rows "
+            f"{missing[:SHOWN_ROWS]}; every row needs one"
+        )
     if all(isinstance(v, int | np.integer) for v in values):
         ints = np.asarray(values, dtype=np.int64)
         classes = sorted(set(ints.tolist()))
@@ -136,11 +148,35 @@ def _read_parquet(path: Path, read: Callable[[Path], T]) -> T:
         raise DatasetInvalid(f"cannot read {path} as Parquet: {exc}") from exc
 
 
-def parquet_task(path: Path) -> str:
-    """The task of a Parquet file, from its schema alone (no rows are read)."""
+def read_table(path: Path) -> pl.DataFrame:
+    """Every row of a user's .parquet or .csv file."""
     import polars as pl
 
-    return task_of_columns(_read_parquet(path, pl.read_parquet_schema), path)
+    return read_csv(path) if path.suffix == ".csv" else _read_parquet(path, pl.read_parquet)
+
+
+def _table_schema(path: Path) -> Mapping[str, Any]:
+    import polars as pl
+
+    if path.suffix == ".csv":  # a CSV's types are only known from its values
+        return read_csv(path).schema
+    return _read_parquet(path, pl.read_parquet_schema)
+
+
+def is_text(schema: Mapping[str, Any]) -> bool:
+    """Whether a file with these columns is a text data set: a `text` column, and no `image`
+    or `features` column (which an image or feature set with captions may carry beside)."""
+    return "text" in schema and "image" not in schema and "features" not in schema
+
+
+def table_task(path: Path) -> str:
+    """The task of a Parquet file, from its schema alone (no rows are read), or of a CSV."""
+    return task_of_columns(_table_schema(path), path)
+
+
+def table_modality(path: Path) -> str:
+    """ "text" for a file of texts (see `is_text`), else "tensor"."""
+    return TEXT if is_text(_table_schema(path)) else TENSOR
 
 
 def _parquet_inputs(frame: pl.DataFrame, path: Path) -> np.ndarray:
@@ -171,21 +207,109 @@ def _parquet_inputs(frame: pl.DataFrame, path: Path) -> np.ndarray:
             c for c, t in frame.schema.items() if c not in ("label", TARGET) and t.is_numeric()
         ]
         if not numeric:
-            raise DatasetInvalid(
-                f"{path} has no inputs: add an 'image' or 'features' column, or numeric columns"
-            )
+            raise DatasetInvalid(_no_inputs_message(frame.schema, path))
         x = frame.select(numeric).cast(pl.Float32).fill_null(float("nan")).to_numpy()
     return x
 
 
-def load_parquet(path: Path) -> RawData:
+def _no_inputs_message(schema: Mapping[str, Any], path: Path) -> str:
     import polars as pl
 
-    frame = _read_parquet(path, pl.read_parquet)
+    columns = ", ".join(schema)
+    strings = [c for c, t in schema.items() if c not in ("label", TARGET) and t == pl.String]
+    if strings:
+        return (
+            f"{path} has no 'text' column (columns: {columns}); name the column that holds the "
+            f"texts 'text' (string columns here: {', '.join(strings)}) for a text data set"
+        )
+    return (
+        f"{path} has no inputs (columns: {columns}): add a 'text' column (one string per "
+        "row), an 'image' or 'features' column, or numeric columns"
+    )
+
+
+def _rows(rows: list[int]) -> str:
+    return f"{len(rows)} row(s), first rows {rows[:SHOWN_ROWS]}"
+
+
+def text_column(frame: pl.DataFrame, path: Path) -> list[str]:
+    """The `text` column's strings, or DatasetInvalid naming the rows that hold no text: null,
+    empty or blank, not a string, or (for a binary column) bytes that are not UTF-8."""
+    import polars as pl
+
+    column = frame["text"]
+    values: list[Any] = column.to_list()
+    if column.dtype == pl.Binary:
+        bad: list[int] = []
+        for i, v in enumerate(values):
+            try:
+                values[i] = None if v is None else v.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(i)
+        if bad:
+            raise DatasetInvalid(
+                f"{path}: column 'text' holds bytes that are not UTF-8 in {_rows(bad)}; "
+                "store the texts as UTF-8 strings"
+            )
+    elif column.dtype not in (pl.String, pl.Null):
+        raise DatasetInvalid(
+            f"{path}: column 'text' holds {column.dtype}, not strings; a text data set needs "
+            "one string per row (cast the column to strings, or rename it if it is no text)"
+        )
+    nulls = [i for i, v in enumerate(values) if v is None]
+    if nulls:
+        raise DatasetInvalid(
+            f"{path}: column 'text' is missing (null) in {_rows(nulls)}; fill in those texts "
+            "or drop the rows"
+        )
+    blank = [i for i, v in enumerate(values) if not v.strip()]
+    if blank:
+        raise DatasetInvalid(
+            f"{path}: column 'text' is empty or blank in {_rows(blank)}; fill in those texts "
+            "or drop the rows"
+        )
+    return values
+
+
+def dedupe_texts(texts: list[str], labels: np.ndarray) -> tuple[list[str], np.ndarray, str]:
+    """Keep one copy of a repeated text whose copies share a label; drop every copy of one
+    whose copies disagree. A text in two splits would be tested on what was trained on."""
+    by_text: dict[str, set[int]] = {}
+    for text, label in zip(texts, labels.tolist(), strict=True):
+        by_text.setdefault(text, set()).add(label)
+    seen: set[str] = set()
+    keep: list[int] = []
+    for i, text in enumerate(texts):
+        if len(by_text[text]) == 1 and text not in seen:
+            keep.append(i)
+        seen.add(text)
+    conflicting = sum(1 for v in by_text.values() if len(v) > 1)
+    note = f" ({len(texts) - len(keep)} repeated rows dropped" if len(keep) < len(texts) else ""
+    if conflicting:
+        note += f", {conflicting} text(s) with conflicting labels among them"
+    return [texts[i] for i in keep], labels[keep], note + (")" if note else "")
+
+
+def load_table(path: Path) -> RawData:
+    """A user's .parquet or .csv file as a data set (see the module docstring)."""
+    import polars as pl
+
+    frame = read_table(path)
     task = task_of_columns(frame.schema, path)
+    kind = "csv" if path.suffix == ".csv" else "parquet"
     classes: tuple[str, ...] = ()
     if frame.height == 0:
         raise DatasetInvalid(f"data set '{path}' is empty: it has no rows")
+    if is_text(frame.schema):
+        if task == REGRESSION:
+            raise DatasetInvalid(
+                f"{path} has a 'text' column and a 'target' column; text data sets are "
+                "classification here: give each text its class in a 'label' column"
+            )
+        texts = text_column(frame, path)
+        y, classes = _labels(frame["label"].to_list(), str(path))
+        texts, y, note = dedupe_texts(texts, y)
+        return RawData(text_array(texts), y, classes, f"{kind}: {path}{note}", modality=TEXT)
     if task == REGRESSION:
         # Missing targets become NaN, which validation lists by row.
         target = frame[TARGET].cast(pl.Float64).fill_null(float("nan")).to_numpy()
@@ -193,7 +317,7 @@ def load_parquet(path: Path) -> RawData:
     else:
         y, classes = _labels(frame["label"].to_list(), str(path))
     x = _parquet_inputs(frame, path)
-    return RawData(x.astype(np.float32), y, classes, f"parquet: {path}", task=task)
+    return RawData(x.astype(np.float32), y, classes, f"{kind}: {path}", task=task)
 
 
 def load_image_folder(root: Path) -> RawData:
