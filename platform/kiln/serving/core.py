@@ -238,9 +238,13 @@ class ServingCore:
             if shadow is not None:
                 self._shadows.send(shadow, request, received)
             outputs, timings = await future
+            text = loaded.text  # a text model's stage: its per-row counts leave the outputs
+            outputs, text_stats = text.split(outputs) if text is not None else (outputs, None)
             if request.outputs:
                 outputs = {name: outputs[name] for name in request.outputs}
-            response = InferResponse(request.model, str(loaded.version), request.id, outputs, route)
+            response = InferResponse(
+                request.model, str(loaded.version), request.id, outputs, route, text_stats
+            )
         except asyncio.CancelledError:
             self._failed(request, loaded, RequestCancelled("the client cancelled"), received, route)
             raise

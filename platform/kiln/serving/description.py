@@ -8,6 +8,7 @@ before it takes requests, so the first request pays no lazy initialisation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from kiln.serving.codec import datatype_of
 from kiln.serving.messages import ModelDescription, TensorSpec
 from kiln.serving.repository import OpenedEngine
 from kiln.serving.settings import ServingSettings
+from kiln.serving.tokenization import text_spec
 from kiln_engines import DYNAMIC, Signature
 
 PLATFORMS = {
@@ -34,7 +36,9 @@ def describe(
     """A version's metadata and configuration, from its engine's signature and the settings.
 
     The model batches when every input and output has a dynamic leading dimension; its
-    max_batch_size is the setting, capped by what the engine accepts.
+    max_batch_size is the setting, capped by what the engine accepts. A text model (opened
+    with its tokenizer) lists its `text` input first, then the engine's pre-tokenised inputs,
+    all optional; its text stage adds the config parameters (`TextStage.parameters`).
     """
     signature: Signature = opened.engine.signature
     specs = (*signature.inputs, *signature.outputs)
@@ -47,13 +51,17 @@ def describe(
         np_dtype: np.dtype[Any] = np.dtype(dtype)
         return TensorSpec(name, datatype_of(np_dtype), shape, np_dtype)
 
+    inputs = tuple(spec(s.name, s.dtype, s.shape) for s in signature.inputs)
+    if opened.tokenizer is not None:
+        # Either the strings or the pre-tokenised inputs: each alternative is optional.
+        inputs = (text_spec(), *(dataclasses.replace(s, optional=True) for s in inputs))
     return ModelDescription(
         name=name,
         version=version,
         versions=(version,),
         platform=PLATFORMS.get(opened.kind, opened.kind),
         backend="onnxruntime" if opened.kind == "onnx" else opened.kind,
-        inputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.inputs),
+        inputs=inputs,
         outputs=tuple(spec(s.name, s.dtype, s.shape) for s in signature.outputs),
         max_batch_size=max_batch,
         max_queue_delay_us=settings.max_queue_delay_us,

@@ -54,6 +54,27 @@ class InferResponse:
     route: Route = Route.PRIMARY
     """`Route.CANARY` when a running canary answered it; `Route.SHADOW` only for the copies
     a shadow rollout ran (the shadow hook sees those; clients never do)."""
+    text_stats: TextStats | None = None
+    """What the version's tokenizer made of each row, for a text model (strings or
+    pre-tokenised inputs alike); None for other models. Not sent to clients: the traffic
+    hook logs it."""
+
+
+@dataclass(frozen=True, slots=True)
+class TextStats:
+    """Per row of a text model's request: how its text was tokenised.
+
+    For a request of strings, the tokenizer's own counts; for pre-tokenised `input_ids` and
+    `attention_mask`, counted from them (the mask's ones, the unknown id among them; a
+    pre-tokenised row is never reported truncated: the server cannot know).
+    """
+
+    tokens: npt.NDArray[np.int64]
+    """Tokens the model read (after truncation to the tokenizer's max_length)."""
+    unknown: npt.NDArray[np.int64]
+    """How many of them are the tokenizer's unknown token."""
+    truncated: npt.NDArray[np.bool_]
+    """Texts longer than max_length tokens, whose end the model did not see."""
 
 
 @dataclass(slots=True)  # not frozen: built per request, and frozen init costs 3x
@@ -111,6 +132,9 @@ class TensorSpec:
     """Full shape including the batch dimension when the model batches; -1 where variable."""
     dtype: np.dtype[Any]
     """The numpy dtype requests are decoded to."""
+    optional: bool = False
+    """The model takes requests without it: a text model takes either its `text` input or
+    the pre-tokenised ones (ModelConfig marks each `optional`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +158,9 @@ class ModelDescription:
     default_timeout_us: int
     instances: int
     """Model executions that may run at once."""
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    """Notes for ModelConfig's `parameters` (a text model's tokenizer sha256, max_length and
+    the text limits); empty for other models."""
 
 
 @dataclass(frozen=True, slots=True)

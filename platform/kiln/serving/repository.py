@@ -9,11 +9,14 @@ thread, never on the event loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from kiln.registry import Reference, Registry, RolloutMode
+from kiln.errors import ArtifactCorrupted, ArtifactNotFound
+from kiln.registry import ArtifactKind, Reference, Registry, RolloutMode
 from kiln.registry.loader import open_engine
+from kiln.text import TextTokenizer
 from kiln.traffic import Route
 from kiln_engines import Engine, EngineOptions
 
@@ -30,6 +33,10 @@ class OpenedEngine:
     sha256: str
     task: str = "classification"
     """The version's task (`config["task"]`): whether its feedback is a label or a value."""
+    tokenizer: TextTokenizer | None = None
+    """A text model's tokenizer (its version's `tokenizer` artifact); None for other models."""
+    tokenizer_sha256: str = ""
+    """The tokenizer artifact's sha256 (verified when it was read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +100,21 @@ class RegistryRepository:
         engine, artifact = open_engine(
             self._registry, name, version, self._options, kind=self._engine_kind
         )
-        task = self._registry.get_version(name, version).config.get("task") or "classification"
-        return OpenedEngine(engine, artifact.kind.value, engine.device, artifact.sha256, str(task))
+        try:
+            config = self._registry.get_version(name, version).config
+            task = config.get("task") or "classification"
+            tokenizer, tokenizer_sha256 = (
+                open_tokenizer(self._registry, name, version, config)
+                if config.get("text")
+                else (None, "")
+            )
+        except BaseException:
+            engine.close()
+            raise
+        return OpenedEngine(
+            engine, artifact.kind.value, engine.device, artifact.sha256, str(task),
+            tokenizer, tokenizer_sha256,
+        )  # fmt: skip
 
     def model_names(self) -> list[str]:
         return [m.name for m in self._registry.list_models()]
@@ -105,3 +125,33 @@ class RegistryRepository:
             return None
         route = Route.CANARY if state.mode is RolloutMode.CANARY else Route.SHADOW
         return RolloutState(route, state.percent, state.alias, state.version)
+
+
+def open_tokenizer(
+    registry: Registry, name: str, version: int, config: Mapping[str, Any]
+) -> tuple[TextTokenizer, str]:
+    """The tokenizer a text version (`config["text"]`) was trained with, and its sha256.
+
+    Read from the version's `tokenizer` artifact, whose bytes are verified against their
+    sha256 like an engine's (`ArtifactCorrupted` otherwise); a text version without one is
+    `ArtifactNotFound` saying how to attach it. When the config records the tokenizer's
+    sha256, the artifact must be that tokenizer.
+    """
+    found = registry.artifacts(name, version, ArtifactKind.TOKENIZER)
+    if not found:
+        raise ArtifactNotFound(
+            f"{name}:{version} is a text model (its config has `text`) but has no tokenizer "
+            "artifact, so it cannot tokenise strings; attach the tokenizer it was trained "
+            "with (Registry.add_artifact(..., kind='tokenizer', path='tokenizer.json')) or "
+            "register the version again with it"
+        )
+    artifact = found[-1]
+    recorded = (config.get("text") or {}).get("sha256")
+    if recorded and recorded != artifact.sha256:
+        raise ArtifactCorrupted(
+            f"{name}:{version}'s tokenizer artifact has sha256 {artifact.sha256}, but the "
+            f"version was trained with tokenizer {recorded} (config text.sha256); attach "
+            "the tokenizer.json the version was trained with"
+        )
+    path = registry.artifact_file(artifact)  # verifies the sha256
+    return TextTokenizer.from_file(path), artifact.sha256

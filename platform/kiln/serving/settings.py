@@ -80,6 +80,12 @@ class ServingSettings(BaseSettings):
     (INVALID_ARGUMENT naming the input), since a model's answer to it means nothing and its
     traffic row would poison drift and retraining."""
 
+    max_text_bytes: int = Field(default=64 * 1024, ge=1)
+    """Longest string (UTF-8 bytes) one element of a text model's `text` input may hold; a
+    longer one is refused (INVALID_ARGUMENT with the limit). Within the limit, a text longer
+    than the tokenizer's max_length tokens is truncated to it (the response's traffic row
+    says so), as the model was trained."""
+
     model_control: bool = False
     """Allow RepositoryModelLoad/Unload (`kiln serve --model-control`). Off by default, as in
     Triton: any client could otherwise take the production model down. A `token` enables

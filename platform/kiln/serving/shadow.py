@@ -73,6 +73,9 @@ class ShadowCopies:
             self._failed(target, request, as_kiln_error(exc, what), received, "failed")
             return
         outputs, timings = future.result()
+        text_stats = None
+        if target.text is not None:
+            outputs, text_stats = target.text.split(outputs)
         if request.outputs:
             outputs = {name: outputs[name] for name in request.outputs}
         total = time.perf_counter_ns() - received
@@ -81,7 +84,7 @@ class ShadowCopies:
         target.metrics.succeeded(total / 1e9, timings.queue_ns / 1e9)
         if self.hook is not None:
             response = InferResponse(
-                request.model, str(target.version), request.id, outputs, Route.SHADOW
+                request.model, str(target.version), request.id, outputs, Route.SHADOW, text_stats
             )
             event = TrafficEvent(
                 request, response, None, timings, total, target.version, Route.SHADOW

@@ -33,7 +33,8 @@ from kiln.serving.messages import ModelDescription
 from kiln.serving.metrics import VersionMetrics
 from kiln.serving.repository import OpenedEngine
 from kiln.serving.statistics import ModelStatistics
-from kiln.serving.validation import RequestValidator
+from kiln.serving.tokenization import TextStage
+from kiln.serving.validation import Validator
 from kiln.traffic import Route
 
 
@@ -52,11 +53,13 @@ class LoadedModel:
     version: int
     opened: OpenedEngine
     description: ModelDescription
-    validator: RequestValidator
+    validator: Validator
     batcher: DynamicBatcher
     statistics: ModelStatistics
     metrics: VersionMetrics
     state: ModelState = ModelState.READY
+    text: TextStage | None = None
+    """A text model's tokenizer stage (its `validator` is the stage's check); None otherwise."""
 
     @property
     def label(self) -> str:

@@ -14,7 +14,7 @@ input: about 2 us for a 1x28x28 FP32 image.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import numpy as np
@@ -25,6 +25,9 @@ from kiln.serving.codec import datatype_of
 from kiln.serving.messages import TensorSpec
 
 DYNAMIC = -1
+Validator = Callable[[Mapping[str, npt.NDArray[Any]], tuple[str, ...]], int]
+"""A loaded version's check of one request (inputs, requested outputs): returns its rows,
+raises `InferRequestInvalid`. A `RequestValidator`, or a text model's `TextStage.check`."""
 _LISTED = 5  # names a message lists before "and N more"
 
 
@@ -71,9 +74,15 @@ class RequestValidator:
             if array is None:
                 self._wrong_names(inputs)
             if array.dtype != dtype:
+                # Strings sent to a model without a tokenizer: say so, not just "BYTES".
+                hint = (
+                    "; it takes no strings (it is not a text model)"
+                    if array.dtype == _OBJECT and dtype != _OBJECT
+                    else ""
+                )
                 self._fail(
                     f"input '{name}' has datatype {_datatype(array)}, but the model expects "
-                    f"{_datatype_of_dtype(dtype)}"
+                    f"{datatype_name(dtype)}{hint}"
                 )
             shape = array.shape
             if len(shape) != rank or any(shape[axis] != size for axis, size in fixed):
@@ -102,19 +111,20 @@ class RequestValidator:
                 "split the request"
             )
         if outputs:
-            self._check_outputs(outputs)
+            self.check_outputs(outputs)
         return rows if self._max_batch else 1
 
-    def _check_outputs(self, outputs: tuple[str, ...]) -> None:
+    def check_outputs(self, outputs: tuple[str, ...]) -> None:
+        """Refuse unknown or repeated output names."""
         unknown = [o for o in outputs if o not in self._outputs]
         if unknown:
             self._fail(
-                f"unknown output {_names(unknown)}; the model's outputs: "
+                f"unknown output {names(unknown)}; the model's outputs: "
                 f"{', '.join(sorted(self._outputs))}"
             )
         if len(set(outputs)) != len(outputs):
             repeated = sorted({o for o in outputs if outputs.count(o) > 1})
-            self._fail(f"output {_names(repeated)} requested more than once")
+            self._fail(f"output {names(repeated)} requested more than once")
 
     def _expected(self, name: str) -> str:
         spec = next(s for s in self._inputs if s.name == name)
@@ -126,9 +136,9 @@ class RequestValidator:
         unexpected = sorted(set(inputs) - expected)
         parts = []
         if missing:
-            parts.append(f"missing input {_names(missing)}")
+            parts.append(f"missing input {names(missing)}")
         if unexpected:
-            parts.append(f"unexpected input {_names(unexpected)}")
+            parts.append(f"unexpected input {names(unexpected)}")
         self._fail(f"{'; '.join(parts)}; the model's inputs: {', '.join(sorted(expected))}")
 
     def _fail(self, problem: str) -> NoReturn:
@@ -136,24 +146,26 @@ class RequestValidator:
 
 
 _isfinite = np.isfinite
+_OBJECT = np.dtype(object)
 
 
 def _is_float(dtype: np.dtype[Any]) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
-def _names(names: Iterable[str]) -> str:
+def names(chosen: Iterable[str]) -> str:
     """Client-chosen names for a message: quoted, the first few of them."""
-    listed = list(names)
+    listed = list(chosen)
     shown = ", ".join(quote(n) for n in listed[:_LISTED])
     return f"{shown} and {len(listed) - _LISTED} more" if len(listed) > _LISTED else shown
 
 
 def _datatype(array: npt.NDArray[Any]) -> str:
-    return _datatype_of_dtype(array.dtype)
+    return datatype_name(array.dtype)
 
 
-def _datatype_of_dtype(dtype: Any) -> str:
+def datatype_name(dtype: Any) -> str:
+    """The KServe datatype of `dtype` for a message (its numpy name when KServe has none)."""
     try:
         return datatype_of(dtype)
     except ValueError:

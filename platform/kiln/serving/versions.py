@@ -11,13 +11,14 @@ metrics. Changes to one model are serialised by that model's `lock`; requests ne
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kiln.errors import KilnError
-from kiln.serving.batcher import DynamicBatcher
+from kiln.serving.batcher import DynamicBatcher, InferFn
 from kiln.serving.description import describe, warmup_inputs
 from kiln.serving.messages import public_text
 from kiln.serving.metrics import ServingMetrics
@@ -25,6 +26,7 @@ from kiln.serving.repository import ModelRepository
 from kiln.serving.settings import ServingSettings
 from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState
+from kiln.serving.tokenization import TextStage
 from kiln.serving.validation import RequestValidator
 from kiln_engines import EngineError
 
@@ -71,9 +73,34 @@ class VersionLoader:
         try:
             opened = await self.blocking(self.repository.open, name, version)
             description = describe(name, version, opened, self.settings)
+            # A text model's description lists its `text` input first; the engine takes the rest.
+            engine_inputs = description.inputs[1:] if opened.tokenizer else description.inputs
+            validator = RequestValidator(
+                label,
+                engine_inputs,
+                description.outputs,
+                description.max_batch_size,
+                allow_nonfinite=self.settings.allow_nonfinite,
+            )
+            text: TextStage | None = None
+            infer: InferFn = opened.engine.infer
+            warmups = warmup_inputs(description)
+            if opened.tokenizer is not None:
+                text = TextStage(
+                    label,
+                    opened.tokenizer,
+                    validator,
+                    max_batch_size=description.max_batch_size,
+                    max_text_bytes=self.settings.max_text_bytes,
+                )
+                infer = text.wrap(infer)
+                warmups = text.warmup_inputs()
+                description = dataclasses.replace(
+                    description, parameters=text.parameters(opened.tokenizer_sha256)
+                )
             if self.settings.warmup:
-                for feed in warmup_inputs(description):
-                    await self.blocking(opened.engine.infer, feed)
+                for feed in warmups:
+                    await self.blocking(infer, feed)
         except BaseException:
             self._set_state(name, version, ModelState.UNAVAILABLE)
             raise
@@ -84,30 +111,27 @@ class VersionLoader:
             statistics.record_execution(rows, input_ns, infer_ns, output_ns)
             metrics.executed(rows, (input_ns + infer_ns + output_ns) / 1e9)
 
+        # GPU engines keep to their worker thread (their CUDA state lives there), and so do
+        # text models: tokenising must never run on the event loop.
+        inline = opened.device == "cpu" and text is None
         loaded = LoadedModel(
             name=name,
             version=version,
             opened=opened,
             description=description,
-            validator=RequestValidator(
-                label,
-                description.inputs,
-                description.outputs,
-                description.max_batch_size,
-                allow_nonfinite=self.settings.allow_nonfinite,
-            ),
+            validator=validator if text is None else text.check,
             batcher=DynamicBatcher(
-                opened.engine.infer,
+                infer,
                 label=label,
                 max_batch_size=description.max_batch_size,
                 max_queue_delay_us=self.settings.max_queue_delay_us,
                 max_queue_size=self.settings.max_queue_size,
                 on_execution=executed,
-                # GPU engines keep to their worker thread (their CUDA state lives there).
-                inline_after_idle_us=self.settings.inline_idle_us if opened.device == "cpu" else 0,
+                inline_after_idle_us=self.settings.inline_idle_us if inline else 0,
             ),
             statistics=statistics,
             metrics=metrics,
+            text=text,
         )
         log.info("loaded %s (%s on %s)", label, opened.kind, opened.device)
         self._set_state(name, version, ModelState.READY)

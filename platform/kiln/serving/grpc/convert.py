@@ -212,7 +212,9 @@ def model_config(d: ModelDescription) -> pb.ModelConfigResponse:
             specific=mc.ModelVersionPolicy.Specific(versions=d.versions)
         ),
         input=[
-            mc.ModelInput(name=s.name, data_type=CONFIG_TYPES[s.datatype], dims=dims(s))
+            mc.ModelInput(
+                name=s.name, data_type=CONFIG_TYPES[s.datatype], dims=dims(s), optional=s.optional
+            )
             for s in d.inputs
         ],
         output=[
@@ -222,6 +224,7 @@ def model_config(d: ModelDescription) -> pb.ModelConfigResponse:
         instance_group=[
             mc.ModelInstanceGroup(name=f"{d.name}_0", kind="KIND_CPU", count=d.instances)
         ],
+        parameters={k: mc.ModelParameter(string_value=v) for k, v in d.parameters.items()},
     )
     if d.max_batch_size:
         config.dynamic_batching.CopyFrom(
