@@ -52,7 +52,7 @@ from kiln.serving.launcher import kiln_serve
 from kiln.serving.messages import InferRequest, InferResponse, Timings, TrafficEvent
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
-from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA, TrafficSettings
+from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA_V1, TrafficSettings
 from kiln.traffic.layout import write_part
 
 KILN = Path(sys.executable).with_name("kiln")
@@ -258,7 +258,7 @@ def generate(home: Path, rows: int, images: np.ndarray, now: datetime) -> float:
             pl.from_epoch("timestamp", time_unit="us").dt.replace_time_zone("UTC"),
             pl.when(pl.col("status") == "ok").then(pl.col("prediction")).alias("prediction"),
         )
-        frame = frame.cast(dict(TRAFFIC_SCHEMA))  # type: ignore[arg-type]
+        frame = frame.cast(dict(TRAFFIC_SCHEMA_V1))  # type: ignore[arg-type]
         day = datetime.fromtimestamp(ts[0] / 1e6, UTC).date().isoformat()
         write_part(traffic / f"date={day}", frame)  # as servers write it: page checksums
         labelled = rng.random(n) < 0.1

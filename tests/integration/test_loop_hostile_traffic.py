@@ -20,7 +20,7 @@ import pytest
 import kiln.registry
 from kiln.data import load_dataset
 from kiln.settings import Settings
-from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA, FeedbackWriter, TrafficLogger
+from kiln.traffic import FEEDBACK_SCHEMA_V1, TRAFFIC_SCHEMA_V1, FeedbackWriter, TrafficLogger
 from kiln.traffic import TrafficRecord as Record
 from kiln.traffic.layout import write_part
 from tests.integration.bento_harness import train_and_register
@@ -84,7 +84,7 @@ def log_hostile_traffic(home: Path, x: np.ndarray, y: np.ndarray, version: int) 
     ).with_columns(pl.from_epoch("timestamp", time_unit="us").dt.replace_time_zone("UTC"))
     day = datetime.now(UTC).date().isoformat()
     write_part(home / "traffic" / "model=digits" / f"date={day}",
-               legacy.cast(dict(TRAFFIC_SCHEMA)))  # type: ignore[arg-type]  # fmt: skip
+               legacy.cast(dict(TRAFFIC_SCHEMA_V1)))  # type: ignore[arg-type]  # fmt: skip
     old_labels = pl.DataFrame(
         {
             "request_id": ["legacy-missing", "legacy-mismatch", "ok-1"],

@@ -34,7 +34,7 @@ from kiln.evaluate.labelled import labelled_traffic
 from kiln.settings import Settings
 from kiln.traffic import (
     FEEDBACK_SCHEMA_V1,
-    TRAFFIC_SCHEMA,
+    TRAFFIC_SCHEMA_V1,
     FeedbackWriter,
     TrafficLogger,
     TrafficRecord,
@@ -205,7 +205,7 @@ def write_log(home: Path, mix: list[tuple[str, tuple[int, bool] | None]], seed: 
         day = frame["timestamp"][0].date().isoformat()
         write_part(
             home / "traffic" / f"model={MODEL}" / f"date={day}",
-            frame.select(TRAFFIC_SCHEMA.names()).cast(dict(TRAFFIC_SCHEMA)),  # type: ignore[arg-type]
+            frame.select(TRAFFIC_SCHEMA_V1.names()).cast(dict(TRAFFIC_SCHEMA_V1)),  # type: ignore[arg-type]
         )
     old = [r for r in rows if r.label is not None and r.label_from_old_kiln]
     if old:

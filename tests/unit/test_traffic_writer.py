@@ -267,7 +267,7 @@ def test_no_temporary_files_remain(tmp_path: Path) -> None:
 
 def test_a_row_of_the_wrong_width_is_refused_at_once(tmp_path: Path) -> None:
     with TrafficLogger(tmp_path, settings()) as logger:
-        with pytest.raises(ValueError, match="a traffic row has 13 fields"):
+        with pytest.raises(ValueError, match="a traffic row has 16 fields"):
             logger.log_row(("req-1", DAY2, "digits"))
         assert logger.log_row(record_row(record(1)))
     assert read_all(tmp_path)["request_id"].to_list() == ["req-1"]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.serving.messages import Feedback, TrafficEvent
+from kiln.text import TEXT_INPUT
 from kiln.traffic import (
     STATUS_OK,
     FeedbackWriter,
@@ -39,9 +40,19 @@ def traffic_row(event: TrafficEvent, now_ns: int, keep_input: bool = True) -> tu
     `TrafficLogger.log_row`). The first input (unless `keep_input` is False) and the first
     output are logged (Kiln's models have one of each); `route` is the event's (primary,
     canary or shadow).
+
+    A text request (a BYTES input named `text`) logs its strings instead of a numeric input
+    (the array as received, decoded on the writer thread; dropped like an input when
+    `keep_input` is False), and the per-string token and unknown-token counts the serving core
+    put on the response (`InferResponse.text_stats`), always. A pre-tokenised request logs its
+    `input_ids` as the input, as any model's first input, and its counts.
     """
     request, response, error, timings = event.request, event.response, event.error, event.timings
     inputs = request.inputs
+    text = inputs.get(TEXT_INPUT)
+    if text is not None and text.dtype.kind not in "OSU":  # a numeric tensor named "text"
+        text = None
+    stats = response.text_stats if response is not None else None
     return (
         (response.id if response is not None else "") or request.id or uuid.uuid4().hex,
         (now_ns - event.total_ns) // 1000,
@@ -51,11 +62,14 @@ def traffic_row(event: TrafficEvent, now_ns: int, keep_input: bool = True) -> tu
         STATUS_OK if error is None else error.code.value,
         str(event.route),
         str(request.transport),
-        next(iter(inputs.values())) if inputs and keep_input else None,
+        next(iter(inputs.values())) if inputs and keep_input and text is None else None,
         next(iter(response.outputs.values()), None) if response is not None else None,
         timings.queue_ns // 1000 if timings is not None else None,
         timings.batch_size if timings is not None else None,
         error.message if error is not None else None,
+        text if keep_input else None,
+        stats.tokens if stats is not None else None,
+        stats.unknown if stats is not None else None,
     )
 
 

@@ -31,7 +31,8 @@ class TrafficSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KILN_TRAFFIC_", extra="ignore")
 
     input_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
-    """Fraction of requests whose input tensor is logged (drift needs some); 0 logs none.
+    """Fraction of requests whose input tensor (a text model's strings) is logged (drift needs
+    some); 0 logs none. A text model's token counts are always logged.
     Everything else about a request (output, latency, status) is always logged."""
 
     flush_rows: int = Field(default=10_000, ge=1)
@@ -74,13 +75,14 @@ class TrafficLogger:
         """Buffer one request; False when it was dropped (buffer full or logger closed).
         Its input is kept or not by `input_sample_rate`."""
         row = record_row(record)
-        if row[_INPUT] is not None and not self.keep_input():
-            row = (*row[:_INPUT], None, *row[_INPUT + 1 :])
+        if (row[_INPUT] is not None or row[_TEXTS] is not None) and not self.keep_input():
+            row = tuple(None if i in (_INPUT, _TEXTS) else v for i, v in enumerate(row))
         return self._writer.put(row)
 
     def keep_input(self) -> bool:
-        """Whether the next request's input is to be logged (`input_sample_rate`): callers of
-        `log_row` ask before making the row, so that an input not logged is not held."""
+        """Whether the next request's input (its tensor, or a text model's strings) is to be
+        logged (`input_sample_rate`): callers of `log_row` ask before making the row, so that
+        an input not logged is not held."""
         rate = self._sample_rate
         return rate >= 1.0 or (rate > 0.0 and self._draw() < rate)
 
@@ -138,3 +140,4 @@ class TrafficLogger:
 _DAY = "__kiln_day"
 _WIDTH = len(TrafficColumns._fields)
 _INPUT = TrafficColumns._fields.index("input")
+_TEXTS = TrafficColumns._fields.index("texts")

@@ -44,6 +44,13 @@ class TrafficRecord:
     queue_us: int | None = None
     batch_size: int | None = None
     error: str | None = None
+    texts: npt.NDArray[Any] | Sequence[str] | None = None
+    """A text model's input strings (str, or UTF-8 bytes as a BYTES tensor carries them: the
+    writer thread decodes them); None when not logged or not a text request."""
+    text_tokens: npt.NDArray[Any] | Sequence[int] | None = None
+    """Tokens per string after truncation (text models only)."""
+    text_unknown: npt.NDArray[Any] | Sequence[int] | None = None
+    """Unknown tokens per string (text models only)."""
 
 
 def predictions_and_confidences(
@@ -80,6 +87,9 @@ class TrafficColumns(NamedTuple):
     queue_us: Sequence[int | None]
     batch_size: Sequence[int | None]
     error: Sequence[str | None]
+    texts: Sequence[npt.NDArray[Any] | Sequence[str] | None]
+    text_tokens: Sequence[npt.NDArray[Any] | Sequence[int] | None]
+    text_unknown: Sequence[npt.NDArray[Any] | Sequence[int] | None]
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[Any, ...]]) -> TrafficColumns:
@@ -199,6 +209,33 @@ def _shape_column(arrays: Sequence[npt.NDArray[Any] | None]) -> pa.Array:
     )
 
 
+def _as_str(value: Any) -> str:
+    # The server validated BYTES strings as UTF-8 already; a caller that logs other bytes
+    # still gets its row written, with U+FFFD where the bytes were not UTF-8.
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _text_column(texts: Sequence[npt.NDArray[Any] | Sequence[str] | None]) -> pa.Array:
+    """The strings of each request as a list of strings (null where None). Only text
+    requests carry any, so a flush of other models' rows costs one scan for None."""
+    if all(t is None for t in texts):
+        return pa.nulls(len(texts), pa.large_list(pa.large_string()))
+    rows = [
+        None if t is None else [_as_str(v) for v in np.asarray(t, dtype=object).reshape(-1)]
+        for t in texts
+    ]
+    return pa.array(rows, pa.large_list(pa.large_string()))
+
+
+def _count_column(counts: Sequence[npt.NDArray[Any] | Sequence[int] | None]) -> pa.Array:
+    """Per-string token counts as a list of int32 per request (null where None)."""
+    if all(c is None for c in counts):
+        return pa.nulls(len(counts), pa.large_list(pa.int32()))
+    return _list_column([None if c is None else np.asarray(c) for c in counts], np.int32)
+
+
 def columns_to_frame(columns: TrafficColumns) -> pl.DataFrame:
     """The requests of `columns` in `TRAFFIC_SCHEMA`, built column by column through Arrow
     (a Python list per row would cost milliseconds per thousand rows)."""
@@ -224,6 +261,9 @@ def columns_to_frame(columns: TrafficColumns) -> pl.DataFrame:
         "batch_size": pa.array(c.batch_size, pa.int64()),
         "status": pa.array(c.status, pa.large_string()),
         "error": pa.array(c.error, pa.large_string()),
+        "texts": _text_column(c.texts),
+        "text_tokens": _count_column(c.text_tokens),
+        "text_unknown": _count_column(c.text_unknown),
     }
     frame = pl.from_arrow(pa.table(arrays))
     assert isinstance(frame, pl.DataFrame)

@@ -32,7 +32,7 @@ class Transport(StrEnum):
 STATUS_OK = "ok"
 """`status` of a request that was answered; failures carry their `ErrorCode` value instead."""
 
-TRAFFIC_SCHEMA = pl.Schema(
+TRAFFIC_SCHEMA_V1 = pl.Schema(
     {
         "request_id": pl.String(),
         "timestamp": pl.Datetime("us", "UTC"),  # when the request was received
@@ -53,6 +53,22 @@ TRAFFIC_SCHEMA = pl.Schema(
         "error": pl.String(),  # the error message the client received; null on success
     }
 )
+"""The traffic columns before text models: files of older writers have exactly these; readers
+take them as rows whose text columns are null (as any model's but a text model's are)."""
+
+TRAFFIC_SCHEMA = pl.Schema(
+    {
+        **TRAFFIC_SCHEMA_V1,
+        # Text models only; null for other models:
+        "texts": pl.List(pl.String()),  # the request's strings; null when not logged
+        "text_tokens": pl.List(pl.Int32()),  # tokens per string after truncation
+        "text_unknown": pl.List(pl.Int32()),  # unknown tokens per string
+    }
+)
+TEXT_COLUMNS = ("texts", "text_tokens", "text_unknown")
+"""The traffic columns of text requests. `texts` is kept or dropped with the numeric input (the
+input sample rate); the token counts are always logged for a text model, one entry per string
+of the request (pre-tokenised requests too: from their masks)."""
 
 FEEDBACK_SCHEMA_V1 = pl.Schema(
     {
