@@ -1,0 +1,211 @@
+"""Serving strings: a text version answers a BYTES tensor of UTF-8 strings, tokenised by the
+server with the version's own tokenizer, exactly as the in-process engine answers the same
+texts tokenised in-process; pre-tokenised INT64 inputs are answered too; a hot swap under
+load moves model and tokenizer together with no failed request.
+
+Every call goes through a real `kiln serve` stack (`grpc_harness.running_server`) and the
+stock `tritonclient.grpc` client.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+import kiln.registry
+from kiln.errors import ArtifactNotFound
+from kiln.settings import Settings
+from tests.conftest import wait_until
+from tests.integration.grpc_harness import running_server
+from tests.integration.text_serving_models import (
+    engine_logits,
+    register_text_version,
+    tokenizer,
+)
+
+TEXTS = [
+    "smart",
+    "a gripping, beautifully acted film with a sharp script",
+    "the plot drags and the jokes fall flat, dull, predictable and far too long, a mess",
+    "ünïcödé and emoji 🎬 are fine too",
+]
+"""Strings of very different lengths (the third is longer than max_length tokens)."""
+
+
+def _text_input(texts: list[str], shape: list[int] | None = None) -> triton.InferInput:
+    tensor = triton.InferInput("text", shape or [len(texts)], "BYTES")
+    array = np.array([t.encode() for t in texts], dtype=object)
+    tensor.set_data_from_numpy(array.reshape(shape or [len(texts)]))
+    return tensor
+
+
+@pytest.fixture
+def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    text_tokenizer = tokenizer()
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register_text_version(registry, tmp_path, "reviews", text_tokenizer, seed=1)
+    with running_server(home, models=("reviews",)) as server:
+        yield server, text_tokenizer
+
+
+def test_strings_are_answered_as_the_engine_answers_their_tokens(served) -> None:  # type: ignore[no-untyped-def]
+    server, text_tokenizer = served
+    with server.client() as client:
+        result = client.infer("reviews", [_text_input(TEXTS)])
+        single = [client.infer("reviews", [_text_input([t])]).as_numpy("logits") for t in TEXTS]
+    expected = engine_logits(server.registry, "reviews", 1, text_tokenizer, TEXTS)
+    assert result.get_response().model_version == "1"
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-5)
+    # Padding to the batch's longest changes no row's answer (the model masks it).
+    np.testing.assert_allclose(np.concatenate(single), expected, atol=1e-5)
+    stats = server.traffic[0].response.text_stats
+    encoded = text_tokenizer.encode(TEXTS)
+    np.testing.assert_array_equal(stats.tokens, encoded.lengths)
+    np.testing.assert_array_equal(stats.unknown, encoded.unknown)
+    np.testing.assert_array_equal(stats.truncated, encoded.truncated)
+    assert stats.truncated[2] and not stats.truncated[0]
+    assert stats.tokens[2] == text_tokenizer.max_length
+
+
+def test_column_shaped_strings_and_typed_bytes_contents_are_answered(served) -> None:  # type: ignore[no-untyped-def]
+    server, text_tokenizer = served
+    expected = engine_logits(server.registry, "reviews", 1, text_tokenizer, TEXTS)
+    with server.client() as client:
+        column = client.infer("reviews", [_text_input(TEXTS, [len(TEXTS), 1])])
+    np.testing.assert_allclose(column.as_numpy("logits"), expected, atol=1e-5)
+
+    # tritonclient always sends raw contents; a KServe v2 client may send typed ones instead.
+    request = service_pb2.ModelInferRequest(model_name="reviews")
+    tensor = request.inputs.add(name="text", datatype="BYTES", shape=[len(TEXTS)])
+    tensor.contents.bytes_contents.extend(t.encode() for t in TEXTS)
+    with grpc.insecure_channel(server.url) as channel:
+        response = service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
+    logits = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(len(TEXTS), 2)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+
+
+def test_pre_tokenised_inputs_are_answered_and_counted(served) -> None:  # type: ignore[no-untyped-def]
+    server, text_tokenizer = served
+    encoded = text_tokenizer.encode(TEXTS)
+    inputs = []
+    for name, array in encoded.inputs().items():
+        tensor = triton.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    with server.client() as client:
+        result = client.infer("reviews", inputs)
+    expected = engine_logits(server.registry, "reviews", 1, text_tokenizer, TEXTS)
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-5)
+    stats = server.traffic[0].response.text_stats
+    np.testing.assert_array_equal(stats.tokens, encoded.lengths)
+    np.testing.assert_array_equal(stats.unknown, encoded.unknown)
+    assert not stats.truncated.any()  # the server cannot know what the client cut
+
+
+def test_metadata_and_config_describe_the_string_input(served) -> None:  # type: ignore[no-untyped-def]
+    server, text_tokenizer = served
+    with server.client() as client:
+        metadata = client.get_model_metadata("reviews", as_json=True)
+        config = client.get_model_config("reviews", as_json=True)["config"]
+    assert metadata["inputs"] == [
+        {"name": "text", "datatype": "BYTES", "shape": ["-1"]},
+        {"name": "input_ids", "datatype": "INT64", "shape": ["-1", "-1"]},
+        {"name": "attention_mask", "datatype": "INT64", "shape": ["-1", "-1"]},
+    ]
+    assert [(i["name"], i["data_type"], i.get("optional")) for i in config["input"]] == [
+        ("text", "TYPE_STRING", True),
+        ("input_ids", "TYPE_INT64", True),
+        ("attention_mask", "TYPE_INT64", True),
+    ]
+    parameters = {k: v["string_value"] for k, v in config["parameters"].items()}
+    assert parameters["tokenizer_sha256"] == text_tokenizer.sha256
+    assert parameters["max_length"] == str(text_tokenizer.max_length)
+    assert parameters["max_text_bytes"] == str(64 * 1024)
+    assert "truncated" in parameters["note"]
+
+
+def test_a_text_version_without_its_tokenizer_is_not_served(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register_text_version(
+            registry, tmp_path, "reviews", tokenizer(), seed=1, with_tokenizer=False
+        )
+    with (
+        pytest.raises(
+            ArtifactNotFound, match=r"reviews:1 is a text model .* no tokenizer artifact"
+        ),
+        running_server(home, models=("reviews",)),
+    ):
+        pass
+
+
+CLIENTS = 4
+MAX_REQUESTS = 3000
+"""Per client: the load is bounded even if the swap never came."""
+
+
+def test_a_hot_swap_under_load_changes_model_and_tokenizer_together(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first, second = tokenizer("bpe", 200, 16), tokenizer("wordpiece", 300, 12)
+    assert first.sha256 != second.sha256
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register_text_version(registry, tmp_path, "reviews", first, seed=1)
+        register_text_version(registry, tmp_path, "reviews", second, seed=2, alias=None)
+        expected = {
+            "1": engine_logits(registry, "reviews", 1, first, TEXTS),
+            "2": engine_logits(registry, "reviews", 2, second, TEXTS),
+        }
+    assert not np.allclose(expected["1"], expected["2"])
+    answers: list[list[tuple[str, np.ndarray]]] = [[] for _ in range(CLIENTS)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    with running_server(home, models=("reviews",), poll_interval_s=0.05) as server:
+
+        def send(client_index: int) -> None:
+            with server.client() as client:
+                for _ in range(MAX_REQUESTS):
+                    if stop.is_set():
+                        return
+                    try:
+                        result = client.infer("reviews", [_text_input(TEXTS)])
+                    except Exception as exc:
+                        with lock:
+                            errors.append(exc)
+                        continue
+                    version = result.get_response().model_version
+                    with lock:
+                        answers[client_index].append((version, result.as_numpy("logits")))
+
+        def seen(version: str) -> int:
+            with lock:
+                return sum(1 for own in answers for v, _ in own if v == version)
+
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(CLIENTS)]
+        for thread in threads:
+            thread.start()
+        try:
+            assert wait_until(lambda: seen("1") >= 50, 60, 0.02)
+            server.registry.promote("reviews:2", "production", gates=[], reason="swap test")
+            assert wait_until(lambda: seen("2") >= 50, 60, 0.02)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(60)
+
+    assert errors == []
+    assert {v for own in answers for v, _ in own} == {"1", "2"}
+    for own in answers:
+        versions = [v for v, _ in own]
+        # Each client saw the version change once, from 1 to 2, never back.
+        assert versions == sorted(versions)
+        for version, logits in own:
+            np.testing.assert_allclose(logits, expected[version], atol=1e-5)
