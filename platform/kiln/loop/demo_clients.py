@@ -10,7 +10,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,6 +20,16 @@ from kiln.errors import FailedPrecondition
 
 MODEL = "digits"
 """The model the demo registers, serves and retrains."""
+TEXT_MODEL = "reviews"
+"""The model `kiln demo --task text` registers, serves and retrains."""
+
+
+class Classifying(Protocol):
+    """A client of the demo: one sample in, (request id, served version, class) out."""
+
+    def classify(self, x: np.ndarray) -> tuple[str, int, int]: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -40,16 +52,21 @@ class Phase:
         return self.correct / self.total if self.total else float("nan")
 
 
+def _tritonclient() -> object:
+    try:
+        import tritonclient.grpc as triton
+    except ImportError as exc:  # the demo's own dependency, not the platform's
+        raise FailedPrecondition(
+            "kiln demo sends traffic with tritonclient: pip install 'tritonclient[grpc]'"
+        ) from exc
+    return triton
+
+
 class Client:
     """Stock tritonclient over gRPC, one sample per request, client-chosen request ids."""
 
     def __init__(self, url: str) -> None:
-        try:
-            import tritonclient.grpc as triton
-        except ImportError as exc:  # the demo's own dependency, not the platform's
-            raise FailedPrecondition(
-                "kiln demo sends traffic with tritonclient: pip install 'tritonclient[grpc]'"
-            ) from exc
+        triton: Any = _tritonclient()
         self._triton = triton
         self._client = triton.InferenceServerClient(url)
 
@@ -66,7 +83,31 @@ class Client:
         self._client.close()
 
 
-def send(client: Client, phase: Phase, x: np.ndarray, y: np.ndarray,
+class TextClient:
+    """Stock tritonclient sending one review per request as a BYTES tensor of UTF-8 text: the
+    server tokenises it with the serving version's own tokenizer."""
+
+    def __init__(self, url: str) -> None:
+        triton: Any = _tritonclient()
+        self._triton = triton
+        self._client = triton.InferenceServerClient(url)
+
+    def classify(self, x: np.ndarray) -> tuple[str, int, int]:
+        """(request id, served version, predicted class) for one text (an object array of
+        one string, any shape)."""
+        texts = np.asarray([str(t).encode("utf-8") for t in np.ravel(x)], dtype=object)
+        tensor = self._triton.InferInput("text", [len(texts)], "BYTES")
+        tensor.set_data_from_numpy(texts)
+        request_id = uuid.uuid4().hex
+        result = self._client.infer(TEXT_MODEL, [tensor], request_id=request_id)
+        response = result.get_response()
+        return request_id, int(response.model_version), int(result.as_numpy("logits").argmax())
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def send(client: Classifying, phase: Phase, x: np.ndarray, y: np.ndarray,
          labels: list[tuple[str, int]]) -> None:  # fmt: skip
     """Send every sample; record accuracy, served versions and (id, true label) pairs."""
     phase.started = time.time()
@@ -86,8 +127,15 @@ def send(client: Client, phase: Phase, x: np.ndarray, y: np.ndarray,
 class BackgroundLoad:
     """Clients that keep sending while the alias moves: the zero-downtime claim, measured."""
 
-    def __init__(self, url: str, x: np.ndarray, threads: int = 2) -> None:
+    def __init__(
+        self,
+        url: str,
+        x: np.ndarray,
+        threads: int = 2,
+        client: Callable[[str], Classifying] = Client,
+    ) -> None:
         self._x = x
+        self._client = client
         self._stop = threading.Event()
         self.versions_seen: set[int] = set()
         self.sent = 0
@@ -96,7 +144,7 @@ class BackgroundLoad:
         self._threads = [threading.Thread(target=self._run, args=(url, i)) for i in range(threads)]
 
     def _run(self, url: str, offset: int) -> None:
-        client = Client(url)
+        client = self._client(url)
         i = offset
         while not self._stop.is_set():
             try:
