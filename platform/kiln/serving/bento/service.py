@@ -15,6 +15,8 @@ decorators need the batch limits then:
 - `KILN_BENTO_MAX_BODY_BYTES` (16 MiB), `KILN_BENTO_MAX_IMAGE_PIXELS` (4096x4096),
   `KILN_BENTO_IMAGE_THREADS` (2): what one request may cost (413 / 400 beyond).
 
+`/classify_texts` answers a text model's strings (`{"texts": [...]}`), tokenised by the
+served version's own tokenizer in the core's text stage; `/predict` refuses a text model.
 `/predict` answers a classification model with the class (`prediction`, `label`, `scores`)
 and a regression model with its predicted values (`prediction`, a list, and the `output` they
 come from). It takes one input array: a model with several inputs is refused per request
@@ -59,6 +61,7 @@ from kiln.serving.bento.errors import to_http
 from kiln.serving.bento.images import PILLOW_MAX_PIXELS, ImageDecoder
 from kiln.serving.bento.middleware import BodyLimit, RetryHint
 from kiln.serving.bento.source import ModelSource, open_source
+from kiln.serving.bento.texts import TEXT_MODEL, TextBatch
 from kiln.serving.core import ServingCore
 from kiln.serving.messages import Feedback, InferRequest, InferResponse, TrafficEvent
 from kiln.serving.settings import ServingSettings
@@ -200,7 +203,11 @@ class KilnService:
             return
         if len(description.inputs) != 1:
             # Refused per request, not at startup: the alias may move to a one-input version.
-            reason = one_input_only(self.name, [s.name for s in description.inputs])
+            reason = (
+                TEXT_MODEL.format(self.name)
+                if description.parameters.get("text_input")
+                else one_input_only(self.name, [s.name for s in description.inputs])
+            )
             log.warning("kiln: %s", reason)
             CONTRACT.refuse(reason)
             return
@@ -212,17 +219,25 @@ class KilnService:
             tuple(spec.shape[1:]), spec.dtype, SETTINGS.max_batch_size, spec.name, validator
         )
 
-    async def _answer(self, inputs: np.ndarray, model: str = "", version: str = "") -> list[Answer]:
+    async def _answer(
+        self, inputs: np.ndarray | TextBatch, model: str = "", version: str = ""
+    ) -> list[Answer]:
         name = model or self.name
         received = time.perf_counter_ns()
         request = InferRequest(
             model=name, version=version, inputs={}, id=uuid.uuid4().hex, transport="http"
         )
         try:
-            specs = self.core.resolve(name, version).description.inputs
-            if len(specs) != 1:
-                raise InvalidArgument(one_input_only(name, [s.name for s in specs]))
-            request.inputs = {specs[0].name: CONTRACT.check(inputs)}
+            loaded = self.core.resolve(name, version)
+            if isinstance(inputs, TextBatch):
+                request.inputs = inputs.feed(loaded)
+            else:
+                specs = loaded.description.inputs
+                if loaded.text is not None:
+                    raise InvalidArgument(TEXT_MODEL.format(name))
+                if len(specs) != 1:
+                    raise InvalidArgument(one_input_only(name, [s.name for s in specs]))
+                request.inputs = {specs[0].name: CONTRACT.check(inputs)}
             response = await self.core.infer(request)
         except KilnError as exc:
             if self.sink is not None:
@@ -329,6 +344,15 @@ class KilnService:
     ) -> list[Answer]:
         """Like `predict`, for a chosen model and loaded version (`version` "" = the default)."""
         return await self._answer(inputs, model, version)
+
+    @bentoml.api
+    async def classify_texts(self, texts: list[str]) -> list[Answer]:
+        """Classify a text model's strings, `{"texts": ["a fine film", ...]}`: one answer per
+        string, tokenised by the served version's own tokenizer (texts longer than its
+        max_length tokens are truncated). Empty, over-long or too many strings are a 400
+        naming the string; a model that is not a text model is a 400 saying where to send.
+        """
+        return await self._answer(TextBatch(texts, SETTINGS.max_batch_size))
 
     @bentoml.api
     async def classify_image(self, image: Path) -> Prediction:
