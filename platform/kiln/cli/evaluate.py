@@ -18,7 +18,7 @@ from kiln.settings import Settings
 
 if TYPE_CHECKING:  # the CLI starts without importing polars and numpy (kiln.evaluate does)
     from kiln.evaluate import Evaluation
-    from kiln.evaluate.drift import ValueDrift
+    from kiln.evaluate.drift import PredictionDrift, ValueDrift
 
 
 def _num(value: Any, digits: int = 4) -> str:
@@ -103,37 +103,47 @@ def evaluate(
 
 
 def render_drift(console: Console, result: Evaluation) -> None:
-    """Each served version's drift: inputs, then class mix and confidence or values."""
-    from kiln.evaluate.drift import ValueDrift
-
+    """Each served version's drift: inputs (a text version: its texts), then class mix and
+    confidence or values."""
     for d in result.drift.versions:
         inputs, preds = d.inputs, d.predictions
-        if inputs is None or preds is None:
+        if (inputs is None and d.text is None) or preds is None:
             console.print(f"version {d.version}: {d.note}")
             continue
         verdict = "[bold red]DRIFT[/]" if d.drift else "[green]stable[/]"
         console.print(f"version {d.version} drift: {verdict}")
-        if inputs.judged:
+        if d.text is not None:
+            from kiln.evaluate.text_report import text_drift_lines
+
+            for line in text_drift_lines(d.text):
+                console.print(f"  {line}", highlight=False)
+        elif inputs is not None and inputs.judged:
             top = sorted(inputs.features, key=lambda f: -f.psi)[:5]
             console.print(
                 f"  inputs ({inputs.samples} samples): moved "
                 f"{', '.join(inputs.drifted) or 'none'}; largest PSI "
                 + ", ".join(f"{f.name} {f.psi:.3f}" for f in top)
             )
-        else:
+        elif inputs is not None:
             console.print(f"  inputs: {inputs.note}")
-        if isinstance(preds, ValueDrift):
-            console.print(f"  predictions: {value_drift_line(preds)}")
-        elif preds.judged and preds.confidence is not None:
-            console.print(
-                f"  predictions: class mix PSI {_num(preds.psi, 3)}, moved "
-                f"{', '.join(preds.moved_classes) or 'none'}; confidence PSI "
-                f"{preds.confidence.psi:.3f}, mean "
-                f"{_num(preds.confidence.current_mean, 3)} vs "
-                f"{_num(preds.confidence.reference_mean, 3)} at training"
-            )
-        else:
-            console.print(f"  predictions: {preds.note}")
+        console.print(f"  predictions: {prediction_line(preds)}")
+
+
+def prediction_line(preds: PredictionDrift | ValueDrift) -> str:
+    """One line on a version's prediction drift (class mix and confidence, or values)."""
+    from kiln.evaluate.drift import ValueDrift
+
+    if isinstance(preds, ValueDrift):
+        return value_drift_line(preds)
+    if preds.judged and preds.confidence is not None:
+        return (
+            f"class mix PSI {_num(preds.psi, 3)}, moved "
+            f"{', '.join(preds.moved_classes) or 'none'}; confidence PSI "
+            f"{preds.confidence.psi:.3f}, mean "
+            f"{_num(preds.confidence.current_mean, 3)} vs "
+            f"{_num(preds.confidence.reference_mean, 3)} at training"
+        )
+    return str(preds.note)
 
 
 def render_regression(console: Console, result: Evaluation) -> None:

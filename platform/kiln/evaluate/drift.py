@@ -62,6 +62,15 @@ class DriftThresholds:
     class_z: float = 3.0
     min_samples: int = 100
     """Fewer current samples than this: drift is not judged (too noisy)."""
+    token_psi: float = 0.2
+    """A text version: token-frequency PSI (over the reference's top tokens and "other")
+    above this flags the texts' vocabulary as moved (`kiln.evaluate.text_drift`)."""
+    token_contribution: float = 0.005
+    """A text version: a token whose PSI term exceeds this (and |z| > `class_z`) is named as
+    one whose share moved (lower than `class_contribution`: the PSI spreads over 201 shares)."""
+    unknown_rate_increase: float = 0.005
+    """A text version: an unknown-token rate this much above the reference's (a share of
+    tokens: 0.005 is one token in 200), and significantly so (|z| > `class_z`), flags it."""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)

@@ -123,7 +123,9 @@ def evaluate_traffic(
         feedback_labels_invalid=invalid_feedback,
         inputs=_sum_counts(d.inputs.skipped for d in judged if d.inputs is not None),
         predictions_for_drift=sum(
-            d.predictions.skipped for d in judged if isinstance(d.predictions, PredictionDrift)
+            d.predictions.skipped
+            for d in drift.versions
+            if isinstance(d.predictions, PredictionDrift)
         ),
     )
     regression, valued = None, 0

@@ -4,9 +4,13 @@ version's config."""
 
 from __future__ import annotations
 
-from kiln.errors import ModelNotFound
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import ArtifactNotFound, KilnError, ModelNotFound
 from kiln.evaluate.version_info import VersionInfo
-from kiln.registry import Registry
+from kiln.registry import ArtifactKind, Registry
 from kiln.traffic.labels import CLASSIFICATION, REGRESSION
 
 
@@ -16,15 +20,38 @@ def version_infos(registry: Registry, model: str) -> dict[int, VersionInfo]:
         versions = registry.list_versions(model)
     except ModelNotFound:
         return {}
-    return {
-        v.version: VersionInfo(
+    infos = {}
+    for v in versions:
+        tokenizer, problem = None, None
+        if v.config.get("text"):
+            try:
+                tokenizer = tokenizer_file(registry, model, v.version, v.config)
+            except KilnError as exc:  # drift then goes without token frequencies, saying why
+                problem = str(exc)
+        infos[v.version] = VersionInfo(
             version=v.version,
             class_names=[str(c) for c in v.config.get("class_names") or []],
             reference=dict(v.config.get("reference") or {}),
             task=str(v.config.get("task") or CLASSIFICATION),
+            tokenizer=tokenizer,
+            tokenizer_problem=problem,
         )
-        for v in versions
-    }
+    return infos
+
+
+def tokenizer_file(registry: Registry, name: str, version: int, config: Mapping[str, Any]) -> Path:
+    """The file of a text version's tokenizer: its `tokenizer` artifact whose sha256 the
+    config records (`text.sha256`), else its latest, verified. Raises `ArtifactNotFound` when
+    it has none, `ArtifactCorrupted` when its bytes changed."""
+    found = registry.artifacts(name, version, ArtifactKind.TOKENIZER)
+    recorded = (config.get("text") or {}).get("sha256")
+    matching = [a for a in found if a.sha256 == recorded] or found
+    if not matching:
+        raise ArtifactNotFound(
+            f"{name}:{version} is a text model but has no tokenizer artifact "
+            "(kiln models show shows its artifacts)"
+        )
+    return registry.artifact_file(matching[-1])
 
 
 def model_classes(registry: Registry, model: str) -> int | None:

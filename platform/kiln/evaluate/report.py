@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kiln.evaluate.drift import CategoricalDrift, FeatureDrift, ValueDrift
+from kiln.evaluate.drift import CategoricalDrift, DriftThresholds, FeatureDrift, ValueDrift
 from kiln.evaluate.page import (
     fmt,
     image,
@@ -21,6 +21,7 @@ from kiln.evaluate.page import (
 )
 from kiln.evaluate.regression_report import regression_sections, value_drift_paragraph
 from kiln.evaluate.results import Confusion, Evaluation, SkippedRows, VersionDrift
+from kiln.evaluate.text_report import text_sections
 
 __all__ = ["image", "page", "png", "render_html", "table", "write_page", "write_report"]
 
@@ -115,7 +116,7 @@ def render_html(report: Evaluation) -> str:
     threshold = report.drift.thresholds.psi
     parts.append(f"<h2>Drift (PSI threshold {threshold})</h2>")
     for d in report.drift.versions:
-        parts += _drift_section(d, threshold)
+        parts += _drift_section(d, report.drift.thresholds)
     parts += [
         "<h2>Latency</h2>",
         table(
@@ -167,12 +168,15 @@ def _accuracy_sections(report: Evaluation) -> list[str]:
     ]
 
 
-def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
+def _drift_section(d: VersionDrift, thresholds: DriftThresholds) -> list[str]:
+    threshold = thresholds.psi
     parts = [f"<h3>Version {d.version}</h3>"]
     inputs, preds = d.inputs, d.predictions
-    if inputs is None or preds is None:
+    if (inputs is None and d.text is None) or preds is None:
         return [*parts, f"<p>{html.escape(d.note or '')}</p>"]
-    if inputs.judged:
+    if d.text is not None:
+        parts += text_sections(d.text, d.version, thresholds)
+    elif inputs is not None and inputs.judged:
         moved = ", ".join(inputs.drifted) or "none"
         parts += [
             f"<p>{inputs.samples} input samples; features that moved: "
@@ -196,7 +200,7 @@ def _drift_section(d: VersionDrift, threshold: float) -> list[str]:
             ),
             *_categories(inputs.features),
         ]
-    else:
+    elif inputs is not None:
         parts.append(f"<p>Inputs: {html.escape(inputs.note or '')}</p>")
     if isinstance(preds, ValueDrift):
         return [*parts, value_drift_paragraph(preds)]

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from kiln.evaluate.drift import DriftThresholds, InputDrift, PredictionDrift, ValueDrift
+from kiln.evaluate.text_drift import TextDrift
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,14 @@ class VersionDrift:
     inputs: InputDrift | None = None
     predictions: PredictionDrift | ValueDrift | None = None
     """Class mix and confidence of a classifier; predicted values of a regressor."""
+    text: TextDrift | None = None
+    """A text version's texts (length, unknown tokens, token frequencies); its `inputs` are
+    None (a text has no numeric input features)."""
 
     def to_dict(self) -> dict[str, Any]:
         head = {"version": self.version, "drift": self.drift}
+        if self.text is not None and self.predictions is not None:
+            return head | {"text": self.text.to_dict(), "predictions": self.predictions.to_dict()}
         if self.inputs is None or self.predictions is None:
             return head | {"note": self.note}
         return head | {"inputs": self.inputs.to_dict(), "predictions": self.predictions.to_dict()}

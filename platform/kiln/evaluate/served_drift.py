@@ -4,7 +4,9 @@ Input drift looks at a deterministic sample of the logged inputs (at most `sampl
 requests, evenly spread over the window) so that its cost does not grow with the log;
 prediction shares count every answered request. A classifier's answers are judged by class
 mix and confidence, a regressor's by the distribution of its predicted values
-(`reference["predictions"]["value"]`).
+(`reference["predictions"]["value"]`). A text version (its reference has `text`) is judged by
+its texts instead of input features (`kiln.evaluate.served_text`), from the same kind of
+sample of its requests.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from kiln.evaluate.drift import (
 )
 from kiln.evaluate.regression import one_sample_value
 from kiln.evaluate.results import DriftReport, VersionDrift
+from kiln.evaluate.served_text import TEXT_ROW_COLUMNS, version_text_drift
 from kiln.evaluate.version_info import VersionInfo
 from kiln.traffic import Scan
 from kiln.traffic.validity import index_below, input_problem
@@ -69,10 +72,17 @@ def served_drift(
         engine="streaming"
     )
     value_df = _served_values(traffic, counts, versions, sample_size)
+    text_df = _served_texts(traffic, counts, versions, sample_size)
     results: list[VersionDrift] = []
     for v in served:
         info = versions.get(v)
         reference = info.reference if info else {}
+        if info is not None and info.text and reference.get("predictions"):
+            text = version_text_drift(text_df.filter(pl.col("version") == v), info, t)
+            answers = _prediction_drift(class_df, conf_df, v, info, reference, t)
+            drifted = bool(text.drift or answers.drifted)
+            results.append(VersionDrift(v, drifted, text=text, predictions=answers))
+            continue
         if not reference.get("inputs") or not reference.get("predictions"):
             note = (
                 f"version {v} has no reference profile (it was not trained by this Kiln, or "
@@ -121,6 +131,21 @@ def _served_values(
         .filter(pl.col("value").is_finite())
     )
     return every(values, answered, sample_size).collect(engine="streaming")
+
+
+def _served_texts(
+    traffic: Scan, counts: pl.DataFrame, versions: Mapping[int, VersionInfo], sample_size: int
+) -> pl.DataFrame:
+    """A sample (`sample_size` requests at most, evenly spread) of the text versions' rows
+    among `counts` that logged token counts (every request a text version answered)."""
+    served = counts["version"].drop_nulls().unique().to_list()
+    texts = [v for v in served if (info := versions.get(v)) is not None and info.text]
+    if not texts:
+        return traffic.frame.select(TEXT_ROW_COLUMNS).clear().collect()
+    mine = pl.col("version").is_in(texts)
+    rows = int(counts.filter(mine)["requests"].sum())
+    frame = traffic.frame.filter(mine & pl.col("text_tokens").is_not_null())
+    return every(frame.select(TEXT_ROW_COLUMNS), rows, sample_size).collect(engine="streaming")
 
 
 def _prediction_drift(

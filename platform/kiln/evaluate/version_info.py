@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kiln.traffic.labels import CLASSIFICATION, REGRESSION
@@ -19,6 +20,15 @@ class VersionInfo:
     """The version's class count when known otherwise than by its names (its output width)."""
     task: str = CLASSIFICATION
     """"classification" or "regression" (`config["task"]`; absent means classification)."""
+    tokenizer: Path | None = None
+    """A text version's tokenizer file (its verified `tokenizer` artifact); None for other
+    versions, or when it could not be read (`tokenizer_problem` says why)."""
+    tokenizer_problem: str | None = None
+
+    @property
+    def text(self) -> bool:
+        """A text version with a text reference profile (`kiln.text.profile`)."""
+        return bool(self.reference.get("text"))
 
     @property
     def regression(self) -> bool:
