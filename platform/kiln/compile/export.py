@@ -183,7 +183,7 @@ def export_onnx(
         raise EngineBuildFailed(
             f"the exported ONNX model does not pass onnx.checker: {exc}"
         ) from exc
-    _require_dynamic_batch(model, signature)
+    _require_dynamic_axes(model, signature)
     onnx.helper.set_model_props(
         model, {SIGNATURE_METADATA_KEY: json.dumps(signature.to_dict(), sort_keys=True)}
     )
@@ -191,16 +191,38 @@ def export_onnx(
     return model
 
 
-def _require_dynamic_batch(model: onnx.ModelProto, signature: Signature) -> None:
-    specs = {s.name: s for s in signature.inputs}
-    for graph_input in model.graph.input:
-        spec = specs.get(graph_input.name)
-        if spec is None or not spec.shape or spec.shape[0] != DYNAMIC:
+def dynamic_axes(model: onnx.ModelProto) -> dict[str, tuple[bool, ...]]:
+    """Per graph input, whether each axis is dynamic (a named or unknown size, not a number)."""
+    return {
+        graph_input.name: tuple(
+            not dim.HasField("dim_value") for dim in graph_input.type.tensor_type.shape.dim
+        )
+        for graph_input in model.graph.input
+    }
+
+
+def _require_dynamic_axes(model: onnx.ModelProto, signature: Signature) -> None:
+    """Every axis the signature calls dynamic must be dynamic in the graph: the batch axis,
+    and a text model's sequence axis (a model that fixed it takes one length only)."""
+    found = dynamic_axes(model)
+    for spec in signature.inputs:
+        dims = found.get(spec.name)
+        if dims is None or not spec.shape:
             continue
-        dims = graph_input.type.tensor_type.shape.dim
-        if not dims or dims[0].HasField("dim_value"):
+        if spec.shape[0] == DYNAMIC and (not dims or not dims[0]):
             raise EngineBuildFailed(
-                f"the exported ONNX model fixed the batch size of input '{graph_input.name}'; "
+                f"the exported ONNX model fixed the batch size of input '{spec.name}'; "
                 "the model's forward() must not depend on the batch size (e.g. a reshape to a "
                 "constant batch): use x.flatten(1) or x.reshape(x.shape[0], -1)"
+            )
+        fixed = [
+            axis
+            for axis, size in enumerate(spec.shape[1:], start=1)
+            if size == DYNAMIC and axis < len(dims) and not dims[axis]
+        ]
+        if fixed:
+            raise EngineBuildFailed(
+                f"the exported ONNX model fixed axis {fixed[0]} of input '{spec.name}', which "
+                "the signature declares dynamic (a sequence length); forward() must not depend "
+                "on that size: take it from the tensor (x.shape[1]) rather than a constant"
             )

@@ -4,7 +4,8 @@ A version that records a data set (every trained version; a registered one given
 `--dataset`) is judged on that data set's test split, reloaded with the recorded split, and
 calibrated on its training split. A registered version without one has no real held-out data:
 its engines are judged on inputs drawn from the signature alone (`kiln.sources.tensors`), and
-the compile report says so.
+the compile report says so. A text version's texts are tokenised by its own tokenizer, each
+split padded to its longest text (`recorded_text`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from kiln.compile.text import encode
 from kiln.data import load_recorded
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition
 from kiln.settings import Settings
 from kiln.sources.tensors import random_like
+from kiln.text import TEXT_INPUT, TextTokenizer
 from kiln_engines import Signature
 
 RANDOM_LENGTH = 6
@@ -55,6 +58,20 @@ def recorded(config: Mapping[str, Any], ref: str, input_name: str, settings: Set
             "current test split was used as held-out data"
         )
     return HeldOut({input_name: dataset.test.x}, {input_name: dataset.train.x}, notes)
+
+
+def recorded_text(
+    config: Mapping[str, Any], ref: str, tokenizer: TextTokenizer, settings: Settings
+) -> HeldOut:
+    """`recorded` for a text version: its test split's texts (held out) and training split's
+    (calibration) as `input_ids` and `attention_mask`, tokenised by `tokenizer`."""
+    found = recorded(config, ref, TEXT_INPUT, settings)
+    calibration = found.calibration
+    return HeldOut(
+        encode(tokenizer, found.inputs[TEXT_INPUT]),
+        encode(tokenizer, calibration[TEXT_INPUT]) if calibration is not None else None,
+        found.notes,
+    )
 
 
 def for_signature(

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from kiln.compile.export import example_inputs, export_onnx, export_program
-from kiln.compile.parity import ParityReport, check_parity, random_inputs
-from kiln.compile.performance import Performance, measure
+from kiln.compile.parity import TEXT_THRESHOLDS, ParityReport, check_parity, random_inputs
+from kiln.compile.performance import Batches, Performance, measure, tiled
 from kiln.compile.provenance import hardware
 from kiln.compile.reference import EagerEngine, reference_outputs
 from kiln.compile.targets import BUILDERS, PRECISIONS, TARGETS, BuildContext, TargetUnavailable
+from kiln.compile.text import TextModel, random_text_inputs, timing_batches
 from kiln.errors import EngineBuildFailed, InvalidArgument, KilnError, ReferenceFailed
-from kiln_engines import EngineError, Signature, load
+from kiln_engines import Engine, EngineError, Signature, load
 
 Progress = Callable[[str], None]
 
@@ -50,6 +51,9 @@ class CompileOptions:
     """Time budget per measurement (latency, throughput); 0 skips measuring."""
     cache_dir: Path | None = None
     """TensorRT's timing cache lives here (Kiln: KILN_HOME/cache)."""
+    transformer_fusions: bool = True
+    """Apply onnxruntime's transformer fusions to transformer text models (off: the plain
+    export, to compare)."""
 
     def validate(self) -> None:
         unknown = [t for t in self.targets if t not in TARGETS]
@@ -193,11 +197,39 @@ def reference_pairs(
     signature: Signature,
     held_out: Mapping[str, np.ndarray],
     options: CompileOptions,
+    text: TextModel | None = None,
 ) -> References:
-    """The held-out and random inputs parity uses, with `run`'s outputs for them."""
+    """The held-out and random inputs parity uses, with `run`'s outputs for them; a text
+    model's random inputs are token sequences its tokenizer could have produced."""
     real = _rows(held_out, options.parity_samples)
-    noise = random_inputs(signature, real, options.random_samples)
+    if text is not None:
+        noise = random_text_inputs(text, real, options.random_samples)
+    else:
+        noise = random_inputs(signature, real, options.random_samples)
     return ((real, run(real)), (noise, run(noise)))
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """What speed is measured on: batches of held-out inputs, and their sequence axis."""
+
+    batches: Batches
+    sequence_axis: int | None
+
+    @classmethod
+    def of(cls, samples: Mapping[str, np.ndarray], max_batch: int, text: bool) -> _Timing:
+        if text:
+            return cls(timing_batches(samples, max_batch), 1)
+        return cls(tiled(samples, max_batch), None)
+
+    def measure(self, engine: Engine, options: CompileOptions) -> Performance:
+        return measure(
+            engine,
+            self.batches,
+            threads=options.threads,
+            budget_s=options.measure_seconds,
+            sequence_axis=self.sequence_axis,
+        )
 
 
 def compile_module(  # noqa: PLR0913
@@ -211,14 +243,17 @@ def compile_module(  # noqa: PLR0913
     progress: Progress = lambda _: None,
     task: str = "classification",
     program: torch.export.ExportedProgram | None = None,
+    text: TextModel | None = None,
 ) -> CompileReport:
     """Build, verify and measure every requested target for `module`.
 
     `held_out` maps each input name to real samples the model was not trained on; `calibration`
     (training inputs) feeds INT8 calibration. Engine files are written under `workdir`.
     `task` decides how parity judges the outputs; `program` is the module already captured
-    (a user's exported program), else it is captured here. Raises `EngineBuildFailed` only
-    when the model cannot be captured at all; per-target problems are reported in the results.
+    (a user's exported program), else it is captured here. `text` marks a text model
+    (`kiln.compile.text`): its random inputs, timing lengths, int8 and parity thresholds
+    are a text model's. Raises `EngineBuildFailed` only when the model cannot be captured at
+    all; per-target problems are reported in the results.
     """
     options.validate()
     module = module.eval()
@@ -242,6 +277,7 @@ def compile_module(  # noqa: PLR0913
             signature,
             held_out,
             options,
+            text,
         )
     except Exception as exc:  # the user's forward() raised: say so, do not crash
         raise ReferenceFailed(
@@ -261,7 +297,7 @@ def compile_module(  # noqa: PLR0913
         except EngineBuildFailed as exc:
             onnx_error = exc.message
 
-    ctx = build_context(workdir, signature, onnx_path, options, calibration)
+    ctx = build_context(workdir, signature, onnx_path, options, calibration, text)
     ctx.module, ctx.program, ctx.example = module, program, example
     results = build_targets(targets, ctx, references, options, progress, task, onnx_error)
 
@@ -269,13 +305,8 @@ def compile_module(  # noqa: PLR0913
     if options.measure_seconds > 0 and any(r.performance for r in results):
         progress("measuring PyTorch eager for comparison")
         with EagerEngine(module, signature) as baseline:
-            eager = measure(
-                baseline,
-                references[0][0],
-                max_batch=options.max_batch,
-                threads=options.threads,
-                budget_s=options.measure_seconds,
-            )
+            timing = _Timing.of(references[0][0], options.max_batch, text is not None)
+            eager = timing.measure(baseline, options)
     return CompileReport(signature, options.precision, options.max_batch, results, eager, task=task)
 
 
@@ -285,6 +316,7 @@ def build_context(
     onnx_path: Path,
     options: CompileOptions,
     calibration: Mapping[str, np.ndarray] | None,
+    text: TextModel | None = None,
 ) -> BuildContext:
     """The builders' context without a PyTorch model (the caller adds one when it has it)."""
     return BuildContext(
@@ -301,6 +333,8 @@ def build_context(
             calibration, options.calibration_samples, min(32, options.max_batch)
         ),
         cache_dir=options.cache_dir,
+        text=text,
+        transformer_fusions=options.transformer_fusions,
     )
 
 
@@ -362,6 +396,7 @@ def _build_target(
                     references[1],
                     options.max_batch,
                     task,
+                    TEXT_THRESHOLDS if ctx.text is not None else None,
                 )
                 if not result.parity.passed:
                     result.reason = "parity failed: " + "; ".join(result.parity.failures)
@@ -369,13 +404,10 @@ def _build_target(
                     result.status = "passed"
                     if options.measure_seconds > 0:
                         progress(f"measuring {item.kind} on {item.device}")
-                        result.performance = measure(
-                            engine,
-                            references[0][0],
-                            max_batch=options.max_batch,
-                            threads=options.threads,
-                            budget_s=options.measure_seconds,
+                        timing = _Timing.of(
+                            references[0][0], options.max_batch, ctx.text is not None
                         )
+                        result.performance = timing.measure(engine, options)
         except EngineError as exc:
             result.reason = f"the built engine does not load or run: {exc}"
         results.append(result)

@@ -20,7 +20,10 @@ import torch
 from torch import nn
 
 from kiln.compile.export import export_program, quiet
+from kiln.compile.fusion import fuse_transformer
 from kiln.compile.provenance import cpu_target, gpu_target, library_versions
+from kiln.compile.quantization import quantize_dynamic_int8, quantize_static_int8
+from kiln.compile.text import TextModel
 from kiln.errors import EngineBuildFailed
 from kiln_engines import EngineOptions, Signature
 from kiln_engines.backends import aotinductor as aoti_backend
@@ -54,6 +57,10 @@ class BuildContext:
     calibration: list[dict[str, np.ndarray]] = field(default_factory=list)
     """Batches of real training inputs, for INT8 calibration."""
     cache_dir: Path | None = None
+    text: TextModel | None = None
+    """Set for a text model: what the onnxruntime builder may assume about it."""
+    transformer_fusions: bool = True
+    """Whether a transformer text model gets onnxruntime's transformer fusions."""
 
 
 @dataclass
@@ -96,8 +103,10 @@ def _opset(path: Path) -> int:
 
 
 def build_onnxruntime(ctx: BuildContext) -> list[Built]:
-    """onnxruntime's portable graph optimisations, applied offline and saved; int8 adds static
-    quantization calibrated on training inputs."""
+    """onnxruntime's portable graph optimisations, applied offline and saved. A transformer
+    text model gets onnxruntime's transformer fusions first (`kiln.compile.fusion`); int8 is
+    dynamic quantisation for a text model and static, calibrated on training inputs, for any
+    other (`kiln.compile.quantization`)."""
     if ctx.precision not in ("fp32", "int8"):
         raise TargetUnavailable(
             f"the onnxruntime target builds fp32 and int8, not {ctx.precision}; use --target "
@@ -105,9 +114,27 @@ def build_onnxruntime(ctx: BuildContext) -> list[Built]:
         )
     source = ctx.onnx_path
     build: dict[str, Any] = {"graph_optimization": "extended (offline) + layout (online)"}
+    if ctx.text is not None and ctx.text.transformer:
+        if ctx.transformer_fusions:
+            source, build["transformer_fusions"] = fuse_transformer(
+                source, ctx.workdir / "model.fused.onnx", ctx.text
+            )
+        else:
+            build["transformer_fusions"] = {"applied": False, "reason": "turned off"}
     if ctx.precision == "int8":
-        source = ctx.workdir / "model.int8.onnx"
-        build["quantization"] = _quantize_int8(ctx, source)
+        quantized = ctx.workdir / "model.int8.onnx"
+        if ctx.text is not None:
+            build["quantization"] = quantize_dynamic_int8(source, quantized)
+        elif not ctx.calibration:
+            raise TargetUnavailable(
+                "int8 needs calibration data: batches of real training inputs (a version "
+                "trained by Kiln, or registered with --dataset)"
+            )
+        else:
+            build["quantization"] = quantize_static_int8(
+                source, quantized, ctx.calibration, ctx.workdir
+            )
+        source = quantized
     dest = ctx.workdir / f"model.{ctx.precision}.ort.onnx"
     ort_backend.optimize(source, dest, _cpu_options(ctx))
     return [
@@ -121,60 +148,6 @@ def build_onnxruntime(ctx: BuildContext) -> list[Built]:
             build,
         )
     ]
-
-
-def _quantize_int8(ctx: BuildContext, dest: Path) -> dict[str, Any]:
-    """Static QDQ quantization: int8 weights per channel, uint8 activations, MinMax ranges
-    from training batches. Weights use 7 bits (reduce_range) so that int8 kernels cannot
-    saturate on CPUs without VNNI."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    if not ctx.calibration:
-        raise TargetUnavailable(
-            "int8 needs calibration data: batches of real training inputs (a version trained "
-            "by Kiln, or registered with --dataset)"
-        )
-
-    class Batches(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._batches = iter(ctx.calibration)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._batches, None)
-
-    prepared = ctx.workdir / "model.preprocessed.onnx"
-    try:
-        with quiet():
-            quant_pre_process(str(ctx.onnx_path), str(prepared))
-            quantize_static(
-                str(prepared),
-                str(dest),
-                Batches(),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-            )
-    except Exception as exc:
-        raise EngineBuildFailed(f"onnxruntime int8 quantization failed: {exc}") from exc
-    # Quantization rewrites the model; carry the signature over from the fp32 export.
-    source_props = {p.key: p.value for p in onnx.load(str(ctx.onnx_path)).metadata_props}
-    model = onnx.load(str(dest))
-    onnx.helper.set_model_props(model, source_props)
-    onnx.save(model, str(dest))
-    samples = sum(next(iter(b.values())).shape[0] for b in ctx.calibration)
-    return {
-        "method": "static QDQ, int8 weights per channel (7-bit), uint8 activations, MinMax",
-        "calibration_samples": samples,
-    }
 
 
 class _Cast(nn.Module):
