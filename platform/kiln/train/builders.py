@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from kiln.errors import InvalidArgument, ModelBuilderNotFound, did_you_mean
+from kiln.train.text_builders import TEXT_BUILDERS
 
 Builder = Callable[..., nn.Module]
 
@@ -181,14 +182,14 @@ class Regressor(nn.Module):
         return self.standardized(x) * self.target_std + self.target_mean
 
 
-def resolve_builder(name: str) -> Builder:
-    """Return a built-in builder by name, or import `package.module:function`."""
-    if name in BUILDERS:
-        return BUILDERS[name]
+def resolve_builder(name: str, builtins: Mapping[str, Builder] = BUILDERS) -> Builder:
+    """Return a built-in builder by name (from `builtins`), or import `package.module:function`."""
+    if name in builtins:
+        return builtins[name]
     if ":" not in name:
         raise ModelBuilderNotFound(
-            f"no model builder '{name}'{did_you_mean(name, BUILDERS) or '.'} "
-            f"Built-in builders: {', '.join(BUILDERS)}; or give your own as package.module:function"
+            f"no model builder '{name}'{did_you_mean(name, builtins) or '.'} "
+            f"Built-in builders: {', '.join(builtins)}; or give your own as package.module:function"
         )
     module_name, _, attr = name.partition(":")
     try:
@@ -219,6 +220,12 @@ def _network(
     builder_args: dict[str, Any],
 ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The builder's network for `width` outputs and the input statistics as tensors."""
+    if builder in TEXT_BUILDERS:
+        raise InvalidArgument(
+            f"the '{builder}' builder takes text (token ids), but this data set holds tensors of "
+            f"shape {tuple(input_shape)}; use {', '.join(BUILDERS)}, or train '{builder}' on a "
+            "text data set (kiln datasets list)"
+        )
     fn = resolve_builder(builder)
     try:
         net = fn(tuple(input_shape), width, **builder_args)
@@ -273,3 +280,30 @@ def build_regressor(
         torch.tensor([float(target["mean"])], dtype=torch.float32),
         torch.tensor([float(target["std"])], dtype=torch.float32),
     )
+
+
+def build_text_model(
+    builder: str,
+    vocab_size: int,
+    num_classes: int,
+    *,
+    pad_id: int,
+    max_length: int,
+    **builder_args: Any,
+) -> nn.Module:
+    """Build a text classifier: `forward(input_ids, attention_mask)` -> logits (n, num_classes).
+
+    `builder` is one of `TEXT_BUILDERS` or `package.module:function` with the text builder
+    signature (`kiln.train.text_builders`). Raises ModelBuilderNotFound, or InvalidArgument for
+    an image or feature-vector builder or bad arguments.
+    """
+    if builder in BUILDERS:
+        raise InvalidArgument(
+            f"the '{builder}' builder takes tensors, not text; text data sets train "
+            f"{', '.join(TEXT_BUILDERS)} (e.g. --model transformer)"
+        )
+    fn = resolve_builder(builder, TEXT_BUILDERS)
+    try:
+        return fn(vocab_size, num_classes, pad_id=pad_id, max_length=max_length, **builder_args)
+    except TypeError as exc:
+        raise InvalidArgument(f"bad arguments for model builder '{builder}': {exc}") from exc

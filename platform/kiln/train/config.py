@@ -37,12 +37,21 @@ class TrainConfig:
     test_fraction: float = 0.1
     task: str | None = None  # None: the data set's task; else it must be the data set's
     loss: str | None = None  # None: cross-entropy for a classifier, mse for a regressor
+    # Text data sets only (None: kiln.text's defaults, or the pretrained encoder's own).
+    tokenizer: str | None = None  # "bpe" or "wordpiece", trained on the training split
+    vocab_size: int | None = None
+    max_length: int | None = None  # tokens per text; longer texts are truncated
 
     @classmethod
-    def for_task(cls, task: str, /, **given: Any) -> TrainConfig:
-        """A config with the defaults that suit `task`, overridden by `given` (a classifier's
-        defaults are the class's own; a regressor's are REGRESSION_DEFAULTS)."""
-        defaults = REGRESSION_DEFAULTS if task == "regression" else {}
+    def for_task(cls, task: str, modality: str = "tensor", /, **given: Any) -> TrainConfig:
+        """A config with the defaults that suit `task` and `modality`, overridden by `given`
+        (a classifier's defaults are the class's own; a regressor's are REGRESSION_DEFAULTS;
+        a text classifier's TEXT_DEFAULTS, or PRETRAINED_TEXT_DEFAULTS for `minilm`)."""
+        defaults: dict[str, Any] = REGRESSION_DEFAULTS if task == "regression" else {}
+        if modality == "text":
+            pretrained = given.get("model") in PRETRAINED_TEXT_DEFAULTS
+            model = given.get("model", TEXT_DEFAULTS["model"])
+            defaults = PRETRAINED_TEXT_DEFAULTS[model] if pretrained else TEXT_DEFAULTS
         return cls(**(defaults | given))
 
     def validate(self) -> None:
@@ -68,9 +77,20 @@ class TrainConfig:
                 raise InvalidArgument(f"{name} must be in (0, 0.5), got {value}")
         if self.task not in (None, "classification", "regression"):
             raise InvalidArgument(f"--task must be classification or regression, got '{self.task}'")
+        self._validate_text()
         losses = CLASSIFICATION_LOSSES + REGRESSION_LOSSES
         if self.loss is not None and self.loss not in losses:
             raise InvalidArgument(f"--loss must be one of {', '.join(losses)}; got '{self.loss}'")
+
+    def _validate_text(self) -> None:
+        if self.tokenizer is not None and self.tokenizer not in TOKENIZER_KINDS:
+            raise InvalidArgument(
+                f"--tokenizer must be one of {', '.join(TOKENIZER_KINDS)}, got '{self.tokenizer}'"
+            )
+        if self.vocab_size is not None and self.vocab_size < 100:
+            raise InvalidArgument(f"--vocab-size must be at least 100, got {self.vocab_size}")
+        if self.max_length is not None and self.max_length < 1:
+            raise InvalidArgument(f"--max-length must be at least 1, got {self.max_length}")
 
     def resolved(self, task: str) -> TrainConfig:
         """This config for a data set whose task is `task`, with the loss filled in.
@@ -98,7 +118,25 @@ class TrainConfig:
         return replace(self, task=task, loss=loss)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields, less the text settings nobody gave (an image or tabular run records
+        what it recorded before text existed)."""
+        return {
+            key: value
+            for key, value in asdict(self).items()
+            if key not in TEXT_FIELDS or value is not None
+        }
+
+    def text_given(self) -> list[str]:
+        """The CLI options of the text settings that were given (for refusing them on
+        tensor data sets)."""
+        return [
+            f"--{key.replace('_', '-')}" for key in TEXT_FIELDS if getattr(self, key) is not None
+        ]
+
+
+TEXT_FIELDS = ("tokenizer", "vocab_size", "max_length")
+TOKENIZER_KINDS = ("bpe", "wordpiece")
+"""`kiln.text.KINDS`, spelled out: config is imported where kiln.text (tokenizers) need not be."""
 
 
 REGRESSION_DEFAULTS: dict[str, Any] = {
@@ -118,6 +156,33 @@ hidden layer without dropout (early stopping and weight decay regularise), many 
 and patience for a validation loss that is noisy on ~40 samples. Chosen on diabetes and
 autompg over 5 seeds against scikit-learn's linear baselines (benchmarks/regression.py);
 wider or deeper nets, Huber loss, lr 3e-3 and weight decay 0.1 were all within noise."""
+
+
+TEXT_DEFAULTS: dict[str, Any] = {
+    "model": "transformer",
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 0.1,
+    "patience": 3,
+}
+"""From-scratch text classifiers (transformer, gru) on a few thousand to ten thousand short
+texts: placeholders until measured."""
+
+PRETRAINED_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "minilm": {
+        "model": "minilm",
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 5e-5,
+        "weight_decay": 1e-2,
+        "warmup_fraction": 0.1,
+        "patience": 1,
+        "max_length": 64,
+    }
+}
+"""Fine-tuning a pretrained encoder: a learning rate two orders below from-scratch training,
+or the pretrained weights are forgotten in the first steps."""
 
 
 class CheckpointConfig(BaseModel):
@@ -152,6 +217,9 @@ class CheckpointConfig(BaseModel):
     )
     """A regressor's training-target {"mean", "std"}, which its forward undoes (the weights
     hold them too); absent from a classifier's config, whose JSON stays as it was."""
+    text: dict[str, Any] | None = Field(default=None, exclude_if=lambda value: value is None)
+    """A text model's tokenizer settings (`kiln.text.TextTokenizer.settings()`: kind,
+    vocab_size, max_length, pad_id, unk_id, pretrained, sha256); absent for other models."""
 
     @property
     def num_classes(self) -> int:

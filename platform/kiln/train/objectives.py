@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.data import REGRESSION, Dataset
-from kiln.data.profile import reference_profile
-from kiln.train.builders import Regressor, build_model, build_regressor
+from kiln.data.profile import PROFILE_FORMAT, prediction_profile, reference_profile
+from kiln.text import TEXT_INPUT, TextTokenizer
+from kiln.train.builders import Regressor, build_model, build_regressor, build_text_model
 from kiln.train.config import TrainConfig
 from kiln.train.metrics import classification_report, regression_report
 
@@ -42,9 +43,10 @@ class Objective(Protocol):
         ...
 
     def step(
-        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor
+        self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's mean loss (to back-propagate) and a detached sum for `train_metric`."""
+        """The batch's mean loss (to back-propagate) and a detached sum for `train_metric`;
+        `xb` is the model's positional inputs (one tensor, or a text model's ids and mask)."""
         ...
 
     def train_metric(self, total: torch.Tensor, seen: int) -> float: ...
@@ -85,9 +87,9 @@ class Classification:
         return torch.zeros((), dtype=torch.int64)
 
     def step(
-        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor
+        self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(xb)
+        logits = model(*xb)
         return F.cross_entropy(logits, yb), (logits.detach().argmax(1) == yb).sum()
 
     def train_metric(self, total: torch.Tensor, seen: int) -> float:
@@ -111,6 +113,44 @@ class Classification:
 
     def reference(self, ds: Dataset, test_outputs: np.ndarray) -> dict[str, Any]:
         return reference_profile(ds.train.x, ds.input_shape, test_outputs, ds.test.y)
+
+
+class TextClassification(Classification):
+    """A classifier of texts: the model takes `tokenizer`'s ids and mask; the checkpoint records
+    the tokenizer's settings; the reference profile describes texts, not tensors."""
+
+    def __init__(self, class_names: tuple[str, ...], tokenizer: TextTokenizer) -> None:
+        super().__init__(class_names)
+        self.tokenizer = tokenizer
+
+    def build(self, config: TrainConfig, ds: Dataset, norm: dict[str, list[float]]) -> nn.Module:
+        return build_text_model(
+            config.model,
+            self.tokenizer.vocab_size,
+            ds.num_classes,
+            pad_id=self.tokenizer.pad_id,
+            max_length=self.tokenizer.max_length,
+            **config.model_args,
+        )
+
+    def checkpoint_fields(self, ds: Dataset) -> dict[str, Any]:
+        return super().checkpoint_fields(ds) | {
+            "text": self.tokenizer.settings(),
+            "input_name": TEXT_INPUT,
+            "input_dtype": "string",
+        }
+
+    def reference(self, ds: Dataset, test_outputs: np.ndarray) -> dict[str, Any]:
+        try:
+            from kiln.text.profile import text_reference
+        except ImportError:  # before kiln.text.profile existed: predictions only
+            return {
+                "format": PROFILE_FORMAT,
+                "predictions": prediction_profile(test_outputs, ds.test.y),
+            }
+        return text_reference(
+            list(ds.train.x), self.tokenizer, test_outputs, ds.test.y, list(ds.class_names)
+        )
 
 
 class Regression:
@@ -146,11 +186,11 @@ class Regression:
         return torch.zeros((), dtype=torch.float64)
 
     def step(
-        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor
+        self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(model, Regressor):
             raise TypeError(f"a regression objective trains a Regressor, not {type(model)}")
-        predicted = model.standardized(xb)[:, 0]
+        predicted = model.standardized(*xb)[:, 0]
         wanted = (yb - model.target_mean) / model.target_std
         return self.standardized_loss(predicted, wanted, model.target_std)
 
@@ -204,9 +244,9 @@ class RawRegression(Regression):
         raise TypeError("a user's regressor is trained as given (train(..., model=...))")
 
     def step(
-        self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor
+        self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = self.target["mean"], self.target["std"]
-        output = model(xb)
+        output = model(*xb)
         predicted = (output.reshape(len(output), -1)[:, 0] - mean) / std
         return self.standardized_loss(predicted, (yb - mean) / std, std)

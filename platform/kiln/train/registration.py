@@ -12,7 +12,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from kiln.registry import Lineage, ModelVersion, Registry
+from kiln.registry import ArtifactKind, Lineage, ModelVersion, Registry
+from kiln.train.checkpoint import TOKENIZER
 from kiln.train.trainer import TrainResult
 
 
@@ -31,10 +32,11 @@ def register_result(
     `parent` is the version it was trained from or replaces (lineage); `extra_config` adds
     entries to the version's config beside the checkpoint's (retraining records its window
     and counts under "retrain"); `git_commit` is the source commit that trained it, when
-    known (`source_commit()` for the working directory). Raises what
-    `Registry.register_version` raises.
+    known (`source_commit()` for the working directory). A text model's tokenizer
+    (`tokenizer.json` beside the checkpoint) is registered with it as its "tokenizer" artifact.
+    Raises what `Registry.register_version` and `Registry.add_artifact` raise.
     """
-    return registry.register_version(
+    version = registry.register_version(
         name,
         checkpoint=result.checkpoint,
         config=result.config.model_dump() | dict(extra_config or {}),
@@ -48,6 +50,16 @@ def register_result(
         ),
         description=description,
     )
+    if result.config.text is not None:
+        # The file is the tokenizer's canonical JSON, so the artifact's sha256 (over the
+        # file's bytes) is the config's text.sha256: serving checks one against the other.
+        registry.add_artifact(
+            name,
+            version.version,
+            kind=ArtifactKind.TOKENIZER,
+            path=result.checkpoint.parent / TOKENIZER,
+        )
+    return version
 
 
 def source_commit() -> str | None:

@@ -30,17 +30,30 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kiln.data import REGRESSION, Dataset, load_dataset
+from kiln.data.dataset import TEXT
+from kiln.errors import InvalidArgument
 from kiln.settings import Settings
+from kiln.text import TextTokenizer
 from kiln.train.builders import normalization_shape
 from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
-from kiln.train.objectives import Classification, Objective, RawRegression, Regression
+from kiln.train.inputs import Inputs, TensorInputs, TokenInputs, as_inputs, text_tokenizer
+from kiln.train.objectives import (
+    Classification,
+    Objective,
+    RawRegression,
+    Regression,
+    TextClassification,
+)
 
 RUN_PROCESS = "process.json"
 """Written when a run starts: the host and pid of the process training it."""
 RUN_FINISHED = "summary.json"
 """Written (atomically) when a run has finished: its config and metrics."""
+PREDICT_BATCH = 1024
+PREDICT_BATCH_TEXT = 256
+"""Rows per prediction batch for text: attention holds batch x heads x length^2 scores."""
 
 
 @dataclass
@@ -53,6 +66,8 @@ class TrainResult:
     history: list[dict[str, float]]
     dataset: Dataset
     duration_s: float
+    tokenizer: TextTokenizer | None = None
+    """A text model's tokenizer (saved beside the checkpoint as tokenizer.json)."""
 
 
 def normalization_stats(x: np.ndarray) -> dict[str, list[float]]:
@@ -89,10 +104,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def predict_logits(
+    model: torch.nn.Module,
+    x: np.ndarray | tuple[np.ndarray, ...] | Inputs,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """The model's outputs for every row of `x` (in row order), in eval mode: `x` is one input
+    array, a tuple of arrays (the model's positional inputs, e.g. a text model's
+    `(input_ids, attention_mask)`), or `Inputs` (`TokenInputs` batches texts by length)."""
     model.eval()
-    parts = [model(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    return torch.cat(parts).numpy()
+    inputs = as_inputs(x)
+    order = inputs.prediction_order()
+    parts = [
+        model(*inputs.batch(order[i : i + batch_size])) for i in range(0, len(order), batch_size)
+    ]
+    if not parts:
+        raise InvalidArgument("nothing to predict: the inputs have no rows")
+    outputs = torch.cat(parts)
+    restored = torch.empty_like(outputs)
+    restored[order] = outputs
+    return restored.numpy()
 
 
 def objective_for(
@@ -101,10 +132,14 @@ def objective_for(
     warm_start: LoadedCheckpoint | None,
     *,
     prebuilt: bool = False,
+    tokenizer: TextTokenizer | None = None,
 ) -> Objective:
     """The objective for `ds`'s task (`config` resolved against it); a warm start keeps its
     checkpoint's target statistics, as it keeps its input normalisation. A `prebuilt`
-    regressor (a user's module) outputs raw values: its loss standardises them instead."""
+    regressor (a user's module) outputs raw values: its loss standardises them instead. A
+    text data set's classifier takes `tokenizer`'s ids."""
+    if tokenizer is not None:
+        return TextClassification(ds.class_names, tokenizer)
     if ds.task != REGRESSION:
         return Classification(ds.class_names)
     if prebuilt:
@@ -154,13 +189,32 @@ def train(  # noqa: PLR0915
         test_fraction=config.test_fraction,
     )
     config = config.resolved(ds.task)
-    objective = objective_for(config, ds, warm_start, prebuilt=model is not None)
-    norm = warm_start.config.normalization if warm_start else normalization_stats(ds.train.x)
+    tokenizer = None
+    if ds.modality == TEXT:
+        tokenizer = text_tokenizer(config, ds.train.x, warm_start)
+    elif config.text_given():
+        raise InvalidArgument(
+            f"{' and '.join(config.text_given())} set(s) how texts are tokenised, but data set "
+            f"'{ds.name}' holds tensors of shape {ds.input_shape}; drop them, or train on a text "
+            "data set (e.g. --dataset rotten-tomatoes)"
+        )
+    objective = objective_for(
+        config, ds, warm_start, prebuilt=model is not None, tokenizer=tokenizer
+    )
+    norm: dict[str, list[float]] = {}
+    if tokenizer is None:
+        norm = warm_start.config.normalization if warm_start else normalization_stats(ds.train.x)
     if model is None:
         model = objective.build(config, ds, norm)
         if warm_start is not None:
             model.load_state_dict(warm_start.model.state_dict())
-    x_train, y_train = torch.from_numpy(ds.train.x), torch.from_numpy(ds.train.y)
+    # Each split is tokenised once; batches are cut from it (TokenInputs).
+    train_x, val_x, test_x = (
+        TokenInputs.encode(tokenizer, split.x) if tokenizer else TensorInputs(split.x)
+        for split in (ds.train, ds.val, ds.test)
+    )
+    predict_batch = PREDICT_BATCH_TEXT if tokenizer else PREDICT_BATCH
+    y_train = torch.from_numpy(ds.train.y)
     n = len(ds.train)
     steps_per_epoch = math.ceil(n / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
@@ -205,7 +259,7 @@ def train(  # noqa: PLR0915
                 idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
                 if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
                     continue
-                xb, yb = x_train[idx], y_train[idx]
+                xb, yb = train_x.batch(idx), y_train[idx]
                 loss, batch_metric = objective.step(model, xb, yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
@@ -219,7 +273,7 @@ def train(  # noqa: PLR0915
                 progress.advance(task)
 
             train_seconds = time.perf_counter() - epoch_start
-            val = objective.evaluate(predict_logits(model, ds.val.x), ds.val.y)
+            val = objective.evaluate(predict_logits(model, val_x, predict_batch), ds.val.y)
             metric = objective.metric
             row = {
                 "epoch": epoch,
@@ -250,7 +304,7 @@ def train(  # noqa: PLR0915
 
     model.load_state_dict(best_state)
     model.eval()
-    test_outputs = predict_logits(model, ds.test.x)
+    test_outputs = predict_logits(model, test_x, predict_batch)
     test = objective.evaluate(test_outputs, ds.test.y)
     duration = time.perf_counter() - started
     # Throughput of the optimisation loop alone; epoch "seconds" also include validation.
@@ -283,7 +337,7 @@ def train(  # noqa: PLR0915
         # What production traffic is compared with to measure drift (kiln evaluate).
         reference=objective.reference(ds, test_outputs),
     )
-    checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint")
+    checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint", tokenizer=tokenizer)
     plot_curves(
         history,
         run_dir / "curves.png",
@@ -296,4 +350,6 @@ def train(  # noqa: PLR0915
     partial = run_dir / f".{RUN_FINISHED}.partial"
     partial.write_text(json.dumps(summary, indent=2) + "\n")
     os.replace(partial, run_dir / RUN_FINISHED)
-    return TrainResult(run_id, run_dir, checkpoint, ckpt_config, metrics, history, ds, duration)
+    return TrainResult(
+        run_id, run_dir, checkpoint, ckpt_config, metrics, history, ds, duration, tokenizer
+    )
