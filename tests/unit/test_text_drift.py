@@ -84,7 +84,7 @@ def log_texts(
                     texts=None if tokenised else np.array([text.encode()], dtype=object),
                     text_tokens=encoded.lengths,
                     text_unknown=encoded.unknown,
-                )  # fmt: skip
+                )
             )
 
 

@@ -66,7 +66,7 @@ def counted_special_ids(tokenizer: TextTokenizer) -> list[int]:
 
 
 def token_statistics(
-    texts: Sequence[str], tokenizer: TextTokenizer
+    texts: Sequence[str] | Array, tokenizer: TextTokenizer
 ) -> tuple[Array, Array, Array, Array]:
     """Per text its token count, unknown-token count and whether it was truncated, and the
     count of every token id over all texts (special tokens but the unknown one left out)."""
@@ -110,9 +110,11 @@ def top_tokens(counts: Array, tokenizer: TextTokenizer, k: int = TOP_TOKENS) -> 
     }
 
 
-def text_profile(texts: Sequence[str], tokenizer: TextTokenizer, seed: int = 0) -> dict[str, Any]:
+def text_profile(
+    texts: Sequence[str] | Array, tokenizer: TextTokenizer, seed: int = 0
+) -> dict[str, Any]:
     """The `"text"` half of a text reference (see the module docstring)."""
-    texts = list(texts)
+    texts = [str(t) for t in texts]
     if len(texts) > MAX_SAMPLES:
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), MAX_SAMPLES, replace=False))
         texts = [texts[i] for i in keep]
@@ -140,7 +142,7 @@ def text_profile(texts: Sequence[str], tokenizer: TextTokenizer, seed: int = 0) 
 
 
 def text_reference(
-    texts: Sequence[str],
+    texts: Sequence[str] | Array,
     tokenizer: TextTokenizer,
     outputs: Array,
     labels: Array | None,
