@@ -9,6 +9,9 @@ stock `tritonclient.grpc` client.
 
 from __future__ import annotations
 
+import json
+import re
+import subprocess
 import threading
 from pathlib import Path
 
@@ -115,7 +118,7 @@ def test_metadata_and_config_describe_the_string_input(served) -> None:  # type:
         metadata = client.get_model_metadata("reviews", as_json=True)
         config = client.get_model_config("reviews", as_json=True)["config"]
     assert metadata["inputs"] == [
-        {"name": "text", "datatype": "BYTES", "shape": ["-1"]},
+        {"name": "text", "datatype": "BYTES", "shape": ["-1", "1"]},
         {"name": "input_ids", "datatype": "INT64", "shape": ["-1", "-1"]},
         {"name": "attention_mask", "datatype": "INT64", "shape": ["-1", "-1"]},
     ]
@@ -209,3 +212,31 @@ def test_a_hot_swap_under_load_changes_model_and_tokenizer_together(tmp_path: Pa
         assert versions == sorted(versions)
         for version, logits in own:
             np.testing.assert_allclose(logits, expected[version], atol=1e-5)
+
+
+PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".bench" / "perf_analyzer" / "perf_analyzer"
+
+
+@pytest.mark.skipif(
+    not PERF_ANALYZER.exists(),
+    reason=f"perf_analyzer is not installed at {PERF_ANALYZER} "
+    "(../shared/tools/install-perf-analyzer .bench/perf_analyzer)",
+)
+def test_perf_analyzer_sends_strings_alone(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # The pre-tokenised inputs are optional in ModelConfig, so perf_analyzer sends only the
+    # input its data names.
+    server, _ = served
+    data = tmp_path / "texts.json"
+    rows = [{"text": {"content": [t], "shape": [1]}} for t in TEXTS]
+    data.write_text(json.dumps({"data": rows}))
+    result = subprocess.run(
+        [str(PERF_ANALYZER), "-m", "reviews", "-i", "grpc", "-u", server.url,
+         "--concurrency-range", "2:2", "--measurement-interval", "500",
+         "--stability-percentage", "100", "--input-data", str(data)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    throughput = re.search(r"Throughput: ([\d.]+) infer/sec", output)
+    assert throughput and float(throughput.group(1)) > 0
+    assert all(event.error is None for event in server.traffic)

@@ -76,7 +76,7 @@ def test_texts_are_classified_as_the_engine_classifies_their_tokens(served: Serv
 
 def test_model_info_lists_the_string_input(served: Served) -> None:
     info = served.post("/model_info", {}).json()
-    assert info["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1]}
+    assert info["inputs"][0] == {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
     assert info["class_names"] == CLASS_NAMES
 
 

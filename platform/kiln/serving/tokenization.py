@@ -218,8 +218,10 @@ class TextStage:
 
 
 def text_spec() -> TensorSpec:
-    """The `text` input as metadata lists it: BYTES, one string per row."""
-    return TensorSpec(TEXT_INPUT, "BYTES", (-1,), _OBJECT, optional=True)
+    """The `text` input as metadata lists it: BYTES [-1, 1], one string per row (Triton's
+    shape for a batch of strings; [n] is accepted too). perf_analyzer cannot send an input
+    whose per-row shape is [] (metadata [-1]): it fails "unable to set shape" (measured)."""
+    return TensorSpec(TEXT_INPUT, "BYTES", (-1, 1), _OBJECT, optional=True)
 
 
 def _check_utf8(stage: TextStage, element: bytes, index: int) -> None:
