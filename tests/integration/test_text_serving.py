@@ -22,10 +22,16 @@ import tritonclient.grpc as triton
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 import kiln.registry
+from kiln.compile import CompileOptions, compile_version
 from kiln.errors import ArtifactNotFound
+from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
+from kiln.text import TextTokenizer
+from kiln.traffic import TrafficSettings, scan_traffic
+from kiln_engines import load
 from tests.conftest import wait_until
 from tests.integration.grpc_harness import running_server
+from tests.integration.text_models import train_text_version
 from tests.integration.text_serving_models import (
     engine_logits,
     register_text_version,
@@ -171,7 +177,8 @@ def test_a_hot_swap_under_load_changes_model_and_tokenizer_together(tmp_path: Pa
     stop = threading.Event()
     lock = threading.Lock()
 
-    with running_server(home, models=("reviews",), poll_interval_s=0.05) as server:
+    sink = TrafficSink(home, TrafficSettings(flush_interval_s=60))
+    with running_server(home, models=("reviews",), poll_interval_s=0.05, sink=sink) as server:
 
         def send(client_index: int) -> None:
             with server.client() as client:
@@ -204,6 +211,7 @@ def test_a_hot_swap_under_load_changes_model_and_tokenizer_together(tmp_path: Pa
             for thread in threads:
                 thread.join(60)
 
+    assert sink.close(60)
     assert errors == []
     assert {v for own in answers for v, _ in own} == {"1", "2"}
     for own in answers:
@@ -212,6 +220,17 @@ def test_a_hot_swap_under_load_changes_model_and_tokenizer_together(tmp_path: Pa
         assert versions == sorted(versions)
         for version, logits in own:
             np.testing.assert_allclose(logits, expected[version], atol=1e-5)
+    # Every answered request is a row carrying its strings, and the token counts of the
+    # tokenizer of the version that answered it.
+    rows = scan_traffic(home, "reviews").frame.collect()
+    assert len(rows) == sum(len(own) for own in answers)
+    tokens = {1: first.encode(TEXTS).lengths.tolist(), 2: second.encode(TEXTS).lengths.tolist()}
+    assert tokens[1] != tokens[2]
+    for row in rows.iter_rows(named=True):
+        assert row["status"] == "ok"
+        assert row["texts"] == TEXTS
+        assert row["text_tokens"] == tokens[row["version"]]
+        assert row["input"] is None
 
 
 PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".bench" / "perf_analyzer" / "perf_analyzer"
@@ -240,3 +259,26 @@ def test_perf_analyzer_sends_strings_alone(served, tmp_path: Path) -> None:  # t
     throughput = re.search(r"Throughput: ([\d.]+) infer/sec", output)
     assert throughput and float(throughput.group(1)) > 0
     assert all(event.error is None for event in server.traffic)
+
+
+@pytest.mark.slow
+def test_a_trained_text_model_compiled_for_onnxruntime_answers_strings(tmp_path: Path) -> None:
+    # Kiln's own path end to end: trainer, tokenizer artifact, `kiln compile`, `kiln serve`.
+    settings = Settings(home=tmp_path / "home")
+    with kiln.registry.open(settings=settings) as registry:
+        version = train_text_version(registry, settings, alias="production", epochs=1)
+        compile_version(
+            registry, version.ref, CompileOptions(measure_seconds=0.0, parity_samples=32), settings
+        )
+        artifact = registry.artifacts("reviews", version.version, "onnxruntime")[0]
+        tokenizer_file = registry.artifact_file(
+            registry.artifacts("reviews", version.version, "tokenizer")[0]
+        )
+        text_tokenizer = TextTokenizer.from_file(tokenizer_file)
+        with load(registry.artifact_file(artifact), "onnxruntime") as engine:
+            expected = engine.infer(text_tokenizer.encode(TEXTS).inputs())["logits"]
+    with running_server(settings.home, models=("reviews",)) as server, server.client() as client:
+        result = client.infer("reviews", [_text_input(TEXTS)])
+        config = client.get_model_config("reviews", as_json=True)["config"]
+    np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-5)
+    assert config["parameters"]["tokenizer_sha256"]["string_value"] == text_tokenizer.sha256
