@@ -5,7 +5,9 @@ checkpoint artifact, reload the data set it was trained on with the same split (
 is the held-out data for parity, its training split feeds INT8 calibration), compile, and add
 every engine that passed parity to the version with its report. Engines that failed are not
 registered; the report says why. Versions registered from a user's source (`kiln register`)
-compile from that source instead (`kiln.compile.registered_source`).
+compile from that source instead (`kiln.compile.registered_source`). A text version (its config
+has `text`) is compiled with its own tokenizer: the held-out and calibration texts are
+tokenised by it, and the engines take `input_ids` and `attention_mask` (`kiln.compile.text`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.compile.held_out import recorded
+from kiln.compile.held_out import HeldOut, recorded, recorded_text
 from kiln.compile.pipeline import (
     CompileOptions,
     CompileReport,
@@ -25,6 +27,8 @@ from kiln.compile.pipeline import (
     compile_module,
 )
 from kiln.compile.registered_source import compile_source
+from kiln.compile.text import TextModel, text_signature
+from kiln.errors import CheckpointInvalid
 from kiln.registry import Registry
 from kiln.registry.records import Artifact, ModelVersion
 from kiln.settings import Settings
@@ -59,7 +63,10 @@ class RegisteredCompile:
 
 def signature_of(config: CheckpointConfig) -> Signature:
     """The engine signature a checkpoint's model has: raw inputs in, class scores (or, for a
-    regressor, one predicted value) out."""
+    regressor, one predicted value) out. A text model takes `input_ids` and `attention_mask`
+    (int64, batch and sequence axes dynamic)."""
+    if config.text is not None:
+        return text_signature(config.output_width, config.output_name)
     return Signature(
         inputs=(TensorSpec(config.input_name, config.input_dtype, (-1, *config.input_shape)),),
         outputs=(TensorSpec(config.output_name, "float32", (-1, config.output_width)),),
@@ -119,7 +126,17 @@ def _compile_trained(
     checkpoint = load_checkpoint(blob)
     config = checkpoint.config
     progress(f"loading held-out data from '{config.dataset}'")
-    held_out = recorded(config.model_dump(), version.ref, config.input_name, settings)
+    text = None
+    held_out: HeldOut
+    if config.text is not None:
+        if checkpoint.tokenizer is None:
+            raise CheckpointInvalid(
+                f"{version.ref} is a text version whose checkpoint has no tokenizer"
+            )
+        text = TextModel.of_version(config.text, config.builder, config.builder_args)
+        held_out = recorded_text(config.model_dump(), version.ref, checkpoint.tokenizer, settings)
+    else:
+        held_out = recorded(config.model_dump(), version.ref, config.input_name, settings)
     report = compile_module(
         checkpoint.model,
         signature_of(config),
@@ -129,5 +146,6 @@ def _compile_trained(
         calibration=held_out.calibration,
         progress=progress,
         task=config.task,
+        text=text,
     )
     return report, held_out.notes
