@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from kiln.data.dataset import text_array
 from kiln.traffic import (
     STATUS_OK,
     Route,
@@ -41,7 +42,7 @@ class LabelledTraffic:
     """One-sample requests that were answered, logged with their input, and labelled."""
 
     x: np.ndarray
-    """Inputs, (n, *sample_shape), float32."""
+    """Inputs, (n, *sample_shape), float32; a text model's: its strings, a 1-D object array."""
     y: np.ndarray
     """True labels, (n,), int64; for a regression model true values, (n,), float64."""
     request_ids: list[str]
@@ -86,10 +87,12 @@ def labelled_traffic(
     num_classes: int | None = None,
     sample_shape: Sequence[int] | None = None,
     task: str | None = None,
+    text: bool = False,
 ) -> LabelledTraffic:
     """Primary and canary requests of `model` in `window` that carry an input and a label
     (a true value when `task` is "regression": then `y` holds the values and no class
-    bound applies, a value must be finite).
+    bound applies, a value must be finite). With `text`, the input is a text model's logged
+    string (`texts`, one per request; `sample_shape` does not apply) and `x` holds them.
 
     Shadow answers are left out: they repeat a primary request. When a request id was labelled
     twice, the last label wins; when an input was sent twice, each labelled request counts.
@@ -109,12 +112,21 @@ def labelled_traffic(
         else pl.when(~label_in_range(classes)).then(pl.lit("label_out_of_range"))
     )
 
+    logged = (
+        pl.col("texts").is_not_null()
+        if text
+        else pl.col("input").is_not_null() | pl.col("input_shape").is_not_null()
+    )
+    # A text request holds one sample when it holds one string; it has no input shape.
+    one_sample = (
+        pl.col("texts").list.len() == 1 if text else pl.col("input_shape").list.first() == 1
+    )
+    input_checked = pl.lit(None, pl.String) if text else input_problem()
+
     def query() -> pl.DataFrame:
         rows = (
             traffic.frame.filter(
-                (pl.col("status") == STATUS_OK)
-                & (pl.col("route") != Route.SHADOW.value)
-                & (pl.col("input").is_not_null() | pl.col("input_shape").is_not_null())
+                (pl.col("status") == STATUS_OK) & (pl.col("route") != Route.SHADOW.value) & logged
             )
             .select(
                 "request_id",
@@ -123,6 +135,7 @@ def labelled_traffic(
                 "prediction",
                 "input",
                 "input_shape",
+                "texts",
                 output_width().alias("outputs"),
             )
             .unique(subset="request_id", keep="last")
@@ -138,10 +151,8 @@ def labelled_traffic(
             rows.join(labels, on="request_id", how="inner")
             .with_columns(
                 pl.coalesce(
-                    input_problem(),
-                    pl.when((pl.col("input_shape").list.first() != 1).fill_null(True)).then(
-                        pl.lit("not_one_sample")
-                    ),
+                    input_checked,
+                    pl.when((~one_sample).fill_null(True)).then(pl.lit("not_one_sample")),
                     truth_problem,
                 ).alias("problem")
             )
@@ -154,7 +165,7 @@ def labelled_traffic(
         pl.col("input_shape").list.slice(1).alias("sample")
     )
     skipped = dict(frame.filter(pl.col("problem").is_not_null())["problem"].value_counts().rows())
-    if usable.height:
+    if usable.height and not text:
         # Inputs of another sample shape than the model's (than most, when not told): another
         # model's era, or a client's mistake; leave them out.
         if sample_shape is not None:
@@ -175,12 +186,16 @@ def labelled_traffic(
         )
     if usable.height == 0:
         empty = np.zeros((0,), dtype=np.int64)
-        x = np.zeros((0, *(sample_shape or ())), dtype=np.float32)
+        none = text_array([]) if text else np.zeros((0, *(sample_shape or ())), np.float32)
         y = np.zeros((0,), dtype=np.float64) if regression else empty
-        return LabelledTraffic(x, y, [], empty, empty, empty, skipped)
-    flat = usable["input"].explode().to_numpy().astype(np.float32, copy=False)
+        return LabelledTraffic(none, y, [], empty, empty, empty, skipped)
+    if text:
+        x = text_array([str(t) for t in usable["texts"].list.first().to_list()])
+    else:
+        flat = usable["input"].explode().to_numpy().astype(np.float32, copy=False)
+        x = flat.reshape(usable.height, *sample)
     return LabelledTraffic(
-        x=flat.reshape(usable.height, *sample),
+        x=x,
         y=usable["label"].to_numpy().astype(np.float64 if regression else np.int64),
         request_ids=usable["request_id"].to_list(),
         versions=usable["version"].fill_null(-1).to_numpy().astype(np.int64),

@@ -11,6 +11,13 @@ what they say. Labelled traffic is scarce next to the original data, so its rows
 until they make up about a quarter of the training set: enough to learn the new inputs
 without forgetting the old ones.
 
+A text version retrains the same way on the parent's texts plus the labelled requests' logged
+strings (`texts`; the held-out guard compares the texts' UTF-8 bytes). It keeps the parent's
+builder and tokenizer settings (kind, vocabulary size, maximum length) and trains a new
+tokenizer on the new training set, as `kiln train` does (a pretrained encoder keeps its own);
+the new tokenizer makes it a new version, its lineage names the parent. A warm start keeps the
+parent's tokenizer instead: its weights are indexed by that vocabulary.
+
 A version registered from the user's own PyTorch module is rebuilt and fine-tuned the same way
 (`kiln.loop.module_source`); one registered from an ONNX file or an exported program cannot
 be, and `retrainable` says what to do instead.
@@ -28,6 +35,7 @@ import numpy as np
 
 from kiln.compile import CompileOptions, compile_version
 from kiln.data import Dataset, Split, load_recorded, sample_digests
+from kiln.data.dataset import TEXT
 from kiln.errors import DatasetInvalid, DatasetNotFound, FailedPrecondition, KilnError
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
 from kiln.loop.module_source import (
@@ -184,7 +192,12 @@ def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[D
     vx = np.concatenate([base.val.x, traffic.x[val_idx]])
     vy = np.concatenate([base.val.y, labels[val_idx]])
     digest = hashlib.sha256(base.fingerprint.encode())
-    digest.update(np.ascontiguousarray(traffic.x).tobytes())
+    # Texts are hashed by content (an object array's bytes are pointers).
+    digest.update(
+        b"".join(sample_digests(traffic.x))
+        if traffic.x.dtype == object
+        else np.ascontiguousarray(traffic.x).tobytes()
+    )
     digest.update(np.ascontiguousarray(traffic.y).tobytes())
     mixed = dataclasses.replace(
         base,
@@ -214,6 +227,7 @@ def retrain(
     window = Window.last(options.since)
     base = parent_dataset(parent, settings)
     task = str(parent.config.get("task") or "classification")
+    text = base.modality == TEXT
     progress(f"reading labelled traffic of '{name}' since {window.since:%Y-%m-%d %H:%M} UTC")
     try:
         # The parent's classes and sample shape decide what a usable row is: a label outside
@@ -224,8 +238,9 @@ def retrain(
                 name,
                 window,
                 num_classes=base.num_classes if task != "regression" else None,
-                sample_shape=base.input_shape,
+                sample_shape=None if text else base.input_shape,
                 task=task,
+                text=text,
             )
         )
     except KilnError as exc:
@@ -263,6 +278,8 @@ def retrain(
     warm = None
     if options.warm_start and module is None:
         warm = load_checkpoint(registry.artifact_file(registry.checkpoint(name, parent.version)))
+        if text:  # the checkpoint's own tokenizer, not a new one (the trainer insists)
+            train_config = dataclasses.replace(train_config, tokenizer=None, vocab_size=None)
     progress(
         f"training on {len(base.train)} {base.name} samples + {len(learn)} labelled requests "
         f"(x{repeat}); {int(held.sum())} held out for the gates"
