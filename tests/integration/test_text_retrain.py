@@ -15,7 +15,9 @@ import polars as pl
 import pytest
 
 import kiln.registry
+from kiln.compile import CompileOptions, compile_version
 from kiln.data import load_dataset
+from kiln.evaluate.gates import GateThresholds, evaluation_gates
 from kiln.loop.retrain import RetrainOptions, retrain
 from kiln.registry import ArtifactKind, Registry
 from kiln.settings import Settings
@@ -55,13 +57,15 @@ def log_labelled_texts(home: Path, texts: list[str], labels: list[int]) -> list[
 
 @pytest.fixture(scope="module")
 def parent_home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """reviews:1 in production, trained on the movie snippets file; tests take a copy."""
+    """reviews:1 in production, trained on the movie snippets file and compiled (the gates
+    run its engine); tests take a copy."""
     root = tmp_path_factory.mktemp("text-parent")
     settings = Settings(home=root / "kiln-home")
     data = movies_file(settings, root / "movies.parquet")
     with kiln.registry.open(settings=settings) as registry:
         train_text_version(registry, settings, name=MODEL, alias="production",
                            dataset=str(data), epochs=1)  # fmt: skip
+        compile_version(registry, f"{MODEL}:1", CompileOptions(targets=("onnxruntime",)), settings)
     return settings.home, data
 
 
@@ -115,6 +119,19 @@ def test_labelled_texts_retrain_a_text_version_with_a_new_tokenizer(
         assert "onnxruntime" in result.engines
         assert registry.resolve(f"{MODEL}@candidate").version == 2
         assert "text" in v2.config["reference"] and "inputs" not in v2.config["reference"]
+        # The promotion gates run the text versions' engines on strings, each tokenised with
+        # its own tokenizer: the test split's texts and the held-out labelled reviews.
+        gates = evaluation_gates(
+            registry, settings, GateThresholds(traffic_window="1h", min_traffic_samples=5)
+        )
+        move = registry.promote(v2.ref, "production", gates=gates, force=True)
+        assert move.gate is not None
+        results = {r.gate: r for r in move.gate.results}
+        held_out, traffic = results["held-out-regression"], results["traffic-gain"]
+        assert "could not evaluate" not in held_out.message + traffic.message
+        assert held_out.numbers["samples"] == len(base.test.x)
+        assert traffic.numbers["samples"] >= result.held_out  # + test texts held out by id
+        assert traffic.numbers["candidate"] is not None
 
 
 def test_a_warm_start_keeps_the_parent_tokenizer(parent: tuple[Settings, Path]) -> None:

@@ -13,9 +13,11 @@ import numpy as np
 from kiln.data import load_recorded, sample_digests
 from kiln.errors import FailedPrecondition, InvalidArgument, KilnError, TrafficNotFound
 from kiln.evaluate.labelled import DEFAULT_HOLDOUT, LabelledTraffic, holdout_mask, labelled_traffic
+from kiln.evaluate.references import tokenizer_file
 from kiln.registry import ModelVersion, Registry
 from kiln.registry.loader import open_engine
 from kiln.settings import Settings
+from kiln.text import TextTokenizer
 from kiln.traffic import Window
 from kiln_engines import EngineError, EngineOptions
 
@@ -98,8 +100,11 @@ class Evaluator:
     thresholds: GateThresholds = field(default_factory=GateThresholds)
     _predictions: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)
     _held_out: dict[str, HeldOut] = field(default_factory=dict)
-    _traffic_by_model: dict[tuple[str, str | None], LabelledTraffic] = field(default_factory=dict)
+    _traffic_by_model: dict[tuple[str, str | None, bool], LabelledTraffic] = field(
+        default_factory=dict
+    )
     _values: dict[tuple[str, int, str], np.ndarray] = field(default_factory=dict)
+    _tokenizers: dict[tuple[str, int], TextTokenizer] = field(default_factory=dict)
 
     def predict(self, version: ModelVersion, x: np.ndarray, data: str) -> np.ndarray:
         """Top-1 classes of `version` on `x`; `data` names `x` for the cache."""
@@ -124,7 +129,9 @@ class Evaluator:
         self, version: ModelVersion, x: np.ndarray, keep: Callable[[np.ndarray], np.ndarray]
     ) -> list[np.ndarray]:
         """`keep` of `version`'s first output on `x`, batch by batch (at most the engine's
-        maximum batch, else 256 rows at a time)."""
+        maximum batch, else 256 rows at a time). A text version's `x` are strings: each batch
+        is tokenised with the version's own tokenizer, as serving does."""
+        tokenizer = self.tokenizer(version) if version.config.get("text") else None
         engine, _ = open_engine(
             self.registry, version.name, version.version, EngineOptions(intra_op_threads=0)
         )
@@ -132,11 +139,25 @@ class Evaluator:
             name = engine.signature.inputs[0].name
             output = engine.signature.outputs[0].name
             step = engine.signature.max_batch or 256
+
+            def inputs(batch: np.ndarray) -> dict[str, np.ndarray]:
+                if tokenizer is None:
+                    return {name: batch}
+                return tokenizer.encode([str(t) for t in batch]).inputs()
+
             return [
-                keep(engine.infer({name: x[i : i + step]})[output]) for i in range(0, len(x), step)
+                keep(engine.infer(inputs(x[i : i + step]))[output]) for i in range(0, len(x), step)
             ]
         finally:
             engine.close()
+
+    def tokenizer(self, version: ModelVersion) -> TextTokenizer:
+        """A text version's tokenizer (its registry artifact, verified), read once."""
+        key = (version.name, version.version)
+        if key not in self._tokenizers:
+            path = tokenizer_file(self.registry, version.name, version.version, version.config)
+            self._tokenizers[key] = TextTokenizer.from_file(path)
+        return self._tokenizers[key]
 
     def held_out(self, version: ModelVersion) -> HeldOut:
         """The test split of the data set `version` was trained on (same split settings)."""
@@ -152,13 +173,14 @@ class Evaluator:
             self._held_out[cache] = HeldOut(dataset.test.x, dataset.test.y, str(name), split)
         return self._held_out[cache]
 
-    def traffic(self, name: str, task: str | None = None) -> LabelledTraffic:
+    def traffic(self, name: str, task: str | None = None, *, text: bool = False) -> LabelledTraffic:
         """Held-out labelled requests of `name` in the window (with true values when `task`
-        is "regression"); none when it logged no traffic.
+        is "regression"; a text model's logged strings when `text`); none when it logged no
+        traffic.
 
         Other errors (unreadable files) propagate: the traffic gate reports them.
         """
-        key = (name, task)
+        key = (name, task, text)
         if key not in self._traffic_by_model:
             try:
                 rows = labelled_traffic(
@@ -166,6 +188,7 @@ class Evaluator:
                     name,
                     Window.last(self.thresholds.traffic_window),
                     task=task,
+                    text=text,
                 )
             except TrafficNotFound:
                 rows = labelled_traffic_empty()

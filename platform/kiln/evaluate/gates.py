@@ -151,7 +151,8 @@ class TrafficGate:
         t = self.evaluator.thresholds
         numbers: dict[str, Any] = {"samples": 0, "min_gain": t.min_traffic_gain}
         try:
-            rows = self.evaluator.traffic(context.name)
+            text = bool(context.candidate.config.get("text"))
+            rows = self.evaluator.traffic(context.name, text=text)
             numbers["samples"] = len(rows)
             if len(rows) < t.min_traffic_samples:
                 passed = t.min_traffic_gain <= 0
