@@ -192,6 +192,10 @@ def test_kiln_datasets_show_and_list_print_the_modality(cli: Any, tmp_path: Path
     assert summary["words_per_text"] == {"mean": 5.0, "median": 5, "max": 5}
     human = cli("datasets", "show", str(path))
     assert "words per text (train)" in human.stdout and "mean 5.0, median 5" in human.stdout
+    bracketed = tmp_path / "bracketed.csv"
+    labels = ["[neg]" if i % 2 else "[pos]" for i in range(40)]
+    pl.DataFrame({"text": _texts(40), "label": labels}).write_csv(bracketed)
+    assert "[neg], [pos]" in cli("datasets", "show", str(bracketed)).stdout  # not rich markup
     assert cli("datasets", "show", "digits", "--json").json()["modality"] == "tensor"
     listing = {d["name"]: d for d in cli("datasets", "list", "--json").json()["datasets"]}
     assert listing["fine-foods"]["modality"] == "text" and listing["fine-foods"]["samples"] == 4948

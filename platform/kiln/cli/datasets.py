@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kiln.cli.output import JsonOption, emit
@@ -52,8 +53,9 @@ def list_datasets(as_json: bool = JsonOption) -> None:
                 str(r["task"]),
                 str(r["modality"]),
                 str(r["samples"] or "-"),
-                str(r["description"]),
-                str(r["status"]),
+                # escaped: "kiln[text]" in a description or hint is not rich markup
+                escape(str(r["description"])),
+                escape(str(r["status"])),
             )
         console.print(table)
 
@@ -79,12 +81,12 @@ def show(
     summary = {**dataset.summary(), "modality": dataset.modality}
 
     def render(console: Console) -> None:
-        table = Table(title=f"data set {name}", show_header=False)
+        table = Table(title=f"data set {escape(name)}", show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value", overflow="fold")
         sizes = summary["sizes"]
         assert isinstance(sizes, dict)
-        table.add_row("source", str(summary["source"]))
+        table.add_row("source", escape(str(summary["source"])))
         table.add_row("input shape", str(summary["input_shape"]))
         table.add_row("task", str(summary["task"]))
         table.add_row("modality", str(summary["modality"]))
@@ -98,7 +100,7 @@ def show(
                     f"mean {stats['mean']:.4g}, std {stats['std']:.4g}",
                 )
         else:
-            table.add_row("classes", ", ".join(summary["classes"]))  # type: ignore[arg-type]
+            table.add_row("classes", escape(", ".join(summary["classes"])))  # type: ignore[arg-type]
         table.add_row("train / val / test", f"{sizes['train']} / {sizes['val']} / {sizes['test']}")
         if "words_per_text" in summary:
             words = summary["words_per_text"]
