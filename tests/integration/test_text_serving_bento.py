@@ -5,6 +5,7 @@ that say why; every answered string is a traffic row."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 import kiln.registry
 from kiln.settings import Settings
@@ -102,8 +104,16 @@ def test_texts_that_are_not_strings_are_a_400(served: Served) -> None:
     assert "texts" in response.text
 
 
-def test_predict_refuses_a_text_model_saying_where_to_send(served: Served) -> None:
+def test_predict_and_classify_image_refuse_a_text_model_saying_where_to_send(
+    served: Served,
+) -> None:
     response = served.post("/predict", {"inputs": [[1, 2, 3]]})
     assert response.status_code == 400
     assert "is a text model" in response.text
+    assert "/classify_texts" in response.text
+    png = io.BytesIO()
+    Image.new("L", (8, 8)).save(png, format="PNG")
+    image = {"image": ("review.png", png.getvalue(), "image/png")}
+    response = httpx.post(f"{served.url}/classify_image", files=image, timeout=30)
+    assert response.status_code == 400
     assert "/classify_texts" in response.text

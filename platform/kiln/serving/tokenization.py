@@ -131,7 +131,7 @@ class TextStage:
             elif isinstance(element, bytes):
                 size = len(element)
                 if not element.isascii():
-                    _check_utf8(self, element, index)
+                    self._check_utf8(element, index)
             else:
                 self._fail(f"element {index} of {quote(TEXT_INPUT)} is not a string")
             if size == 0:
@@ -146,6 +146,17 @@ class TextStage:
                     f"it: the model reads at most {self.tokenizer.max_length} tokens, and "
                     "longer texts are truncated to them"
                 )
+
+    def _check_utf8(self, element: bytes, index: int) -> None:
+        try:
+            element.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            start = max(0, exc.start - _SHOWN_BYTES // 2)
+            around = element[start : start + _SHOWN_BYTES]
+            self._fail(
+                f"element {index} of {quote(TEXT_INPUT)} is not valid UTF-8 (byte {exc.start}: "
+                f"{exc.reason}, near {around!r}); send strings encoded as UTF-8"
+            )
 
     def split(self, outputs: Tensors) -> tuple[Tensors, TextStats]:
         """The engine's outputs of one request, and its per-row counts (taken out of them)."""
@@ -222,15 +233,3 @@ def text_spec() -> TensorSpec:
     shape for a batch of strings; [n] is accepted too). perf_analyzer cannot send an input
     whose per-row shape is [] (metadata [-1]): it fails "unable to set shape" (measured)."""
     return TensorSpec(TEXT_INPUT, "BYTES", (-1, 1), _OBJECT, optional=True)
-
-
-def _check_utf8(stage: TextStage, element: bytes, index: int) -> None:
-    try:
-        element.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        start = max(0, exc.start - _SHOWN_BYTES // 2)
-        around = element[start : start + _SHOWN_BYTES]
-        stage._fail(
-            f"element {index} of {quote(TEXT_INPUT)} is not valid UTF-8 (byte {exc.start}: "
-            f"{exc.reason}, near {around!r}); send strings encoded as UTF-8"
-        )

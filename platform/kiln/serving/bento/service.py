@@ -367,6 +367,8 @@ class KilnService:
             described = self.core.describe(self.name)
             if self.source.task(described.version) == "regression":
                 raise InvalidArgument(_NOT_A_CLASSIFIER.format(self.name))
+            if described.parameters.get("text_input"):
+                raise InvalidArgument(TEXT_MODEL.format(self.name))
             spec = described.inputs[0]
             if len(spec.shape) != 4:
                 raise InvalidArgument(
