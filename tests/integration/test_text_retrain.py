@@ -116,6 +116,7 @@ def test_labelled_texts_retrain_a_text_version_with_a_new_tokenizer(
             assert v2.config["text"][key] == v1.config["text"][key]
         assert v2.config["text"]["sha256"] != v1.config["text"]["sha256"]
         assert tokenizer_sha(registry, 2) == v2.config["text"]["sha256"]
+        assert result.to_dict()["tokenizer"]["new"] is True
         assert "onnxruntime" in result.engines
         assert registry.resolve(f"{MODEL}@candidate").version == 2
         assert "text" in v2.config["reference"] and "inputs" not in v2.config["reference"]
@@ -147,3 +148,4 @@ def test_a_warm_start_keeps_the_parent_tokenizer(parent: tuple[Settings, Path]) 
         result = retrain(registry, MODEL, settings, options)
         assert result.labels == 60 and result.excluded_heldout == 0
         assert tokenizer_sha(registry, 2) == tokenizer_sha(registry, 1)
+        assert result.to_dict()["tokenizer"]["new"] is False

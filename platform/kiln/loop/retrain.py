@@ -108,7 +108,17 @@ class RetrainResult:
             "metrics": self.metrics,
             "engines": self.engines,
             "alias": self.alias_move.alias if self.alias_move else None,
+            **self._tokenizers(),
         }
+
+    def _tokenizers(self) -> dict[str, Any]:
+        """A text version's tokenizer beside its parent's (a new one, unless warm-started)."""
+        new, old = (v.config.get("text") or {} for v in (self.version, self.parent))
+        if not new:
+            return {}
+        changed = new.get("sha256") != old.get("sha256")
+        return {"tokenizer": {"sha256": new.get("sha256"), "parent_sha256": old.get("sha256"),
+                              "new": changed}}  # fmt: skip
 
 
 def deduplicate(rows: LabelledTraffic) -> LabelledTraffic:
