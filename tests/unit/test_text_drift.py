@@ -16,7 +16,13 @@ import pytest
 
 import kiln.registry
 from kiln.data.catalog import load_dataset
-from kiln.evaluate import DriftThresholds, evaluate_traffic, version_infos
+from kiln.evaluate import (
+    DriftThresholds,
+    Evaluation,
+    VersionDrift,
+    evaluate_traffic,
+    version_infos,
+)
 from kiln.evaluate.text_drift import text_drift, unknown_drift
 from kiln.settings import Settings
 from kiln.text import TextTokenizer
@@ -88,10 +94,18 @@ def log_texts(
             )
 
 
-def evaluate(home: Path) -> Any:
+def evaluate(home: Path) -> Evaluation:
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         infos = version_infos(registry, MODEL)
     return evaluate_traffic(home, MODEL, Window.last("1h"), infos)
+
+
+def drift_of(home: Path, d: Domains, texts: np.ndarray, **logging: Any) -> VersionDrift:
+    """The drift of reviews:1 (registered with its tokenizer) after `texts` were served."""
+    register(home, d)
+    log_texts(home, d, texts, **logging)
+    (version,) = evaluate(home).drift.versions
+    return version
 
 
 def test_the_reference_profiles_texts_with_the_version_tokenizer(domains: Domains) -> None:
@@ -107,34 +121,31 @@ def test_the_reference_profiles_texts_with_the_version_tokenizer(domains: Domain
     assert domains.tokenizer.pad_id not in tokens["ids"]  # special tokens are not counted
     assert {"the", "film", "movie"} <= set(tokens["names"])
     assert sum(text["length"]["histogram"]["fractions"]) == pytest.approx(1.0, abs=1e-4)
-    again = text_reference(
-        domains.same, domains.tokenizer, np.zeros((3, 2)), None, CLASSES
-    )  # fmt: skip
-    assert again == text_reference(domains.same, domains.tokenizer, np.zeros((3, 2)), None, CLASSES)
+    again = [
+        text_reference(domains.same, domains.tokenizer, np.zeros((3, 2)), None, CLASSES)
+        for _ in range(2)
+    ]
+    assert again[0] == again[1]  # deterministic
 
 
 def test_same_domain_traffic_shows_no_drift(kiln_home: Path, domains: Domains) -> None:
-    register(kiln_home, domains)
-    log_texts(kiln_home, domains, domains.same)
-    report = evaluate(kiln_home)
-    (version,) = report.drift.versions
+    version = drift_of(kiln_home, domains, domains.same)
     text = version.text
     assert text is not None and text.judged and text.samples == 400
-    assert text.drifted == [] and not version.drift and not report.drift_detected
+    assert text.drifted == [] and not version.drift
     assert text.tokens is not None and text.tokens.texts == 400 and text.tokens.psi < 0.1
     assert text.length is not None and text.length.psi < 0.1
     assert version.predictions is not None and not version.predictions.drifted
 
 
 def test_another_domain_drifts_in_length_and_vocabulary(kiln_home: Path, domains: Domains) -> None:
-    register(kiln_home, domains)
-    log_texts(kiln_home, domains, domains.other)
-    report = evaluate(kiln_home)
-    (version,) = report.drift.versions
+    version = drift_of(kiln_home, domains, domains.other)
     text = version.text
-    assert text is not None and report.drift_detected and version.drift
+    assert text is not None and version.drift
     assert {"length", "tokens"} <= set(text.drifted)
-    assert text.length is not None and text.length.current_mean > 2 * text.length.reference_mean
+    assert (
+        text.length is not None and (text.length.current_mean or 0) > 2 * text.length.reference_mean
+    )
     assert text.tokens is not None and text.tokens.psi > DriftThresholds().token_psi
     assert {"film", "movie"} <= set(text.tokens.moved)  # product reviews never say them
     assert text.unknown is not None and text.unknown.current_rate > text.unknown.reference_rate
@@ -145,19 +156,14 @@ def test_another_domain_drifts_in_length_and_vocabulary(kiln_home: Path, domains
 def test_without_logged_texts_length_and_unknowns_are_still_judged(
     kiln_home: Path, domains: Domains
 ) -> None:
-    register(kiln_home, domains)
-    log_texts(kiln_home, domains, domains.other, rate=0.0)
-    (version,) = evaluate(kiln_home).drift.versions
-    text = version.text
+    text = drift_of(kiln_home, domains, domains.other, rate=0.0).text
     assert text is not None and text.tokens is None and "length" in text.drifted
     assert text.note is not None and "no texts were logged" in text.note
 
 
 def test_pre_tokenised_requests_count_their_ids(kiln_home: Path, domains: Domains) -> None:
-    register(kiln_home, domains)
-    log_texts(kiln_home, domains, domains.same[:200], tokenised=True)
-    (version,) = evaluate(kiln_home).drift.versions
-    tokens = version.text.tokens if version.text else None
+    text = drift_of(kiln_home, domains, domains.same[:200], tokenised=True).text
+    tokens = text.tokens if text else None
     assert tokens is not None and tokens.texts == 200 and not tokens.drift
 
 
@@ -179,6 +185,7 @@ def test_kiln_evaluate_reports_text_drift(
     result = cli("evaluate", MODEL, "--since", "1h", "--json", "--report", str(page))
     assert result.exit_code == 0, result.stderr
     drift = result.json()["drift"]
+    assert result.json()["drift_detected"] is True
     (version,) = drift["versions"]
     assert version["drift"] is True and "inputs" not in version
     text = version["text"]
