@@ -13,6 +13,7 @@ import json
 import re
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -30,13 +31,15 @@ from kiln.text import TextTokenizer
 from kiln.traffic import TrafficSettings, scan_traffic
 from kiln_engines import load
 from tests.conftest import wait_until
-from tests.integration.grpc_harness import running_server
+from tests.integration.grpc_harness import RunningServer, running_server
 from tests.integration.text_models import train_text_version
 from tests.integration.text_serving_models import (
     engine_logits,
     register_text_version,
     tokenizer,
 )
+
+Served = tuple[RunningServer, TextTokenizer]
 
 TEXTS = [
     "smart",
@@ -55,7 +58,7 @@ def _text_input(texts: list[str], shape: list[int] | None = None) -> triton.Infe
 
 
 @pytest.fixture
-def served(tmp_path: Path):  # type: ignore[no-untyped-def]
+def served(tmp_path: Path) -> Iterator[Served]:
     home = tmp_path / "home"
     text_tokenizer = tokenizer()
     with kiln.registry.open(settings=Settings(home=home)) as registry:
@@ -64,7 +67,7 @@ def served(tmp_path: Path):  # type: ignore[no-untyped-def]
         yield server, text_tokenizer
 
 
-def test_strings_are_answered_as_the_engine_answers_their_tokens(served) -> None:  # type: ignore[no-untyped-def]
+def test_strings_are_answered_as_the_engine_answers_their_tokens(served: Served) -> None:
     server, text_tokenizer = served
     with server.client() as client:
         result = client.infer("reviews", [_text_input(TEXTS)])
@@ -83,7 +86,7 @@ def test_strings_are_answered_as_the_engine_answers_their_tokens(served) -> None
     assert stats.tokens[2] == text_tokenizer.max_length
 
 
-def test_column_shaped_strings_and_typed_bytes_contents_are_answered(served) -> None:  # type: ignore[no-untyped-def]
+def test_column_shaped_strings_and_typed_bytes_contents_are_answered(served: Served) -> None:
     server, text_tokenizer = served
     expected = engine_logits(server.registry, "reviews", 1, text_tokenizer, TEXTS)
     with server.client() as client:
@@ -100,7 +103,7 @@ def test_column_shaped_strings_and_typed_bytes_contents_are_answered(served) -> 
     np.testing.assert_allclose(logits, expected, atol=1e-5)
 
 
-def test_pre_tokenised_inputs_are_answered_and_counted(served) -> None:  # type: ignore[no-untyped-def]
+def test_pre_tokenised_inputs_are_answered_and_counted(served: Served) -> None:
     server, text_tokenizer = served
     encoded = text_tokenizer.encode(TEXTS)
     inputs = []
@@ -118,7 +121,7 @@ def test_pre_tokenised_inputs_are_answered_and_counted(served) -> None:  # type:
     assert not stats.truncated.any()  # the server cannot know what the client cut
 
 
-def test_metadata_and_config_describe_the_string_input(served) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_and_config_describe_the_string_input(served: Served) -> None:
     server, text_tokenizer = served
     with server.client() as client:
         metadata = client.get_model_metadata("reviews", as_json=True)
@@ -241,7 +244,7 @@ PERF_ANALYZER = Path(__file__).resolve().parents[2] / ".bench" / "perf_analyzer"
     reason=f"perf_analyzer is not installed at {PERF_ANALYZER} "
     "(../shared/tools/install-perf-analyzer .bench/perf_analyzer)",
 )
-def test_perf_analyzer_sends_strings_alone(served, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_perf_analyzer_sends_strings_alone(served: Served, tmp_path: Path) -> None:
     # The pre-tokenised inputs are optional in ModelConfig, so perf_analyzer sends only the
     # input its data names.
     server, _ = served

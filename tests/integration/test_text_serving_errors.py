@@ -59,18 +59,22 @@ def _refused(client: triton.InferenceServerClient, model: str, *inputs: triton.I
     return str(err.value.message())
 
 
-def test_bytes_that_are_not_utf8_are_refused_naming_the_element(client) -> None:  # type: ignore[no-untyped-def]
+def test_bytes_that_are_not_utf8_are_refused_naming_the_element(
+    client: triton.InferenceServerClient,
+) -> None:
     message = _refused(client, "reviews", _strings(b"fine", b"caf\xe9 latte"))
     assert "element 1 of 'text' is not valid UTF-8 (byte 3" in message
     assert "send strings encoded as UTF-8" in message
 
 
-def test_an_empty_string_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_an_empty_string_is_refused(client: triton.InferenceServerClient) -> None:
     message = _refused(client, "reviews", _strings(b"fine", b"also fine", b""))
     assert "element 2 of 'text' is an empty string" in message
 
 
-def test_a_string_over_the_byte_limit_is_refused_with_the_limit(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_string_over_the_byte_limit_is_refused_with_the_limit(
+    client: triton.InferenceServerClient,
+) -> None:
     message = _refused(client, "reviews", _strings(b"x" * (MAX_TEXT_BYTES + 1)))
     assert f"has {MAX_TEXT_BYTES + 1} bytes, more than the limit of {MAX_TEXT_BYTES}" in message
     assert "KILN_SERVE_MAX_TEXT_BYTES" in message
@@ -79,37 +83,37 @@ def test_a_string_over_the_byte_limit_is_refused_with_the_limit(client) -> None:
     assert answered.as_numpy("logits").shape == (1, 2)
 
 
-def test_text_of_the_wrong_datatype_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_text_of_the_wrong_datatype_is_refused(client: triton.InferenceServerClient) -> None:
     message = _refused(client, "reviews", _tensor("text", np.zeros((2,), np.float32), "FP32"))
     assert "input 'text' has datatype FP32, but it takes BYTES (UTF-8 strings)" in message
 
 
-def test_text_of_the_wrong_shape_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_text_of_the_wrong_shape_is_refused(client: triton.InferenceServerClient) -> None:
     grid = np.array([[b"a", b"b"], [b"c", b"d"]], dtype=object)
     message = _refused(client, "reviews", _tensor("text", grid, "BYTES"))
     assert "input 'text' has shape [2, 2]; it takes [n] or [n, 1]" in message
 
 
-def test_text_with_pre_tokenised_inputs_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_text_with_pre_tokenised_inputs_is_refused(client: triton.InferenceServerClient) -> None:
     ids = np.ones((1, 3), np.int64)
     message = _refused(client, "reviews", _strings(b"a film"), _tensor("input_ids", ids, "INT64"))
     assert "the request has 'text' and also 'input_ids'" in message
     assert "not both" in message
 
 
-def test_wrong_input_names_are_told_both_alternatives(client) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_input_names_are_told_both_alternatives(client: triton.InferenceServerClient) -> None:
     message = _refused(client, "reviews", _tensor("sentence", np.array([b"hi"], object), "BYTES"))
     assert "unexpected input 'sentence'" in message
     assert "either 'text' (BYTES [n] or [n, 1], UTF-8 strings)" in message
     assert "'input_ids' and 'attention_mask' (INT64 [n, L], pre-tokenised)" in message
 
 
-def test_half_of_the_pre_tokenised_inputs_is_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_half_of_the_pre_tokenised_inputs_is_refused(client: triton.InferenceServerClient) -> None:
     message = _refused(client, "reviews", _tensor("input_ids", np.ones((1, 3), np.int64), "INT64"))
     assert "missing input 'attention_mask'" in message
 
 
-def test_token_ids_outside_the_vocabulary_are_refused(client) -> None:  # type: ignore[no-untyped-def]
+def test_token_ids_outside_the_vocabulary_are_refused(client: triton.InferenceServerClient) -> None:
     ids = np.array([[2, 3, 10**6]], np.int64)
     mask = np.ones((1, 3), np.int64)
     message = _refused(
@@ -121,7 +125,7 @@ def test_token_ids_outside_the_vocabulary_are_refused(client) -> None:  # type: 
     assert "input 'input_ids' holds ids outside 0.." in message
 
 
-def test_a_model_without_a_tokenizer_refuses_strings(client) -> None:  # type: ignore[no-untyped-def]
+def test_a_model_without_a_tokenizer_refuses_strings(client: triton.InferenceServerClient) -> None:
     strings = np.array([b"a digit"], dtype=object)
     message = _refused(client, "digits", _tensor(INPUT, strings, "BYTES"))
     assert f"input '{INPUT}' has datatype BYTES, but the model expects FP32" in message
