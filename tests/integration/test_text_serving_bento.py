@@ -6,6 +6,10 @@ that say why; every answered string is a traffic row."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +22,7 @@ from PIL import Image
 import kiln.registry
 from kiln.settings import Settings
 from kiln.text import TextTokenizer
-from tests.integration.bento_harness import bento_serve
+from tests.integration.bento_harness import BENTOML, bento_serve
 from tests.integration.text_serving_models import (
     CLASS_NAMES,
     engine_logits,
@@ -117,3 +121,27 @@ def test_predict_and_classify_image_refuse_a_text_model_saying_where_to_send(
     response = httpx.post(f"{served.url}/classify_image", files=image, timeout=30)
     assert response.status_code == 400
     assert "/classify_texts" in response.text
+
+
+def test_an_exported_text_version_carries_its_tokenizer(served: Served, tmp_path: Path) -> None:
+    # What a built Bento serves from: BentoML's model store, with no registry.
+    env = {
+        **os.environ,
+        "KILN_HOME": str(served.home),
+        "BENTOML_HOME": str(tmp_path / "bentoml-home"),
+    }
+    kiln = str(Path(BENTOML).with_name("kiln"))
+    export = subprocess.run(
+        [kiln, "bento", "export", "reviews:1", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    tag = json.loads(export.stdout)["tag"]
+    probe = (
+        "import sys; from kiln.serving.bento.store import StoreRepository; "
+        "opened = StoreRepository(sys.argv[1]).open('reviews', 1); "
+        "print(opened.tokenizer.sha256, opened.tokenizer_sha256)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, tag], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == [served.tokenizer.sha256] * 2

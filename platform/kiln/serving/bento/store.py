@@ -1,9 +1,10 @@
 """Kiln versions in BentoML's model store, so a built Bento serves without a Kiln registry.
 
 `export_version` copies a version's engine artifact (onnxruntime by default: portable, no
-torch needed) and a `kiln.json` manifest into the store as `kiln-<name>:v<version>`.
-`StoreRepository` is the serving core's model repository over such an entry; it verifies the
-engine's sha256 before loading it, as the registry does.
+torch needed), a text version's tokenizer, and a `kiln.json` manifest into the store as
+`kiln-<name>:v<version>`. `StoreRepository` is the serving core's model repository over such
+an entry; it verifies the engine's (and tokenizer's) sha256 before loading it, as the registry
+does.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import bentoml
 
 from kiln.errors import ArtifactCorrupted, ArtifactNotFound, InvalidArgument, ModelNotFound
-from kiln.registry import Reference, Registry
+from kiln.registry import ArtifactKind, Reference, Registry
 from kiln.serving.repository import OpenedEngine, RolloutState
+from kiln.text import TextTokenizer
 from kiln_engines import EngineOptions, load
 
 PREFIX = "kiln-"
@@ -27,6 +29,8 @@ MANIFEST = "kiln.json"
 # Engines a Bento can carry: onnxruntime and onnx run wherever onnxruntime does; AOTInductor
 # packages run where torch does; TensorRT plans only on the GPU they were built for.
 EXPORTABLE = ("onnxruntime", "onnx", "aotinductor", "tensorrt")
+TOKENIZER_FILE = "tokenizer.json"
+"""A text version's tokenizer, beside its engine."""
 
 
 def store_tag(name: str, version: int) -> str:
@@ -92,12 +96,24 @@ def export_version(registry: Registry, reference: str, kind: str = "onnxruntime"
         "config": dict(version.config),
         "source": version.ref,
     }
+    tokenizer = None
+    if version.config.get("text"):
+        # A text version serves strings only with the tokenizer it was trained with.
+        tokenizers = registry.artifacts(version.name, version.version, ArtifactKind.TOKENIZER)
+        if not tokenizers:
+            raise ArtifactNotFound(
+                f"{version.ref} is a text model but has no tokenizer artifact to export with it"
+            )
+        tokenizer = registry.artifact_file(tokenizers[-1])  # verifies the sha256
+        manifest["tokenizer"] = {"filename": TOKENIZER_FILE, "sha256": tokenizers[-1].sha256}
     with bentoml.models.create(
         tag,
         labels={"kiln.model": version.name, "kiln.version": str(version.version), "kind": kind},
         metadata={"kiln.source": version.ref, "sha256": artifact.sha256},
     ) as model:
         shutil.copyfile(source, model.path_of(filename))
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, model.path_of(TOKENIZER_FILE))
         Path(model.path_of(MANIFEST)).write_text(json.dumps(manifest, indent=2))
     return ExportResult(tag, kind, artifact.sha256, model.path, created=True)
 
@@ -153,9 +169,31 @@ class StoreRepository:
                 f"{path} does not match its manifest: expected sha256 {self.manifest['sha256']}, "
                 f"found {actual}; export the version again"
             )
+        config = self.manifest.get("config") or {}
+        tokenizer, tokenizer_sha256 = self._tokenizer() if config.get("text") else (None, "")
         engine = load(path, str(self.manifest["kind"]), self._options)
-        task = (self.manifest.get("config") or {}).get("task") or "classification"
-        return OpenedEngine(engine, str(self.manifest["kind"]), engine.device, actual, str(task))
+        task = config.get("task") or "classification"
+        return OpenedEngine(
+            engine, str(self.manifest["kind"]), engine.device, actual, str(task),
+            tokenizer, tokenizer_sha256,
+        )  # fmt: skip
+
+    def _tokenizer(self) -> tuple[TextTokenizer, str]:
+        """A text version's tokenizer, exported beside its engine (sha256 verified)."""
+        entry = self.manifest.get("tokenizer")
+        if not entry:
+            raise ArtifactNotFound(
+                f"{self._model.tag} is a text model exported without its tokenizer; export the "
+                "version again (`kiln bento export REF`) to carry it"
+            )
+        path = self._dir / str(entry["filename"])
+        actual = _sha256(path)
+        if actual != entry["sha256"]:
+            raise ArtifactCorrupted(
+                f"{path} does not match its manifest: expected sha256 {entry['sha256']}, "
+                f"found {actual}; export the version again"
+            )
+        return TextTokenizer.from_file(path), actual
 
     def model_names(self) -> list[str]:
         return [self.name]
