@@ -148,7 +148,9 @@ def unknown_drift(
     reference_rate = float(reference["unknown"]["rate"])
     total = max(int(np.sum(lengths)), 1)
     reference_tokens = max(round(float(reference["length"]["mean"]) * int(reference["samples"])), 1)
-    counts = np.array([float(np.sum(unknown)), total - float(np.sum(unknown))])
+    # A hand-made row may count more unknown tokens than tokens: never more than all of them.
+    unknowns = float(np.clip(np.sum(unknown), 0, total))
+    counts = np.array([unknowns, total - unknowns])
     current, _, z = share_changes([reference_rate, 1 - reference_rate], counts, reference_tokens)
     change = float(current[0]) - reference_rate
     return UnknownDrift(
