@@ -285,3 +285,33 @@ def test_a_trained_text_model_compiled_for_onnxruntime_answers_strings(tmp_path:
         config = client.get_model_config("reviews", as_json=True)["config"]
     np.testing.assert_allclose(result.as_numpy("logits"), expected, atol=1e-5)
     assert config["parameters"]["tokenizer_sha256"]["string_value"] == text_tokenizer.sha256
+
+
+def test_a_swap_to_a_text_version_without_its_tokenizer_leaves_the_old_one_serving(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        register_text_version(registry, tmp_path, "reviews", tokenizer(), seed=1)
+        register_text_version(
+            registry, tmp_path, "reviews", tokenizer("wordpiece"), seed=2, alias=None,
+            with_tokenizer=False,
+        )  # fmt: skip
+    with (
+        running_server(home, models=("reviews",), poll_interval_s=0.05) as server,
+        server.client() as client,
+    ):
+        server.registry.promote("reviews:2", "production", gates=[], reason="no tokenizer")
+        served: set[str] = set()
+
+        def failed_swap_reported() -> bool:
+            result = client.infer("reviews", [_text_input(TEXTS)])
+            served.add(result.get_response().model_version)
+            entries = client.get_model_repository_index(as_json=True)["models"]
+            return "reason" in entries[0]
+
+        assert wait_until(failed_swap_reported, 60, 0.02)
+        reason = client.get_model_repository_index(as_json=True)["models"][0]["reason"]
+    assert served == {"1"}
+    assert "cannot serve reviews:2" in reason
+    assert "no tokenizer artifact" in reason
