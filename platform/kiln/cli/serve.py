@@ -66,6 +66,15 @@ def serve(
             show_default="1024",
         ),
     ] = None,
+    max_text_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Longest string (UTF-8 bytes) a text model's 'text' input may hold; longer "
+            "ones are refused (INVALID_ARGUMENT). Within it, texts past the tokenizer's "
+            "max_length tokens are truncated.",
+            show_default="65536",
+        ),
+    ] = None,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -153,6 +162,7 @@ def serve(
         "max_batch_size": max_batch_size,
         "max_queue_delay_us": max_queue_delay_us,
         "max_queue_size": max_queue_size,
+        "max_text_bytes": max_text_bytes,
         "threads": threads,
         "engine_kind": engine,
         "poll_interval_s": poll_interval,
