@@ -19,6 +19,7 @@ from torch import nn
 from kiln.compile import CompileOptions, CompileReport, compile_module
 from kiln.compile.export import _require_dynamic_axes, dynamic_axes
 from kiln.compile.parity import TEXT_THRESHOLDS, THRESHOLDS, _failures, compare
+from kiln.compile.targets import INT8_WITHOUT_ATTENTION
 from kiln.compile.text import (
     TextModel,
     random_text_inputs,
@@ -230,3 +231,37 @@ def test_pretrained_tokenizer_settings_describe_the_encoder() -> None:
     )
     assert (trained.num_heads, trained.hidden_size) == (2, 32)
     assert not TextModel.of_version({"vocab_size": 300}, "gru", {"width": 32}).transformer
+
+
+def test_kilns_transformer_gets_fusions_at_fp32_and_the_plain_graph_at_int8(
+    tmp_path: Path,
+) -> None:
+    from kiln.train.text_builders import transformer
+
+    torch.manual_seed(0)
+    module = transformer(VOCAB, 3, pad_id=0, max_length=32, width=32, layers=1, heads=2)
+    text = TextModel.of_version(
+        {"vocab_size": VOCAB, "pad_id": 0, "max_length": 32}, "transformer", {}, module
+    )
+    assert (text.num_heads, text.hidden_size) == (2, 32)  # found in the module
+    builds = {}
+    for precision in ("fp32", "int8"):
+        report = compile_module(
+            module,
+            SIGNATURE,
+            HELD_OUT,
+            tmp_path / precision,
+            CompileOptions(targets=("onnxruntime",), precision=precision, **FAST),  # type: ignore[arg-type]
+            text=text,
+        )
+        result = next(r for r in report.results if r.kind == "onnxruntime")
+        assert result.passed, result.reason
+        builds[precision] = result.build
+    fusions = builds["fp32"]["transformer_fusions"]
+    assert fusions["applied"] is True and fusions["num_heads"] == 2
+    assert fusions["fused"]["SkipLayerNormalization"] >= 1
+    assert fusions["max_abs_diff_vs_plain"] <= 1e-5
+    # No Attention was fused, so int8 quantises the plain export (measured faster).
+    assert builds["int8"]["transformer_fusions"]["applied"] is False
+    assert builds["int8"]["transformer_fusions"]["reason"] == INT8_WITHOUT_ATTENTION
+    assert builds["int8"]["quantization"]["quantized_nodes"]

@@ -84,7 +84,11 @@ def speed_table(outcome: RegisteredCompile) -> Table | None:
     eager = report.eager
     if eager is None:
         return None
-    table = Table(title=f"speed on this host ({eager.threads} threads)", box=box.SIMPLE_HEAD)
+    title = f"speed on this host ({eager.threads} threads)"
+    if eager.sequence_lengths is not None:  # text: measured at the texts' own lengths
+        one, full = eager.sequence_lengths
+        title += f"; batch 1 at {one} tokens, batch {report.max_batch} at {full}"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in ("engine", "device"):
         table.add_column(column, no_wrap=True)
     for column in ("b=1 ms", "vs eager", f"b={report.max_batch} /s", "vs eager"):
@@ -201,7 +205,10 @@ def compile_command(
     ] = None,
     precision: Annotated[
         Precision,
-        typer.Option(help="fp32; fp16/bf16 (aotinductor, tensorrt); int8 (onnxruntime, tensorrt)."),
+        typer.Option(
+            help="fp32; fp16/bf16 (aotinductor, tensorrt); int8 (onnxruntime: dynamic "
+            "quantisation for text models, calibrated on training data otherwise; tensorrt)."
+        ),
     ] = "fp32",
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Largest batch the engines accept.")

@@ -133,7 +133,9 @@ def _compile_trained(
             raise CheckpointInvalid(
                 f"{version.ref} is a text version whose checkpoint has no tokenizer"
             )
-        text = TextModel.of_version(config.text, config.builder, config.builder_args)
+        text = TextModel.of_version(
+            config.text, config.builder, config.builder_args, checkpoint.model
+        )
         held_out = recorded_text(config.model_dump(), version.ref, checkpoint.tokenizer, settings)
     else:
         held_out = recorded(config.model_dump(), version.ref, config.input_name, settings)

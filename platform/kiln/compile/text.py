@@ -54,11 +54,23 @@ class TextModel:
 
     @classmethod
     def of_version(
-        cls, text: Mapping[str, Any], builder: str, builder_args: Mapping[str, Any]
+        cls,
+        text: Mapping[str, Any],
+        builder: str,
+        builder_args: Mapping[str, Any],
+        module: Any = None,
     ) -> TextModel:
-        """From a version's `config["text"]` (`TextTokenizer.settings()`) and its builder."""
+        """From a version's `config["text"]` (`TextTokenizer.settings()`) and its builder; heads
+        and width from the builder's arguments, else from the built `module` (an attention
+        module's `heads`, the token embedding's width) when given."""
         heads = next((int(builder_args[k]) for k in _HEADS_ARGS if k in builder_args), 0)
         width = next((int(builder_args[k]) for k in _WIDTH_ARGS if k in builder_args), 0)
+        if module is not None and builder in TRANSFORMER_BUILDERS:
+            parts = list(module.modules())
+            found = (getattr(m, "heads", None) for m in parts)
+            heads = heads or next((h for h in found if isinstance(h, int)), 0)
+            dims = (getattr(m, "embedding_dim", None) for m in parts)
+            width = width or next((d for d in dims if isinstance(d, int)), 0)
         return cls(
             vocab_size=int(text["vocab_size"]),
             pad_id=int(text.get("pad_id", 0)),
