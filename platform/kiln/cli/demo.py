@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -16,12 +16,22 @@ from kiln.settings import Settings
 
 def demo(
     fast: Annotated[bool, typer.Option(help="Fewer epochs and requests (for CI).")] = False,
+    task: Annotated[
+        Literal["image", "text"],
+        typer.Option(
+            help="image: digits, MNIST to other writers. text: sentiment, movie snippets "
+            "(Rotten Tomatoes) to product reviews (Amazon fine foods), strings served."
+        ),
+    ] = "image",
     as_json: bool = JsonOption,
 ) -> None:
     """Train, compile, serve, shift the traffic, detect it, retrain, promote, recover."""
     from kiln.loop.demo import DemoOptions, run_demo
 
     home = Settings().home
+    if task == "text":
+        _text_demo(fast, as_json)
+        return
     figures = run_demo(
         home,
         DemoOptions(fast=fast, show_progress=not as_json),
@@ -63,3 +73,40 @@ def demo(
         console.print(table)
 
     emit(figures.to_dict(), as_json, render)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def _text_demo(fast: bool, as_json: bool) -> None:
+    from kiln.loop.text_demo import TextDemoOptions, run_text_demo
+
+    figures = run_text_demo(
+        Settings().home,
+        TextDemoOptions(fast=fast, show_progress=not as_json),
+        say=lambda m: err_console.print(escape(m), highlight=False),
+    )
+
+    def render(console: Console) -> None:
+        acc: dict[str, Any] = figures["accuracy"]
+        v1, v2 = figures["v1"]["version"], figures["v2"]["version"]
+        table = Table(title="kiln demo --task text: the loop, measured", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+        table.add_row(f"v{v1} on movie snippets", _pct(acc["before_shift"]))
+        table.add_row(f"v{v1} on product reviews", _pct(acc["after_shift"]))
+        table.add_row("drift detected", "yes" if figures["drift_detected"] else "no")
+        table.add_row(f"v{v2} on new product reviews", _pct(acc["after_retraining"]))
+        held = figures["heldout"]
+        table.add_row(
+            f"v{v1} / v{v2} on the movie held-out set",
+            f"{_pct(acc['heldout_v1'])} / {_pct(acc['heldout_v2'])} ({held['samples']} "
+            f"snippets, {held['in_training_data']} of them in any version's training data)",
+        )
+        table.add_row("failed requests", f"{figures['failed_requests']} of {figures['requests']}")
+        table.add_row("duration", f"{figures['duration_s']} s")
+        table.add_row("report", str(figures["report"]))
+        console.print(table)
+
+    emit(figures, as_json, render)

@@ -368,8 +368,10 @@ def write_labels(path: Path, labels: list[tuple[str, int]], share: float, seed: 
     return len(chosen)
 
 
-def wait_for_traffic(home: Path, expected: int, timeout_s: float = 30.0) -> None:
-    """Wait (at most `timeout_s`) until the server has logged `expected` requests.
+def wait_for_traffic(
+    home: Path, expected: int, timeout_s: float = 30.0, *, model: str = MODEL
+) -> None:
+    """Wait (at most `timeout_s`) until the server has logged `expected` requests of `model`.
 
     The server flushes its request log every half second; labels imported for requests not
     yet on disk would be reported unmatched (they are kept either way, but the report would
@@ -378,7 +380,7 @@ def wait_for_traffic(home: Path, expected: int, timeout_s: float = 30.0) -> None
 
     def logged() -> int:
         try:
-            return scan_traffic(home, MODEL).frame.select("request_id").collect().height
+            return scan_traffic(home, model).frame.select("request_id").collect().height
         except KilnError:  # TrafficNotFound: the server has written nothing yet
             return 0
 

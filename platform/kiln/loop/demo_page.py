@@ -40,15 +40,18 @@ def render_page(
     failed_requests: int,
     requests: int,
     drift_detected: bool,
+    title: str = "kiln demo",
+    before_retraining: str = BEFORE_RETRAINING,
 ) -> str:
-    """The page for one demo run; `promoted` is the version promoted after the second phase."""
+    """The page for one demo run; `promoted` is the version promoted after the second phase,
+    `before_retraining` the evaluation report written then (a file beside the page)."""
     return page(
-        "kiln demo",
+        title,
         [
-            "<h1>kiln demo</h1>",
+            f"<h1>{html.escape(title)}</h1>",
             f"<p>Failed requests: <b>{failed_requests}</b> of {requests}. Drift detected before "
             f"retraining: <b>{drift_detected}</b>. Evaluation before retraining: "
-            f'<a href="{html.escape(BEFORE_RETRAINING)}">report</a>.</p>',
+            f'<a href="{html.escape(before_retraining)}">report</a>.</p>',
             image(_phase_plot(phases, promoted), "accuracy by phase"),
             "<h2>Phases</h2>",
             table(
