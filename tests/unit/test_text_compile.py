@@ -19,7 +19,7 @@ from torch import nn
 from kiln.compile import CompileOptions, CompileReport, compile_module
 from kiln.compile.export import _require_dynamic_axes, dynamic_axes
 from kiln.compile.parity import TEXT_THRESHOLDS, THRESHOLDS, _failures, compare
-from kiln.compile.targets import INT8_WITHOUT_ATTENTION
+from kiln.compile.targets import WITHOUT_ATTENTION
 from kiln.compile.text import (
     TextModel,
     random_text_inputs,
@@ -233,7 +233,7 @@ def test_pretrained_tokenizer_settings_describe_the_encoder() -> None:
     assert not TextModel.of_version({"vocab_size": 300}, "gru", {"width": 32}).transformer
 
 
-def test_kilns_transformer_gets_fusions_at_fp32_and_the_plain_graph_at_int8(
+def test_kilns_transformer_keeps_the_plain_graph_unless_attention_was_fused(
     tmp_path: Path,
 ) -> None:
     from kiln.train.text_builders import transformer
@@ -245,23 +245,40 @@ def test_kilns_transformer_gets_fusions_at_fp32_and_the_plain_graph_at_int8(
     )
     assert (text.num_heads, text.hidden_size) == (2, 32)  # found in the module
     builds = {}
-    for precision in ("fp32", "int8"):
+    for name, precision, fusions in (
+        ("auto", "fp32", None),
+        ("forced", "fp32", True),
+        ("int8", "int8", None),
+    ):
         report = compile_module(
             module,
             SIGNATURE,
             HELD_OUT,
-            tmp_path / precision,
-            CompileOptions(targets=("onnxruntime",), precision=precision, **FAST),  # type: ignore[arg-type]
+            tmp_path / name,
+            CompileOptions(  # type: ignore[arg-type]
+                targets=("onnxruntime",), precision=precision, transformer_fusions=fusions, **FAST
+            ),
             text=text,
         )
         result = next(r for r in report.results if r.kind == "onnxruntime")
         assert result.passed, result.reason
-        builds[precision] = result.build
-    fusions = builds["fp32"]["transformer_fusions"]
-    assert fusions["applied"] is True and fusions["num_heads"] == 2
-    assert fusions["fused"]["SkipLayerNormalization"] >= 1
-    assert fusions["max_abs_diff_vs_plain"] <= 1e-5
-    # No Attention was fused, so int8 quantises the plain export (measured faster).
-    assert builds["int8"]["transformer_fusions"]["applied"] is False
-    assert builds["int8"]["transformer_fusions"]["reason"] == INT8_WITHOUT_ATTENTION
-    assert builds["int8"]["quantization"]["quantized_nodes"]
+        builds[name] = result.build["transformer_fusions"]
+    forced = builds["forced"]
+    assert forced["applied"] is True and forced["num_heads"] == 2
+    assert forced["fused"]["SkipLayerNormalization"] >= 1 and "Attention" not in forced["fused"]
+    assert forced["max_abs_diff_vs_plain"] <= 1e-5
+    # By default, without a fused Attention, the plain export is kept, at fp32 and int8.
+    for name in ("auto", "int8"):
+        assert builds[name]["applied"] is False
+        assert builds[name]["reason"] == WITHOUT_ATTENTION
+        assert builds[name]["fused"] == forced["fused"]  # what could be fused is recorded
+
+
+def test_a_failing_optimiser_keeps_the_plain_graph(tmp_path: Path) -> None:
+    from kiln.compile.fusion import fuse_transformer
+
+    broken = tmp_path / "model.onnx"
+    broken.write_bytes(b"not an onnx model")
+    source, report = fuse_transformer(broken, tmp_path / "model.fused.onnx", TEXT)
+    assert source == broken
+    assert report["applied"] is False and report["reason"].startswith("optimizer failed")

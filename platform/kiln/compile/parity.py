@@ -21,9 +21,9 @@ random set than in the held-out set, so two lengths are verified.
 Text classifiers (`kiln.compile.text`) at int8 are dynamically quantised: weights int8, each
 activation scaled per call from its own range. Their held-out top-1 agreement must be >= 99%
 and their held-out max abs diff on the logits <= 0.5 x max(1, max |reference logit|): a
-quantised encoder moves logits by a few hundredths on real texts (measured: see
-`TEXT_INT8_MAX_ABS_DIFF`), so a diff of half the logits' scale means a broken engine, not
-rounding. Their random token sequences are reported, not gated, as for any reduced precision.
+quantised encoder moves logits by a few hundredths on real texts (`TEXT_INT8_MAX_ABS_DIFF`),
+so a diff of half the logits' scale means a broken engine, not rounding. Their random token
+sequences are reported, not gated, as for any reduced precision.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ TASK_THRESHOLDS = {"classification": THRESHOLDS, "regression": REGRESSION_THRESH
 
 TEXT_INT8_MAX_ABS_DIFF = 0.5
 """A dynamically quantised text classifier's largest allowed held-out logit difference,
-relative to max(1, the largest |logit|)."""
+relative to max(1, the largest |logit|). Measured: 0.046 on Kiln's transformer trained on
+rotten-tomatoes (512 held-out texts), 0.012-0.014 on 32-wide test models."""
 TEXT_THRESHOLDS: dict[str, Thresholds] = {
     **THRESHOLDS,
     "int8": Thresholds(

@@ -51,9 +51,10 @@ class CompileOptions:
     """Time budget per measurement (latency, throughput); 0 skips measuring."""
     cache_dir: Path | None = None
     """TensorRT's timing cache lives here (Kiln: KILN_HOME/cache)."""
-    transformer_fusions: bool = True
-    """Apply onnxruntime's transformer fusions to transformer text models (off: the plain
-    export, to compare)."""
+    transformer_fusions: bool | None = None
+    """onnxruntime's transformer fusions for transformer text models: None (default) keeps
+    the fused graph only when attention was fused (else onnxruntime's own optimiser does as
+    well on the plain export); True keeps whatever was fused; False skips them."""
 
     def validate(self) -> None:
         unknown = [t for t in self.targets if t not in TARGETS]
