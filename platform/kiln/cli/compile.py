@@ -87,7 +87,7 @@ def speed_table(outcome: RegisteredCompile) -> Table | None:
     title = f"speed on this host ({eager.threads} threads)"
     if eager.sequence_lengths is not None:  # text: measured at the texts' own lengths
         one, full = eager.sequence_lengths
-        title += f"; batch 1 at {one} tokens, batch {report.max_batch} at {full}"
+        title += f"; tokens: {one} at b=1, {full} at b={report.max_batch}"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for column in ("engine", "device"):
         table.add_column(column, no_wrap=True)
