@@ -25,6 +25,19 @@ if TYPE_CHECKING:  # both import torch: only a command that trains or compiles m
     from kiln.compile import RegisteredCompile
     from kiln.train import TrainResult
 
+TEXT_HELP: dict[str, dict[str, Any]] = {
+    "transformer": {"epochs": 4, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.1, "patience": 2},
+    "gru": {"epochs": 8, "batch_size": 32, "lr": 3e-3, "weight_decay": 0.1, "patience": 2},
+    "minilm": {"epochs": 2, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01, "patience": 1},
+}
+"""`kiln.train.TEXT_DEFAULTS` for the help text (importing it would import torch); a test
+keeps the two equal."""
+
+
+def text_default(key: str) -> str:
+    """A setting's text defaults per builder, for the help: "4 transformer, 8 gru, ..."."""
+    return ", ".join(f"{defaults[key]} {builder}" for builder, defaults in TEXT_HELP.items())
+
 
 def parse_model_args(pairs: list[str]) -> dict[str, Any]:
     """`key=value` pairs; values are JSON when they parse (numbers, lists), else strings."""
@@ -49,6 +62,13 @@ class Task(StrEnum):
 
     classification = "classification"
     regression = "regression"
+
+
+class TokenizerKind(StrEnum):
+    """`--tokenizer`: `kiln.text.KINDS`, spelled out so the CLI starts without tokenizers."""
+
+    bpe = "bpe"
+    wordpiece = "wordpiece"
 
 
 class Loss(StrEnum):
@@ -77,8 +97,9 @@ def train(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Builder: mlp, cnn, resnet, or package.module:function "
-            "[default: cnn; mlp for regression]."
+            help="Builder: mlp, cnn, resnet; for text transformer, gru, minilm (fine-tunes the "
+            "pretrained all-MiniLM-L6-v2); or package.module:function "
+            "[default: cnn; mlp for regression; transformer for text]."
         ),
     ] = None,
     model_arg: Annotated[
@@ -91,30 +112,63 @@ def train(
     epochs: Annotated[
         int | None,
         typer.Option(
-            help="Maximum epochs (early stopping may end sooner) [default: 8; 200 for regression]."
+            help="Maximum epochs (early stopping may end sooner) "
+            f"[default: 8; 200 for regression; text: {text_default('epochs')}]."
         ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Samples per step [default: 64; 32 for regression].")
+        int | None,
+        typer.Option(
+            help="Samples per step "
+            f"[default: 64; 32 for regression; text: {text_default('batch_size')}]."
+        ),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="Peak AdamW learning rate [default: 0.003; 0.001 for regression]."),
+        typer.Option(
+            help="Peak AdamW learning rate "
+            f"[default: 0.003; 0.001 for regression; text: {text_default('lr')}]."
+        ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(help="AdamW weight decay [default: 0.01].")
+        float | None,
+        typer.Option(
+            help=f"AdamW weight decay [default: 0.01; text: {text_default('weight_decay')}]."
+        ),
     ] = None,
     patience: Annotated[
         int | None,
         typer.Option(
-            help="Epochs without val improvement before stopping [default: 3; 20 for regression]."
+            help="Epochs without val improvement before stopping "
+            f"[default: 3; 20 for regression; text: {text_default('patience')}]."
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        TokenizerKind | None,
+        typer.Option(
+            help="Text only: the tokenizer trained on the training split [default: bpe]; "
+            "minilm uses its own."
+        ),
+    ] = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Text only: the trained tokenizer's vocabulary size "
+            "[default: 4000 for transformer, 8000 for gru]."
+        ),
+    ] = None,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            help="Text only: tokens per text, longer texts truncated [default: 128; 64 for minilm]."
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits, initialisation and shuffling.")] = 0,
     threads: Annotated[
         int | None,
         typer.Option(
-            help="CPU threads; 0 = KILN_THREADS or all cores [default: 0; 1 for regression]."
+            help="CPU threads; 0 = KILN_THREADS or all cores "
+            "[default: 0; 1 for regression and text]."
         ),
     ] = None,
     name: Annotated[
@@ -132,8 +186,9 @@ def train(
 ) -> None:
     """Train a classifier or a regressor, evaluate it on the test split and save the best
     checkpoint. The data set decides which (a regression set such as diabetes, autompg or a
-    Parquet file with a numeric 'target' column trains a regressor), and the defaults suit it."""
-    from kiln.data import task_of
+    Parquet file with a numeric 'target' column trains a regressor; a text set such as
+    rotten-tomatoes a text classifier with its own tokenizer), and the defaults suit it."""
+    from kiln.data import modality_of, task_of
     from kiln.train import TrainConfig
     from kiln.train import train as run_training
 
@@ -149,16 +204,23 @@ def train(
         "threads": threads,
         "task": task.value if task else None,
         "loss": loss.value if loss else None,
+        "tokenizer": tokenizer.value if tokenizer else None,
+        "vocab_size": vocab_size,
+        "max_length": max_length,
     }
-    # The task picks the defaults, so a regression set trains an MLP without --model mlp;
-    # the trainer still checks --task against the data set it loads.
+    modality = modality_of(dataset)
+    # The task (and modality) pick the defaults, so a regression set trains an MLP without
+    # --model mlp and a text set a transformer; the trainer still checks --task against the
+    # data set it loads.
     config = TrainConfig.for_task(
         task.value if task else task_of(dataset),
+        modality,
         dataset=dataset,
         seed=seed,
         **{key: value for key, value in given.items() if value is not None},
     )
     config.validate()
+    config.check_modality(modality)
     if compile_targets and name is None:
         raise InvalidArgument(
             "--compile builds engines for a registered version: add --name NAME "

@@ -19,7 +19,6 @@ from kiln.train.builders import (
 )
 from kiln.train.checkpoint import LoadedCheckpoint, load_checkpoint, read_config, save_checkpoint
 from kiln.train.config import (
-    PRETRAINED_TEXT_DEFAULTS,
     REGRESSION_DEFAULTS,
     TEXT_DEFAULTS,
     CheckpointConfig,
@@ -33,7 +32,6 @@ from kiln.train.trainer import TrainResult, predict_logits, train
 
 __all__ = [
     "BUILDERS",
-    "PRETRAINED_TEXT_DEFAULTS",
     "REGRESSION_DEFAULTS",
     "TEXT_BUILDERS",
     "TEXT_DEFAULTS",

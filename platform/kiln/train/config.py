@@ -46,12 +46,11 @@ class TrainConfig:
     def for_task(cls, task: str, modality: str = "tensor", /, **given: Any) -> TrainConfig:
         """A config with the defaults that suit `task` and `modality`, overridden by `given`
         (a classifier's defaults are the class's own; a regressor's are REGRESSION_DEFAULTS;
-        a text classifier's TEXT_DEFAULTS, or PRETRAINED_TEXT_DEFAULTS for `minilm`)."""
+        a text classifier's TEXT_DEFAULTS for its builder, `transformer` by default)."""
         defaults: dict[str, Any] = REGRESSION_DEFAULTS if task == "regression" else {}
         if modality == "text":
-            pretrained = given.get("model") in PRETRAINED_TEXT_DEFAULTS
-            model = given.get("model", TEXT_DEFAULTS["model"])
-            defaults = PRETRAINED_TEXT_DEFAULTS[model] if pretrained else TEXT_DEFAULTS
+            model = given.get("model") or TEXT_MODEL
+            defaults = TEXT_DEFAULTS.get(model, TEXT_DEFAULTS[TEXT_MODEL]) | {"model": model}
         return cls(**(defaults | given))
 
     def validate(self) -> None:
@@ -126,12 +125,19 @@ class TrainConfig:
             if key not in TEXT_FIELDS or value is not None
         }
 
-    def text_given(self) -> list[str]:
-        """The CLI options of the text settings that were given (for refusing them on
-        tensor data sets)."""
-        return [
+    def check_modality(self, modality: str, shape: tuple[int, ...] | None = None) -> None:
+        """Refuse text settings (--tokenizer, --vocab-size, --max-length) for a data set whose
+        `modality` is not "text" (`shape`: its samples' shape, when known)."""
+        given = [
             f"--{key.replace('_', '-')}" for key in TEXT_FIELDS if getattr(self, key) is not None
         ]
+        if given and modality != "text":
+            holds = f"tensors of shape {shape}" if shape is not None else "no text"
+            raise InvalidArgument(
+                f"{' and '.join(given)} set how texts are tokenised, but data set "
+                f"'{self.dataset}' holds {holds}; drop {'them' if len(given) > 1 else 'it'}, or "
+                "train on a text data set (e.g. --dataset rotten-tomatoes)"
+            )
 
 
 TEXT_FIELDS = ("tokenizer", "vocab_size", "max_length")
@@ -158,20 +164,27 @@ autompg over 5 seeds against scikit-learn's linear baselines (benchmarks/regress
 wider or deeper nets, Huber loss, lr 3e-3 and weight decay 0.1 were all within noise."""
 
 
-TEXT_DEFAULTS: dict[str, Any] = {
-    "model": "transformer",
-    "epochs": 10,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "weight_decay": 0.1,
-    "patience": 3,
-}
-"""From-scratch text classifiers (transformer, gru) on a few thousand to ten thousand short
-texts: placeholders until measured."""
-
-PRETRAINED_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+TEXT_MODEL = "transformer"
+"""What `kiln train` trains on a text set without --model."""
+TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
+    "transformer": {
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 0.1,
+        "patience": 2,
+        "vocab_size": 4000,
+        "threads": 1,
+    },
+    "gru": {
+        "epochs": 8,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "weight_decay": 0.1,
+        "patience": 2,
+        "threads": 1,
+    },
     "minilm": {
-        "model": "minilm",
         "epochs": 2,
         "batch_size": 32,
         "lr": 5e-5,
@@ -179,10 +192,18 @@ PRETRAINED_TEXT_DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_fraction": 0.1,
         "patience": 1,
         "max_length": 64,
-    }
+        "threads": 1,
+    },
 }
-"""Fine-tuning a pretrained encoder: a learning rate two orders below from-scratch training,
-or the pretrained weights are forgotten in the first steps."""
+"""Per text builder (a builder of your own gets the transformer's). Chosen on rotten-tomatoes
+(10,159 training snippets; the builders' own dropout and word dropout defaults regularise):
+the from-scratch transformer overfits after its second epoch, so a short cosine schedule
+anneals while it still improves, and a 4,000-token vocabulary (0.768 test accuracy) suits it
+better than 8,000 (0.763) or 2,000 (0.737); the GRU learns more slowly and takes a higher
+rate and more epochs; fine-tuning a pretrained encoder takes a rate two orders lower, or its
+weights are forgotten in the first steps. One thread: the same numbers as recorded (results are
+deterministic per thread count), and faster than two on the shared 2-core machine (an epoch
+of the transformer: 80 s against over 280 s measured under load)."""
 
 
 class CheckpointConfig(BaseModel):

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from kiln.train.config import TrainConfig
 
 
+BUCKET_POOL = 50
+"""Batches per length-sorted pool (`TokenInputs.epoch_order`)."""
+
+
 class Inputs(Protocol):
     """A split's inputs, batched by row indices."""
 
@@ -35,6 +39,13 @@ class Inputs(Protocol):
 
     def prediction_order(self) -> torch.Tensor:
         """The order in which prediction visits the rows (a permutation of range(len))."""
+        ...
+
+    def epoch_order(
+        self, perm: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The order of an epoch's training rows, from a random permutation `perm`; training
+        takes consecutive `batch_size` slices of it as batches."""
         ...
 
 
@@ -52,6 +63,11 @@ class TensorInputs:
 
     def prediction_order(self) -> torch.Tensor:
         return torch.arange(len(self))
+
+    def epoch_order(
+        self, perm: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        return perm
 
 
 class TokenInputs:
@@ -79,6 +95,27 @@ class TokenInputs:
     def prediction_order(self) -> torch.Tensor:
         return torch.argsort(self.lengths, stable=True)
 
+    def epoch_order(
+        self, perm: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Batches of similar lengths in random order: `perm` is cut into pools of
+        BUCKET_POOL batches, each pool sorted by length and cut into batches, and the full
+        batches shuffled (a last, partial one stays last, so the slices stay batches).
+
+        A random batch of short snippets is as wide as its longest member, on the review
+        sets about twice the mean; within a pool the rows are still a random draw, so every
+        batch remains a fair sample of the labels."""
+        pool = batch_size * BUCKET_POOL
+        batches: list[torch.Tensor] = []
+        for start in range(0, len(perm), pool):
+            part = perm[start : start + pool]
+            part = part[torch.argsort(self.lengths[part], stable=True)]
+            batches.extend(torch.split(part, batch_size))
+        partial = [b for b in batches if len(b) < batch_size]
+        full = [b for b in batches if len(b) == batch_size]
+        shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+        return torch.cat(shuffled + partial) if batches else perm
+
 
 def as_inputs(x: np.ndarray | tuple[np.ndarray, ...] | Inputs) -> Inputs:
     """`x` as `Inputs`: an array or a tuple of arrays (sliced alike), or already `Inputs`."""
@@ -93,14 +130,10 @@ def text_tokenizer(
     config: TrainConfig, texts: Sequence[str] | np.ndarray, warm_start: LoadedCheckpoint | None
 ) -> TextTokenizer:
     """The tokenizer a text model trains with: a warm start's own (its weights index its
-    vocabulary), a pretrained builder's own, or one trained on `texts` (the training split)
+    vocabulary, so the config's tokenizer settings, which retraining copies from the parent,
+    do not apply), a pretrained builder's own, or one trained on `texts` (the training split)
     with the config's settings."""
     if warm_start is not None and warm_start.tokenizer is not None:
-        if config.tokenizer or config.vocab_size:
-            raise InvalidArgument(
-                "a warm start keeps its checkpoint's tokenizer (its weights are indexed by that "
-                "vocabulary); drop --tokenizer and --vocab-size, or train from scratch"
-            )
         return warm_start.tokenizer
     if config.model in PRETRAINED_BUILDERS:
         if config.tokenizer or config.vocab_size:

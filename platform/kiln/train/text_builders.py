@@ -17,7 +17,7 @@ logits (n, num_classes). Every built-in one:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -37,6 +37,16 @@ def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     without any (the denominator is clamped to one token)."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def drop_tokens(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+    """Word dropout (Iyyer et al., 2015): in training, zero the embeddings (n, L, d) of a random
+    `rate` of the tokens, so the model cannot lean on any one word (a few thousand texts are
+    otherwise memorised within two epochs); the identity in eval mode and in every export."""
+    if not training or rate <= 0:
+        return x
+    keep = torch.rand(x.shape[:2], device=x.device) >= rate
+    return x * keep.unsqueeze(-1).to(x.dtype)
 
 
 def attention_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -105,9 +115,11 @@ class TextTransformer(nn.Module):
         layers: int = 2,
         heads: int = 4,
         mlp_ratio: int = 4,
-        dropout: float = 0.1,
+        dropout: float = 0.3,
+        token_dropout: float = 0.3,
     ) -> None:
         super().__init__()
+        self.token_dropout = token_dropout
         self.tokens = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         self.positions = nn.Embedding(max_length, width)
         self.blocks = nn.ModuleList(
@@ -124,7 +136,8 @@ class TextTransformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        x = self.drop(self.tokens(input_ids) + self.positions(positions)[None])
+        tokens = drop_tokens(self.tokens(input_ids), self.token_dropout, self.training)
+        x = self.drop(tokens + self.positions(positions)[None])
         bias = attention_bias(attention_mask, x.dtype)
         for block in self.blocks:
             x = block(x, bias)
@@ -141,13 +154,16 @@ def gru_steps(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
     (ONNX `Scan`) over any length. The two agree to float rounding (a unit test checks).
     """
     if not torch.compiler.is_exporting():
-        out, _ = gru(x)
+        out: torch.Tensor = gru(x)[0]
         return out
     from torch._higher_order_ops.scan import scan
 
-    w_hh, b_hh = gru.weight_hh_l0, gru.bias_hh_l0
+    w_ih, w_hh, b_ih, b_hh = (
+        cast(torch.Tensor, getattr(gru, name))
+        for name in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+    )
     # The input half of every gate for every position at once; only the hidden half recurs.
-    gates_in = (x @ gru.weight_ih_l0.T + gru.bias_ih_l0).transpose(0, 1)
+    gates_in = (x @ w_ih.T + b_ih).transpose(0, 1)
 
     def step(h: torch.Tensor, gate_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         reset_in, update_in, new_in = gate_in.chunk(3, dim=-1)
@@ -159,7 +175,8 @@ def gru_steps(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
         return h, h.clone()  # scan's outputs must not alias its carry
 
     _, outputs = scan(step, x.new_zeros(x.shape[0], gru.hidden_size), gates_in)
-    return outputs.transpose(0, 1)
+    steps: torch.Tensor = outputs.transpose(0, 1)
+    return steps
 
 
 def reverse_within_length(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -181,7 +198,7 @@ class TextGRU(nn.Module):
     both directions' inputs) never reaches the outputs at real positions.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (the builder's arguments, each a --model-arg)
         self,
         vocab_size: int,
         num_classes: int,
@@ -191,9 +208,11 @@ class TextGRU(nn.Module):
         width: int = 128,
         hidden: int = 128,
         layers: int = 1,
-        dropout: float = 0.2,
+        dropout: float = 0.3,
+        token_dropout: float = 0.2,
     ) -> None:
         super().__init__()
+        self.token_dropout = token_dropout
         self.tokens = nn.Embedding(vocab_size, width, padding_idx=pad_id)
         self.forward_layers = nn.ModuleList()
         self.backward_layers = nn.ModuleList()
@@ -206,10 +225,10 @@ class TextGRU(nn.Module):
         self.head = nn.Linear(2 * size, num_classes)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.tokens(input_ids))
+        x = self.drop(drop_tokens(self.tokens(input_ids), self.token_dropout, self.training))
         for fwd, bwd in zip(self.forward_layers, self.backward_layers, strict=True):
-            ahead = gru_steps(fwd, x)
-            behind = gru_steps(bwd, reverse_within_length(x, attention_mask))
+            ahead = gru_steps(cast(nn.GRU, fwd), x)
+            behind = gru_steps(cast(nn.GRU, bwd), reverse_within_length(x, attention_mask))
             x = self.drop(torch.cat([ahead, reverse_within_length(behind, attention_mask)], -1))
         keep = attention_mask.unsqueeze(-1) > 0
         # Max over real tokens; a row without any pools to zeros, not to MASKED.
@@ -222,14 +241,16 @@ class TextGRU(nn.Module):
 def transformer(
     vocab_size: int, num_classes: int, *, pad_id: int, max_length: int, **args: Any
 ) -> nn.Module:
-    """A pre-norm transformer encoder (width 128, 2 layers, 4 heads by default)."""
+    """A pre-norm transformer encoder (width 128, 2 layers, 4 heads, dropout 0.3 and word
+    dropout 0.3 by default: measured on rotten-tomatoes, see `TEXT_DEFAULTS`)."""
     return TextTransformer(vocab_size, num_classes, pad_id=pad_id, max_length=max_length, **args)
 
 
 def gru(
     vocab_size: int, num_classes: int, *, pad_id: int, max_length: int, **args: Any
 ) -> nn.Module:
-    """A bidirectional GRU (width 128, hidden 128, 1 layer by default)."""
+    """A bidirectional GRU (width 128, hidden 128, 1 layer, dropout 0.3 and word dropout 0.2
+    by default: measured on rotten-tomatoes, see `kiln.train.config.TEXT_DEFAULTS`)."""
     return TextGRU(vocab_size, num_classes, pad_id=pad_id, max_length=max_length, **args)
 
 

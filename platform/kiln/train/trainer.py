@@ -189,15 +189,8 @@ def train(  # noqa: PLR0915
         test_fraction=config.test_fraction,
     )
     config = config.resolved(ds.task)
-    tokenizer = None
-    if ds.modality == TEXT:
-        tokenizer = text_tokenizer(config, ds.train.x, warm_start)
-    elif config.text_given():
-        raise InvalidArgument(
-            f"{' and '.join(config.text_given())} set(s) how texts are tokenised, but data set "
-            f"'{ds.name}' holds tensors of shape {ds.input_shape}; drop them, or train on a text "
-            "data set (e.g. --dataset rotten-tomatoes)"
-        )
+    config.check_modality(ds.modality, ds.input_shape)
+    tokenizer = text_tokenizer(config, ds.train.x, warm_start) if ds.modality == TEXT else None
     objective = objective_for(
         config, ds, warm_start, prebuilt=model is not None, tokenizer=tokenizer
     )
@@ -251,7 +244,9 @@ def train(  # noqa: PLR0915
         for epoch in range(1, config.epochs + 1):
             epoch_start = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=shuffle)
+            perm = train_x.epoch_order(
+                torch.randperm(n, generator=shuffle), config.batch_size, shuffle
+            )
             loss_sum = torch.zeros(())
             metric_sum = objective.zero()
             seen = 0
