@@ -222,9 +222,9 @@ def _network(
     """The builder's network for `width` outputs and the input statistics as tensors."""
     if builder in TEXT_BUILDERS:
         raise InvalidArgument(
-            f"the '{builder}' builder takes text (token ids), but this data set holds tensors of "
-            f"shape {tuple(input_shape)}; use {', '.join(BUILDERS)}, or train '{builder}' on a "
-            "text data set (kiln datasets list)"
+            f"no model builder '{builder}' for tensors: '{builder}' takes text (token ids), but "
+            f"this data set holds tensors of shape {tuple(input_shape)}; use "
+            f"{', '.join(BUILDERS)}, or train '{builder}' on a text data set (kiln datasets list)"
         )
     fn = resolve_builder(builder)
     try:
