@@ -97,7 +97,12 @@ def _text_demo(fast: bool, as_json: bool) -> None:
         table.add_row(f"v{v1} on movie snippets", _pct(acc["before_shift"]))
         table.add_row(f"v{v1} on product reviews", _pct(acc["after_shift"]))
         table.add_row("drift detected", "yes" if figures["drift_detected"] else "no")
-        table.add_row(f"v{v2} on new product reviews", _pct(acc["after_retraining"]))
+        refused = figures.get("promotion_refused")
+        table.add_row(
+            f"v{v2 if not refused else v1} on new product reviews", _pct(acc["after_retraining"])
+        )
+        if refused:
+            table.add_row(f"v{v2} promotion", f"refused by the gates: {refused}")
         held = figures["heldout"]
         table.add_row(
             f"v{v1} / v{v2} on the movie held-out set",

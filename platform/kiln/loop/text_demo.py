@@ -30,6 +30,7 @@ import numpy as np
 import kiln.registry
 from kiln.compile import CompileOptions, compile_version
 from kiln.data import Dataset, load_dataset
+from kiln.errors import GateFailed
 from kiln.evaluate import Evaluation, evaluate_traffic, version_infos, write_report
 from kiln.evaluate.gates import GateThresholds, evaluation_gates
 from kiln.evaluate.report import write_page
@@ -61,10 +62,15 @@ class TextDemoOptions:
     fast: bool = False
     """Fewer epochs, training texts and requests (CI): the same story, smaller."""
     show_progress: bool = True
+    warm_start: bool = True
+    """Retrain v2 from v1's weights and tokenizer (False: from scratch, with a new tokenizer
+    trained on the new set). Measured on the full run: warm, product reviews 0.529 -> 0.737
+    and the movie test split 0.768 -> 0.761; from scratch, 0.529 -> 0.743 and 0.768 -> 0.727."""
 
     @property
-    def epochs(self) -> int:
-        return 3 if self.fast else 6
+    def epochs(self) -> int | None:
+        """None: the trainer's text defaults (measured on rotten-tomatoes)."""
+        return 3 if self.fast else None
 
     @property
     def model_args(self) -> dict[str, Any]:
@@ -72,9 +78,10 @@ class TextDemoOptions:
         return {"width": 64, "layers": 1, "heads": 2} if self.fast else {}
 
     @property
-    def max_length(self) -> int:
-        """Tokens per text: movie snippets have ~25, product reviews ~100 (longer ones are cut)."""
-        return 64 if self.fast else 128
+    def max_length(self) -> int | None:
+        """Tokens per text: movie snippets have ~25, product reviews ~100 (longer ones are
+        cut); None: the trainer's default (128)."""
+        return 64 if self.fast else None
 
     @property
     def in_domain_requests(self) -> int:
@@ -144,18 +151,19 @@ class TextStory:
 
     def train_v1(self) -> TrainResult:
         self.say(f"1. train v1: a small transformer and its own BPE tokenizer on {SOURCE}")
+        given: dict[str, Any] = {"epochs": self.options.epochs,
+                                 "max_length": self.options.max_length}  # fmt: skip
         config = TrainConfig.for_task(
             "classification",
             "text",
             dataset=SOURCE,
             model="transformer",
             model_args=self.options.model_args,
-            max_length=self.options.max_length,
-            epochs=self.options.epochs,
             seed=0,
             # One thread: a small transformer's kernels are too short to share (two threads
             # ran an epoch 28x slower than one on the 2-core machine under load: 210 s vs 7.6 s).
             threads=1,
+            **{k: v for k, v in given.items() if v is not None},
         )
         return train(config, self.settings, show_progress=self.options.show_progress)
 
@@ -224,13 +232,12 @@ class TextStory:
         return evaluation
 
     def retrain_v2(self) -> RetrainResult:
-        self.say(
-            f"5. retrain v2 on {SOURCE} + the labelled reviews, with a new tokenizer; compile "
-            "it (candidate)"
-        )
+        warm = self.options.warm_start
+        how = "from v1's weights and tokenizer" if warm else "with a new tokenizer"
+        self.say(f"5. retrain v2 {how} on {SOURCE} + the labelled reviews; compile it (candidate)")
         options = RetrainOptions(
             since="1h", min_labels=100, epochs=self.options.epochs,
-            show_progress=self.options.show_progress,
+            warm_start=self.options.warm_start, show_progress=self.options.show_progress,
         )  # fmt: skip
         with kiln.registry.open(settings=self.settings) as registry:
             return retrain(registry, TEXT_MODEL, self.settings, options, progress=self._indented)
@@ -244,8 +251,8 @@ class TextStory:
         ):
             # The demo's policy, for a model whose traffic moved to product reviews: at least
             # 2 points better on held-out labelled reviews, at most 5 worse on the movie
-            # snippets' test split (v2 learns a second domain with the same capacity: the
-            # fast run measured -0.4 and -3.3 points in two runs). Batch-1 latencies here are
+            # snippets' test split (v2 learns a second domain with the same capacity: retrained
+            # from scratch it measured -0.4 to -4.2 points, warm -0.7). Batch-1 latencies here are
             # ~0.15 ms, which a shared 2-core machine moves by up to 2x between two compiles
             # of the same architecture (measured: 0.148 vs 0.303 ms), so the budget is 2x.
             thresholds = GateThresholds(
@@ -255,19 +262,29 @@ class TextStory:
                 latency_budget=2.0,
             )
             gates = evaluation_gates(registry, self.settings, thresholds)
-            move = registry.promote(v2.ref, "production", reason="kiln demo --task text",
-                                    gates=gates)  # fmt: skip
-            results: list[GateResult] = list(move.gate.results) if move.gate else []
+            results: list[GateResult] = []
+            refused: str | None = None
+            try:
+                move = registry.promote(
+                    v2.ref, "production", reason="kiln demo --task text", gates=gates
+                )
+            except GateFailed as exc:  # the gates did their job: say so, keep v1 serving
+                refused = exc.message
+                self.say(f"   REFUSED: {refused}")
+            else:
+                results = list(move.gate.results) if move.gate else []
             for gate in results:
                 self.say(f"   {'pass' if gate.passed else 'FAIL'}  {gate.gate}: {gate.message}")
-            swapped = load.wait_for_version(v2.version, timeout=SWAP_TIMEOUT_S)
-        self.say(
-            f"   the server swapped to {v2.ref} (model and tokenizer): {load.sent} requests "
-            f"during the promotion, {load.failed} failed"
-            if swapped
-            else f"   the server did not swap to {v2.ref} within {SWAP_TIMEOUT_S:.0f} s"
-        )
-        return {"gates": results, "swapped": swapped, "sent": load.sent, "failed": load.failed}
+            swapped = refused is None and load.wait_for_version(v2.version, SWAP_TIMEOUT_S)
+        if refused is None:
+            self.say(
+                f"   the server swapped to {v2.ref}: {load.sent} requests during the "
+                f"promotion, {load.failed} failed"
+                if swapped
+                else f"   the server did not swap to {v2.ref} within {SWAP_TIMEOUT_S:.0f} s"
+            )
+        return {"gates": results, "refused": refused, "swapped": swapped, "sent": load.sent,
+                "failed": load.failed}  # fmt: skip
 
     def send_after_retraining(self, client: TextClient) -> None:
         phase = self.phases[2]
@@ -329,6 +346,7 @@ class TextStory:
                 "in_training_data": trained_on_count(self.after_x, learned),
             },
             "swapped": promotion["swapped"],
+            "promotion_refused": promotion["refused"],
             "failed_requests": failed,
             "requests": requests,
             "served_versions_after": after.version_counts,
