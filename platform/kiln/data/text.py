@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from kiln.data.builtin import package_file
 from kiln.data.dataset import TEXT, RawData, text_array
 from kiln.errors import DatasetInvalid, DatasetNotFound
 
@@ -46,14 +47,8 @@ TEXT_HINT = (
 
 
 def package_path(package: str, relative: str) -> Path:
-    """A file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetNotFound(f"the '{package}' package is not installed; {TEXT_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.exists():
-        raise DatasetNotFound(f"{path} is missing from the '{package}' install; {TEXT_HINT}")
-    return path
+    """A file or folder inside an installed text-data package (`builtin.package_file`)."""
+    return package_file(package, relative, TEXT_HINT)
 
 
 def drop_duplicates(texts: list[str], labels: list[int]) -> tuple[list[str], list[int], int]:
