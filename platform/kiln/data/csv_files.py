@@ -65,8 +65,8 @@ def ragged_rows(data: bytes) -> list[str]:
                 if len(found) == SHOWN:
                     break
             line = reader.line_num
-    except (StopIteration, csv.Error):
-        pass
+    except (StopIteration, csv.Error):  # no header, or a row the reader cannot split:
+        pass  # the rows found so far are the report; the loader's own error names the rest
     return found
 
 

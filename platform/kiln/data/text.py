@@ -24,6 +24,7 @@ domain can be judged, and retrained, on another.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -170,10 +171,8 @@ def load_fine_foods() -> RawData:
 
 def _read_article(file: Path, not_utf8: list[str]) -> str:
     data = file.read_bytes()
-    try:
+    with contextlib.suppress(UnicodeDecodeError):
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
     # One article (sports/199.txt) has a Windows-1252 pound sign: read it as that, and say so.
     try:
         text = data.decode("cp1252")
