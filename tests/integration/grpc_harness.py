@@ -22,9 +22,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import kiln.registry
 from kiln.registry import ModelVersion, Registry
-from kiln.serving.grpc.runner import serve
 from kiln.serving.messages import Feedback, TrafficEvent
 from kiln.serving.ready import Endpoints
+from kiln.serving.runner import serve
 from kiln.serving.settings import ServingSettings
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
@@ -103,6 +103,11 @@ class RunningServer:
     def url(self) -> str:
         return f"127.0.0.1:{self.endpoints.grpc_port}"
 
+    @property
+    def http_url(self) -> str:
+        """`host:port` of the HTTP endpoint (tritonclient.http's form)."""
+        return f"127.0.0.1:{self.endpoints.http_port}"
+
     def client(self, **kwargs: Any) -> triton.InferenceServerClient:
         return triton.InferenceServerClient(self.url, **kwargs)
 
@@ -124,7 +129,14 @@ def running_server(
     kiln_settings = Settings(home=home)
     registry = kiln.registry.open(settings=kiln_settings)
     serving = ServingSettings(
-        **{"host": "127.0.0.1", "port": 0, "metrics_port": 0, "threads": 1, **settings}
+        **{
+            "host": "127.0.0.1",
+            "port": 0,
+            "http_port": 0,
+            "metrics_port": 0,
+            "threads": 1,
+            **settings,
+        }
     )
     ready = threading.Event()
     failure: list[BaseException] = []

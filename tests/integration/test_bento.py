@@ -246,7 +246,7 @@ def test_feedback_values_are_refused_for_a_classifier_saying_what_to_send(url: s
 
 def test_kiln_serve_http_is_the_bentoml_service(world: World) -> None:
     kiln = str(Path(BENTOML).with_name("kiln"))
-    command = [kiln, "serve", "--http", "--models", "digits:1"]
+    command = [kiln, "serve", "--bento", "--models", "digits:1"]
     with bento_serve("", world.env, command=command) as served:
         response = _post(served, "predict", {"inputs": world.x[:2].tolist()})
     assert response.status_code == 200, response.text

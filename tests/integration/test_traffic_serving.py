@@ -2,7 +2,7 @@
 over kiln.v1 joins them, and a server stopped with SIGTERM under load has logged every request
 it answered.
 
-The first test runs the real stack (`kiln.serving.grpc.runner.serve`: registry, core,
+The first test runs the real stack (`kiln.serving.runner.serve`: registry, core,
 grpc.aio) in-process with `TrafficSink` as its hooks; the SIGTERM test runs `kiln serve` itself.
 """
 
@@ -29,9 +29,9 @@ from tritonclient.utils import InferenceServerException
 import kiln.registry
 from kiln.evaluate import evaluate_traffic
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
-from kiln.serving.grpc.runner import serve
 from kiln.serving.launcher import kiln_serve
 from kiln.serving.ready import Endpoints
+from kiln.serving.runner import serve
 from kiln.serving.settings import ServingSettings
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
@@ -56,7 +56,7 @@ def logging_server(home: Path) -> Iterator[Server]:
     async def main() -> None:
         state["loop"], state["stop"] = asyncio.get_running_loop(), asyncio.Event()
         await serve(
-            ServingSettings(host="127.0.0.1", port=0, metrics_port=None, threads=1),
+            ServingSettings(host="127.0.0.1", port=0, http_port=0, metrics_port=None, threads=1),
             Settings(home=home),
             on_ready=ready.put,
             stop=state["stop"],

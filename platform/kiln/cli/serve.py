@@ -1,4 +1,4 @@
-"""`kiln serve`: the KServe v2 gRPC inference server (see kiln.serving)."""
+"""`kiln serve`: the KServe v2 inference server, gRPC and HTTP (see kiln.serving)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="gRPC port; 0 picks a free one.", show_default="8001")
     ] = None,
+    http_port: Annotated[
+        int | None,
+        typer.Option(
+            help="KServe v2 HTTP/REST port (same process and models as gRPC); 0 picks a free one.",
+            show_default="8000",
+        ),
+    ] = None,
+    no_http: Annotated[bool, typer.Option("--no-http", help="Serve no HTTP (gRPC only).")] = False,
     metrics_port: Annotated[
         int | None, typer.Option(help="Prometheus port; 0 picks a free one.", show_default="8002")
     ] = None,
@@ -95,6 +103,14 @@ def serve(
     max_message_size: Annotated[
         int | None, typer.Option(help="Largest gRPC message in bytes.", show_default="64 MiB")
     ] = None,
+    max_json_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Largest JSON part of an HTTP request in bytes (413 beyond it); large tensors "
+            "belong in the binary tensor extension.",
+            show_default="4 MiB",
+        ),
+    ] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate chain (TLS).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="PEM private key (TLS).")] = None,
     token: Annotated[
@@ -129,29 +145,31 @@ def serve(
             help="Log every request to KILN_HOME/traffic and accept kiln.v1 feedback labels."
         ),
     ] = True,
-    http: Annotated[
+    bento: Annotated[
         bool,
         typer.Option(
-            "--http",
-            help="Serve over HTTP with BentoML instead (bentoml serve "
-            "kiln.serving.bento:KilnService); --port defaults to 3000.",
+            "--bento",
+            help="Serve with BentoML instead (bentoml serve kiln.serving.bento:KilnService: "
+            "BentoML's HTTP API, not KServe v2); --port defaults to 3000.",
         ),
     ] = False,
 ) -> None:
-    """Serve models over gRPC (KServe v2 / Open Inference Protocol, Triton-compatible).
+    """Serve models over gRPC and HTTP (KServe v2 / Open Inference Protocol, Triton-compatible).
 
-    Prints one line starting with "kiln serve ready:" once it accepts requests. Every request is
+    One process, one set of loaded models, both transports: gRPC on --port (8001), HTTP/REST on
+    --http-port (8000), with Triton's binary tensor extension. Prints one line starting with
+    "kiln serve ready:" once it accepts requests. Every request is
     logged to KILN_HOME/traffic (unless --no-traffic-log). SIGTERM stops accepting, finishes the
     requests in flight, writes the traffic log and exits 0. Clients cannot load or unload models
     unless --model-control (or --token) is given.
     """
-    if http:
+    if bento:
         wanted_http = [r for t in [*(models or []), *(references or [])] for r in t.split(",") if r]
-        serve_http(wanted_http, host or "0.0.0.0", 3000 if port is None else port, threads, engine)
+        serve_bento(wanted_http, host or "0.0.0.0", 3000 if port is None else port, threads, engine)
         return
 
-    from kiln.serving.grpc.runner import serve
     from kiln.serving.ready import Endpoints, ready_line
+    from kiln.serving.runner import serve
     from kiln.serving.settings import ServingSettings
     from kiln.settings import Settings
 
@@ -159,6 +177,8 @@ def serve(
         "host": host,
         "port": port,
         "metrics_port": metrics_port,
+        "http_port": http_port,
+        "max_json_bytes": max_json_size,
         "max_batch_size": max_batch_size,
         "max_queue_delay_us": max_queue_delay_us,
         "max_queue_size": max_queue_size,
@@ -177,6 +197,8 @@ def serve(
         given["models"] = tuple(wanted)
     if no_metrics:
         given["metrics_port"] = None
+    if no_http:
+        given["http_port"] = None
     if token_for_inference:
         given["token_for_inference"] = True
     if model_control:
@@ -204,6 +226,7 @@ def serve(
     from kiln.serving.traffic_hook import TrafficSink
     from kiln.traffic import Transport
 
+    # Feedback records the transport that carried it (HTTP's items say so); gRPC's is the rest.
     sink = TrafficSink(kiln_settings.home, feedback_source=Transport.GRPC.value)
     try:
         asyncio.run(
@@ -220,7 +243,7 @@ def serve(
         sink.close()  # after the drain: every answered request is written
 
 
-def serve_http(
+def serve_bento(
     references: list[str], host: str, port: int, threads: int | None, engine: str | None
 ) -> None:
     """Replace this process with `bentoml serve` of Kiln's BentoML service."""
@@ -237,7 +260,7 @@ def serve_http(
         env["KILN_BENTO_ENGINE_KIND"] = engine
     bentoml = Path(sys.executable).with_name("bentoml")
     if not bentoml.exists():
-        raise Unavailable("kiln serve --http needs BentoML: pip install 'kiln[bento]'")
+        raise Unavailable("kiln serve --bento needs BentoML: pip install 'kiln[bento]'")
     argv = [str(bentoml), "serve", "kiln.serving.bento:KilnService",
             "--host", host, "--port", str(port)]  # fmt: skip
     os.execve(argv[0], argv, env)

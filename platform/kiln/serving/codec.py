@@ -127,7 +127,9 @@ like an earlier one skips the datatype lookup and the shape checks, made the fir
 _RAW_LAYOUT_LIMIT: Final = 4096
 
 
-def decode_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes) -> npt.NDArray[Any]:
+def decode_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview
+) -> npt.NDArray[Any]:
     """The array `raw` holds for a tensor of `datatype` and `shape` (zero-copy when numeric)."""
     shape = tuple(shape)
     known = _RAW_LAYOUTS.get((datatype, shape))

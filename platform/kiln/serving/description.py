@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
-from kiln.serving.codec import datatype_of
+from kiln.serving.codec import DATATYPES, datatype_of
 from kiln.serving.messages import ModelDescription, TensorSpec
 from kiln.serving.repository import OpenedEngine
 from kiln.serving.settings import ServingSettings
@@ -28,6 +28,12 @@ PLATFORMS = {
     "aotinductor": "pytorch_aotinductor",
 }
 """Triton's platform name for each artifact kind (clients show it; perf_analyzer reads it)."""
+
+CONFIG_TYPES: Final[dict[str, str]] = {
+    **{datatype: f"TYPE_{datatype}" for datatype in DATATYPES if datatype != "BYTES"},
+    "BYTES": "TYPE_STRING",
+}
+"""KServe datatypes as Triton model-configuration data types (TYPE_STRING is BYTES)."""
 
 
 def describe(

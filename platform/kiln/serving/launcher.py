@@ -66,6 +66,17 @@ class ServeProcess:
         """`host:port` for a gRPC client."""
         return f"{self.host}:{self.port}"
 
+    @property
+    def http_port(self) -> int | None:
+        return self.endpoints.http_port
+
+    @property
+    def http_url(self) -> str:
+        """`host:port` for an HTTP client (`tritonclient.http`'s form: no scheme)."""
+        if self.endpoints.http_port is None:
+            raise Unavailable("this server was started with --no-http")
+        return f"{self.host}:{self.endpoints.http_port}"
+
     def output(self) -> str:
         """What the server wrote to stderr so far (its log)."""
         return _output(self.log, self.stderr)
@@ -78,12 +89,13 @@ def kiln_serve(
     env: Mapping[str, str] | None = None,
     host: str = "127.0.0.1",
     metrics: bool = True,
+    http: bool = True,
     log: Path | None = None,
     startup_timeout_s: float = 120.0,
     stop_timeout_s: float = 60.0,
 ) -> Iterator[ServeProcess]:
-    """Run `kiln serve --host HOST --port 0 [--metrics-port 0 | --no-metrics] ARGS` until the
-    block ends (see the module docstring).
+    """Run `kiln serve --host HOST --port 0 [--http-port 0 | --no-http] [--metrics-port 0 |
+    --no-metrics] ARGS` until the block ends (see the module docstring).
 
     `home` becomes KILN_HOME; `env` adds to (or overrides) this process's environment. With
     `log`, the server's stderr is written there, else it is kept in `ServeProcess.stderr`.
@@ -91,6 +103,7 @@ def kiln_serve(
     or does not print it within `startup_timeout_s` (it is killed then).
     """
     command = [str(KILN), "serve", "--host", host, "--port", "0",
+               *(("--http-port", "0") if http else ("--no-http",)),
                *(("--metrics-port", "0") if metrics else ("--no-metrics",)), *args]  # fmt: skip
     environment = {**os.environ, **({"KILN_HOME": str(home)} if home else {}), **(env or {})}
     collected: list[str] = []

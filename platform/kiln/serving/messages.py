@@ -189,6 +189,9 @@ class Feedback:
     """`time.time_ns()` when the server received it."""
     value: float | None = None
     """The true target of a regression model's request; None for a label."""
+    transport: str = ""
+    """Which transport carried it (a `kiln.traffic.Transport` value); empty: the feedback
+    hook's default (`TrafficSink.feedback_source`)."""
 
 
 _DIRECTORIES = re.compile(r"(?<![\w.:/~-])/(?:[^\s/'\"`]+/)+(?=[^\s/'\"`])")
@@ -203,3 +206,21 @@ def public_text(text: str) -> str:
     client's business; the server log keeps the whole message.
     """
     return _DIRECTORIES.sub(".../", text) if "/" in text else text
+
+
+MAX_CLIENT_MESSAGE_BYTES = 2000
+"""Longest error message sent to a client, in UTF-8 bytes (over gRPC it travels as
+`grpc-message` metadata, percent-encoded, and clients refuse more than 8 KB of metadata)."""
+
+
+def client_message(text: str) -> str:
+    """An error message as any client may see it, whatever layer wrote it: no server paths
+    (`public_text`), control characters escaped, at most `MAX_CLIENT_MESSAGE_BYTES`."""
+    text = public_text(text)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    encoded = text.encode()
+    if len(encoded) > MAX_CLIENT_MESSAGE_BYTES:
+        text = encoded[: MAX_CLIENT_MESSAGE_BYTES - 40].decode(errors="ignore")
+        text += f"... ({len(encoded)} bytes, shortened)"
+    return text

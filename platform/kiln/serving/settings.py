@@ -68,7 +68,18 @@ class ServingSettings(BaseSettings):
     """On SIGTERM or unload: how long in-flight requests may take to finish."""
 
     max_message_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    """Largest gRPC message received or sent; bigger requests fail with RESOURCE_EXHAUSTED."""
+    """Largest gRPC message received or sent, and largest HTTP request body; bigger requests
+    fail with RESOURCE_EXHAUSTED (gRPC) or 413 (HTTP)."""
+
+    http_port: int | None = Field(default=8000, ge=0, le=65535)
+    """KServe v2 HTTP/REST port (Triton's default), served by the same process and core as
+    gRPC; 0 picks a free one, None serves no HTTP (`--no-http`)."""
+
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest JSON part of an HTTP request (the whole body of a JSON request, the header of a
+    binary one); bigger ones are refused (413). JSON is parsed on the event loop, which answers
+    nothing else meanwhile: 4 MiB takes ~150 ms on a 2-core host. Large tensors belong in the
+    binary tensor extension, decoded without parsing."""
 
     max_feedback_items: int = Field(default=10_000, ge=1, le=50_000)
     """Most labels one feedback call may carry; a bigger call is refused as a whole

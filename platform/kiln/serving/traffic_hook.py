@@ -104,7 +104,8 @@ class TrafficSink:
         self.feedback.add_all(
             [
                 add(
-                    i.request_id, i.label, i.model, self.feedback_source, i.received_at_ns,
+                    i.request_id, i.label, i.model, i.transport or self.feedback_source,
+                    i.received_at_ns,
                     value=i.value,
                 )
                 for i in items

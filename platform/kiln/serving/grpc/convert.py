@@ -14,6 +14,8 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from kiln.errors import InferRequestInvalid, InvalidArgument, quote
 from kiln.serving import codec
+from kiln.serving.control import listed
+from kiln.serving.description import CONFIG_TYPES
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
 from kiln.serving.grpc.generated.inference import model_config_pb2 as mc
 from kiln.serving.messages import (
@@ -46,12 +48,6 @@ TYPED_FIELD: Final[dict[str, str]] = {
     "BYTES": "bytes_contents",
 }
 """Which `InferTensorContents` field carries each datatype (FP16 and BF16 travel raw only)."""
-
-CONFIG_TYPES: Final[dict[str, str]] = {
-    **{datatype: f"TYPE_{datatype}" for datatype in codec.DATATYPES if datatype != "BYTES"},
-    "BYTES": "TYPE_STRING",
-}
-"""KServe datatypes as model-configuration data types (TYPE_STRING is BYTES)."""
 
 SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
 
@@ -160,16 +156,9 @@ def _check_output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTe
     unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS
     if unsupported:
         raise InferRequestInvalid(
-            f"output {quote(output.name)} asks for {_listed(unsupported)}, which this "
+            f"output {quote(output.name)} asks for {listed(unsupported)}, which this "
             "server does not support (see ServerMetadata extensions)"
         )
-
-
-def _listed(names: set[str], limit: int = 5) -> str:
-    """Client-chosen names for a message: the first few, quoted."""
-    ordered = sorted(names)
-    shown = ", ".join(quote(n) for n in ordered[:limit])
-    return shown + (f" and {len(ordered) - limit} more" if len(ordered) > limit else "")
 
 
 def _parameters(parameters: Any) -> dict[str, ParameterValue]:
@@ -288,16 +277,3 @@ def repository_index(entries: list[IndexEntry]) -> pb.RepositoryIndexResponse:
             for e in entries
         ]
     )
-
-
-def repository_reference(name: str, parameters: Any) -> str:
-    """The reference a load or unload request names; refuses parameters Kiln cannot honour."""
-    unsupported = {k for k in parameters if k != "unload_dependents"}
-    if unsupported:
-        raise InferRequestInvalid(
-            f"repository parameters {_listed(unsupported)} are not supported: Kiln loads "
-            "registered versions as they are (name, name:VERSION or name@ALIAS)"
-        )
-    if not name:
-        raise InferRequestInvalid("model_name is empty: name a model (digits, digits:3, ...)")
-    return name

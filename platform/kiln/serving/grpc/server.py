@@ -19,15 +19,12 @@ INVALID_ARGUMENT, and methods the servicer does not implement UNIMPLEMENTED, say
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
-import socket
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from kiln.errors import PortUnavailable
 from kiln.serving.core import ServingCore
 from kiln.serving.grpc.auth import TokenInterceptor
 from kiln.serving.grpc.generated import POOL
@@ -35,6 +32,7 @@ from kiln.serving.grpc.generated.inference import grpc_service_pb2
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2, feedback_pb2_grpc
 from kiln.serving.grpc.registration import add, add_inference_service
 from kiln.serving.grpc.servicer import FeedbackServicer, InferenceServicer
+from kiln.serving.listening import listen_problem
 from kiln.serving.settings import ServingSettings
 from kiln.serving.table import ModelState
 
@@ -54,36 +52,6 @@ for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
         POOL.FindFileByName(_file.name)
     except KeyError:
         POOL.AddSerializedFile(_file.serialized_pb)
-
-
-def listen_problem(host: str, port: int, what: str, option: str) -> PortUnavailable:
-    """Why `host:port` cannot be listened on, as the error to stop with (binds a probe socket
-    to learn the reason; called only after a bind failed)."""
-    reason = None
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.bind((host, port))
-    except OSError as exc:
-        reason = exc.errno
-    if reason == errno.EADDRINUSE:
-        return PortUnavailable(
-            f"{what} port {port} is in use; pick another with {option}, or 0 for a free one"
-        )
-    if reason == errno.EACCES:
-        return PortUnavailable(
-            f"{what} port {port} needs privileges this process lacks; pick one above 1023 "
-            f"with {option}, or 0 for a free one"
-        )
-    if reason == errno.EADDRNOTAVAIL:
-        return PortUnavailable(
-            f"cannot listen on {host}: it is not an address of this machine; pick one with "
-            "--host (0.0.0.0 for every interface, 127.0.0.1 for this machine only)"
-        )
-    return PortUnavailable(
-        f"cannot listen on {host}:{port} for {what}; pick another port with {option} (0 for a "
-        "free one) or another address with --host"
-    )
 
 
 class GrpcServer:

@@ -20,6 +20,7 @@ import grpc
 
 from kiln import __version__
 from kiln.errors import FeedbackRejected, InvalidArgument, KilnError
+from kiln.serving.control import repository_reference
 from kiln.serving.core import ServingCore
 from kiln.serving.grpc import convert
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
@@ -154,14 +155,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> Any:
-        await self.core.load(convert.repository_reference(request.model_name, request.parameters))
+        await self.core.load(repository_reference(request.model_name, request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @rpc
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> Any:
-        await self.core.unload(convert.repository_reference(request.model_name, request.parameters))
+        await self.core.unload(repository_reference(request.model_name, request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
 

@@ -5,7 +5,7 @@ message (which says what was wrong and what to do); an INTERNAL error or an unex
 exception becomes INTERNAL with a generic message, its details logged here and never sent.
 
 Whatever layer wrote a message, what leaves here is fit for any client: no server paths
-(`messages.public_text`), control characters escaped, and at most `MAX_MESSAGE_BYTES` (the
+(`messages.client_message`: control characters escaped, at most `MAX_CLIENT_MESSAGE_BYTES`; the
 message travels as `grpc-message` metadata, and clients refuse more than 8 KB of metadata).
 A RESOURCE_EXHAUSTED status carries `grpc-retry-pushback-ms`, which gRPC retry policies honour.
 """
@@ -20,7 +20,7 @@ from typing import Any, Final, NoReturn, TypeVar
 import grpc
 
 from kiln.errors import ErrorCode, KilnError, ModelNotServed, VersionNotServed
-from kiln.serving.messages import public_text
+from kiln.serving.messages import client_message
 
 log = logging.getLogger("kiln.serving.grpc")
 
@@ -42,9 +42,6 @@ INTERNAL_MESSAGE: Final = "internal server error; the server log has the details
 RETRY_PUSHBACK_MS: Final[dict[grpc.StatusCode, int]] = {grpc.StatusCode.RESOURCE_EXHAUSTED: 1000}
 """How long a client should wait before retrying a call refused with these statuses."""
 
-MAX_MESSAGE_BYTES: Final = 2000
-"""Longest status message sent, in UTF-8 bytes (percent-encoded, at most three times that)."""
-
 LOAD_HINT: Final = "; over gRPC that is RepositoryModelLoad (with model control on)"
 """Added to the core's "load it to serve it": the RPC that loads, in this transport's words."""
 
@@ -60,18 +57,6 @@ def status_of(error: KilnError) -> tuple[grpc.StatusCode, str]:
     if isinstance(error, ModelNotServed | VersionNotServed):
         return code, client_message(error.message + LOAD_HINT)
     return code, client_message(error.message)
-
-
-def client_message(text: str) -> str:
-    """`text` as any client may see it: see the module docstring."""
-    text = public_text(text)
-    if not text.isprintable():
-        text = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-    encoded = text.encode()
-    if len(encoded) > MAX_MESSAGE_BYTES:
-        text = encoded[: MAX_MESSAGE_BYTES - 40].decode(errors="ignore")
-        text += f"... ({len(encoded)} bytes, shortened)"
-    return text
 
 
 def trailers(code: grpc.StatusCode) -> tuple[tuple[str, str], ...]:

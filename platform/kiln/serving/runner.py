@@ -1,7 +1,9 @@
-"""Run a whole `kiln serve` process: registry, core, gRPC server, metrics endpoint, signals.
+"""Run a whole `kiln serve` process: registry, core, gRPC and HTTP servers, metrics endpoint,
+signals.
 
-`serve` returns when SIGTERM or SIGINT arrives (or `stop` is set): the server stops accepting
-calls, finishes those in flight, drains every model's queue and closes the engines.
+Both transports serve the one `ServingCore` from the one event loop. `serve` returns when
+SIGTERM or SIGINT arrives (or `stop` is set): the server stops accepting requests on both,
+finishes those in flight, drains every model's queue and closes the engines.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from prometheus_client.registry import Collector
 
 import kiln.registry
 from kiln.serving.core import ServingCore
-from kiln.serving.grpc.server import GrpcServer, listen_problem
+from kiln.serving.grpc.server import GrpcServer
 from kiln.serving.hooks import FeedbackHook, TrafficHook
+from kiln.serving.http.server import HttpServer
+from kiln.serving.listening import listen_problem
 from kiln.serving.metrics import ServingMetrics
 from kiln.serving.ready import Endpoints
 from kiln.serving.repository import RegistryRepository
@@ -67,9 +71,11 @@ async def serve(
             feedback_hook=feedback_hook,
         )
         server = GrpcServer(core, settings)
+        http = HttpServer(core, settings) if settings.http_port is not None else None
         try:
             await core.start(settings.models)
             port = await server.start()
+            http_port = await http.start() if http is not None else None
             metrics_port = None
             if settings.metrics_port is not None:
                 try:
@@ -87,11 +93,15 @@ async def serve(
                 served = tuple(
                     f"{m.label} ({m.opened.kind}/{m.opened.device})" for m in core.loaded_models()
                 )
-                on_ready(Endpoints(port, metrics_port, served))
+                on_ready(Endpoints(port, metrics_port, served, http_port))
             await stop.wait()
         finally:
-            # Also after a failed start: whatever was loaded drains and closes.
+            # Also after a failed start: whatever was loaded drains and closes. The gRPC
+            # server's stop makes the core refuse new requests (HTTP's too: 503) and waits for
+            # those in flight on both transports; HTTP's connections close after that.
             await server.stop()
+            if http is not None:
+                await http.stop()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
