@@ -12,7 +12,8 @@ and it measured fastest of the stacks compared on the same handler (benchmarks/R
 "HTTP stacks"). Bodies beyond `max_message_bytes` answer 413 before they are read whole;
 request lines and header fields are at most `MAX_LINE_BYTES`; gzip and deflate request bodies
 (`Content-Encoding`, which tritonclient.http can send) are de-compressed by aiohttp, and the
-limit applies to what they expand to.
+limit applies to what they expand to; responses are compressed when the request's
+`Accept-Encoding` asks.
 """
 
 from __future__ import annotations
