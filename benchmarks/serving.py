@@ -245,10 +245,14 @@ async def in_process(core: Any, concurrency: int, seconds: float, warmup: float)
     return _sample("in-process", "python", concurrency, latencies, seconds)
 
 
-def perf_analyzer(binary: Path, port: int, concurrency: int, seconds: float) -> Sample | None:
+def perf_analyzer(
+    binary: Path, port: int, concurrency: int, seconds: float, protocol: str = "grpc"
+) -> Sample | None:
+    """perf_analyzer over `protocol` ("grpc", or "http": binary tensor extension) at one
+    concurrency; None when it fails (its output tail is printed)."""
     result = subprocess.run(
         [
-            str(binary), "-m", MODEL, "-i", "grpc", "-u", f"127.0.0.1:{port}",
+            str(binary), "-m", MODEL, "-i", protocol, "-u", f"127.0.0.1:{port}",
             "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-interval", str(int(seconds * 1000 / 3)),
             "--stability-percentage", "100", "--max-trials", "6", "--input-data", "zero",
@@ -261,8 +265,8 @@ def perf_analyzer(binary: Path, port: int, concurrency: int, seconds: float) -> 
     }
     if result.returncode != 0 or not all(found.values()):
         print(
-            f"  perf_analyzer failed at concurrency {concurrency}: {result.stdout[-300:]}"
-            f"{result.stderr[-300:]}"
+            f"  perf_analyzer ({protocol}) failed at concurrency {concurrency}: "
+            f"{result.stdout[-300:]}{result.stderr[-300:]}"
         )
         return None
     tp, p50, p99 = (float(m.group(1)) for m in found.values() if m)

@@ -1,0 +1,391 @@
+"""HTTP stacks for `kiln serve`'s KServe v2 REST: one handler, served by each candidate server.
+
+    python benchmarks/http_stacks.py                       # concurrency 1, 8, 32; prints a table
+    python benchmarks/http_stacks.py --rounds 3 --seconds 3 --json .bench/http-stacks.json
+
+Every stack serves the same transport-neutral handler, `kiln.serving.http.app.HttpApp` (a
+parsed `HttpRequest` in, an `HttpResponse` out), over the same `ServingCore` and model, so the
+table shows what each server itself costs. Each runs in a server subprocess pinned to core 0
+(`taskset -c 0`) with a grpc.aio server in the same event loop (the way `kiln serve` runs
+them); the load generator, NVIDIA's perf_analyzer in HTTP mode (binary tensor extension), runs
+pinned to core 1. Candidates:
+
+  aiohttp            `kiln.serving.http.server.HttpServer`, the production one: aiohttp's
+                     web.Application with one catch-all route, AppRunner, TCPSite
+  aiohttp-lowlevel   aiohttp's low-level web.Server (no Application, router or middleware)
+  uvicorn-h11        uvicorn.Server(...).serve() in the running loop, a raw ASGI adapter, h11
+  uvicorn-httptools  the same with the httptools parser (C, llhttp)
+  starlette          uvicorn (httptools) + Starlette with one catch-all Route
+  granian-asgi       granian's embedded server (`granian.server.embed`) in the running loop, ASGI
+  granian-rsgi       the same with granian's own RSGI interface
+
+Rounds are interleaved (every stack at one concurrency, then the next concurrency, then the
+next round) and the median of the rounds is reported. The model is the trainer's CNN digit
+classifier compiled for onnxruntime (the one `serving.py` uses, trained into --home on first
+use). uvicorn's httptools, uvloop and granian are not Kiln dependencies: a stack whose package
+is missing is skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from serving import MODEL, REPO, Sample, ensure_model, perf_analyzer
+
+SERVER_CORE, CLIENT_CORE = 0, 1
+STACKS = {
+    "aiohttp": "aiohttp",
+    "aiohttp-lowlevel": "aiohttp",
+    "uvicorn-h11": "uvicorn",
+    "uvicorn-httptools": "httptools",
+    "starlette": "starlette",
+    "granian-asgi": "granian",
+    "granian-rsgi": "granian",
+}
+"""Stack -> the package it needs (skipped when that is not installed)."""
+
+Handler = Callable[[Any], Awaitable[Any]]
+"""`HttpApp.handle`: HttpRequest -> HttpResponse."""
+
+
+# -- the adapters: each serves `handle` on `sock` in the running event loop --------------------
+
+
+async def serve_kiln(core: Any, settings: Any) -> None:
+    """Kiln's own: `HttpServer` (an aiohttp `web.Application` with one catch-all route)."""
+    from kiln.serving.http.server import HttpServer
+
+    print(f"http port {await HttpServer(core, settings).start()}", flush=True)
+    await asyncio.Event().wait()
+
+
+async def serve_aiohttp_lowlevel(handle: Handler, sock: socket.socket) -> None:
+    """aiohttp's low-level `web.Server`: no Application, no router, no middleware chain."""
+    from aiohttp import web
+
+    from kiln.serving.http.app import HttpRequest
+
+    async def adapter(request: web.BaseRequest) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = await request.read()
+        answer = await handle(HttpRequest(request.method, request.path, headers, body))
+        return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
+
+    runner = web.ServerRunner(web.Server(adapter), handle_signals=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    print(f"http port {sock.getsockname()[1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def asgi_app(handle: Handler) -> Callable[..., Awaitable[None]]:
+    """A raw ASGI application over `handle`: no framework between the server and Kiln."""
+    from kiln.serving.http.app import HttpRequest
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # lifespan is off; nothing else is served
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        response = await handle(
+            HttpRequest(scope["method"], scope["path"], headers, b"".join(chunks))
+        )
+        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        out.append((b"content-length", str(len(response.body)).encode()))
+        await send({"type": "http.response.start", "status": response.status, "headers": out})
+        await send({"type": "http.response.body", "body": response.body})
+
+    return app
+
+
+def starlette_app(handle: Handler) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from kiln.serving.http.app import HttpRequest
+
+    async def endpoint(request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = await request.body()
+        answer = await handle(HttpRequest(request.method, request.url.path, headers, body))
+        return Response(answer.body, answer.status, headers=dict(answer.headers))
+
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
+
+
+async def serve_uvicorn(app: Any, sock: socket.socket, parser: str) -> None:
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, loop="none", http=parser, lifespan="off", log_level="warning", access_log=False
+    )
+    print(f"http port {sock.getsockname()[1]}", flush=True)
+    await uvicorn.Server(config).serve(sockets=[sock])
+
+
+async def serve_granian(handle: Handler, sock: socket.socket, interface: str) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    from kiln.serving.http.app import HttpRequest
+
+    port = sock.getsockname()[1]
+    sock.close()  # granian binds the address itself: take the free port the socket found
+
+    async def rsgi(scope: Any, protocol: Any) -> None:
+        headers = {k.lower(): v for k, v in scope.headers.items()}
+        body = await protocol()
+        response = await handle(HttpRequest(scope.method, scope.path, headers, body))
+        protocol.response_bytes(response.status, list(response.headers), response.body)
+
+    target: Any = rsgi if interface == "rsgi" else asgi_app(handle)
+    kind = Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGINL
+    server = Server(target, port=port, interface=kind, log_enabled=False, websockets=False)
+    print(f"http port {port}", flush=True)
+    await server.serve()
+
+
+# -- the server process -----------------------------------------------------------------------
+
+
+async def serve(stack: str, home: Path, args: argparse.Namespace) -> None:
+    """Core + gRPC + one HTTP stack in one event loop; prints ports, then serves until killed."""
+    import kiln.registry
+    from kiln.serving.core import ServingCore
+    from kiln.serving.grpc.server import GrpcServer
+    from kiln.serving.http.app import HttpApp
+    from kiln.serving.repository import RegistryRepository
+    from kiln.serving.settings import ServingSettings
+    from kiln.settings import Settings
+    from kiln_engines import EngineOptions
+
+    settings = ServingSettings(
+        host="127.0.0.1", port=0, http_port=0, max_batch_size=args.max_batch_size,
+        max_queue_delay_us=args.max_queue_delay_us,
+    )  # fmt: skip
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        options = EngineOptions(intra_op_threads=1)  # the server has one core
+        core = ServingCore(RegistryRepository(registry, options=options), settings)
+        await core.start([MODEL])
+        grpc_server = GrpcServer(core, settings)
+        print(f"grpc port {await grpc_server.start()}", flush=True)
+        handle = HttpApp(core, settings).handle
+        # IPPROTO_TCP, not the default 0: asyncio turns on TCP_NODELAY only for accepted
+        # sockets whose proto says TCP, and uvicorn relies on that (aiohttp and granian set it
+        # themselves). Without it, keep-alive requests wait ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        if stack == "aiohttp":
+            sock.close()  # HttpServer binds its own (http_port 0: a free port)
+            await serve_kiln(core, settings)
+        elif stack == "aiohttp-lowlevel":
+            await serve_aiohttp_lowlevel(handle, sock)
+        elif stack.startswith("uvicorn"):
+            await serve_uvicorn(asgi_app(handle), sock, stack.removeprefix("uvicorn-"))
+        elif stack == "starlette":
+            await serve_uvicorn(starlette_app(handle), sock, "httptools")
+        else:
+            await serve_granian(handle, sock, stack.removeprefix("granian-"))
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> tuple[int, int]:
+    """The server subprocess for `stack`, pinned to SERVER_CORE; returns (http, grpc) ports."""
+    command = [
+        "taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--serve", stack,
+        "--home", str(args.home), "--max-batch-size", str(args.max_batch_size),
+        "--max-queue-delay-us", str(args.max_queue_delay_us),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    exits.callback(_stop, process)
+    assert process.stdout is not None
+    ports: dict[str, int] = {}
+    for line in process.stdout:
+        if match := re.match(r"(grpc|http) port (\d+)", line):
+            ports[match.group(1)] = int(match.group(2))
+        if len(ports) == 2:
+            _wait_ready(ports["http"])
+            return ports["http"], ports["grpc"]
+    raise RuntimeError(f"the {stack} server exited before it was ready")
+
+
+def _wait_ready(port: int) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"no ready answer on http port {port} in 30 s")
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def grpc_answers(port: int) -> bool:
+    """The gRPC server in the stack's loop still answers (the stack did not take the loop)."""
+    import tritonclient.grpc
+
+    client = tritonclient.grpc.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        return bool(client.is_model_ready(MODEL))
+    finally:
+        client.close()
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from kiln_engines import host_info
+
+    host = host_info()  # before this process pins itself to one core
+    ensure_model(args.home)
+    stacks = [s for s in args.stacks if importlib.util.find_spec(STACKS[s]) is not None]
+    for missing in sorted(set(args.stacks) - set(stacks)):
+        print(f"skipping {missing}: `pip install {STACKS[missing]}` to measure it")
+    samples: list[Sample] = []
+    same_loop: dict[str, bool] = {}
+    load_before = os.getloadavg()
+    with ExitStack() as exits:
+        ports = {s: start_stack(s, args, exits) for s in stacks}
+        os.sched_setaffinity(0, {CLIENT_CORE})  # perf_analyzer inherits it: `taskset -c 1`
+        for round_ in range(args.rounds):
+            for c in args.concurrency:
+                print(f"round {round_ + 1}/{args.rounds}, concurrency {c}", flush=True)
+                for stack in stacks:
+                    sample = perf_analyzer(
+                        args.perf_analyzer, ports[stack][0], c, args.seconds, protocol="http"
+                    )
+                    if sample is not None:
+                        sample.target = stack
+                        samples.append(sample)
+        same_loop = {s: grpc_answers(ports[s][1]) for s in stacks}
+    return {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{host.machine}, {host.cpu_count} cores ({host.cpu}), "
+        f"{'GPU' if host.gpus else 'no GPU'}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "model": MODEL,
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+            "server_core": SERVER_CORE,
+            "client_core": CLIENT_CORE,
+        },
+        "grpc_answers_beside_http": same_loop,
+        "samples": [asdict(s) for s in samples],
+        "summary": summarise(samples, stacks),
+    }
+
+
+def summarise(samples: list[Sample], stacks: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for c in sorted({s.concurrency for s in samples}):
+        for stack in stacks:
+            group = [s for s in samples if s.target == stack and s.concurrency == c]
+            if group:
+                rows.append(
+                    {
+                        "concurrency": c,
+                        "stack": stack,
+                        "throughput": statistics.median(s.throughput for s in group),
+                        "p50_us": statistics.median(s.p50_us for s in group),
+                        "p99_us": statistics.median(s.p99_us for s in group),
+                    }
+                )
+    for row in rows:
+        base = next(
+            (r for r in rows if r["stack"] == "aiohttp" and r["concurrency"] == row["concurrency"]),
+            None,
+        )
+        row["throughput_vs_aiohttp"] = row["throughput"] / base["throughput"] if base else None
+    return rows
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(f"\n{result['machine']}, {result['date']}; settings {result['settings']}")
+    print(
+        f"load average before {result['load_average_before']}, after {result['load_average_after']}"
+    )
+    print(f"gRPC answered beside each stack: {result['grpc_answers_beside_http']}")
+    print(
+        f"{'conc':>4}  {'stack':<18} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8}  {'vs aiohttp':>10}"
+    )
+    for r in result["summary"]:
+        ratio = r["throughput_vs_aiohttp"]
+        shown = f"{ratio:>10.0%}" if ratio is not None else f"{'-':>10}"
+        print(
+            f"{r['concurrency']:>4}  {r['stack']:<18} {r['throughput']:>8.0f} {r['p50_us']:>8.0f} "
+            f"{r['p99_us']:>8.0f}  {shown}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=REPO / ".bench" / "serving-home")
+    parser.add_argument("--stacks", nargs="+", choices=list(STACKS), default=list(STACKS))
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured per sample")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument(
+        "--perf-analyzer", type=Path, default=REPO / ".bench" / "perf_analyzer" / "perf_analyzer"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--serve", choices=list(STACKS), help=argparse.SUPPRESS)  # the server
+    args = parser.parse_args()
+    args.home = args.home.resolve()
+    if args.serve:
+        asyncio.run(serve(args.serve, args.home, args))
+        return
+    if not args.perf_analyzer.exists():
+        sys.exit(
+            f"perf_analyzer not found at {args.perf_analyzer}: "
+            "../shared/tools/install-perf-analyzer installs it"
+        )
+    result = run(args)
+    print_table(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
