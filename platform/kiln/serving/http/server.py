@@ -24,6 +24,7 @@ from typing import Final
 
 from aiohttp import web
 
+from kiln import __version__
 from kiln.serving.core import ServingCore
 from kiln.serving.http.app import HttpApp, HttpRequest, HttpResponse, error_response
 from kiln.serving.listening import listen_problem
@@ -104,5 +105,10 @@ class HttpServer:
         return _aiohttp(answer)
 
 
+SERVER: Final = (("server", f"kiln/{__version__}"),)
+"""Instead of aiohttp's own `Server` header, which names the Python and aiohttp versions."""
+
+
 def _aiohttp(response: HttpResponse) -> web.Response:
-    return web.Response(status=response.status, body=response.body, headers=response.headers)
+    headers = (*response.headers, *SERVER)
+    return web.Response(status=response.status, body=response.body, headers=headers)

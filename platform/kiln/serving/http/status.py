@@ -59,7 +59,7 @@ def status_of(error: KilnError) -> tuple[int, str]:
 
 def error_body(message: str) -> bytes:
     """The KServe error body: `{"error": "..."}`."""
-    return json.dumps({"error": message}, ensure_ascii=False).encode()
+    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def failure(exc: BaseException, what: str) -> tuple[int, str]:
