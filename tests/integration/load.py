@@ -15,6 +15,7 @@ from types import TracebackType
 
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.http as triton_http
 
 from tests.conftest import wait_until
 from tests.integration.grpc_harness import INPUT, OUTPUT
@@ -27,7 +28,8 @@ class BackgroundLoad:
     A failed request is recorded in `errors`; the client goes on sending, or stops with
     `until_refused` (a server shutting down refuses the rest). With `request_ids`, client `w`
     names its requests `w{w}-{i}` and `answered` lists those answered; without, the server
-    assigns ids (a rollout routes by them).
+    assigns ids (a rollout routes by them). With `http`, `url` is the server's HTTP endpoint
+    and the clients are `tritonclient.http`'s (the same calls over KServe v2 REST).
     """
 
     def __init__(
@@ -39,8 +41,10 @@ class BackgroundLoad:
         model: str = "digits",
         request_ids: bool = False,
         until_refused: bool = False,
+        http: bool = False,
     ) -> None:
         self.url = url
+        self.http = http
         self.x = x
         self.model = model
         self.request_ids = request_ids
@@ -80,24 +84,26 @@ class BackgroundLoad:
             thread.join(timeout)
 
     def _run(self, index: int) -> None:
-        tensor = triton.InferInput(INPUT, list(self.x.shape), "FP32")
+        transport = triton_http if self.http else triton
+        tensor = transport.InferInput(INPUT, list(self.x.shape), "FP32")
         tensor.set_data_from_numpy(self.x)
-        with triton.InferenceServerClient(self.url) as client:
+        # tritonclient.http has no per-call timeout: its client's network_timeout (60 s) holds.
+        timeout = {} if self.http else {"client_timeout": 30}
+        with transport.InferenceServerClient(self.url) as client:
             sent = 0
             while not self.stop.is_set():
                 request_id = f"w{index}-{sent}" if self.request_ids else ""
                 sent += 1
                 try:
-                    result = client.infer(
-                        self.model, [tensor], request_id=request_id, client_timeout=30
-                    )
+                    result = client.infer(self.model, [tensor], request_id=request_id, **timeout)
                 except BaseException as exc:
                     with self._lock:
                         self.errors.append(exc)
                     if self.until_refused:
                         return
                     continue
-                version = result.get_response().model_version
+                response = result.get_response()  # a dict over HTTP, a protobuf over gRPC
+                version = response["model_version"] if self.http else response.model_version
                 self.versions[index].append(version)
                 output = result.as_numpy(OUTPUT).tobytes()
                 with self._lock:
