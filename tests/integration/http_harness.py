@@ -1,0 +1,82 @@
+"""Support for the HTTP tests: `tritonclient.http` inputs, curl-style requests with a plain
+HTTP client, and the rules every HTTP error answer keeps.
+
+The servers are `grpc_harness.running_server`'s (gRPC and HTTP from one core); these helpers
+only build what the HTTP side sends and check what it answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import numpy as np
+import tritonclient.http as triton_http
+
+from tests.integration.grpc_harness import INPUT, OUTPUT, RunningServer, images, reference_outputs
+from tests.integration.grpc_hostile.calls import assert_clean
+
+INFER = "/v2/models/digits/infer"
+PATH_LEAKS = ("/tmp/", "/home/", "site-packages", '.py"', ".py:", "platform/kiln")
+"""What shows a server's files: none of it may reach a client."""
+
+
+def http_input(x: np.ndarray, *, binary: bool = True, name: str = INPUT) -> triton_http.InferInput:
+    """`x` as a tritonclient.http input: raw bytes after the JSON (the binary extension,
+    tritonclient's default) or JSON `data` (`binary=False`)."""
+    tensor = triton_http.InferInput(name, list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x, binary_data=binary)
+    return tensor
+
+
+def json_request(
+    x: np.ndarray, *, nested: bool = False, request_id: str | None = None, **fields: Any
+) -> dict[str, Any]:
+    """A curl-style KServe v2 JSON request for `x`: `data` flat or nested (row-major)."""
+    data = x.tolist() if nested else x.ravel().tolist()
+    document: dict[str, Any] = {
+        "inputs": [{"name": INPUT, "shape": list(x.shape), "datatype": "FP32", "data": data}],
+        **fields,
+    }
+    if request_id is not None:
+        document["id"] = request_id
+    return document
+
+
+def plain_client(server: RunningServer) -> httpx.Client:
+    """A plain HTTP client of `server`'s HTTP endpoint (what curl does)."""
+    return httpx.Client(base_url=f"http://{server.http_url}", timeout=30)
+
+
+def logits(answer: dict[str, Any]) -> np.ndarray:
+    """The `logits` output of a JSON infer answer."""
+    (output,) = (o for o in answer["outputs"] if o["name"] == OUTPUT)
+    assert output["datatype"] == "FP32"
+    return np.asarray(output["data"], np.float32).reshape(output["shape"])
+
+
+def assert_error(response: httpx.Response, status: int, says: str) -> str:
+    """`response` is a KServe error: `status`, `{"error": message}` with `says` in the
+    message, nothing of the server's internals; returns the message."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    message = body["error"]
+    assert isinstance(message, str) and says in message, message
+    assert_no_internals(response.text)
+    return message
+
+
+def assert_no_internals(text: str) -> None:
+    assert_clean(text)
+    assert not any(leak in text for leak in PATH_LEAKS), text
+
+
+def assert_serves(server: RunningServer, client: httpx.Client, version: int = 1) -> None:
+    """A good JSON request still gets the right answer."""
+    x = images(1, seed=77)
+    answer = client.post(INFER, json=json_request(x))
+    assert answer.status_code == 200, answer.text
+    expected = reference_outputs(server.registry, "digits", version, x)
+    np.testing.assert_allclose(logits(answer.json()), expected, atol=1e-5)
