@@ -46,7 +46,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving import MODEL, REPO, Sample, ensure_model, perf_analyzer
+from clients import Sample, perf_analyzer
+from serving import MODEL, REPO, ensure_model
 
 SERVER_CORE, CLIENT_CORE = 0, 1
 STACKS = {
@@ -287,7 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"round {round_ + 1}/{args.rounds}, concurrency {c}", flush=True)
                 for stack in stacks:
                     sample = perf_analyzer(
-                        args.perf_analyzer, ports[stack][0], c, args.seconds, protocol="http"
+                        args.perf_analyzer, ports[stack][0], MODEL, c, args.seconds, "http"
                     )
                     if sample is not None:
                         sample.target = stack

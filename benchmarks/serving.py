@@ -1,4 +1,4 @@
-"""Serving benchmark: `kiln serve` vs the in-process engine vs a gRPC server that runs no model.
+"""Serving benchmark: `kiln serve` (gRPC and HTTP) vs the in-process engine vs a no-model server.
 
     python benchmarks/serving.py                          # concurrency 1, 8, 32; prints a table
     python benchmarks/serving.py --rounds 5 --seconds 4 --json .bench/serving.json
@@ -10,11 +10,17 @@ Targets, side by side in one run:
   (c) no-model   a grpc.aio server on Kiln's generated stubs that answers every ModelInfer with
                  a precomputed response (`null_server.py`): the ceiling of this harness
                  (client + grpc.aio + host);
-  (d) bentoml    `bentoml serve kiln.serving.bento:KilnService` (the same core behind BentoML's
-                 HTTP server and adaptive batching), /predict with JSON from an httpx asyncio
-                 client; its ratios are to the gRPC no-model server with the Python client.
-Clients: NVIDIA's perf_analyzer (C++, when installed: ../shared/tools/install-perf-analyzer)
-and a Python asyncio client (grpc.aio stub, one prebuilt request, N tasks).
+  (d) kiln-http  the same `kiln serve` process over KServe v2 HTTP/REST (--http-port): perf_analyzer
+                 `-i http` (Triton's binary tensor extension) and the httpx client below with
+                 a prebuilt KServe v2 JSON body; HTTP/gRPC is its throughput over kiln's
+                 (gRPC) with the same kind of client;
+  (e) bentoml    `bentoml serve kiln.serving.bento:KilnService` (the same core behind BentoML's
+                 HTTP server and adaptive batching), /predict with JSON from the httpx client.
+HTTP targets' no-model ratios are to the gRPC no-model server with the Python client.
+Clients (`clients.py`): NVIDIA's perf_analyzer (C++, when installed:
+../shared/tools/install-perf-analyzer), a Python gRPC client (grpc.aio stub, one prebuilt
+request, N tasks) and a Python HTTP client (httpx.AsyncClient, one prebuilt JSON body, N tasks:
+the same client for kiln-http and bentoml, so the two HTTP services compare on one client).
 
 Measurements are interleaved round by round (every target at one concurrency, then the next
 concurrency, then the next round) and the median of the rounds is reported, so background
@@ -35,13 +41,20 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
-import numpy as np
+from clients import (
+    Sample,
+    bento_json,
+    grpc_client,
+    http_client,
+    in_process,
+    kserve_json,
+    perf_analyzer,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 KILN = Path(sys.executable).with_name("kiln")
@@ -50,16 +63,6 @@ MODELS = {"cnn": "digits", "mlp": "digits-mlp"}
 """Architecture (`kiln train --model`) -> the name it is registered under in --home."""
 MODEL = MODELS["cnn"]  # set by --model
 ARCH = "cnn"
-
-
-@dataclass
-class Sample:
-    target: str
-    client: str
-    concurrency: int
-    throughput: float
-    p50_us: float
-    p99_us: float
 
 
 # -- the model --------------------------------------------------------------------------------
@@ -89,7 +92,8 @@ def ensure_model(home: Path) -> None:
 # -- the servers ------------------------------------------------------------------------------
 
 
-def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
+def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> tuple[int, int]:
+    """`kiln serve` with gRPC and HTTP on free ports; returns (grpc port, http port)."""
     from kiln.serving.launcher import kiln_serve
 
     flags = [
@@ -99,7 +103,9 @@ def start_kiln(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
     ]  # fmt: skip
     if args.threads:
         flags += ["--threads", str(args.threads)]
-    return stack.enter_context(kiln_serve(*flags, home=home, metrics=False)).port
+    served = stack.enter_context(kiln_serve(*flags, home=home, metrics=False))
+    assert served.http_port is not None  # kiln_serve passes --http-port 0
+    return served.port, served.http_port
 
 
 def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
@@ -157,136 +163,6 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.kill()
 
 
-# -- the clients ------------------------------------------------------------------------------
-
-
-def infer_request() -> Any:
-    from tritonclient.grpc import service_pb2
-
-    request = service_pb2.ModelInferRequest(model_name=MODEL)
-    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
-    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    request.raw_input_contents.append(image.tobytes())
-    return request
-
-
-async def python_client(port: int, concurrency: int, seconds: float, warmup: float) -> Sample:
-    from tritonclient.grpc import service_pb2_grpc
-
-    request = infer_request()
-    latencies: list[float] = []
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        started = time.perf_counter()
-        measure_from, measure_to = started + warmup, started + warmup + seconds
-
-        async def worker() -> None:
-            while (now := time.perf_counter()) < measure_to:
-                await stub.ModelInfer(request)
-                done = time.perf_counter()
-                if now >= measure_from:
-                    latencies.append(done - now)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _sample("", "python", concurrency, latencies, seconds)
-
-
-async def http_client(port: int, concurrency: int, seconds: float, warmup: float) -> Sample:
-    """The BentoML service's /predict with one sample per request, JSON, N asyncio tasks."""
-    import httpx
-
-    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    body = json.dumps({"inputs": image.tolist()}).encode()
-    headers = {"content-type": "application/json"}
-    latencies: list[float] = []
-    failures: list[int] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
-        started = time.perf_counter()
-        measure_from, measure_to = started + warmup, started + warmup + seconds
-
-        async def worker() -> None:
-            while (now := time.perf_counter()) < measure_to:
-                response = await client.post("/predict", content=body, headers=headers)
-                done = time.perf_counter()
-                if now < measure_from:
-                    continue
-                if response.status_code == 200:
-                    latencies.append(done - now)
-                else:
-                    failures.append(response.status_code)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    if failures:
-        codes = sorted(set(failures))
-        print(
-            f"  bentoml at concurrency {concurrency}: {len(failures)} requests failed "
-            f"(HTTP {codes}); throughput counts answered requests only"
-        )
-    return _sample("bentoml", "python-http", concurrency, latencies, seconds)
-
-
-async def in_process(core: Any, concurrency: int, seconds: float, warmup: float) -> Sample:
-    from kiln.serving.messages import InferRequest
-
-    image = np.random.default_rng(0).random((1, 1, 28, 28), dtype=np.float32)
-    latencies: list[float] = []
-    started = time.perf_counter()
-    measure_from, measure_to = started + warmup, started + warmup + seconds
-
-    async def worker() -> None:
-        while (now := time.perf_counter()) < measure_to:
-            await core.infer(InferRequest(MODEL, {"input": image}, transport="benchmark"))
-            done = time.perf_counter()
-            if now >= measure_from:
-                latencies.append(done - now)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return _sample("in-process", "python", concurrency, latencies, seconds)
-
-
-def perf_analyzer(
-    binary: Path, port: int, concurrency: int, seconds: float, protocol: str = "grpc"
-) -> Sample | None:
-    """perf_analyzer over `protocol` ("grpc", or "http": binary tensor extension) at one
-    concurrency; None when it fails (its output tail is printed)."""
-    result = subprocess.run(
-        [
-            str(binary), "-m", MODEL, "-i", protocol, "-u", f"127.0.0.1:{port}",
-            "--concurrency-range", f"{concurrency}:{concurrency}",
-            "--measurement-interval", str(int(seconds * 1000 / 3)),
-            "--stability-percentage", "100", "--max-trials", "6", "--input-data", "zero",
-        ],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
-    found = {
-        key: re.search(rf"{pattern}: ([\d.]+)", result.stdout)
-        for key, pattern in (("tp", "Throughput"), ("p50", "p50 latency"), ("p99", "p99 latency"))
-    }
-    if result.returncode != 0 or not all(found.values()):
-        print(
-            f"  perf_analyzer ({protocol}) failed at concurrency {concurrency}: "
-            f"{result.stdout[-300:]}{result.stderr[-300:]}"
-        )
-        return None
-    tp, p50, p99 = (float(m.group(1)) for m in found.values() if m)
-    return Sample("", "perf_analyzer", concurrency, tp, p50, p99)
-
-
-def _sample(
-    target: str, client: str, concurrency: int, latencies: list[float], seconds: float
-) -> Sample:
-    ordered = np.sort(np.asarray(latencies)) * 1e6
-    return Sample(
-        target,
-        client,
-        concurrency,
-        len(ordered) / seconds,
-        float(np.percentile(ordered, 50)),
-        float(np.percentile(ordered, 99)),
-    )
-
-
 # -- the run ----------------------------------------------------------------------------------
 
 
@@ -304,7 +180,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[Sample] = []
     load_before = os.getloadavg()
     with ExitStack() as stack:
-        kiln_port = start_kiln(home, args, stack)
+        kiln_port, http_port = start_kiln(home, args, stack)
+        kserve, bento = kserve_json(MODEL), bento_json()
         null_port = start_null(kiln_port, stack)
         bento_port = start_bento(home, args, stack) if args.bentoml else None
         registry = stack.enter_context(kiln.registry.open(settings=Settings(home=home)))
@@ -318,21 +195,30 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         pa = args.perf_analyzer if args.perf_analyzer.exists() else None
         if pa is None:
             print(f"perf_analyzer not found at {args.perf_analyzer}: Python client only")
+        perf_targets = (
+            ("kiln", kiln_port, "grpc"), ("no-model", null_port, "grpc"),
+            ("kiln-http", http_port, "http"),
+        )  # fmt: skip
         for round_ in range(args.rounds):
             for c in args.concurrency:
                 print(f"round {round_ + 1}/{args.rounds}, concurrency {c}", flush=True)
                 for target, port in (("kiln", kiln_port), ("no-model", null_port)):
-                    s = await python_client(port, c, args.seconds, args.warmup)
+                    s = await grpc_client(port, MODEL, c, args.seconds, args.warmup)
                     s.target = target
                     samples.append(s)
-                    if pa is not None:
-                        p = perf_analyzer(pa, port, c, args.seconds)
-                        if p is not None:
-                            p.target = target
-                            samples.append(p)
-                samples.append(await in_process(core, c, args.seconds, args.warmup))
+                for target, port, protocol in perf_targets if pa is not None else ():
+                    if p := perf_analyzer(pa, port, MODEL, c, args.seconds, protocol):
+                        p.target = target
+                        samples.append(p)
+                samples.append(
+                    await http_client(http_port, kserve, "kiln-http", c, args.seconds, args.warmup)
+                )
+                samples.append(await in_process(core, MODEL, c, args.seconds, args.warmup))
                 if bento_port is not None:
-                    samples.append(await http_client(bento_port, c, args.seconds, args.warmup))
+                    bento_sample = http_client(
+                        bento_port, bento, "bentoml", c, args.seconds, args.warmup
+                    )
+                    samples.append(await bento_sample)
         await core.stop()
     host = host_info()
     return {
@@ -370,24 +256,27 @@ def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
                 "p99_us": statistics.median(s.p99_us for s in group),
             }
         )
-    for row in rows:
-        ceiling = next(
-            (r for r in rows if r["target"] == "no-model" and r["client"] == row["client"]
-             and r["concurrency"] == row["concurrency"]),
+
+    def find(target: str, client: str, concurrency: int) -> dict[str, Any] | None:
+        return next(
+            (r for r in rows if (r["target"], r["client"], r["concurrency"])
+             == (target, client, concurrency)),
             None,
         )  # fmt: skip
-        if ceiling is None and row["target"] == "bentoml":
-            # HTTP has no no-model twin here: compare with the gRPC ceiling of the same client
-            # kind (Python asyncio) to show what the transport costs.
-            ceiling = next(
-                (r for r in rows if r["target"] == "no-model" and r["client"] == "python"
-                 and r["concurrency"] == row["concurrency"]),
-                None,
-            )  # fmt: skip
+
+    for row in rows:
+        c = row["concurrency"]
+        # HTTP has no no-model twin here: compare with the gRPC ceiling of the same client
+        # kind (Python asyncio) to show what the transport costs.
+        grpc_client = "python" if row["client"] == "python-http" else row["client"]
+        ceiling = find("no-model", grpc_client, c)
         row["throughput_vs_no_model"] = (
             row["throughput"] / ceiling["throughput"] if ceiling else None
         )
         row["p50_vs_no_model"] = row["p50_us"] / ceiling["p50_us"] if ceiling else None
+        # kiln over HTTP against kiln over gRPC, same server, same kind of client.
+        twin = find("kiln", grpc_client, c) if row["target"] == "kiln-http" else None
+        row["http_vs_grpc"] = row["throughput"] / twin["throughput"] if twin else None
     return rows
 
 
@@ -397,13 +286,14 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"load average before {before}, after {after}")
     print(
         f"{'conc':>4}  {'client':<13} {'target':<10} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8}"
-        f"  {'tput vs no-model':>16} {'p50 vs no-model':>15}"
+        f"  {'tput vs no-model':>16} {'p50 vs no-model':>15} {'HTTP/gRPC':>9}"
     )
     for r in result["summary"]:
-        ratio, p50 = r["throughput_vs_no_model"], r["p50_vs_no_model"]
+        ratio, p50, http = r["throughput_vs_no_model"], r["p50_vs_no_model"], r["http_vs_grpc"]
         print(
             f"{r['concurrency']:>4}  {r['client']:<13} {r['target']:<10} {r['throughput']:>8.0f} "
             f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f}  {ratio:>16.0%} {p50:>14.2f}x"
+            f" {f'{http:.0%}' if http is not None else '':>9}"
         )
 
 
