@@ -117,7 +117,7 @@ def test_the_launcher_stops_waiting_at_its_start_up_timeout(tmp_path: Path) -> N
         pytest.fail("kiln serve became ready in 10 ms")
 
 
-@pytest.mark.parametrize("option", ["--port", "--metrics-port"])
+@pytest.mark.parametrize("option", ["--port", "--http-port", "--metrics-port"])
 def test_a_port_in_use_is_a_clear_error(tmp_path: Path, option: str) -> None:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
@@ -126,7 +126,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path, option: str) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        ports = {"--port": "0", "--metrics-port": "0", option: str(port)}
+        ports = {"--port": "0", "--http-port": "0", "--metrics-port": "0", option: str(port)}
         result = subprocess.run(
             [str(Path(sys.executable).with_name("kiln")), "serve", "--host", "127.0.0.1",
              *(x for pair in ports.items() for x in pair), "digits"],
