@@ -29,10 +29,13 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def perf_analyzer(url: str, model: str, concurrency: int, *extra: str) -> tuple[int, str]:
-    """Run perf_analyzer over gRPC at one concurrency; its exit code and output."""
+def perf_analyzer(
+    url: str, model: str, concurrency: int, *extra: str, protocol: str = "grpc"
+) -> tuple[int, str]:
+    """Run perf_analyzer over `protocol` (grpc or http) at one concurrency; its exit code and
+    output."""
     result = subprocess.run(
-        [str(PERF_ANALYZER), "-m", model, "-i", "grpc", "-u", url,
+        [str(PERF_ANALYZER), "-m", model, "-i", protocol, "-u", url,
          "--concurrency-range", f"{concurrency}:{concurrency}", *extra],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
