@@ -20,10 +20,14 @@ pinned to core 1. Candidates:
   granian-rsgi       the same with granian's own RSGI interface
 
 Rounds are interleaved (every stack at one concurrency, then the next concurrency, then the
-next round) and the median of the rounds is reported. The model is the trainer's CNN digit
-classifier compiled for onnxruntime (the one `serving.py` uses, trained into --home on first
-use). uvicorn's httptools, uvloop and granian are not Kiln dependencies: a stack whose package
-is missing is skipped with a note.
+next round; a different stack first each round) and the median of the rounds is reported.
+Beside throughput and latency, the server's CPU per request (user + system time of the whole
+server process over the requests its core answered): on a shared host waiting for a core
+moves throughput, not CPU time, so this column is the steadier comparison of the stacks.
+The model is the trainer's CNN digit classifier compiled for onnxruntime (the one
+`serving.py` uses, trained into --home on first use). httptools and granian are not Kiln
+dependencies (`pip install httptools granian` to measure them): a stack whose package is
+missing is skipped with a note.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -216,14 +220,36 @@ async def serve(stack: str, home: Path, args: argparse.Namespace) -> None:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> tuple[int, int]:
-    """The server subprocess for `stack`, pinned to SERVER_CORE; returns (http, grpc) ports."""
+@dataclass
+class StackServer:
+    """A server subprocess: where it listens, and what it has spent."""
+
+    pid: int
+    http_port: int
+    grpc_port: int
+
+    def cpu_s(self) -> float:
+        """User + system CPU of the server process so far (every thread: Rust's, the engine's)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def inferences(self) -> int:
+        """Requests the core has answered so far (its statistics, over HTTP)."""
+        import httpx
+
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}/stats"
+        stats = httpx.get(url, timeout=10).json()["model_stats"]
+        return sum(int(m["inference_count"]) for m in stats)
+
+
+def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> StackServer:
+    """The server subprocess for `stack`, pinned to SERVER_CORE, once it answers ready."""
     command = [
         "taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--serve", stack,
         "--home", str(args.home), "--max-batch-size", str(args.max_batch_size),
         "--max-queue-delay-us", str(args.max_queue_delay_us),
     ]  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # taskset execs
     exits.callback(_stop, process)
     assert process.stdout is not None
     ports: dict[str, int] = {}
@@ -232,8 +258,27 @@ def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> tuple
             ports[match.group(1)] = int(match.group(2))
         if len(ports) == 2:
             _wait_ready(ports["http"])
-            return ports["http"], ports["grpc"]
+            return StackServer(process.pid, ports["http"], ports["grpc"])
     raise RuntimeError(f"the {stack} server exited before it was ready")
+
+
+def measure(stack: str, server: StackServer, concurrency: int, args: argparse.Namespace) -> Any:
+    """One perf_analyzer sample of `stack`, with the server's CPU per request beside it: CPU
+    time is steadier than throughput on a shared host (waiting for a core costs no CPU)."""
+    cpu, count = server.cpu_s(), server.inferences()
+    sample = perf_analyzer(
+        args.perf_analyzer, server.http_port, MODEL, concurrency, args.seconds, "http"
+    )
+    cpu, count = server.cpu_s() - cpu, server.inferences() - count
+    if sample is None:
+        return None
+    return StackSample(**asdict(sample), cpu_us=cpu / max(count, 1) * 1e6)
+
+
+@dataclass
+class StackSample(Sample):
+    cpu_us: float = 0.0
+    """Server CPU (all threads) per answered request, in microseconds."""
 
 
 def _wait_ready(port: int) -> None:
@@ -277,23 +322,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     stacks = [s for s in args.stacks if importlib.util.find_spec(STACKS[s]) is not None]
     for missing in sorted(set(args.stacks) - set(stacks)):
         print(f"skipping {missing}: `pip install {STACKS[missing]}` to measure it")
-    samples: list[Sample] = []
+    samples: list[StackSample] = []
     same_loop: dict[str, bool] = {}
     load_before = os.getloadavg()
     with ExitStack() as exits:
-        ports = {s: start_stack(s, args, exits) for s in stacks}
+        servers = {s: start_stack(s, args, exits) for s in stacks}
         os.sched_setaffinity(0, {CLIENT_CORE})  # perf_analyzer inherits it: `taskset -c 1`
         for round_ in range(args.rounds):
             for c in args.concurrency:
                 print(f"round {round_ + 1}/{args.rounds}, concurrency {c}", flush=True)
-                for stack in stacks:
-                    sample = perf_analyzer(
-                        args.perf_analyzer, ports[stack][0], MODEL, c, args.seconds, "http"
-                    )
-                    if sample is not None:
+                # A different stack goes first each round: none always follows the same one.
+                shift = round_ % len(stacks)
+                for stack in stacks[shift:] + stacks[:shift]:
+                    if sample := measure(stack, servers[stack], c, args):
                         sample.target = stack
                         samples.append(sample)
-        same_loop = {s: grpc_answers(ports[s][1]) for s in stacks}
+        same_loop = {s: grpc_answers(servers[s].grpc_port) for s in stacks}
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{host.machine}, {host.cpu_count} cores ({host.cpu}), "
@@ -315,7 +359,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def summarise(samples: list[Sample], stacks: list[str]) -> list[dict[str, Any]]:
+def summarise(samples: list[StackSample], stacks: list[str]) -> list[dict[str, Any]]:
     rows = []
     for c in sorted({s.concurrency for s in samples}):
         for stack in stacks:
@@ -328,6 +372,7 @@ def summarise(samples: list[Sample], stacks: list[str]) -> list[dict[str, Any]]:
                         "throughput": statistics.median(s.throughput for s in group),
                         "p50_us": statistics.median(s.p50_us for s in group),
                         "p99_us": statistics.median(s.p99_us for s in group),
+                        "cpu_us": statistics.median(s.cpu_us for s in group),
                     }
                 )
     for row in rows:
@@ -336,6 +381,7 @@ def summarise(samples: list[Sample], stacks: list[str]) -> list[dict[str, Any]]:
             None,
         )
         row["throughput_vs_aiohttp"] = row["throughput"] / base["throughput"] if base else None
+        row["cpu_vs_aiohttp"] = row["cpu_us"] / base["cpu_us"] if base else None
     return rows
 
 
@@ -346,14 +392,15 @@ def print_table(result: dict[str, Any]) -> None:
     )
     print(f"gRPC answered beside each stack: {result['grpc_answers_beside_http']}")
     print(
-        f"{'conc':>4}  {'stack':<18} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8}  {'vs aiohttp':>10}"
+        f"{'conc':>4}  {'stack':<18} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8} "
+        f"{'CPU us/req':>10}  {'tput vs aiohttp':>15} {'CPU vs aiohttp':>14}"
     )
     for r in result["summary"]:
-        ratio = r["throughput_vs_aiohttp"]
-        shown = f"{ratio:>10.0%}" if ratio is not None else f"{'-':>10}"
+        tput, cpu = r["throughput_vs_aiohttp"], r["cpu_vs_aiohttp"]
         print(
             f"{r['concurrency']:>4}  {r['stack']:<18} {r['throughput']:>8.0f} {r['p50_us']:>8.0f} "
-            f"{r['p99_us']:>8.0f}  {shown}"
+            f"{r['p99_us']:>8.0f} {r['cpu_us']:>10.0f}  "
+            f"{f'{tput:.0%}' if tput else '-':>15} {f'{cpu:.0%}' if cpu else '-':>14}"
         )
 
 
