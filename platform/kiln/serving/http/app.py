@@ -343,7 +343,7 @@ def _feedback_item(where: str, item: Any, model: str, now: int) -> Feedback | st
     request_id = item.get("request_id")
     label = item.get("label")
     value = item.get("value")
-    if not isinstance(request_id, str):
+    if not isinstance(request_id, str) or not convert.is_text(request_id):
         return f"{where}: `request_id` must be the string id of a response"
     if label is not None and (not isinstance(label, int) or isinstance(label, bool)):
         return f"{where}: `label` must be an integer class index"

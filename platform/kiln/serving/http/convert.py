@@ -39,6 +39,10 @@ SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
 _INTEGER_KINDS: Final = "iu"
 _NUMBER_KINDS: Final = "iuf"
 _MAX_ID_CHARS: Final = 256
+_LONE_SURROGATE: Final = (
+    "{what} holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its pair), "
+    "which is not text; send valid Unicode"
+)
 
 
 def header_length(headers: Mapping[str, str], body_length: int) -> int | None:
@@ -74,6 +78,20 @@ def parse_json(data: bytes | memoryview, what: str) -> Any:
         ) from None
     except RecursionError:
         raise InferRequestInvalid(f"the {what} nests too deeply to parse") from None
+    except ValueError:  # Python's limit on integer digits (4,300): a DoS guard, not malformed JSON
+        raise InferRequestInvalid(
+            f"the {what} holds a number with too many digits to parse; send at most 4,300"
+        ) from None
+
+
+def is_text(value: str) -> bool:
+    """Whether `value` has a UTF-8 form: JSON's `\\u` escapes can make lone UTF-16 surrogates
+    (`"\\ud800"`), which Python keeps but nothing can encode (the traffic log, a tokenizer)."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -98,6 +116,8 @@ def infer_request(
             f"`id` must be a string of at most {_MAX_ID_CHARS} characters, got "
             f"{_json_type(request_id)}"
         )
+    if not is_text(request_id):
+        raise InferRequestInvalid(_LONE_SURROGATE.format(what="`id`"))
     tensors = document.get("inputs")
     if not isinstance(tensors, list) or not tensors:
         raise InferRequestInvalid(
@@ -202,7 +222,10 @@ def json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
                 "data)"
             )
         array = np.empty(count, dtype=object)
-        array[:] = [v.encode() for v in flat]
+        try:
+            array[:] = [v.encode() for v in flat]
+        except UnicodeEncodeError:
+            raise InferRequestInvalid(_LONE_SURROGATE.format(what=f"input {quote(name)}")) from None
         return array.reshape(shape)
     values = np.array(flat) if flat else np.zeros(0, dtype)
     kind = values.dtype.kind
