@@ -23,6 +23,7 @@ import kiln.registry
 from kiln.serving.codec import DATATYPES
 from kiln.settings import Settings
 from tests.integration.grpc_harness import INPUT, RunningServer, images, register, running_server
+from tests.integration.grpc_hostile.calls import HUGE_NUMBER
 from tests.integration.http_harness import (
     INFER,
     assert_error,
@@ -31,10 +32,11 @@ from tests.integration.http_harness import (
     plain_client,
 )
 
-MAX_MESSAGE = 8192
-"""The body limit here: a binary one-image request (3,136 bytes of pixels) fits, a few don't."""
-MAX_JSON = 4096
-"""The JSON limit: a one-image request with `data` of zeros (about 1,700 bytes) fits."""
+MAX_MESSAGE = 16384
+"""The body limit here: a binary one-image request (3,136 bytes of pixels) fits, five don't."""
+MAX_JSON = 8192
+"""The JSON limit: a one-image request with `data` of zeros (about 1,700 bytes) fits, one of
+ten-digit numbers does not."""
 ROW = [1, 1, 28, 28]
 PIXELS = 784
 OCTET = {"content-type": "application/octet-stream"}
@@ -69,7 +71,7 @@ def plain(server: RunningServer) -> Iterator[httpx.Client]:
 
 
 def body(*inputs: dict[str, Any], **fields: Any) -> bytes:
-    """A compact JSON request (784 `true`s fit under MAX_JSON)."""
+    """A compact JSON request."""
     return json.dumps({"inputs": list(inputs), **fields}, separators=(",", ":")).encode()
 
 
@@ -134,6 +136,19 @@ MISTAKES = {
         "does not support",
     ),
     "id that is no string": Bad(body(tensor(), id=7), 400, "`id` must be a string"),
+    "a number past Python's digit limit": Bad(
+        body(tensor(data=[7], shape=[1])).replace(b"[7]", f"[{HUGE_NUMBER}]".encode()),
+        400,
+        "a number with too many digits to parse",
+    ),
+    "an id that is a lone surrogate": Bad(
+        body(tensor(), id="\ud800"), 400, "`id` holds a lone UTF-16 surrogate"
+    ),
+    "BYTES data with a lone surrogate": Bad(
+        body(tensor(data=["ok", "\udfff"], shape=[2], datatype="BYTES")),
+        400,
+        "input 'input' holds a lone UTF-16 surrogate",
+    ),
     "unknown model": Bad(
         body(tensor()), 404, "model 'nope' is not served here", path="/v2/models/nope/infer"
     ),
@@ -154,7 +169,7 @@ MISTAKES = {
     ),
     "oversized body": Bad(bytes(MAX_MESSAGE + 1), 413, f"larger than {MAX_MESSAGE} bytes"),
     "JSON over max_json_bytes": Bad(
-        body(tensor(data=[0.123456] * PIXELS)), 413, f"at most {MAX_JSON} are parsed"
+        body(tensor(data=[0.1234567891] * PIXELS)), 413, f"at most {MAX_JSON} are parsed"
     ),
     "multipart form": Bad(
         b"--x\r\n\r\n--x--", 415, "'multipart/form-data'", {"content-type": "multipart/form-data"}

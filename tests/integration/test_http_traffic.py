@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from tests.integration.http_harness import (
 from tests.integration.test_grpc_server import infer_input
 
 FEEDBACK = "/v2/models/digits/feedback"
+JSON = {"content-type": "application/json"}
 
 
 def test_http_requests_are_rows_and_http_feedback_joins(tmp_path: Path) -> None:
@@ -60,6 +62,10 @@ def test_http_requests_are_rows_and_http_feedback_joins(tmp_path: Path) -> None:
                 answer = plain.post(INFER, json=json_request(images(1, seed=50))).json()
                 assigned = answer["id"]  # no id sent: the server's, for the feedback below
                 answers[assigned] = int(logits(answer)[0].argmax())
+                # A lone surrogate (JSON allows the escape) has no UTF-8: as an id it would make
+                # the rows written with it unwritable, so it is refused before it is one.
+                unwritable = json.dumps(json_request(images(1), request_id="\ud800")).encode()
+                assert_error(plain.post(INFER, content=unwritable), 400, "lone UTF-16 surrogate")
                 single = plain.post(FEEDBACK, json={"request_id": "h0", "label": answers["h0"]})
                 assert single.json() == {"accepted": 1, "rejected": []}
                 assert_error(plain.post(FEEDBACK, json={"label": 3}), 400, "`request_id` must be")
@@ -69,15 +75,18 @@ def test_http_requests_are_rows_and_http_feedback_joins(tmp_path: Path) -> None:
                     {"request_id": 17, "label": 1},  # malformed: refused alone
                     {"request_id": assigned, "label": answers[assigned]},
                     {"request_id": "h3", "label": -1},  # the core's own check: refused alone
+                    {"request_id": "\udc00", "label": 1},  # no UTF-8 form: refused alone
                 ]
-                batch = plain.post(FEEDBACK, json={"items": items}).json()
+                batch_body = json.dumps({"items": items}).encode()
+                batch = plain.post(FEEDBACK, content=batch_body, headers=JSON).json()
     finally:
         assert sink.close(60)
     assert batch["accepted"] == 3
     reasons = {r["index"]: r["reason"] for r in batch["rejected"]}
-    assert sorted(reasons) == [2, 4]
+    assert sorted(reasons) == [2, 4, 5]
     assert "`request_id` must be the string id of a response" in reasons[2]
     assert "negative" in reasons[4]
+    assert "`request_id` must be the string id of a response" in reasons[5]
 
     window = Window(
         datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC) + timedelta(minutes=1)
