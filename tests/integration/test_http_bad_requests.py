@@ -226,8 +226,9 @@ def test_a_good_binary_request_at_the_limits_is_answered(plain: httpx.Client) ->
 # -- any body -----------------------------------------------------------------------------------
 
 CLIENT_ERRORS = {400, 404, 413, 415}
+texts = st.text(max_size=8) | st.sampled_from(["\ud800", "a\udfffb"])  # lone surrogates too
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
     max_leaves=12,
 )
@@ -244,9 +245,9 @@ def near_requests(draw: st.DrawFn) -> bytes:
         | st.just([0] * PIXELS)
     )
     entry: dict[str, Any] = {
-        "name": draw(st.sampled_from([INPUT, "x", ""]) | st.text(max_size=6)),
+        "name": draw(st.sampled_from([INPUT, "x", ""]) | texts),
         "shape": shape,
-        "datatype": draw(st.sampled_from(DATATYPES) | st.text(max_size=6)),
+        "datatype": draw(st.sampled_from(DATATYPES) | texts),
         "data": data,
     }
     for key in draw(st.sets(st.sampled_from(["name", "shape", "datatype", "data"]), max_size=2)):
@@ -296,3 +297,30 @@ def test_any_infer_body_gets_a_client_status_never_a_server_error(
         assert_no_internals(error["error"])
     assert plain.get("/v2/health/ready").status_code == 200
     assert_serves(server, plain)
+
+
+feedback_items = st.fixed_dictionaries(
+    {}, optional={"request_id": texts | json_values, "label": json_values, "value": json_values}
+)
+feedback_bodies = st.one_of(
+    json_values,
+    feedback_items,
+    st.fixed_dictionaries({"items": st.lists(feedback_items | json_values, max_size=4)}),
+)
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=feedback_bodies)
+def test_any_feedback_body_gets_a_client_status_never_a_server_error(
+    server: RunningServer, plain: httpx.Client, document: Any
+) -> None:
+    answer = plain.post("/v2/models/digits/feedback", content=json.dumps(document).encode())
+    event(f"status {answer.status_code}")
+    assert answer.status_code in {200, 400}, (answer.status_code, answer.text[:300])
+    reply = answer.json()
+    if answer.status_code == 200:
+        assert set(reply) == {"accepted", "rejected"}
+        assert all(isinstance(r["reason"], str) for r in reply["rejected"])
+    else:
+        assert isinstance(reply.get("error"), str), reply
+    assert plain.get("/v2/health/ready").status_code == 200
