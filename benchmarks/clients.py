@@ -152,16 +152,22 @@ async def in_process(
 
 
 def perf_analyzer(
-    binary: Path, port: int, model: str, concurrency: int, seconds: float, protocol: str = "grpc"
-) -> Sample | None:
+    binary: Path, port: int, model: str, concurrency: int, seconds: float, protocol: str = "grpc",
+    version: str = "",
+) -> Sample | None:  # fmt: skip
     """perf_analyzer over `protocol` ("grpc", or "http": it sends Triton's binary tensor
-    extension) at one concurrency; None when it fails (its output tail is printed)."""
+    extension) at one concurrency; None when it fails (its output tail is printed).
+
+    Without a `version` it reads the server's statistics to find the version that served; a
+    server whose statistics do not move (a replaying one) needs the version named.
+    """
     result = subprocess.run(
         [
             str(binary), "-m", model, "-i", protocol, "-u", f"127.0.0.1:{port}",
             "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-interval", str(int(seconds * 1000 / 3)),
             "--stability-percentage", "100", "--max-trials", "6", "--input-data", "zero",
+            *(("-x", version) if version else ()),
         ],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip

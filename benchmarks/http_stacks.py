@@ -38,12 +38,10 @@ import importlib.util
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -51,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from clients import Sample, perf_analyzer
+from http_adapters import BenchHandler, serve_stack
 from serving import MODEL, REPO, ensure_model
 
 SERVER_CORE, CLIENT_CORE = 0, 1
@@ -64,116 +63,6 @@ STACKS = {
     "granian-rsgi": "granian",
 }
 """Stack -> the package it needs (skipped when that is not installed)."""
-
-Handler = Callable[[Any], Awaitable[Any]]
-"""`HttpApp.handle`: HttpRequest -> HttpResponse."""
-
-
-# -- the adapters: each serves `handle` on `sock` in the running event loop --------------------
-
-
-async def serve_kiln(core: Any, settings: Any) -> None:
-    """Kiln's own: `HttpServer` (an aiohttp `web.Application` with one catch-all route)."""
-    from kiln.serving.http.server import HttpServer
-
-    print(f"http port {await HttpServer(core, settings).start()}", flush=True)
-    await asyncio.Event().wait()
-
-
-async def serve_aiohttp_lowlevel(handle: Handler, sock: socket.socket) -> None:
-    """aiohttp's low-level `web.Server`: no Application, no router, no middleware chain."""
-    from aiohttp import web
-
-    from kiln.serving.http.app import HttpRequest
-
-    async def adapter(request: web.BaseRequest) -> web.Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        body = await request.read()
-        answer = await handle(HttpRequest(request.method, request.path, headers, body))
-        return web.Response(status=answer.status, body=answer.body, headers=dict(answer.headers))
-
-    runner = web.ServerRunner(web.Server(adapter), handle_signals=False)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
-    print(f"http port {sock.getsockname()[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-def asgi_app(handle: Handler) -> Callable[..., Awaitable[None]]:
-    """A raw ASGI application over `handle`: no framework between the server and Kiln."""
-    from kiln.serving.http.app import HttpRequest
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":  # lifespan is off; nothing else is served
-            return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        response = await handle(
-            HttpRequest(scope["method"], scope["path"], headers, b"".join(chunks))
-        )
-        out = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-        out.append((b"content-length", str(len(response.body)).encode()))
-        await send({"type": "http.response.start", "status": response.status, "headers": out})
-        await send({"type": "http.response.body", "body": response.body})
-
-    return app
-
-
-def starlette_app(handle: Handler) -> Any:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import Response
-    from starlette.routing import Route
-
-    from kiln.serving.http.app import HttpRequest
-
-    async def endpoint(request: Request) -> Response:
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        body = await request.body()
-        answer = await handle(HttpRequest(request.method, request.url.path, headers, body))
-        return Response(answer.body, answer.status, headers=dict(answer.headers))
-
-    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
-
-
-async def serve_uvicorn(app: Any, sock: socket.socket, parser: str) -> None:
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, loop="none", http=parser, lifespan="off", log_level="warning", access_log=False
-    )
-    print(f"http port {sock.getsockname()[1]}", flush=True)
-    await uvicorn.Server(config).serve(sockets=[sock])
-
-
-async def serve_granian(handle: Handler, sock: socket.socket, interface: str) -> None:
-    from granian.constants import Interfaces
-    from granian.server.embed import Server
-
-    from kiln.serving.http.app import HttpRequest
-
-    port = sock.getsockname()[1]
-    sock.close()  # granian binds the address itself: take the free port the socket found
-
-    async def rsgi(scope: Any, protocol: Any) -> None:
-        headers = {k.lower(): v for k, v in scope.headers.items()}
-        body = await protocol()
-        response = await handle(HttpRequest(scope.method, scope.path, headers, body))
-        protocol.response_bytes(response.status, list(response.headers), response.body)
-
-    target: Any = rsgi if interface == "rsgi" else asgi_app(handle)
-    kind = Interfaces.RSGI if interface == "rsgi" else Interfaces.ASGINL
-    server = Server(target, port=port, interface=kind, log_enabled=False, websockets=False)
-    print(f"http port {port}", flush=True)
-    await server.serve()
-
-
-# -- the server process -----------------------------------------------------------------------
 
 
 async def serve(stack: str, home: Path, args: argparse.Namespace) -> None:
@@ -197,24 +86,8 @@ async def serve(stack: str, home: Path, args: argparse.Namespace) -> None:
         await core.start([MODEL])
         grpc_server = GrpcServer(core, settings)
         print(f"grpc port {await grpc_server.start()}", flush=True)
-        handle = HttpApp(core, settings).handle
-        # IPPROTO_TCP, not the default 0: asyncio turns on TCP_NODELAY only for accepted
-        # sockets whose proto says TCP, and uvicorn relies on that (aiohttp and granian set it
-        # themselves). Without it, keep-alive requests wait ~40 ms for a delayed ACK.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        if stack == "aiohttp":
-            sock.close()  # HttpServer binds its own (http_port 0: a free port)
-            await serve_kiln(core, settings)
-        elif stack == "aiohttp-lowlevel":
-            await serve_aiohttp_lowlevel(handle, sock)
-        elif stack.startswith("uvicorn"):
-            await serve_uvicorn(asgi_app(handle), sock, stack.removeprefix("uvicorn-"))
-        elif stack == "starlette":
-            await serve_uvicorn(starlette_app(handle), sock, "httptools")
-        else:
-            await serve_granian(handle, sock, stack.removeprefix("granian-"))
+        handler = BenchHandler(HttpApp(core, settings), args.replay)
+        await serve_stack(stack, handler, core, settings)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -233,13 +106,19 @@ class StackServer:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def inferences(self) -> int:
-        """Requests the core has answered so far (its statistics, over HTTP)."""
+    @property
+    def version(self) -> str:
+        """The version it serves (perf_analyzer is told: a replaying server's stats stand still)."""
         import httpx
 
-        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}/stats"
-        stats = httpx.get(url, timeout=10).json()["model_stats"]
-        return sum(int(m["inference_count"]) for m in stats)
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL}"
+        return str(httpx.get(url, timeout=10).json()["versions"][-1])
+
+    def inferences(self) -> int:
+        """Infer requests the server has answered so far (`BenchHandler`'s count)."""
+        import httpx
+
+        return int(httpx.get(f"http://127.0.0.1:{self.http_port}/bench/count", timeout=10).text)
 
 
 def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> StackServer:
@@ -247,7 +126,7 @@ def start_stack(stack: str, args: argparse.Namespace, exits: ExitStack) -> Stack
     command = [
         "taskset", "-c", str(SERVER_CORE), sys.executable, __file__, "--serve", stack,
         "--home", str(args.home), "--max-batch-size", str(args.max_batch_size),
-        "--max-queue-delay-us", str(args.max_queue_delay_us),
+        "--max-queue-delay-us", str(args.max_queue_delay_us), *(["--replay"] * args.replay),
     ]  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)  # taskset execs
     exits.callback(_stop, process)
@@ -267,8 +146,9 @@ def measure(stack: str, server: StackServer, concurrency: int, args: argparse.Na
     time is steadier than throughput on a shared host (waiting for a core costs no CPU)."""
     cpu, count = server.cpu_s(), server.inferences()
     sample = perf_analyzer(
-        args.perf_analyzer, server.http_port, MODEL, concurrency, args.seconds, "http"
-    )
+        args.perf_analyzer, server.http_port, MODEL, concurrency, args.seconds, "http",
+        server.version,
+    )  # fmt: skip
     cpu, count = server.cpu_s() - cpu, server.inferences() - count
     if sample is None:
         return None
@@ -348,6 +228,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": MODEL,
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_us": args.max_queue_delay_us,
+            "replay": args.replay,
             "rounds": args.rounds,
             "seconds": args.seconds,
             "server_core": SERVER_CORE,
@@ -417,6 +298,11 @@ def main() -> None:
         "--perf-analyzer", type=Path, default=REPO / ".bench" / "perf_analyzer" / "perf_analyzer"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--replay", action="store_true",
+        help="answer every infer with the first answer, skipping HttpApp and the model: "
+        "what each stack alone costs",
+    )  # fmt: skip
     parser.add_argument("--serve", choices=list(STACKS), help=argparse.SUPPRESS)  # the server
     args = parser.parse_args()
     args.home = args.home.resolve()
