@@ -10,9 +10,13 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
+from tests.integration import test_grpc_security
 from tests.integration.grpc_harness import RunningServer, images, running_server
 from tests.integration.http_harness import INFER, assert_error, http_input, json_request
-from tests.integration.test_grpc_security import AUTH, TOKEN, home  # noqa: F401 (a fixture)
+from tests.integration.test_grpc_security import AUTH, TOKEN
+
+home = test_grpc_security.home
+"""The gRPC security tests' registry: digits (served) and letters (not), per module."""
 
 
 def infer(client: triton_http.InferenceServerClient, **kwargs: object) -> str:
@@ -24,7 +28,7 @@ def http_client(server: RunningServer) -> triton_http.InferenceServerClient:
     return triton_http.InferenceServerClient(server.http_url)
 
 
-def test_model_control_is_off_by_default(home: Path) -> None:  # noqa: F811
+def test_model_control_is_off_by_default(home: Path) -> None:
     with running_server(home, models=("digits",)) as server, http_client(server) as client:
         for call in (client.load_model, client.unload_model):
             with pytest.raises(InferenceServerException, match="--model-control") as err:
@@ -34,7 +38,7 @@ def test_model_control_is_off_by_default(home: Path) -> None:  # noqa: F811
         assert infer(client) == "1"
 
 
-def test_token_guards_load_and_unload_only(home: Path) -> None:  # noqa: F811
+def test_token_guards_load_and_unload_only(home: Path) -> None:
     with running_server(home, models=("digits",), token=TOKEN) as server:
         with http_client(server) as client:
             for call in (client.load_model, client.unload_model):
@@ -55,7 +59,7 @@ def test_token_guards_load_and_unload_only(home: Path) -> None:  # noqa: F811
         assert refused.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_token_for_inference_guards_inference_but_not_probes(home: Path) -> None:  # noqa: F811
+def test_token_for_inference_guards_inference_but_not_probes(home: Path) -> None:
     settings = {"token": TOKEN, "token_for_inference": True}
     with running_server(home, models=("digits",), **settings) as server:
         with http_client(server) as client:

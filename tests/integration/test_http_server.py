@@ -1,9 +1,9 @@
 """`kiln serve`'s KServe v2 HTTP/REST endpoint through the stock `tritonclient.http` client and
 through plain (curl-style) requests, against a real server on port 0.
 
-One server for the module, as test_grpc_server.py's: model `digits` (production -> version 2,
-version 1 pinned beside it) and a registered but unserved model `letters`, model control on.
-Every answer over HTTP is checked against the gRPC answer of the same server.
+One server for the module, test_grpc_server.py's fixture: model `digits` (production ->
+version 2, version 1 pinned beside it) and a registered but unserved model `letters`, model
+control on. Every answer over HTTP is checked against the gRPC answer of the same server.
 """
 
 from __future__ import annotations
@@ -17,16 +17,13 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-import kiln.registry
-from kiln.settings import Settings
+from tests.integration import test_grpc_server
 from tests.integration.grpc_harness import (
     INPUT,
     OUTPUT,
     RunningServer,
     images,
     reference_outputs,
-    register,
-    running_server,
 )
 from tests.integration.http_harness import (
     INFER,
@@ -38,17 +35,8 @@ from tests.integration.http_harness import (
 )
 from tests.integration.test_grpc_server import infer_input
 
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root = tmp_path_factory.mktemp("http")
-    home = root / "home"
-    with kiln.registry.open(settings=Settings(home=home)) as registry:
-        register(registry, root, "digits", seed=1, alias=None)
-        register(registry, root, "digits", seed=2)
-        register(registry, root, "letters", seed=3)
-    with running_server(home, models=("digits", "digits:1"), model_control=True) as running:
-        yield running
+server = test_grpc_server.server
+"""The gRPC tests' server (module scope: one started for this module too)."""
 
 
 @pytest.fixture(scope="module")
