@@ -61,14 +61,13 @@ def grpc_logits(server: RunningServer, x: np.ndarray, version: str = "") -> np.n
 # -- tritonclient.http --------------------------------------------------------------------------
 
 
-def test_live_and_ready(client: triton_http.InferenceServerClient) -> None:
-    assert client.is_server_live()
-    assert client.is_server_ready()
-    assert client.is_model_ready("digits")
-    assert client.is_model_ready("digits", "1")
-    assert not client.is_model_ready("digits", "7")
-    assert not client.is_model_ready("letters")
+test_live_and_ready = test_grpc_server.test_live_and_ready
+"""The gRPC test's calls, with this module's `client`: tritonclient.http's."""
+
+
+def test_an_unknown_model_is_not_ready(client: triton_http.InferenceServerClient) -> None:
     assert not client.is_model_ready("no-such-model")
+    assert not client.is_model_ready("no-such-model", "1")
 
 
 def test_server_metadata_lists_the_binary_extension(
