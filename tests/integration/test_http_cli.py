@@ -1,10 +1,10 @@
 """`kiln serve`'s HTTP options as users run them (subprocesses through
-`kiln.serving.launcher.kiln_serve`): the ready line names the HTTP port, `--no-http` serves gRPC
-only, and an HTTP port in use is a clear error (exit 2) naming --http-port."""
+`kiln.serving.launcher.kiln_serve`): the ready line names the HTTP port and `--no-http` serves
+gRPC only. (An HTTP port in use, exit 2 naming --http-port, is one of test_grpc_cli.py's
+port-in-use cases.)"""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +52,3 @@ def test_no_http_serves_grpc_only(home: Path) -> None:
             served.http_url  # noqa: B018 (the property raises)
         with triton.InferenceServerClient(served.url) as client:
             assert client.is_model_ready("digits")
-
-
-def test_an_http_port_in_use_is_a_clear_error(home: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        # The last --http-port given wins over the launcher's `--http-port 0`.
-        with (
-            pytest.raises(Unavailable) as err,
-            kiln_serve("--http-port", str(port), "--models", "digits", home=home, env=ONE_THREAD),
-        ):
-            pytest.fail(f"kiln serve became ready with its HTTP port {port} taken")
-    message = " ".join(err.value.message.split())
-    assert "kiln serve exited with code 2" in message
-    assert f"port {port} is in use; pick another with --http-port" in message, message
-    assert "internal error" not in message and "Traceback" not in message
