@@ -1,8 +1,9 @@
-"""Model control and the bearer token over HTTP: the same rules as gRPC's
+"""Model control, the bearer token and TLS over HTTP: the same rules as gRPC's
 (test_grpc_security.py), with tritonclient.http and plain requests against real servers."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -76,3 +77,20 @@ def test_token_for_inference_guards_inference_but_not_probes(home: Path) -> None
             assert_error(answer, 401, "Authorization: Bearer TOKEN")
         answer = httpx.post(base + INFER, json=json_request(images(1)), headers=AUTH)
         assert answer.status_code == 200, answer.text
+
+
+certificate = test_grpc_security.certificate
+
+
+def test_tls(home: Path, certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with running_server(home, models=("digits",), tls_cert=cert, tls_key=key) as server:
+        url = f"localhost:{server.endpoints.http_port}"
+        context = ssl.create_default_context(cafile=str(cert))
+        with triton_http.InferenceServerClient(
+            url, ssl=True, ssl_context_factory=lambda: context
+        ) as client:
+            assert infer(client) == "1"
+        assert httpx.get(f"https://{url}/v2/health/ready", verify=context).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{url}/v2/health/ready", timeout=5)  # plaintext is not served
