@@ -7,18 +7,37 @@ only build what the HTTP side sends and check what it answers.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import tritonclient.http as triton_http
 
-from tests.integration.grpc_harness import INPUT, OUTPUT, RunningServer, images, reference_outputs
+import kiln.registry
+from kiln.settings import Settings
+from tests.integration.grpc_harness import (
+    INPUT,
+    OUTPUT,
+    RunningServer,
+    images,
+    reference_outputs,
+    register,
+)
 from tests.integration.grpc_hostile.calls import assert_clean
 
 INFER = "/v2/models/digits/infer"
 PATH_LEAKS = ("/tmp/", "/home/", "site-packages", '.py"', ".py:", "platform/kiln")
 """What shows a server's files: none of it may reach a client."""
+
+
+def digits_home(root: Path, versions: int = 1) -> Path:
+    """`root/home`, a KILN_HOME with digits:1..`versions` (seeds 1..), production -> 1."""
+    home = root / "home"
+    with kiln.registry.open(settings=Settings(home=home)) as registry:
+        for seed in range(1, versions + 1):
+            register(registry, root, "digits", seed=seed, alias="production" if seed == 1 else None)
+    return home
 
 
 def http_input(x: np.ndarray, *, binary: bool = True, name: str = INPUT) -> triton_http.InferInput:

@@ -8,9 +8,11 @@ is 200 or a client error with a KServe error body, never a server error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,16 +21,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import kiln.registry
 from kiln.serving.codec import DATATYPES
-from kiln.settings import Settings
-from tests.integration.grpc_harness import INPUT, RunningServer, images, register, running_server
+from tests.integration.grpc_harness import INPUT, RunningServer, images, running_server
 from tests.integration.grpc_hostile.calls import HUGE_NUMBER
 from tests.integration.http_harness import (
     INFER,
     assert_error,
     assert_no_internals,
     assert_serves,
+    binary_request,
+    digits_home,
     plain_client,
 )
 
@@ -56,11 +58,9 @@ class Bad:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    root = tmp_path_factory.mktemp("http-bad")
-    with kiln.registry.open(settings=Settings(home=root / "home")) as registry:
-        register(registry, root, "digits", seed=1)
+    home = digits_home(tmp_path_factory.mktemp("http-bad"))
     limits = {"max_message_bytes": MAX_MESSAGE, "max_json_bytes": MAX_JSON}
-    with running_server(root / "home", max_batch_size=8, **limits) as running:
+    with running_server(home, max_batch_size=8, **limits) as running:
         yield running
 
 
@@ -324,3 +324,25 @@ def test_any_feedback_body_gets_a_client_status_never_a_server_error(
     else:
         assert isinstance(reply.get("error"), str), reply
     assert plain.get("/v2/health/ready").status_code == 200
+
+
+def test_full_queue_is_429_with_retry_after_and_the_rest_succeed(tmp_path: Path) -> None:
+    # As test_grpc_bad_requests.py's flood: every request goes to the engine's thread, so that
+    # requests arrive faster than it answers them.
+    settings = {"max_batch_size": 1, "max_queue_size": 2, "warmup": False, "inline_idle_us": 0}
+    with running_server(digits_home(tmp_path), **settings) as server:
+        answers = asyncio.run(_flood(f"http://{server.http_url}", requests=100))
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {200, 429}
+    assert statuses.count(429) > 0 and statuses.count(200) > 0
+    for refused in (a for a in answers if a.status_code == 429):
+        assert_error(refused, 429, "requests queued (the maximum)")
+        assert refused.headers["retry-after"] == "1"
+
+
+async def _flood(url: str, requests: int) -> list[httpx.Response]:
+    content, headers = binary_request(images(1))
+    limits = httpx.Limits(max_connections=requests)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        calls = (client.post(INFER, content=content, headers=headers) for _ in range(requests))
+        return list(await asyncio.gather(*calls))

@@ -12,21 +12,16 @@ import pytest
 import tritonclient.grpc as triton
 import tritonclient.http as triton_http
 
-import kiln.registry
 from kiln.errors import Unavailable
 from kiln.serving.launcher import kiln_serve
-from kiln.settings import Settings
-from tests.integration.grpc_harness import ONE_THREAD, OUTPUT, images, register
-from tests.integration.http_harness import http_input
+from tests.integration.grpc_harness import ONE_THREAD, OUTPUT, images
+from tests.integration.http_harness import digits_home, http_input
 from tests.integration.test_grpc_server import infer_input
 
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("http-cli")
-    with kiln.registry.open(settings=Settings(home=root / "home")) as registry:
-        register(registry, root, "digits", seed=1)
-    return root / "home"
+    return digits_home(tmp_path_factory.mktemp("http-cli"))
 
 
 def test_the_ready_line_names_the_http_port_and_both_transports_answer(home: Path) -> None:

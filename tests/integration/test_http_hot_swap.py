@@ -13,7 +13,8 @@ import numpy as np
 
 import kiln.registry
 from kiln.settings import Settings
-from tests.integration.grpc_harness import images, reference_outputs, register, running_server
+from tests.integration.grpc_harness import images, reference_outputs, running_server
+from tests.integration.http_harness import digits_home
 from tests.integration.load import BackgroundLoad
 from tests.integration.test_grpc_hot_swap import _changes
 
@@ -23,10 +24,7 @@ PER_PHASE = 100
 
 
 def test_alias_moves_under_http_load_without_a_failed_request(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    with kiln.registry.open(settings=Settings(home=home)) as registry:
-        register(registry, tmp_path, "digits", seed=1)
-        register(registry, tmp_path, "digits", seed=2, alias=None)
+    home = digits_home(tmp_path, versions=2)
     x = images(1, seed=3)
     with (
         running_server(home, models=("digits",), poll_interval_s=0.05) as server,

@@ -15,11 +15,10 @@ import polars as pl
 import pytest
 import tritonclient.http as triton_http
 
-import kiln.registry
 from kiln.serving.launcher import kiln_serve
-from kiln.settings import Settings
 from kiln.traffic import scan_traffic
-from tests.integration.grpc_harness import ONE_THREAD, register
+from tests.integration.grpc_harness import ONE_THREAD
+from tests.integration.http_harness import digits_home
 from tests.integration.test_grpc_perf_analyzer import (
     MEASURE,
     PERF_ANALYZER,
@@ -35,9 +34,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_perf_analyzer_over_http_measures_kiln_serve(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    with kiln.registry.open(settings=Settings(home=home)) as registry:
-        register(registry, tmp_path, "digits", seed=1)
+    home = digits_home(tmp_path)
     with kiln_serve("--models", "digits", home=home, env=ONE_THREAD) as served:
         code, output = perf_analyzer(
             served.http_url, "digits", 2, *MEASURE, "--input-data", "zero", protocol="http"

@@ -15,15 +15,14 @@ import pytest
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException
 
-import kiln.registry
 from kiln.evaluate import evaluate_traffic
 from kiln.serving.traffic_hook import TrafficSink
-from kiln.settings import Settings
 from kiln.traffic import TrafficSettings, Window, scan_feedback, scan_traffic
-from tests.integration.grpc_harness import OUTPUT, images, register, running_server
+from tests.integration.grpc_harness import OUTPUT, images, running_server
 from tests.integration.http_harness import (
     INFER,
     assert_error,
+    digits_home,
     http_input,
     json_request,
     logits,
@@ -36,9 +35,7 @@ JSON = {"content-type": "application/json"}
 
 
 def test_http_requests_are_rows_and_http_feedback_joins(tmp_path: Path) -> None:
-    home = tmp_path / "home"
-    with kiln.registry.open(settings=Settings(home=home)) as registry:
-        register(registry, tmp_path, "digits", seed=1)
+    home = digits_home(tmp_path)
     answers: dict[str, int] = {}
     sink = TrafficSink(home, TrafficSettings(flush_interval_s=60), feedback_source="grpc")
     try:
