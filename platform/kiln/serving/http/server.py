@@ -98,11 +98,18 @@ class HttpServer:
         except Exception as exc:  # a broken chunked body, bad gzip: the client's side
             log.info("could not read a request body: %s", exc)
             reason = f"{type(exc).__name__}: {exc}"[:200]
-            return _aiohttp(error_response(400, f"the request body could not be read ({reason})"))
-        answer = await self.app.handle(
-            HttpRequest(request.method, request.path, request.headers, body)
-        )
-        return _aiohttp(answer)
+            broken = _aiohttp(error_response(400, f"the request body could not be read ({reason})"))
+            # What is left of the body cannot be told from the next request: end the connection
+            # after this answer, so the client does not send its next request into it.
+            broken.force_close()
+            return broken
+        parsed = HttpRequest(request.method, request.path, request.headers, body)
+        response = _aiohttp(await self.app.handle(parsed))
+        if "accept-encoding" in request.headers:
+            # gzip or deflate, whichever the client accepts (tritonclient.http's
+            # response_compression_algorithm); only when asked: it costs the event loop.
+            response.enable_compression()
+        return response
 
 
 SERVER: Final = (("server", f"kiln/{__version__}"),)
