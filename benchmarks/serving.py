@@ -10,17 +10,18 @@ Targets, side by side in one run:
   (c) no-model   a grpc.aio server on Kiln's generated stubs that answers every ModelInfer with
                  a precomputed response (`null_server.py`): the ceiling of this harness
                  (client + grpc.aio + host);
-  (d) kiln-http  the same `kiln serve` process over KServe v2 HTTP/REST (--http-port): perf_analyzer
-                 `-i http` (Triton's binary tensor extension) and the httpx client below with
-                 a prebuilt KServe v2 JSON body; HTTP/gRPC is its throughput over kiln's
-                 (gRPC) with the same kind of client;
+  (d) kiln-http  the same `kiln serve` process over KServe v2 HTTP/REST (--http-port):
+                 perf_analyzer `-i http` (Triton's binary tensor extension) and the HTTP
+                 client below with a prebuilt KServe v2 JSON body; HTTP/gRPC is its
+                 throughput over kiln's (gRPC) with the same kind of client;
   (e) bentoml    `bentoml serve kiln.serving.bento:KilnService` (the same core behind BentoML's
-                 HTTP server and adaptive batching), /predict with JSON from the httpx client.
+                 HTTP server and adaptive batching), /predict with JSON from the same client.
 HTTP targets' no-model ratios are to the gRPC no-model server with the Python client.
 Clients (`clients.py`): NVIDIA's perf_analyzer (C++, when installed:
 ../shared/tools/install-perf-analyzer), a Python gRPC client (grpc.aio stub, one prebuilt
-request, N tasks) and a Python HTTP client (httpx.AsyncClient, one prebuilt JSON body, N tasks:
-the same client for kiln-http and bentoml, so the two HTTP services compare on one client).
+request, N tasks) and a Python HTTP client (an aiohttp ClientSession, one prebuilt JSON body, N
+tasks: the same client for kiln-http and bentoml, so the two HTTP services compare on one
+client; httpx, used before, was itself the limit at concurrency 32).
 
 Measurements are interleaved round by round (every target at one concurrency, then the next
 concurrency, then the next round) and the median of the rounds is reported, so background
