@@ -230,6 +230,17 @@ def json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
     values = np.array(flat) if flat else np.zeros(0, dtype)
     kind = values.dtype.kind
     wanted = "b" if dtype.kind == "b" else _INTEGER_KINDS if dtype.kind in "iu" else _NUMBER_KINDS
+    if kind == "O" and all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
+        # numpy keeps integers past 64 bits as Python objects: numbers still, which a float
+        # type may hold (as its nearest value) and an integer type cannot.
+        try:
+            if dtype.kind != "f":
+                raise OverflowError
+            values, kind = np.array(flat, dtype=np.float64), "f"
+        except OverflowError:
+            raise InferRequestInvalid(
+                f"input {quote(name)}: a value is out of range for {datatype}"
+            ) from None
     if flat and kind not in wanted:
         expected = {"b": "true or false", "iu": "integers"}.get(wanted, "numbers")
         raise InferRequestInvalid(
@@ -244,7 +255,8 @@ def json_tensor(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> 
                 f"input {quote(name)}: a value is out of range for {datatype} "
                 f"({info.min}..{info.max})"
             )
-    return values.astype(dtype, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):  # past a float type's range is ±Inf, refused as such
+        return values.astype(dtype, copy=False).reshape(shape)
 
 
 def _flatten(name: str, data: Any) -> list[Any]:

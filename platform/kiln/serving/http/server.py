@@ -89,12 +89,12 @@ class HttpServer:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             limit = self.settings.max_message_bytes
-            response = error_response(
+            too_large = error_response(
                 413,
                 f"the request body is larger than {limit} bytes, the most this server takes; "
                 "send fewer rows per request or raise --max-message-size",
             )
-            return _aiohttp(response)
+            return _aiohttp(too_large)
         except Exception as exc:  # a broken chunked body, bad gzip: the client's side
             log.info("could not read a request body: %s", exc)
             reason = f"{type(exc).__name__}: {exc}"[:200]
