@@ -3,6 +3,7 @@ file, drops are counted and logged, close() writes everything, the request path 
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import threading
@@ -242,6 +243,20 @@ def test_a_failed_write_is_counted_not_raised(
         logger.log(record(1))
     assert logger.stats.failed == 2 and logger.stats.written == 0
     assert any("they are lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_row_that_cannot_be_converted_costs_only_itself(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A lone UTF-16 surrogate is a Python str but no UTF-8: Arrow cannot take it.
+    caplog.set_level(logging.ERROR, logger="kiln.traffic")
+    with TrafficLogger(tmp_path, settings(flush_rows=10_000)) as logger:
+        logger.log(record(0))
+        logger.log(dataclasses.replace(record(1), request_id="bad-\ud800"))
+        logger.log(record(2))
+    assert logger.stats.failed == 1 and logger.stats.written == 2
+    assert sorted(read_all(tmp_path)["request_id"]) == [record(0).request_id, record(2).request_id]
+    assert any("1 row(s) could not be converted" in r.getMessage() for r in caplog.records)
 
 
 def test_prometheus_collector_reports_the_counters(tmp_path: Path) -> None:

@@ -217,11 +217,21 @@ class BackgroundWriter(Generic[Row]):
         try:
             parts = list(self._to_parts(batch))
         except Exception:
+            # One row that cannot be converted must not cost the rows beside it: find it
+            # (row by row, only on this rare path) and write the others.
+            good = [row for row in batch if self._convertible(row)]
+            lost = len(batch) - len(good)
             log.exception(
-                "%s writer: %d row(s) could not be converted and are lost", self.name, len(batch)
-            )
-            self._failed += len(batch)
-            return
+                "%s writer: %d row(s) could not be converted and are lost (%d written)",
+                self.name, lost, len(good),
+            )  # fmt: skip
+            self._failed += lost
+            try:
+                parts = list(self._to_parts(good)) if good else []
+            except Exception:
+                log.exception("%s writer: %d row(s) are lost", self.name, len(good))
+                self._failed += len(good)
+                return
         for directory, frame in parts:
             try:
                 write_part(directory, frame)
@@ -239,6 +249,13 @@ class BackgroundWriter(Generic[Row]):
             "%s writer: %d row(s) in %d file(s) in %.1f ms",
             self.name, len(batch), len(parts), 1e3 * (time.perf_counter() - started),
         )  # fmt: skip
+
+    def _convertible(self, row: Row) -> bool:
+        try:
+            list(self._to_parts([row]))
+        except Exception:
+            return False
+        return True
 
     def _report_drops(self) -> None:
         dropped = self._dropped_full + self._dropped_closed
