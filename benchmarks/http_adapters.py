@@ -48,7 +48,7 @@ async def serve_kiln(core: Any, settings: Any, handler: BenchHandler) -> None:
     from kiln.serving.http.server import HttpServer
 
     server = HttpServer(core, settings)
-    server.app = handler  # type: ignore[assignment]  # HttpServer calls `self.app.handle`
+    server.app = handler  # HttpServer answers through `self.app.handle`
     print(f"http port {await server.start()}", flush=True)
     await asyncio.Event().wait()
 
