@@ -6,10 +6,12 @@
     await http.stop()       # after the core drained (the gRPC server's stop drains it)
 
 aiohttp parses, limits and writes; `HttpApp` (the transport-neutral handler) answers. Why
-aiohttp: it runs in the asyncio loop grpc.aio runs in (one process, one core, one event loop
-for both transports), its HTTP parser is C (llhttp), it enforces body and header limits itself,
-and it measured fastest of the stacks compared on the same handler (benchmarks/RESULTS.md,
-"HTTP stacks"). Bodies beyond `max_message_bytes` answer 413 before they are read whole;
+aiohttp (benchmarks/RESULTS.md, "HTTP stacks (issue 17)"): with a model behind the same
+handler it is level with uvicorn + httptools and granian (uvicorn's default h11 parser is
+clearly slower), though those two cost 10-30% less CPU with the model taken away; it won on
+what a server beside grpc.aio needs: it starts on the running loop through a public API, binds
+port 0 and reports the port, installs no signal handlers, enforces body and header limits and
+de-compresses request bodies itself, and was already a pinned dependency. Bodies beyond `max_message_bytes` answer 413 before they are read whole;
 request lines and header fields are at most `MAX_LINE_BYTES`; gzip and deflate request bodies
 (`Content-Encoding`, which tritonclient.http can send) are de-compressed by aiohttp, and the
 limit applies to what they expand to; responses are compressed when the request's
