@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import kiln.registry
 from kiln.registry import AliasMove, Lineage
 from kiln.settings import Settings
+
+pytestmark = pytest.mark.both_registries
 
 PROCESSES = 8
 ROUNDS = 4

@@ -19,6 +19,8 @@ import pytest
 import kiln.registry
 from kiln.settings import Settings
 
+pytestmark = pytest.mark.both_registries
+
 CHILD = textwrap.dedent(
     """
     import os, sys
