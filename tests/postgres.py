@@ -48,6 +48,10 @@ class PostgresServer:
     as_user: tuple[str, ...]
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
+    @staticmethod
+    def available() -> bool:
+        return binaries() is not None
+
     @classmethod
     def start(cls) -> PostgresServer:
         bin_dir = binaries()
@@ -88,6 +92,14 @@ class PostgresServer:
         with psycopg.connect(self.admin_url, autocommit=True) as connection:
             connection.execute(f"CREATE DATABASE {name}")
         return f"postgresql+psycopg://kiln@127.0.0.1:{self.port}/{name}"
+
+    def restart(self) -> None:
+        """Stop the server (connections are cut, as in a real restart) and start it again."""
+        subprocess.run(
+            [*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"),
+             "-m", "fast", "-w", "-l", str(self.directory / "server.log"), "restart"],
+            check=True, capture_output=True, timeout=START_TIMEOUT_S + 10,
+        )  # fmt: skip
 
     def stop(self) -> None:
         subprocess.run(
