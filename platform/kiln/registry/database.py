@@ -104,6 +104,7 @@ class Database:
                 "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
             )
         self.retry_budget_s = retry_budget_s
+        self._lock_ms = int(busy_timeout_s * 1000)
         self.file = _sqlite_file(self.url)
         """The SQLite database file, when the registry is one (None for a server database)."""
         engine_url = self.url
@@ -307,6 +308,9 @@ class Database:
                         conn.execution_options(**{_SINGLE: True})
                     with conn.begin():
                         if lock_row and not self.is_sqlite:
+                            # As SQLite's busy timeout: wait this long for the lock, then
+                            # retry the whole unit of work (55P03), up to the retry budget.
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {self._lock_ms}")
                             conn.execute(
                                 sa.select(schema.schema_version.c.id).with_for_update()
                             ).all()
