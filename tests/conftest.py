@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,16 +14,81 @@ from typing import Any
 import pytest
 
 from kiln.settings import Settings
+from tests import postgres
+from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+REGISTRY_BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_registries` run once per registry back-end (`registry_backend`),
+    except those also marked `sqlite_registry` (they test SQLite itself: its file, its locks)."""
+    definition = metafunc.definition
+    marked = definition.get_closest_marker("both_registries") is not None
+    if definition.get_closest_marker("sqlite_registry") is not None:
+        return
+    if marked and "registry_backend" in metafunc.fixturenames:
+        metafunc.parametrize("registry_backend", REGISTRY_BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole run, started on first use."""
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed here (no initdb): apt-get install postgresql")
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh KILN_HOME for the test; settings read it from the environment as users' do."""
+def registry_backend(request: pytest.FixtureRequest) -> str:
+    """The registry back-end of this test: SQLite in KILN_HOME unless the test is marked
+    `both_registries`, which runs it on a fresh PostgreSQL database too."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def registry_url(registry_backend: str, request: pytest.FixtureRequest) -> str | None:
+    """KILN_REGISTRY_URL for this test: None (SQLite in KILN_HOME) or a new PostgreSQL
+    database of the session's server."""
+    if registry_backend == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
+@pytest.fixture
+def switch_home(
+    monkeypatch: pytest.MonkeyPatch, registry_backend: str, request: pytest.FixtureRequest
+) -> Callable[[Path], None]:
+    """`switch_home(path)`: from now on the test's KILN_HOME is `path`, with an empty registry
+    of its own (a new PostgreSQL database when the test runs on PostgreSQL): another machine,
+    or the same one after its registry was moved away."""
+
+    def switch(home: Path) -> None:
+        monkeypatch.setenv("KILN_HOME", str(home))
+        if registry_backend != "sqlite":
+            server: PostgresServer = request.getfixturevalue("postgres_server")
+            monkeypatch.setenv("KILN_REGISTRY_URL", server.new_database())
+
+    return switch
+
+
+@pytest.fixture
+def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_url: str | None) -> Path:
+    """A fresh KILN_HOME for the test; settings read it from the environment as users' do.
+    Its registry is SQLite in the home, or the test's PostgreSQL database (`registry_url`)."""
     home = tmp_path / "kiln-home"
     monkeypatch.setenv("KILN_HOME", str(home))
     monkeypatch.delenv("KILN_REGISTRY_URL", raising=False)
+    if registry_url is not None:
+        monkeypatch.setenv("KILN_REGISTRY_URL", registry_url)
     return home
 
 

@@ -164,6 +164,11 @@ class RegistryBusy(Unavailable):
     """The registry database stayed locked by other processes for longer than the retry budget."""
 
 
+class RegistryUnavailable(Unavailable):
+    """The registry's database server cannot be reached, or refused the connection (no such
+    database, wrong credentials)."""
+
+
 class RegistryIncompatible(FailedPrecondition):
     """The registry database was written by a newer Kiln (its schema version is unknown here)."""
 

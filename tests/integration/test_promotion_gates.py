@@ -33,6 +33,9 @@ from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
 from kiln.train import TrainConfig, register_result, train
 from kiln_engines import EngineOptions
+from tests.registry_copy import copy_registry
+
+pytestmark = pytest.mark.both_registries
 
 
 def _register(
@@ -100,8 +103,12 @@ def source_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def home(source_home: Path, kiln_home: Path) -> Path:
+def home(source_home: Path, kiln_home: Path, registry_url: str | None) -> Path:
     shutil.copytree(source_home, kiln_home)
+    if registry_url is not None:  # the same registry, on this test's PostgreSQL database
+        copy_registry(f"sqlite:///{source_home}/registry.db", registry_url)
+        for stale in kiln_home.glob("registry.db*"):
+            stale.unlink()
     return kiln_home
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pytest
 import kiln.registry
 from kiln.registry import Lineage
 from kiln.settings import Settings
+
+pytestmark = pytest.mark.both_registries
 
 
 @pytest.fixture
@@ -104,7 +107,7 @@ def test_promote_gate_force_and_rollback(cli: Any, seeded: Settings) -> None:
 
 
 def test_delete_export_import_and_gc(
-    cli: Any, seeded: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Any, seeded: Settings, tmp_path: Path, switch_home: Callable[[Path], None]
 ) -> None:
     message = error_of(cli("models", "delete", "digits:1"))
     assert "alias 'production' points at it" in message
@@ -118,7 +121,7 @@ def test_delete_export_import_and_gc(
     exported = cli("models", "export", "digits@production", str(bundle), "--json").json()
     assert exported["ref"] == "digits:1" and bundle.is_file()
 
-    monkeypatch.setenv("KILN_HOME", str(tmp_path / "second-home"))
+    switch_home(tmp_path / "second-home")
     imported = cli("models", "import", str(bundle), "--json").json()
     assert imported["ref"] == "digits:1" and imported["created"] is True
     assert [a["sha256"] for a in imported["artifacts"]] == [
@@ -166,7 +169,7 @@ def test_bad_input_exits_2_with_a_clear_message(
 
 
 def test_importing_foreign_or_truncated_files(
-    cli: Any, seeded: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cli: Any, seeded: Settings, tmp_path: Path, switch_home: Callable[[Path], None]
 ) -> None:
     bundle = tmp_path / "good.tar"
     assert cli("models", "export", "digits:1", str(bundle)).exit_code == 0
@@ -174,7 +177,7 @@ def test_importing_foreign_or_truncated_files(
     truncated.write_bytes(bundle.read_bytes()[:1600])
     foreign = tmp_path / "photo.jpg"
     foreign.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
-    monkeypatch.setenv("KILN_HOME", str(tmp_path / "empty-home"))
+    switch_home(tmp_path / "empty-home")
     assert "truncated" in error_of(cli("models", "import", str(truncated)))
     assert "is not a Kiln bundle" in error_of(cli("models", "import", str(foreign)))
     assert "no bundle file" in error_of(cli("models", "import", str(tmp_path / "missing.tar")))

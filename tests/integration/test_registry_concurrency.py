@@ -11,9 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import kiln.registry
 from kiln.registry import AliasMove, Lineage
 from kiln.settings import Settings
+
+pytestmark = pytest.mark.both_registries
 
 PROCESSES = 8
 ROUNDS = 4
@@ -54,7 +58,8 @@ def _assert_chain(moves: list[AliasMove]) -> None:
         assert after.from_version == before.to_version
 
 
-def test_eight_processes_register_and_promote_at_once(tmp_path: Path) -> None:
+def test_eight_processes_register_and_promote_at_once(tmp_path: Path, kiln_home: Path) -> None:
+    # kiln_home: on PostgreSQL, the workers find the database in KILN_REGISTRY_URL
     home = tmp_path / "home"
     home.mkdir()
     ctx = multiprocessing.get_context("spawn")
@@ -94,7 +99,7 @@ def test_eight_processes_register_and_promote_at_once(tmp_path: Path) -> None:
             assert registry.artifact_file(checkpoint).stat().st_size == 256
 
 
-def test_eight_kiln_promote_commands_at_once(tmp_path: Path) -> None:
+def test_eight_kiln_promote_commands_at_once(tmp_path: Path, kiln_home: Path) -> None:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         for i in range(PROCESSES):
@@ -104,8 +109,7 @@ def test_eight_kiln_promote_commands_at_once(tmp_path: Path) -> None:
                 "digits", checkpoint=checkpoint, config={}, metrics={"test_accuracy": 0.9}
             )
     kiln_exe = Path(sys.executable).with_name("kiln")
-    env = {**os.environ, "KILN_HOME": str(home)}
-    env.pop("KILN_REGISTRY_URL", None)
+    env = {**os.environ, "KILN_HOME": str(home)}  # and KILN_REGISTRY_URL on PostgreSQL
     commands = [
         [
             str(kiln_exe),

@@ -19,6 +19,8 @@ import pytest
 import kiln.registry
 from kiln.settings import Settings
 
+pytestmark = pytest.mark.both_registries
+
 CHILD = textwrap.dedent(
     """
     import os, sys
@@ -82,8 +84,9 @@ def _run_until(point: str, home: Path, checkpoint: Path) -> subprocess.Popen[str
 
 @pytest.mark.parametrize("point", ["copying", "blob-stored", "rows-inserted"])
 def test_sigkill_mid_registration_leaves_no_version_and_gc_cleans_up(
-    tmp_path: Path, point: str
+    tmp_path: Path, point: str, kiln_home: Path
 ) -> None:
+    # kiln_home: on PostgreSQL, the child finds the database in KILN_REGISTRY_URL
     home = tmp_path / "home"
     settings = Settings(home=home)
     first = tmp_path / "first.safetensors"
@@ -123,7 +126,9 @@ def test_sigkill_mid_registration_leaves_no_version_and_gc_cleans_up(
         )
 
 
-def test_gc_between_storing_a_blob_and_committing_does_not_lose_it(tmp_path: Path) -> None:
+def test_gc_between_storing_a_blob_and_committing_does_not_lose_it(
+    tmp_path: Path, kiln_home: Path
+) -> None:
     home = tmp_path / "home"
     settings = Settings(home=home)
     checkpoint = tmp_path / "model.safetensors"

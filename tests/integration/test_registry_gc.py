@@ -14,11 +14,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from kiln.settings import Settings
 from tests.conftest import wait_until
+
+pytestmark = pytest.mark.both_registries
 
 
 def _blobs(home: Path) -> set[str]:
@@ -47,11 +52,19 @@ def test_dry_run_lists_what_would_go_and_deletes_nothing(
 
 
 def test_gc_refuses_when_the_registry_references_none_of_the_blobs(
-    cli: Any, seeded: Settings, kiln_home: Path
+    cli: Any,
+    seeded: Settings,
+    kiln_home: Path,
+    registry_url: str | None,
+    switch_home: Callable[[Path], None],
 ) -> None:
     # What a user does after "fixing" a broken registry by moving it away: a new, empty
-    # registry is created, and every blob looks unreferenced.
-    (kiln_home / "registry.db").rename(kiln_home / "registry.db.broken")
+    # registry is created, and every blob looks unreferenced. (On PostgreSQL: the blob store
+    # pointed at an empty database.)
+    if registry_url is None:
+        (kiln_home / "registry.db").rename(kiln_home / "registry.db.broken")
+    else:
+        switch_home(kiln_home)
     before = _blobs(kiln_home)
     assert len(before) == 3
     refused = cli("gc")

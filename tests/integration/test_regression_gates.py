@@ -27,6 +27,8 @@ from kiln.settings import Settings
 from kiln.traffic import FeedbackWriter, TrafficLogger, TrafficRecord
 from tests.integration.regressors import write_regressor
 
+pytestmark = pytest.mark.both_registries
+
 MODEL = "sugar"
 SPLIT = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2}
 CONFIG = {"task": "regression", "class_names": [], "dataset": "diabetes", "split": SPLIT}

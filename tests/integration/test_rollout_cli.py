@@ -11,6 +11,8 @@ import pytest
 import kiln.registry
 from kiln.settings import Settings
 
+pytestmark = pytest.mark.both_registries
+
 
 @pytest.fixture
 def seeded(settings: Settings, tmp_path: Path) -> Settings:

@@ -26,6 +26,8 @@ from kiln.evaluate.labelled import LabelledTraffic, holdout_mask
 from kiln.registry import GateContext, Registry
 from kiln.settings import Settings
 
+pytestmark = pytest.mark.both_registries
+
 
 @pytest.fixture
 def registry(settings: Settings) -> Iterator[Registry]:

@@ -21,6 +21,8 @@ from kiln.errors import (
 from kiln.registry import Registry
 from tests.unit.conftest import Checkpoint, Clock, register
 
+pytestmark = pytest.mark.both_registries
+
 
 def test_promote_and_resolve_alias(registry: Registry, make_checkpoint: Checkpoint) -> None:
     v1 = register(registry, make_checkpoint, accuracy=0.90)

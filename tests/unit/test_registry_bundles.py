@@ -13,6 +13,8 @@ from kiln.errors import ArtifactCorrupted, BundleInvalid
 from kiln.registry import Registry
 from tests.unit.conftest import Checkpoint, register
 
+pytestmark = pytest.mark.both_registries
+
 
 def test_export_then_import_into_an_empty_registry(
     registry: Registry, make_checkpoint: Checkpoint, tmp_path: Path

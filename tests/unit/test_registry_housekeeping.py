@@ -15,6 +15,8 @@ from kiln.registry import schema as registry_schema
 from kiln.settings import Settings
 from tests.unit.conftest import Checkpoint, register
 
+pytestmark = pytest.mark.both_registries
+
 
 def test_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(
     registry: Registry, make_checkpoint: Checkpoint
@@ -54,6 +56,7 @@ def test_gc_refuses_more_than_half_and_dry_run_deletes_nothing(
     assert registry.gc().removed_blobs == ()
 
 
+@pytest.mark.sqlite_registry
 def test_gc_refuses_a_database_that_fails_its_integrity_check(
     settings: Settings, make_checkpoint: Checkpoint
 ) -> None:

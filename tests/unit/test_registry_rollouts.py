@@ -19,6 +19,8 @@ from kiln.registry import schema as registry_schema
 from kiln.settings import Settings
 from tests.unit.conftest import Clock
 
+pytestmark = pytest.mark.both_registries
+
 
 @pytest.fixture
 def add_version(registry: Registry, tmp_path: Path) -> Callable[..., int]:

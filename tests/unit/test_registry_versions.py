@@ -24,7 +24,10 @@ from kiln.registry import ArtifactKind, Lineage, Registry
 from kiln.settings import Settings
 from tests.unit.conftest import Checkpoint, Clock, register
 
+pytestmark = pytest.mark.both_registries
 
+
+@pytest.mark.sqlite_registry
 def test_open_uses_kiln_home(settings: Settings, make_checkpoint: Checkpoint) -> None:
     with kiln.registry.open(settings=settings) as registry:
         v = register(registry, make_checkpoint)

@@ -38,7 +38,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-from kiln.errors import RegistryBusy, RegistryCorrupted
+from kiln.errors import (
+    InvalidArgument,
+    RegistryBusy,
+    RegistryCorrupted,
+    RegistryUnavailable,
+    Unavailable,
+)
 from kiln.registry import schema
 from kiln.registry.blobs import fsync_dir
 
@@ -51,6 +57,26 @@ _SQLITE_LOCKED = 6
 _SQLITE_CORRUPT = 11
 _SQLITE_CANTOPEN = 14
 _SQLITE_NOTADB = 26
+CONNECT_TIMEOUT_S = 10
+"""How long opening a connection to a database server may take before it is an error."""
+# PostgreSQL SQLSTATEs: a conflict with another transaction, worth retrying like SQLite's busy.
+_RETRIED_STATES = frozenset({"40001", "40P01", "55P03"})
+# ... and the connection's failures: refused, lost, no such database, authentication.
+_CONNECTION_STATES = frozenset(
+    {
+        "08000",
+        "08001",
+        "08003",
+        "08004",
+        "08006",
+        "3D000",
+        "28000",
+        "28P01",
+        "57P01",
+        "57P02",
+        "57P03",
+    }
+)
 _WAL_HEADER_BYTES = 32  # a write-ahead log this long or shorter holds no transactions
 # The tables of schema version 1; later versions add to them (see schema.MIGRATIONS).
 _CORE_TABLES = frozenset({"schema_version", "models", "versions", "artifacts", "aliases"})
@@ -62,17 +88,51 @@ class Database:
     def __init__(
         self, url: str, *, busy_timeout_s: float = 5.0, retry_budget_s: float = 120.0
     ) -> None:
-        self.url = sa.engine.make_url(url)
+        try:
+            self.url = sa.engine.make_url(url)
+        except sa.exc.ArgumentError:
+            raise InvalidArgument(
+                "the registry URL is not a database URL: use sqlite:///PATH or "
+                "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE (KILN_REGISTRY_URL)"
+            ) from None
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        if self.url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise InvalidArgument(
+                f"the registry URL {self.url.render_as_string(hide_password=True)} names a "
+                f"{self.url.get_backend_name()} database: "
+                "Kiln's registry runs on SQLite (sqlite:///PATH) or PostgreSQL "
+                "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
+            )
         self.retry_budget_s = retry_budget_s
+        self._lock_ms = int(busy_timeout_s * 1000)
         self.file = _sqlite_file(self.url)
         """The SQLite database file, when the registry is one (None for a server database)."""
         engine_url = self.url
         if self.file is not None:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             engine_url = _existing_only(self.url, self.file)
-        self.db: Engine = sa.create_engine(engine_url)
-        """The SQLAlchemy engine: connection pool and dialect (not an inference engine)."""
+        options: dict[str, Any] = {}
+        if self.url.get_backend_name() == "postgresql":
+            # A server that is down or unreachable is an error in seconds, never a hang; a
+            # pooled connection the server closed (a restart) is replaced, not handed out.
+            options = {
+                "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S},
+                "pool_pre_ping": True,
+            }
+        try:
+            self.db: Engine = sa.create_engine(engine_url, **options)
+            """The SQLAlchemy engine: connection pool and dialect (not an inference engine)."""
+        except ModuleNotFoundError as exc:
+            raise Unavailable(
+                f"the registry {self.shown} needs the {exc.name} database driver, which is not "
+                "installed: Kiln uses psycopg 3 (postgresql+psycopg://...), pip install "
+                "'kiln[postgres]'"
+            ) from None
+        except sa.exc.NoSuchModuleError:
+            raise InvalidArgument(
+                f"the registry URL {self.shown} names a database Kiln does not know: use "
+                "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+            ) from None
         if self.is_sqlite:
             _tune_sqlite(self.db, busy_timeout_ms=int(busy_timeout_s * 1000))
 
@@ -248,11 +308,20 @@ class Database:
                         conn.execution_options(**{_SINGLE: True})
                     with conn.begin():
                         if lock_row and not self.is_sqlite:
+                            # As SQLite's busy timeout: wait this long for the lock, then
+                            # retry the whole unit of work (55P03), up to the retry budget.
+                            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {self._lock_ms}")
                             conn.execute(
                                 sa.select(schema.schema_version.c.id).with_for_update()
                             ).all()
                         return work(conn)
             except DatabaseError as exc:
+                if not self.is_sqlite and _unreachable(exc):
+                    raise RegistryUnavailable(
+                        f"cannot use the registry database {self.shown}: "
+                        f"{_first_line(exc.orig)}; check that the server runs, that the "
+                        "database exists and that KILN_REGISTRY_URL names it"
+                    ) from None
                 if not (isinstance(exc, OperationalError) and _is_busy(exc)):
                     translated = self._translate(exc.orig)
                     if translated is exc.orig or translated is None:
@@ -315,8 +384,22 @@ def _sqlite_code(exc: BaseException | None) -> int | None:
     return None if code is None else int(code) & 0xFF
 
 
+def _unreachable(exc: DatabaseError) -> bool:
+    """A server database that refused or lost the connection (not a lock conflict)."""
+    if not isinstance(exc, OperationalError) or _is_busy(exc):
+        return False
+    return getattr(exc.orig, "sqlstate", None) in (None, *_CONNECTION_STATES)
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0].strip() if text else "no answer"
+
+
 def _is_busy(exc: OperationalError) -> bool:
     orig = exc.orig
+    if getattr(orig, "sqlstate", None) in _RETRIED_STATES:
+        return True
     code = getattr(orig, "sqlite_errorcode", None)
     if isinstance(orig, sqlite3.OperationalError) and code is not None:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
