@@ -11,11 +11,12 @@ handler it is level with uvicorn + httptools and granian (uvicorn's default h11 
 clearly slower), though those two cost 10-30% less CPU with the model taken away; it won on
 what a server beside grpc.aio needs: it starts on the running loop through a public API, binds
 port 0 and reports the port, installs no signal handlers, enforces body and header limits and
-de-compresses request bodies itself, and was already a pinned dependency. Bodies beyond `max_message_bytes` answer 413 before they are read whole;
-request lines and header fields are at most `MAX_LINE_BYTES`; gzip and deflate request bodies
-(`Content-Encoding`, which tritonclient.http can send) are de-compressed by aiohttp, and the
-limit applies to what they expand to; responses are compressed when the request's
-`Accept-Encoding` asks.
+de-compresses request bodies itself, and was already a pinned dependency.
+
+Bodies beyond `max_message_bytes` answer 413 before they are read whole; request lines and
+header fields are at most `MAX_LINE_BYTES`; gzip and deflate request bodies (`Content-Encoding`,
+which tritonclient.http can send) are de-compressed by aiohttp, and the limit applies to what
+they expand to; responses are compressed when the request's `Accept-Encoding` asks.
 """
 
 from __future__ import annotations
