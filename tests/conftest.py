@@ -110,10 +110,17 @@ class CliResult:
 @pytest.fixture
 def cli(kiln_home: Path, capsys: pytest.CaptureFixture[str]) -> Any:
     """Run `kiln ARGS` in-process through the real entry point (exit codes included)."""
+    from kiln.cli import output
     from kiln.cli.main import main
 
     def run(*args: str) -> CliResult:
         capsys.readouterr()
+        # A `kiln` process sizes its tables by COLUMNS when it starts (rich reads it when the
+        # console is made, at import); in-process, each call must see the COLUMNS of its own
+        # test, not of the test that happened to import the CLI first in this worker.
+        columns = os.environ.get("COLUMNS", "")
+        for console in (output.out_console, output.err_console):
+            console.width = int(columns) if columns.isdigit() else 80
         try:
             main(list(args))
             code = 0
