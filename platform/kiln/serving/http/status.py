@@ -8,9 +8,10 @@ control characters escaped, bounded length), as over gRPC.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Final
+
+import orjson
 
 from kiln.errors import ErrorCode, KilnError, ModelNotServed, VersionNotServed
 from kiln.serving.messages import client_message
@@ -59,7 +60,7 @@ def status_of(error: KilnError) -> tuple[int, str]:
 
 def error_body(message: str) -> bytes:
     """The KServe error body: `{"error": "..."}`."""
-    return json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode()
+    return orjson.dumps({"error": message})
 
 
 def failure(exc: BaseException, what: str) -> tuple[int, str]:
