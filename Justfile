@@ -73,9 +73,10 @@ demo *ARGS: setup
 # run the test suite: two pytest workers by default (KILN_TEST_WORKERS=0 runs it in one
 # process). Each test file stays on one worker (--dist loadfile), so a module's fixtures
 # (trained models, servers) are built once; most tests wait on subprocesses and servers, so
-# two workers on two cores finish well before one does.
+# two workers on two cores finish well before one does. The 25 slowest tests are listed at the
+# end: CI's time budget is spent there.
 test *ARGS: setup
-    {{bin}}/python -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile {{ARGS}}
+    {{bin}}/python -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile --durations=25 {{ARGS}}
 
 # run the unit tests only (seconds, no servers or training runs)
 test-fast *ARGS: setup
