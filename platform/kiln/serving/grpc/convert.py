@@ -14,7 +14,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
 from kiln.errors import InferRequestInvalid, InvalidArgument, quote
 from kiln.serving import codec
-from kiln.serving.control import listed
+from kiln.serving.control import check_output_parameters, queue_timeout_us
 from kiln.serving.description import CONFIG_TYPES
 from kiln.serving.grpc.generated.inference import grpc_service_pb2 as pb
 from kiln.serving.grpc.generated.inference import model_config_pb2 as mc
@@ -49,7 +49,7 @@ TYPED_FIELD: Final[dict[str, str]] = {
 }
 """Which `InferTensorContents` field carries each datatype (FP16 and BF16 travel raw only)."""
 
-SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
+_EXTENSIONS: Final = "see ServerMetadata extensions"
 
 
 def decode(message_type: Any, data: bytes) -> Any:
@@ -98,17 +98,13 @@ def infer_request(message: pb.ModelInferRequest, received_ns: int) -> InferReque
                 "input) or in its typed contents"
             )
     parameters = _parameters(message.parameters) if message.parameters else {}
-    timeout = parameters.pop("timeout", 0)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-        raise InferRequestInvalid(
-            f"parameter 'timeout' must be a non-negative int64 (microseconds), got {timeout!r:.40}"
-        )
+    timeout = queue_timeout_us(parameters)
     outputs: tuple[str, ...] = ()
     if message.outputs:
         outputs = tuple([o.name for o in message.outputs])
         for output in message.outputs:
             if output.parameters:
-                _check_output_parameters(output)
+                check_output_parameters(output.name, output.parameters, _EXTENSIONS)
     # Positional, in field order: nine keyword arguments cost ~0.4 us more per request
     # (measured). tests/unit/test_serving_wire.py checks each field lands where it belongs.
     return InferRequest(
@@ -150,15 +146,6 @@ def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> npt.NDArray[Any]:
         )
     values = getattr(tensor.contents, field)
     return codec.decode_typed(name, datatype, tuple(tensor.shape), values)
-
-
-def _check_output_parameters(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> None:
-    unsupported = set(output.parameters) - SUPPORTED_OUTPUT_PARAMETERS
-    if unsupported:
-        raise InferRequestInvalid(
-            f"output {quote(output.name)} asks for {listed(unsupported)}, which this "
-            "server does not support (see ServerMetadata extensions)"
-        )
 
 
 def _parameters(parameters: Any) -> dict[str, ParameterValue]:

@@ -26,7 +26,7 @@ import orjson
 
 from kiln.errors import InferRequestInvalid, quote
 from kiln.serving import codec
-from kiln.serving.control import listed
+from kiln.serving.control import check_output_parameters, queue_timeout_us
 from kiln.serving.messages import InferRequest, InferResponse, ParameterValue
 from kiln.traffic import Transport
 
@@ -35,7 +35,6 @@ TRANSPORT: Final = Transport.HTTP.value
 HEADER_LENGTH: Final = "inference-header-content-length"
 """The binary extension's request and response header: bytes of JSON before the binary data."""
 
-SUPPORTED_OUTPUT_PARAMETERS: Final = frozenset({"binary_data"})
 
 _INTEGER_KINDS: Final = "iu"
 _NUMBER_KINDS: Final = "iuf"
@@ -156,12 +155,7 @@ def infer_request(
     binary_all = parameters.pop("binary_data_output", False)
     if not isinstance(binary_all, bool):
         raise InferRequestInvalid("parameter 'binary_data_output' must be true or false")
-    timeout = parameters.pop("timeout", 0)
-    if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout < 0:
-        raise InferRequestInvalid(
-            "parameter 'timeout' must be a non-negative integer (microseconds), got "
-            f"{timeout!r:.40}"
-        )
+    timeout = queue_timeout_us(parameters)
     names, plan = _outputs(document.get("outputs"), binary_all)
     request = InferRequest(
         model, inputs, version, request_id, names, timeout, parameters, received_ns, TRANSPORT
@@ -344,12 +338,7 @@ def _outputs(value: Any, binary_all: bool) -> tuple[tuple[str, ...], OutputPlan]
             raise InferRequestInvalid(f"outputs[{index}] needs a `name` string")
         name = output["name"]
         parameters = _parameters(output.get("parameters"), f"output {quote(name)}'s `parameters`")
-        unsupported = set(parameters) - SUPPORTED_OUTPUT_PARAMETERS
-        if unsupported:
-            raise InferRequestInvalid(
-                f"output {quote(name)} asks for {listed(unsupported)}, which this server does "
-                "not support (GET /v2 lists its extensions)"
-            )
+        check_output_parameters(name, parameters, "GET /v2 lists its extensions")
         wanted = parameters.get("binary_data", binary_all)
         if not isinstance(wanted, bool):
             raise InferRequestInvalid(f"output {quote(name)}: binary_data must be true or false")
