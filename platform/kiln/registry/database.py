@@ -95,16 +95,19 @@ class Database:
                 "the registry URL is not a database URL: use sqlite:///PATH or "
                 "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE (KILN_REGISTRY_URL)"
             ) from None
-        self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        if self.url.get_backend_name() not in ("sqlite", "postgresql"):
+        backend = self.url.get_backend_name()
+        self.is_sqlite = backend == "sqlite"
+        if backend not in ("sqlite", "postgresql"):
             raise InvalidArgument(
                 f"the registry URL {self.url.render_as_string(hide_password=True)} names a "
-                f"{self.url.get_backend_name()} database: "
+                f"{backend} database: "
                 "Kiln's registry runs on SQLite (sqlite:///PATH) or PostgreSQL "
                 "(postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE)"
             )
         self.retry_budget_s = retry_budget_s
         self._lock_ms = int(busy_timeout_s * 1000)
+        """How long one attempt waits for the write lock (SQLite's busy timeout, PostgreSQL's
+        lock_timeout)."""
         self.file = _sqlite_file(self.url)
         """The SQLite database file, when the registry is one (None for a server database)."""
         engine_url = self.url
@@ -112,7 +115,7 @@ class Database:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             engine_url = _existing_only(self.url, self.file)
         options: dict[str, Any] = {}
-        if self.url.get_backend_name() == "postgresql":
+        if backend == "postgresql":
             # A server that is down or unreachable is an error in seconds, never a hang; a
             # pooled connection the server closed (a restart) is replaced, not handed out.
             options = {
@@ -134,7 +137,7 @@ class Database:
                 "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
             ) from None
         if self.is_sqlite:
-            _tune_sqlite(self.db, busy_timeout_ms=int(busy_timeout_s * 1000))
+            _tune_sqlite(self.db, busy_timeout_ms=self._lock_ms)
 
     def read(self, work: Callable[[Connection], T], *, snapshot: bool = True) -> T:
         """Run `work` in a read transaction (one consistent snapshot) and return its result.
