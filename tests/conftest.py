@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from kiln.settings import Settings
-from tests import postgres
 from tests.postgres import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +36,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     """One real PostgreSQL server for the whole run, started on first use."""
-    if postgres.binaries() is None:
+    if not PostgresServer.available():
         pytest.skip("PostgreSQL is not installed here (no initdb): apt-get install postgresql")
     server = PostgresServer.start()
     try:

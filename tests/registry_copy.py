@@ -23,17 +23,15 @@ def copy_registry(source_url: str, target_url: str) -> None:
                     writing.execute(table.insert(), rows)
             if target.dialect.name == "postgresql":
                 for table in schema.metadata.sorted_tables:
-                    for column in table.primary_key.columns:
-                        if column.autoincrement is True or (
-                            column.autoincrement == "auto" and isinstance(column.type, sa.Integer)
-                        ):
-                            writing.execute(
-                                sa.text(
-                                    f"SELECT setval(pg_get_serial_sequence('{table.name}', "
-                                    f"'{column.name}'), (SELECT coalesce(max({column.name}), 0) "
-                                    f"+ 1 FROM {table.name}), false)"
-                                )
+                    column = table.autoincrement_column
+                    if column is not None:
+                        writing.execute(
+                            sa.text(
+                                f"SELECT setval(pg_get_serial_sequence('{table.name}', "
+                                f"'{column.name}'), (SELECT coalesce(max({column.name}), 0) + 1 "
+                                f"FROM {table.name}), false)"
                             )
+                        )
     finally:
         source.dispose()
         target.dispose()
