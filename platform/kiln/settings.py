@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,35 @@ class Settings(BaseSettings):
 
     threads: int = Field(default=0, ge=0)
     """CPU threads for training and inference; 0 means one per available core."""
+
+    storage_url: str | None = None
+    """Where artifact blobs, traffic and feedback live: unset for files under KILN_HOME, or
+    `s3://bucket/prefix` for an S3 bucket (KILN_STORAGE_URL; docs/user-guide/deployment.md)."""
+
+    s3_endpoint_url: str | None = None
+    """The S3 API's URL, for servers other than AWS (SeaweedFS, MinIO, Ceph): e.g.
+    `http://127.0.0.1:8333`. Unset: AWS's endpoint for `s3_region`."""
+
+    s3_region: str = "us-east-1"
+    """The bucket's region (any value for servers that ignore regions)."""
+
+    s3_access_key_id: SecretStr | None = None
+    """The access key; unset: boto3's usual chain (AWS_ACCESS_KEY_ID, ~/.aws, instance role)."""
+
+    s3_secret_access_key: SecretStr | None = None
+    """The secret key; never logged or printed."""
+
+    s3_allow_http: bool | None = None
+    """Allow plain HTTP to the endpoint; unset: true exactly when the endpoint URL is http://."""
+
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+    """Seconds to wait for a connection to the S3 endpoint before it counts as unreachable."""
+
+    s3_read_timeout_s: float = Field(default=60.0, gt=0)
+    """Seconds to wait for bytes of an answer before the request counts as failed."""
+
+    s3_max_attempts: int = Field(default=3, ge=1, le=20)
+    """Attempts per S3 request (retries with backoff on throttling and network errors)."""
 
     fashion_mnist_dir: Path = Path("/usr/share/datasets/fashion-mnist")
     """Directory holding Fashion-MNIST's gzipped idx files (Debian's dataset-fashion-mnist)."""
