@@ -7,12 +7,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
 from kiln.errors import InvalidArgument, Unavailable
+
+if TYPE_CHECKING:
+    from kiln.serving.ready import Endpoints
+    from kiln.serving.settings import ServingSettings
+    from kiln.settings import Settings
 
 Models = Annotated[
     list[str] | None,
@@ -153,6 +158,22 @@ def serve(
             "BentoML's HTTP API, not KServe v2); --port defaults to 3000.",
         ),
     ] = False,
+    workers: Annotated[
+        str,
+        typer.Option(
+            "--workers",
+            metavar="N|auto",
+            envvar="KILN_SERVE_WORKERS",
+            show_envvar=True,
+            help="Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each with "
+            "its own event loop, engines and traffic log; one metrics endpoint over all. "
+            "auto: one per core this process may use. Default threads per engine: the cores "
+            "shared out, one per worker kept for its event loop.",
+        ),
+    ] = "1",
+    worker_index: Annotated[
+        int | None, typer.Option("--worker-index", hidden=True, help="Internal: a worker.")
+    ] = None,
 ) -> None:
     """Serve models over gRPC and HTTP (KServe v2 / Open Inference Protocol, Triton-compatible).
 
@@ -163,15 +184,28 @@ def serve(
     requests in flight, writes the traffic log and exits 0. Clients cannot load or unload models
     unless --model-control (or --token) is given.
     """
+    from kiln.serving.workers import WorkerSpec, parse_workers
+
+    count = parse_workers(workers)
     if bento:
+        if count != 1:
+            raise InvalidArgument(
+                "--workers is not supported with --bento: BentoML runs its own processes "
+                "(bentoml serve's own options, or a bentofile's workers setting); drop --workers"
+            )
         wanted_http = [r for t in [*(models or []), *(references or [])] for r in t.split(",") if r]
         serve_bento(wanted_http, host or "0.0.0.0", 3000 if port is None else port, threads, engine)
         return
 
-    from kiln.serving.ready import Endpoints, ready_line
-    from kiln.serving.runner import serve
     from kiln.serving.settings import ServingSettings
     from kiln.settings import Settings
+
+    kiln_settings = Settings()
+    if worker_index is not None:  # one of the processes `--workers N` started (below)
+        spec = WorkerSpec.read(sys.stdin)
+        _configure_logging(f"[worker {worker_index}]")
+        _serve_one(ServingSettings(**spec.settings), kiln_settings, spec.traffic_log, worker=True)
+        return
 
     given: dict[str, Any] = {
         "host": host,
@@ -211,17 +245,64 @@ def serve(
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InvalidArgument(f"invalid serve options: {problems}") from None
 
+    _configure_logging("")
+    if count == 1:
+        _serve_one(settings, kiln_settings, traffic_log, worker=False)
+        return
+    _serve_workers(settings, kiln_settings, count, traffic_log)
+
+
+def _serve_workers(
+    settings: ServingSettings, kiln_settings: Settings, count: int, traffic_log: bool
+) -> None:
+    """`--workers N`: this process supervises N workers (`kiln.serving.workers`)."""
+    from kiln.serving.workers import WorkerPool, worker_threads
+
+    if not settings.threads and not kiln_settings.threads:
+        settings = settings.model_copy(
+            update={"threads": worker_threads(count, kiln_settings.thread_count())}
+        )
+    # The workers run this command again (`--worker-index I`), in a fresh interpreter; -P
+    # keeps the current directory off their import path.
+    command = [sys.executable, "-P", "-c", "from kiln.cli.main import main; main()",
+               "serve", "--worker-index"]  # fmt: skip
+    code = WorkerPool(settings, count, command=command, traffic_log=traffic_log).run(_print_ready)
+    if code:
+        raise typer.Exit(code)
+
+
+def _configure_logging(tag: str) -> None:
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
     )
 
-    def ready(endpoints: Endpoints) -> None:
-        sys.stdout.write(ready_line(endpoints) + "\n")
-        sys.stdout.flush()
 
-    kiln_settings = Settings()
+def _print_ready(endpoints: Endpoints) -> None:
+    from kiln.serving.ready import ready_line
+
+    sys.stdout.write(ready_line(endpoints) + "\n")
+    sys.stdout.flush()
+
+
+def _serve_one(
+    settings: ServingSettings, kiln_settings: Settings, traffic_log: bool, *, worker: bool
+) -> None:
+    """Serve in this process until SIGTERM/SIGINT: `kiln serve` itself, or one of its
+    `--workers` (which shares its ports and stops when its parent goes)."""
+    from kiln.serving.runner import serve
+
+    async def run(**hooks: Any) -> None:
+        stop = asyncio.Event()
+        if worker:
+            from kiln.serving.workers import watch_parent
+
+            watch_parent(sys.stdin, stop)
+        await serve(
+            settings, kiln_settings, on_ready=_print_ready, stop=stop, worker=worker, **hooks
+        )
+
     if not traffic_log:
-        asyncio.run(serve(settings, kiln_settings, on_ready=ready))
+        asyncio.run(run())
         return
     from kiln.serving.traffic_hook import TrafficSink
     from kiln.traffic import Transport
@@ -230,10 +311,7 @@ def serve(
     sink = TrafficSink(kiln_settings.home, feedback_source=Transport.GRPC.value)
     try:
         asyncio.run(
-            serve(
-                settings,
-                kiln_settings,
-                on_ready=ready,
+            run(
                 traffic_hook=sink.on_request,
                 feedback_hook=sink.on_feedback,
                 collectors=[sink.collector],

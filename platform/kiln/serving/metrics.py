@@ -119,21 +119,8 @@ class ServingMetrics(Collector):
         self._states[(model, str(version))] = state
 
     def serve(self, host: str, port: int) -> tuple[int, WSGIServer]:
-        """Expose /metrics over HTTP on a daemon thread; returns the bound port and the server
-        (call `.shutdown()` on it to stop). Raises OSError when it cannot listen.
-
-        prometheus_client's `start_http_server`, except that answers do not name the server's
-        software (`Server: WSGIServer/0.2 CPython/3.11.7` tells an attacker what to try).
-        """
-
-        class Server(_MetricsServer):
-            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        server = make_server(
-            host, port, _named(make_wsgi_app(self.registry)), Server, handler_class=_Handler
-        )
-        threading.Thread(target=server.serve_forever, name="kiln-metrics", daemon=True).start()
-        return int(server.server_port), server
+        """`serve_metrics` of this server's registry."""
+        return serve_metrics(self.registry, host, port)
 
     def collect(self) -> Iterator[Metric]:
         labels = ["model", "version"]
@@ -199,6 +186,24 @@ class ServingMetrics(Collector):
         yield shadow
         yield from histograms.values()
         yield state
+
+
+def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> tuple[int, WSGIServer]:
+    """Expose `registry` at /metrics over HTTP on a daemon thread; returns the bound port and
+    the server (call `.shutdown()` on it to stop). Raises OSError when it cannot listen.
+
+    prometheus_client's `start_http_server`, except that answers do not name the server's
+    software (`Server: WSGIServer/0.2 CPython/3.11.7` tells an attacker what to try).
+    """
+
+    class Server(_MetricsServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    server = make_server(
+        host, port, _named(make_wsgi_app(registry)), Server, handler_class=_Handler
+    )
+    threading.Thread(target=server.serve_forever, name="kiln-metrics", daemon=True).start()
+    return int(server.server_port), server
 
 
 SERVER_HEADER = "kiln"

@@ -28,7 +28,7 @@ from kiln.settings import Settings
 from kiln_engines import EngineOptions
 
 
-async def serve(
+async def serve(  # noqa: PLR0913 (keyword-only: what each caller plugs in)
     settings: ServingSettings,
     kiln_settings: Settings,
     *,
@@ -38,12 +38,18 @@ async def serve(
     feedback_hook: FeedbackHook | None = None,
     collectors: Sequence[Collector] = (),
     handle_signals: bool = True,
+    worker: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT (when `handle_signals`, which needs the main thread) or until
     `stop` is set; `on_ready` is called once everything listens. `collectors` join the
     server's Prometheus registry (a traffic logger's counters, say). When this returns, every
-    request has been answered and has reached the hooks."""
+    request has been answered and has reached the hooks.
+
+    A `worker` of `kiln serve --workers` (`kiln.serving.workers`) binds gRPC and HTTP with
+    SO_REUSEPORT (the ports its siblings share) and its metrics on 127.0.0.1 only (its
+    parent scrapes them and serves the public metrics port)."""
     stop = stop or asyncio.Event()
+    metrics_host = "127.0.0.1" if worker else settings.host
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT) if handle_signals else ()
     for sig in signals:
@@ -70,8 +76,10 @@ async def serve(
             traffic_hook=traffic_hook,
             feedback_hook=feedback_hook,
         )
-        server = GrpcServer(core, settings)
-        http = HttpServer(core, settings) if settings.http_port is not None else None
+        server = GrpcServer(core, settings, reuse_port=worker)
+        http = None
+        if settings.http_port is not None:
+            http = HttpServer(core, settings, reuse_port=worker)
         try:
             await core.start(settings.models)
             port = await server.start()
@@ -80,11 +88,11 @@ async def serve(
             if settings.metrics_port is not None:
                 try:
                     metrics_port, metrics_server = metrics.serve(
-                        settings.host, settings.metrics_port
+                        metrics_host, settings.metrics_port
                     )
                 except OSError:
                     raise listen_problem(
-                        settings.host,
+                        metrics_host,
                         settings.metrics_port,
                         "the metrics",
                         "--metrics-port (or --no-metrics)",

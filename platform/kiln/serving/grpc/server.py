@@ -57,9 +57,16 @@ for _file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
 class GrpcServer:
     """One grpc.aio server over one `ServingCore`."""
 
-    def __init__(self, core: ServingCore, settings: ServingSettings) -> None:
+    def __init__(
+        self, core: ServingCore, settings: ServingSettings, *, reuse_port: bool = False
+    ) -> None:
         self.core = core
         self.settings = settings
+        self.reuse_port = reuse_port
+        """Bind with SO_REUSEPORT, sharing the port with the other workers of `kiln serve
+        --workers` (`kiln.serving.workers`). Off for one server: a second server started on
+        the same port by mistake then fails to start instead of silently taking half the
+        connections."""
         self.port: int | None = None
         self._health = health.aio.HealthServicer()
         self._health_updates: set[asyncio.Task[None]] = set()
@@ -71,7 +78,7 @@ class GrpcServer:
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(self.reuse_port)),
         ]
         interceptors = []
         if s.token:

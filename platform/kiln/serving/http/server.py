@@ -42,9 +42,13 @@ MAX_LINE_BYTES: Final = 8190
 class HttpServer:
     """One aiohttp server over one `ServingCore`, answering with `HttpApp`."""
 
-    def __init__(self, core: ServingCore, settings: ServingSettings) -> None:
+    def __init__(
+        self, core: ServingCore, settings: ServingSettings, *, reuse_port: bool = False
+    ) -> None:
         self.core = core
         self.settings = settings
+        self.reuse_port = reuse_port
+        """SO_REUSEPORT, as `GrpcServer.reuse_port`: on for `kiln serve --workers`."""
         self.app = HttpApp(core, settings)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -68,7 +72,9 @@ class HttpServer:
         if s.tls_cert and s.tls_key:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(s.tls_cert, s.tls_key)
-        site = web.TCPSite(runner, s.host, s.http_port, ssl_context=context, reuse_port=False)
+        site = web.TCPSite(
+            runner, s.host, s.http_port, ssl_context=context, reuse_port=self.reuse_port
+        )
         try:
             await site.start()
         except OSError:
