@@ -44,12 +44,12 @@ CHILD = textwrap.dedent(
             fsync(fd)
         blobs.os.fsync = held_fsync
     elif point == "blob-stored":  # blob in place, no transaction begun
-        put_file = blobs.BlobStore.put_file
+        put_file = blobs.LocalBlobStore.put_file
         def held_put_file(self, source):
             stored = put_file(self, source)
             hold()
             return stored
-        blobs.BlobStore.put_file = held_put_file
+        blobs.LocalBlobStore.put_file = held_put_file
     elif point == "rows-inserted":  # version and artifact rows inserted, not committed
         @event.listens_for(registry.db, "after_cursor_execute")
         def held_insert(conn, cursor, statement, parameters, context, executemany):

@@ -12,6 +12,7 @@ import kiln.registry
 from kiln.errors import GcRefused, RegistryCorrupted, RegistryIncompatible
 from kiln.registry import Registry
 from kiln.registry import schema as registry_schema
+from kiln.registry.blobs import LocalBlobStore
 from kiln.settings import Settings
 from tests.unit.conftest import Checkpoint, register
 
@@ -25,8 +26,10 @@ def test_gc_removes_unreferenced_blobs_and_dead_writers_temp_files(
     drop = register(registry, make_checkpoint)
     dropped_blob = registry.artifact_file(registry.checkpoint("digits", drop.version))
     registry.delete_version("digits", drop.version)
-    incoming = registry.artifacts_dir / "sha256" / "incoming"
-    host = registry._blobs._host
+    blobs = registry.blobs
+    assert isinstance(blobs, LocalBlobStore)
+    incoming = blobs.root / "sha256" / "incoming"
+    host = blobs._host
     dead = incoming / f".tmp-{host}-999999999-deadbeef"
     live = incoming / f".tmp-{host}-{os.getpid()}-cafecafe"
     dead.write_bytes(b"partial")

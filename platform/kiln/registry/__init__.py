@@ -51,6 +51,9 @@ Errors are `kiln.errors.KilnError` subclasses whose messages say what exists and
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from kiln.registry.blobs import BlobStore
 from kiln.registry.bundles import BundleManifest
 from kiln.registry.gates import (
     DEFAULT_ACCURACY_TOLERANCE,
@@ -81,7 +84,9 @@ from kiln.registry.records import (
 from kiln.registry.references import DEFAULT_ALIAS, Reference, parse_reference, validate_name
 from kiln.registry.registry import Registry
 from kiln.registry.rollouts import DEFAULT_ROLLOUT_ALIAS
+from kiln.registry.s3_blobs import S3BlobStore
 from kiln.settings import Settings
+from kiln.storage import open_storage
 
 __all__ = [
     "DEFAULT_ACCURACY_TOLERANCE",
@@ -127,13 +132,17 @@ def open(
 
     `url` is a SQLAlchemy URL; it defaults to ``settings.resolved_registry_url``
     (``KILN_REGISTRY_URL``, else SQLite at ``KILN_HOME/registry.db``). Artifact blobs live
-    under ``KILN_HOME/artifacts``. `accuracy_tolerance` configures the default promotion
-    gate. Close the registry (or use it as a context manager) to release its connections.
+    under ``KILN_HOME/artifacts``, or with ``KILN_STORAGE_URL=s3://bucket/prefix`` in the
+    bucket, with verified local copies under ``KILN_HOME/cache/artifacts``.
+    `accuracy_tolerance` configures the default promotion gate. Close the registry (or use it
+    as a context manager) to release its connections.
     """
     settings = settings or Settings()
     home = settings.home.expanduser().resolve()
+    storage = open_storage(settings)
+    blobs: BlobStore | Path = home / "artifacts"
+    if storage is not None:
+        blobs = S3BlobStore(storage, home / "cache" / "artifacts")
     return Registry(
-        url or settings.resolved_registry_url,
-        home / "artifacts",
-        accuracy_tolerance=accuracy_tolerance,
+        url or settings.resolved_registry_url, blobs, accuracy_tolerance=accuracy_tolerance
     )

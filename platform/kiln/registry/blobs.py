@@ -1,4 +1,7 @@
-"""Content-addressed artifact files: ``ROOT/sha256/ab/abcdef…``.
+"""Content-addressed artifact files: ``ROOT/sha256/ab/abcdef…``, behind the `BlobStore` protocol.
+
+`LocalBlobStore` keeps them under a directory (KILN_HOME/artifacts, the embedded default);
+`kiln.registry.s3_blobs.S3BlobStore` keeps them in a bucket with a local verified cache.
 
 A blob is written to a temporary name in its final directory, fsynced, made read-only and
 renamed into place, so a reader sees either nothing or the whole file, even if the writer is
@@ -21,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from kiln.errors import ArtifactCorrupted, ArtifactNotFound
 from kiln.processes import pid_alive
@@ -40,16 +43,63 @@ class StoredBlob:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class TempFile:
+    """What a killed writer left behind: a staging file, or an unfinished upload."""
+
+    name: str
+    size: int
+
+
 def is_sha256(text: str) -> bool:
     return bool(_SHA256.fullmatch(text))
 
 
-class BlobStore:
+class BlobStore(Protocol):
+    """Where a registry keeps artifact bytes, addressed by their sha256.
+
+    Blobs are only ever added by `put_*`; `delete` is for `gc`, which decides (under the
+    database write lock) that no row references a blob.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the blobs are, as users write it (a directory, or s3://bucket/prefix/...)."""
+        ...
+
+    def put_file(self, source: Path) -> StoredBlob: ...
+
+    def put_stream(
+        self, stream: IO[bytes], *, expected_sha256: str | None = None
+    ) -> StoredBlob: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def verified_path(self, sha256: str) -> Path:
+        """A local file holding the blob's bytes, checked against `sha256` on this call."""
+        ...
+
+    def stored(self) -> Iterator[StoredBlob]: ...
+
+    def delete(self, sha256: str) -> bool:
+        """Remove the blob; False when it was already gone."""
+        ...
+
+    def stale_temp_files(self) -> list[TempFile]: ...
+
+    def delete_temp(self, name: str) -> None: ...
+
+
+class LocalBlobStore:
     """Files addressed by the sha256 of their bytes, under `root`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._host = socket.gethostname().replace("-", "_") or "localhost"
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def path(self, sha256: str) -> Path:
         """Where the blob with this hash lives (whether or not it exists)."""
@@ -68,9 +118,7 @@ class BlobStore:
         With `expected_sha256`, bytes that hash differently are discarded and
         `ArtifactCorrupted` is raised (nothing is stored).
         """
-        staging = self.root / "sha256" / "incoming"
-        staging.mkdir(parents=True, exist_ok=True)
-        temp = staging / self._temp_name()
+        temp = self.temp_path()
         digest = hashlib.sha256()
         size = 0
         try:
@@ -87,13 +135,9 @@ class BlobStore:
                     f"incoming artifact bytes hash to {sha256}, expected {expected_sha256}; "
                     "the source is damaged, nothing was stored"
                 )
-            final = self.path(sha256)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(temp, 0o444)
             # Rename within one file system: atomic. An existing blob with the same hash is
             # replaced by identical bytes, which also repairs one damaged on disk.
-            os.replace(temp, final)
-            fsync_dir(final.parent)
+            self.adopt(temp, sha256)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
@@ -124,8 +168,8 @@ class BlobStore:
             )
         return path
 
-    def stored(self) -> Iterator[tuple[str, Path]]:
-        """Every blob present: (sha256, path)."""
+    def stored(self) -> Iterator[StoredBlob]:
+        """Every blob present, with its size."""
         base = self.root / "sha256"
         if not base.is_dir():
             return
@@ -134,9 +178,19 @@ class BlobStore:
                 continue
             for path in sorted(shard.iterdir()):
                 if is_sha256(path.name) and path.name.startswith(shard.name):
-                    yield path.name, path
+                    try:
+                        yield StoredBlob(path.name, path.stat().st_size)
+                    except FileNotFoundError:  # deleted since the listing
+                        continue
 
-    def stale_temp_files(self) -> list[Path]:
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def stale_temp_files(self) -> list[TempFile]:
         """Temporary files whose writer is gone: dead pid on this host, or a day old."""
         staging = self.root / "sha256" / "incoming"
         if not staging.is_dir():
@@ -148,15 +202,34 @@ class BlobStore:
                 continue
             host, pid = _writer_of(path.name)
             try:
-                age = now - path.stat().st_mtime
+                stat = path.stat()
             except FileNotFoundError:
                 continue  # its writer just renamed it into place
+            age = now - stat.st_mtime
             if age > _FOREIGN_TEMP_MAX_AGE_S or (host == self._host and not pid_alive(pid)):
-                stale.append(path)
+                stale.append(TempFile(path.name, stat.st_size))
         return stale
 
-    def _temp_name(self) -> str:
-        return f"{_TEMP_PREFIX}{self._host}-{os.getpid()}-{secrets.token_hex(8)}"
+    def delete_temp(self, name: str) -> None:
+        if not name.startswith(_TEMP_PREFIX) or "/" in name:
+            raise ValueError(f"not a temporary blob file name: {name!r}")
+        (self.root / "sha256" / "incoming" / name).unlink(missing_ok=True)
+
+    def temp_path(self) -> Path:
+        """A new staging file name (not created) in this store, which `stale_temp_files`
+        attributes to this process: bytes go there first, then are renamed into place."""
+        staging = self.root / "sha256" / "incoming"
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging / f"{_TEMP_PREFIX}{self._host}-{os.getpid()}-{secrets.token_hex(8)}"
+
+    def adopt(self, temp: Path, sha256: str) -> Path:
+        """Move a staged file whose bytes hash to `sha256` into place (read-only); its path."""
+        final = self.path(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(temp, 0o444)
+        os.replace(temp, final)
+        fsync_dir(final.parent)
+        return final
 
 
 def hash_file(path: Path) -> str:

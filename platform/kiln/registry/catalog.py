@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 from kiln.errors import ArtifactNotFound, InvalidArgument
 from kiln.registry import queries as q
 from kiln.registry import versions as version_rows
-from kiln.registry.blobs import BlobStore, StoredBlob
+from kiln.registry.blobs import BlobStore, LocalBlobStore, StoredBlob
 from kiln.registry.database import Database
 from kiln.registry.records import (
     Artifact,
@@ -43,10 +43,14 @@ class Catalog:
     bundles and gc on top; open one with `kiln.registry.open`."""
 
     def __init__(
-        self, url: str, artifacts_dir: Path, *, clock: Callable[[], datetime] | None = None
+        self,
+        url: str,
+        blobs: BlobStore | Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._database = Database(url)
-        self._blobs = BlobStore(artifacts_dir)
+        self._blobs: BlobStore = LocalBlobStore(blobs) if isinstance(blobs, Path) else blobs
         self._clock = clock or _utc_now
         self._database.ensure_schema()
 
@@ -57,8 +61,14 @@ class Catalog:
         return self._database.url.render_as_string(hide_password=True)
 
     @property
-    def artifacts_dir(self) -> Path:
-        return self._blobs.root
+    def blobs(self) -> BlobStore:
+        """Where the artifact bytes are: a directory, or a bucket with a local cache."""
+        return self._blobs
+
+    @property
+    def artifacts_location(self) -> str:
+        """The blob store's location as users write it (a path, or s3://bucket/prefix/...)."""
+        return self._blobs.location
 
     @property
     def db(self) -> Engine:
@@ -76,7 +86,7 @@ class Catalog:
         self.close()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.url!r}, artifacts_dir={str(self.artifacts_dir)!r})"
+        return f"{type(self).__name__}({self.url!r}, artifacts={self.artifacts_location!r})"
 
     # -- versions -------------------------------------------------------------------------
 
@@ -255,7 +265,8 @@ class Catalog:
         return found[0]
 
     def artifact_file(self, artifact: Artifact) -> Path:
-        """The artifact's file on disk, after verifying its sha256.
+        """The artifact's file on disk, after verifying its sha256 (with object storage, a
+        verified copy in the local cache, downloaded when it is not there yet).
 
         Raises `ArtifactCorrupted` (naming the file, expected and actual hash) when the bytes
         changed, `ArtifactNotFound` when the file is gone. The file is read-only and has no

@@ -23,13 +23,7 @@ def collect(conn: Connection, blobs: BlobStore, *, dry_run: bool, force: bool) -
     """
     referenced = q.referenced_blobs(conn)
     stored = list(blobs.stored())
-    doomed: list[GcEntry] = []
-    for sha256, path in stored:
-        if sha256 not in referenced:
-            try:
-                doomed.append(GcEntry("blob", sha256, path.stat().st_size))
-            except FileNotFoundError:
-                continue
+    doomed = [GcEntry("blob", b.sha256, b.size) for b in stored if b.sha256 not in referenced]
     needed = confirmation(len(doomed), len(stored), doomed)
     if needed is not None and not (dry_run or force):
         raise GcRefused(
@@ -37,24 +31,13 @@ def collect(conn: Connection, blobs: BlobStore, *, dry_run: bool, force: bool) -
             "first (kiln models list); kiln gc --dry-run lists the blobs, "
             "kiln gc --yes deletes them"
         )
-    temps = []
-    for temp in blobs.stale_temp_files():
-        try:
-            temps.append(GcEntry("temp_file", temp.name, temp.stat().st_size))
-        except FileNotFoundError:
-            continue
+    temps = [GcEntry("temp_file", t.name, t.size) for t in blobs.stale_temp_files()]
     report = GcReport(tuple(doomed + temps), len(stored) - len(doomed), dry_run, needed)
     if dry_run:
         return report
-    removed = []
-    for entry in doomed:
-        try:
-            blobs.path(entry.name).unlink()
-        except FileNotFoundError:
-            continue
-        removed.append(entry)
+    removed = [entry for entry in doomed if blobs.delete(entry.name)]
     for entry in temps:
-        (blobs.root / "sha256" / "incoming" / entry.name).unlink(missing_ok=True)
+        blobs.delete_temp(entry.name)
     return GcReport(tuple(removed + temps), report.kept_blobs, False, needed)
 
 

@@ -21,6 +21,7 @@ from kiln.errors import InvalidArgument
 from kiln.registry import aliases as alias_moves
 from kiln.registry import garbage
 from kiln.registry import rollouts as rollout_state
+from kiln.registry.blobs import BlobStore
 from kiln.registry.bundles import BundleManifest, read_bundle, write_bundle
 from kiln.registry.catalog import Catalog
 from kiln.registry.gates import DEFAULT_ACCURACY_TOLERANCE, Gate, default_gates, task_of
@@ -46,12 +47,12 @@ class Registry(Catalog):
     def __init__(
         self,
         url: str,
-        artifacts_dir: Path,
+        blobs: BlobStore | Path,
         *,
         accuracy_tolerance: float = DEFAULT_ACCURACY_TOLERANCE,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        super().__init__(url, artifacts_dir, clock=clock)
+        super().__init__(url, blobs, clock=clock)
         self._accuracy_tolerance = accuracy_tolerance
 
     # -- aliases --------------------------------------------------------------------------
