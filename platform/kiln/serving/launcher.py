@@ -83,7 +83,7 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def kiln_serve(
+def kiln_serve(  # noqa: PLR0913 (keyword-only, each a kiln serve option or a wait)
     *args: str,
     home: Path | None = None,
     env: Mapping[str, str] | None = None,
@@ -91,6 +91,7 @@ def kiln_serve(
     metrics: bool = True,
     http: bool = True,
     log: Path | None = None,
+    workers: int | str | None = None,
     startup_timeout_s: float = 120.0,
     stop_timeout_s: float = 60.0,
 ) -> Iterator[ServeProcess]:
@@ -99,12 +100,16 @@ def kiln_serve(
 
     `home` becomes KILN_HOME; `env` adds to (or overrides) this process's environment. With
     `log`, the server's stderr is written there, else it is kept in `ServeProcess.stderr`.
+    `workers` passes `--workers` (a number or "auto"): the process is then the workers'
+    parent, which prints the ready line once every worker is ready and drains them all on
+    SIGTERM.
     Raises `Unavailable` with the end of the server's log when it exits before its ready line
     or does not print it within `startup_timeout_s` (it is killed then).
     """
     command = [str(KILN), "serve", "--host", host, "--port", "0",
                *(("--http-port", "0") if http else ("--no-http",)),
-               *(("--metrics-port", "0") if metrics else ("--no-metrics",)), *args]  # fmt: skip
+               *(("--metrics-port", "0") if metrics else ("--no-metrics",)),
+               *(("--workers", str(workers)) if workers is not None else ()), *args]  # fmt: skip
     environment = {**os.environ, **({"KILN_HOME": str(home)} if home else {}), **(env or {})}
     collected: list[str] = []
     with contextlib.ExitStack() as files:
