@@ -12,7 +12,14 @@ Polars lazy frames over the Parquet partitions for `traffic_stats` and `kiln.eva
     logger.close()                             # on shutdown: writes everything buffered
 
 Layout (`KILN_HOME`): ``traffic/model=NAME/date=YYYY-MM-DD/part-*.parquet`` and
-``feedback/date=YYYY-MM-DD/part-*.parquet``, each file written atomically.
+``feedback/date=YYYY-MM-DD/part-*.parquet``, each file written atomically. With
+`KILN_STORAGE_URL=s3://bucket/prefix` the same layout lives below the prefix: pass
+`log_store(settings)` instead of the home to every reader and writer (a plain path always
+means local files)::
+
+    store = log_store(settings)                # LocalLogStore or S3LogStore
+    logger = TrafficLogger(store)              # part files go up through KILN_HOME/outbox/
+    scan = scan_traffic(store, "digits", Window.last("24h"))
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from kiln.traffic.schema import (
 )
 from kiln.traffic.shutdown import close_on_signals
 from kiln.traffic.stats import traffic_stats
+from kiln.traffic.store import LocalLogStore, LogRoot, LogStore, as_store, log_store
 from kiln.traffic.writer import WriterStats
 
 __all__ = [
@@ -62,6 +70,9 @@ __all__ = [
     "TRAFFIC_SCHEMA_V1",
     "FeedbackWriter",
     "ImportResult",
+    "LocalLogStore",
+    "LogRoot",
+    "LogStore",
     "Route",
     "Scan",
     "TrafficCollector",
@@ -72,11 +83,13 @@ __all__ = [
     "Transport",
     "Window",
     "WriterStats",
+    "as_store",
     "close_on_signals",
     "import_feedback",
     "label_problem",
     "latest_labels",
     "latest_values",
+    "log_store",
     "parse_since",
     "predictions_and_confidences",
     "read_feedback_file",

@@ -42,6 +42,12 @@ def with_sum(name: str, crc: int) -> str:
     return f"{name.removesuffix('.parquet')}-c{crc:08x}.parquet"
 
 
+def name_crc(name: str) -> int | None:
+    """The CRC-32 a part file's name carries (`with_sum`), or None when it carries none."""
+    match = _SUM.search(name)
+    return None if match is None else int(match.group(1), 16)
+
+
 def file_crc(path: Path) -> int:
     """CRC-32 of the bytes of `path`, read in 1 MiB pieces (bounded memory)."""
     crc = 0
@@ -54,10 +60,9 @@ def file_crc(path: Path) -> int:
 def verify_file(path: Path) -> FileCheck:
     """Whether the bytes of `path` still sum to what its name says. Raises `OSError` when the
     file cannot be read."""
-    match = _SUM.search(path.name)
-    if match is None:
+    expected = name_crc(path.name)
+    if expected is None:
         return FileCheck(checked=False)
-    expected = int(match.group(1), 16)
     found = file_crc(path)
     if found != expected:
         return FileCheck(

@@ -1,5 +1,6 @@
 """Ground truth from servers: labels (classifiers) and values (regressors) keyed by request
-id, buffered and written in the background under ``KILN_HOME/feedback/date=…/``.
+id, buffered and written in the background under ``feedback/date=…/`` of its `LogStore`
+(KILN_HOME, or the bucket of KILN_STORAGE_URL through a local outbox).
 
 The gRPC kiln.v1 feedback service and the BentoML HTTP endpoint call `FeedbackWriter.add`;
 it never waits on disk. Files come in through `kiln.traffic.feedback_files` into the same
@@ -22,6 +23,7 @@ from kiln.traffic.labels import feedback_problem
 from kiln.traffic.layout import feedback_root
 from kiln.traffic.logger import TrafficSettings
 from kiln.traffic.schema import FEEDBACK_SCHEMA
+from kiln.traffic.store import LogRoot, as_store
 from kiln.traffic.writer import BackgroundWriter, WriterStats
 
 FeedbackRow = tuple[str, int | None, int, str, str | None, float | None]
@@ -35,15 +37,17 @@ class FeedbackWriter:
     `add` is what a transport's feedback handler calls, once per item, on the request path.
     """
 
-    def __init__(self, home: Path, settings: TrafficSettings | None = None) -> None:
+    def __init__(self, home: LogRoot, settings: TrafficSettings | None = None) -> None:
         settings = settings or TrafficSettings()
-        self.root = feedback_root(home)
+        store = as_store(home)
+        self.root = feedback_root(store.write_root)
         self._writer: BackgroundWriter[FeedbackRow] = BackgroundWriter(
             "feedback",
             self._to_parts,
             max_rows=settings.max_buffered_rows,
             flush_rows=settings.flush_rows,
             flush_interval_s=settings.flush_interval_s,
+            sink=store.sink("feedback"),
         )
 
     def add(

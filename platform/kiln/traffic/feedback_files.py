@@ -1,7 +1,8 @@
 """Ground truth from files: `kiln feedback import` reads a CSV or Parquet file of
 ``request_id,label[,model]`` rows (classifiers) or ``request_id,value[,model]`` rows
 (regressors), checks every row, stores the valid ones in the feedback store
-(``KILN_HOME/feedback/date=…/``) and reports how many match logged requests.
+(``feedback/date=…/`` under KILN_HOME, or in the bucket of KILN_STORAGE_URL) and reports how
+many match logged requests.
 
 A file is checked whole before anything is stored: one with invalid rows is refused as a
 whole, or (`skip_invalid`) stored without them, with the first of them reported.
@@ -22,9 +23,10 @@ import polars as pl
 
 from kiln.errors import FeedbackRejected, InvalidArgument, TrafficNotFound, quote
 from kiln.traffic.labels import REGRESSION, feedback_problem, label_problem, shown_label
-from kiln.traffic.layout import feedback_root, write_part
+from kiln.traffic.layout import feedback_root
 from kiln.traffic.readers import Scan, run_query, scan_traffic, traffic_models
 from kiln.traffic.schema import FEEDBACK_SCHEMA
+from kiln.traffic.store import LogRoot, LogStore, as_store
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class ImportResult:
     """Distinct request ids not (yet) in the traffic log; stored all the same."""
     unmatched_examples: list[str]
     stored_at: str | None
-    """The part file written; None when no row was valid."""
+    """The part file written (its path, or its ``s3://`` URL); None when no row was valid."""
     refused: int = 0
     """Invalid rows left out (only with `skip_invalid`; otherwise the file is refused)."""
     refused_examples: list[dict[str, Any]] = field(default_factory=list)
@@ -349,7 +351,7 @@ def _parse_label(text: str | None) -> tuple[int | None, str | None]:  # noqa: PL
 
 
 def import_feedback(
-    home: Path,
+    home: LogRoot,
     path: Path,
     *,
     model: str | None = None,
@@ -367,8 +369,11 @@ def import_feedback(
     model labels). The whole file is checked before
     anything is stored: a file with invalid rows is refused as a whole (`FeedbackRejected`
     listing the first of them) and leaves no trace, unless `skip_invalid`, which stores the
-    valid rows and reports the others.
+    valid rows and reports the others. `home` is a KILN_HOME or a `LogStore`; into a bucket,
+    the part file is uploaded before this returns (`StorageUnavailable` or
+    `StorageAccessDenied` otherwise, and nothing is stored).
     """
+    store = as_store(home)
     checked = check_feedback(path, model=model, classes=classes, tasks=tasks)
     if checked.invalid.height and not skip_invalid:
         raise checked.refusal()
@@ -384,12 +389,12 @@ def import_feedback(
             .alias("received_at"),
             pl.lit(f"file:{path.name}").alias("source"),
         ).select(FEEDBACK_SCHEMA.names())
-        part = write_part(
-            feedback_root(home) / f"date={received.date().isoformat()}",
+        part = store.sink("feedback").store_now(
+            feedback_root(store.write_root) / f"date={received.date().isoformat()}",
             stored.cast(dict(FEEDBACK_SCHEMA)),  # type: ignore[arg-type]
         )
     ids = frame.select(pl.col("request_id").unique())
-    matched = _matched_ids(home, ids, model)
+    matched = _matched_ids(store, ids, model)
     unmatched = ids.join(matched, on="request_id", how="anti")["request_id"]
     return ImportResult(
         file=str(path),
@@ -398,7 +403,7 @@ def import_feedback(
         matched=matched.height,
         unmatched=unmatched.len(),
         unmatched_examples=unmatched.sort().head(EXAMPLES).to_list(),
-        stored_at=None if part is None else str(part),
+        stored_at=part,
         refused=checked.invalid.height,
         refused_examples=checked.examples(),
         unchecked_models=checked.unchecked_models,
@@ -406,12 +411,12 @@ def import_feedback(
     )
 
 
-def _matched_ids(home: Path, ids: pl.DataFrame, model: str | None) -> pl.DataFrame:
+def _matched_ids(store: LogStore, ids: pl.DataFrame, model: str | None) -> pl.DataFrame:
     """The ids among `ids` that appear in the traffic log (of `model`, or of any model)."""
     found: list[pl.DataFrame] = []
-    for name in [model] if model is not None else traffic_models(home):
+    for name in [model] if model is not None else traffic_models(store):
         try:
-            scan = scan_traffic(home, name)
+            scan = scan_traffic(store, name)
         except TrafficNotFound:
             continue
         found.append(run_query(partial(_ids_in, scan, ids), scan))

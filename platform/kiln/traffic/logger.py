@@ -1,5 +1,6 @@
 """The request logger: one `TrafficRecord` per served request, written to Parquet in the
-background under ``KILN_HOME/traffic/model=NAME/date=YYYY-MM-DD/``."""
+background under ``traffic/model=NAME/date=YYYY-MM-DD/`` of its `LogStore` (KILN_HOME, or
+the bucket of KILN_STORAGE_URL through a local outbox)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from kiln.traffic.records import (
     record_row,
     records_to_frame,
 )
+from kiln.traffic.store import LogRoot, as_store
 from kiln.traffic.writer import BackgroundWriter, WriterStats
 
 
@@ -50,13 +52,15 @@ class TrafficSettings(BaseSettings):
 class TrafficLogger:
     """Logs requests without making them wait: `log` appends to a bounded buffer.
 
-    Create one per process (server, BentoML worker) over a KILN_HOME; call `close()` on
-    shutdown (the server does on SIGTERM) so that every buffered row is written.
+    Create one per process (server, BentoML worker) over a KILN_HOME or a `LogStore`
+    (`kiln.traffic.log_store(settings)`); call `close()` on shutdown (the server does on
+    SIGTERM) so that every buffered row is written.
     """
 
-    def __init__(self, home: Path, settings: TrafficSettings | None = None) -> None:
+    def __init__(self, home: LogRoot, settings: TrafficSettings | None = None) -> None:
         self.settings = settings or TrafficSettings()
-        self.root = traffic_root(home)
+        store = as_store(home)
+        self.root = traffic_root(store.write_root)
         remove_stale_temporaries(self.root)
         # The first conversion imports what pyarrow loads lazily (pandas among it: ~0.3 s of
         # CPU). Pay it now, at startup, not on the writer thread while requests are served.
@@ -69,6 +73,7 @@ class TrafficLogger:
             max_rows=self.settings.max_buffered_rows,
             flush_rows=self.settings.flush_rows,
             flush_interval_s=self.settings.flush_interval_s,
+            sink=store.sink("traffic"),
         )
 
     def log(self, record: TrafficRecord) -> bool:

@@ -19,8 +19,9 @@ from kiln.traffic.logger import TrafficLogger
 
 class TrafficCollector(Collector):
     """`kiln_traffic_rows_written_total`, `kiln_traffic_rows_dropped_total{reason}`,
-    `kiln_traffic_files_written_total` and `kiln_traffic_rows_buffered`, by stream
-    (`traffic` or `feedback`)."""
+    `kiln_traffic_files_written_total`, `kiln_traffic_rows_buffered` and, for a bucket
+    (KILN_STORAGE_URL), `kiln_traffic_files_pending_upload` / `kiln_traffic_rows_pending_upload`
+    (in the local outbox, waiting for the bucket), by stream (`traffic` or `feedback`)."""
 
     def __init__(
         self, traffic: TrafficLogger | None = None, feedback: FeedbackWriter | None = None
@@ -42,6 +43,16 @@ class TrafficCollector(Collector):
         buffered = GaugeMetricFamily(
             "kiln_traffic_rows_buffered", "Rows waiting to be written.", labels=["stream"]
         )
+        pending_files = GaugeMetricFamily(
+            "kiln_traffic_files_pending_upload",
+            "Part files in the local outbox waiting to be uploaded to the bucket.",
+            labels=["stream"],
+        )
+        pending_rows = GaugeMetricFamily(
+            "kiln_traffic_rows_pending_upload",
+            "Rows in part files waiting in the local outbox for the bucket.",
+            labels=["stream"],
+        )
         for stream, writer in self._writers.items():
             if writer is None:
                 continue
@@ -52,4 +63,6 @@ class TrafficCollector(Collector):
             dropped.add_metric([stream, "write_failed"], s.failed)
             files.add_metric([stream], s.files)
             buffered.add_metric([stream], s.buffered)
-        yield from (written, dropped, files, buffered)
+            pending_files.add_metric([stream], s.pending_upload_files)
+            pending_rows.add_metric([stream], s.pending_upload_rows)
+        yield from (written, dropped, files, buffered, pending_files, pending_rows)

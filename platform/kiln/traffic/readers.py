@@ -1,9 +1,10 @@
 """Lazy scans over the traffic and feedback partitions.
 
 A scan lists the part files of the wanted model and dates only (the partition pushdown: other
-directories are never opened), checks each file's schema from its footer and its bytes against
-the CRC-32 its name carries (`checksums`), and skips, with a warning that names it, any file that is
-damaged or is not a Kiln file of the right kind. The result is a Polars `LazyFrame`: queries
+directories are never opened) in a `LogStore` (KILN_HOME, or an S3 bucket), checks each
+file's schema from its footer and its bytes against the CRC-32 its name carries
+(`checksums`), and skips, with a warning that names it, any file that is damaged or is not a
+Kiln file of the right kind. The result is a Polars `LazyFrame`: queries
 over it stream, so logs far larger than memory work.
 """
 
@@ -13,15 +14,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
 import polars as pl
 
 from kiln.errors import InvalidArgument, TrafficNotFound, quote
-from kiln.traffic.checksums import FileCheck, verify_file
-from kiln.traffic.layout import feedback_root, model_dir, model_of_dir, part_files, traffic_root
+from kiln.traffic.layout import model_dir
 from kiln.traffic.schema import (
     FEEDBACK_REQUIRED,
     FEEDBACK_SCHEMA,
@@ -29,6 +28,7 @@ from kiln.traffic.schema import (
     TRAFFIC_SCHEMA,
     schema_problem,
 )
+from kiln.traffic.store import LocalLogStore, LogRoot, LogStore, PartFile, as_store
 
 log = logging.getLogger("kiln.traffic")
 
@@ -91,34 +91,35 @@ class Scan:
     the next query no longer reads it.
     """
 
-    files: list[Path]
+    files: list[PartFile]
+    """Paths, or ``s3://`` URLs for a bucket."""
     skipped: dict[str, str]
-    build: Callable[[list[Path]], pl.LazyFrame]
+    build: Callable[[list[PartFile]], pl.LazyFrame]
     unverified: list[str] = field(default_factory=list)
     """Readable files whose names carry no CRC-32 (written before checksums, or by another
     writer): their data could not be checked."""
+    store: LogStore = field(default_factory=lambda: LocalLogStore(Path()))
+    """Where `files` are (what `drop_damaged` reads them from)."""
 
     @property
     def frame(self) -> pl.LazyFrame:
         return self.build(self.files)
 
 
-def traffic_models(home: Path) -> list[str]:
-    """Models that have a traffic directory."""
-    root = traffic_root(home)
-    if not root.is_dir():
-        return []
-    return sorted(m for d in root.iterdir() if d.is_dir() and (m := model_of_dir(d)) is not None)
+def traffic_models(home: LogRoot) -> list[str]:
+    """Models that have logged traffic in `home` (a KILN_HOME or a `LogStore`)."""
+    return as_store(home).models()
 
 
-def scan_traffic(home: Path, model: str, window: Window | None = None) -> Scan:
-    """Traffic rows of `model` (inside `window` when given). Raises `TrafficNotFound` when
-    the model has never logged traffic here."""
-    directory = model_dir(traffic_root(home), model)
-    if not directory.is_dir():
-        known = traffic_models(home)
+def scan_traffic(home: LogRoot, model: str, window: Window | None = None) -> Scan:
+    """Traffic rows of `model` (inside `window` when given) in `home` (a KILN_HOME or a
+    `LogStore`). Raises `TrafficNotFound` when the model has never logged traffic there."""
+    store = as_store(home)
+    relative = model_dir(Path("traffic"), model).as_posix()
+    if not store.has_model(model, relative):
+        known = store.models()
         raise TrafficNotFound(
-            f"no traffic logged for model '{model}' under {traffic_root(home)}; "
+            f"no traffic logged for model '{model}' under {store.where('traffic')}; "
             + (
                 f"models with traffic: {', '.join(known)}"
                 if known
@@ -126,26 +127,28 @@ def scan_traffic(home: Path, model: str, window: Window | None = None) -> Scan:
             )
         )
     good, skipped, unverified = _readable(
-        part_files(directory, *_days(window)), TRAFFIC_SCHEMA, TRAFFIC_REQUIRED
+        store, store.parts(relative, *_days(window)), TRAFFIC_SCHEMA, TRAFFIC_REQUIRED
     )
 
-    def build(files: list[Path]) -> pl.LazyFrame:
-        frame = _lazy(files, TRAFFIC_SCHEMA).filter(pl.col("model") == model)
+    def build(files: list[PartFile]) -> pl.LazyFrame:
+        frame = _lazy(store, files, TRAFFIC_SCHEMA).filter(pl.col("model") == model)
         return frame if window is None else frame.filter(_between("timestamp", window))
 
-    return Scan(good, skipped, build, unverified)
+    return Scan(good, skipped, build, unverified, store)
 
 
-def scan_feedback(home: Path, window: Window | None = None) -> Scan:
-    """Feedback rows received inside `window` (all when None); empty when none exist."""
-    files = part_files(feedback_root(home), *_days(window))
-    good, skipped, unverified = _readable(files, FEEDBACK_SCHEMA, FEEDBACK_REQUIRED)
+def scan_feedback(home: LogRoot, window: Window | None = None) -> Scan:
+    """Feedback rows received inside `window` (all when None) in `home` (a KILN_HOME or a
+    `LogStore`); empty when none exist."""
+    store = as_store(home)
+    files = store.parts("feedback", *_days(window))
+    good, skipped, unverified = _readable(store, files, FEEDBACK_SCHEMA, FEEDBACK_REQUIRED)
 
-    def build(files: list[Path]) -> pl.LazyFrame:
-        frame = _lazy(files, FEEDBACK_SCHEMA)
+    def build(files: list[PartFile]) -> pl.LazyFrame:
+        frame = _lazy(store, files, FEEDBACK_SCHEMA)
         return frame if window is None else frame.filter(_between("received_at", window))
 
-    return Scan(good, skipped, build, unverified)
+    return Scan(good, skipped, build, unverified, store)
 
 
 def latest_labels(feedback: pl.LazyFrame, model: str | None = None) -> pl.LazyFrame:
@@ -197,7 +200,7 @@ def drop_damaged(*scans: Scan) -> bool:
         keep = []
         for path in scan.files:
             try:
-                pl.read_parquet(path)
+                scan.store.read(path)
             except (pl.exceptions.PolarsError, OSError) as exc:
                 why = f"damaged Parquet data ({type(exc).__name__}: {exc})"
                 scan.skipped[str(path)] = why
@@ -218,58 +221,47 @@ def _between(column: str, window: Window) -> pl.Expr:
 
 
 def _readable(
-    files: Sequence[Path], schema: pl.Schema, required: tuple[str, ...]
-) -> tuple[list[Path], dict[str, str], list[str]]:
+    store: LogStore, files: Sequence[PartFile], schema: pl.Schema, required: tuple[str, ...]
+) -> tuple[list[PartFile], dict[str, str], list[str]]:
     """Split `files` into those whose footer has a compatible schema and whose bytes match the
     CRC-32 in their name, and the rest (-> why); also list the good ones that carry no CRC.
 
     Nothing is decoded, only summed: about 0.4 s per GB of log, each file once per process
-    (files never change once written)."""
-    good: list[Path] = []
+    (files never change once written); in a bucket, S3's stored checksum is compared instead
+    (`kiln.traffic.s3_store`)."""
+    candidates: list[PartFile] = []
     skipped: dict[str, str] = {}
-    unverified: list[str] = []
-    for path in files:
-        try:
-            found = pl.Schema(pl.read_parquet_schema(path))
-        except (pl.exceptions.PolarsError, OSError) as exc:
-            why = f"not a readable Parquet file ({type(exc).__name__}: {exc})"
+    for path, found in zip(files, store.footers(files), strict=True):
+        if isinstance(found, str):
+            why = f"not a readable Parquet file ({found})"
         else:
             problem = schema_problem(found, schema, required)
             if problem is None:
-                check = _check(path)
-                if check.problem is None:
-                    good.append(path)
-                    if not check.checked:
-                        unverified.append(str(path))
-                    continue
-                problem = f"damaged Parquet data ({check.problem})"
+                candidates.append(path)
+                continue
             why = problem
         skipped[str(path)] = why
-        log.warning("skipping %s: %s", path, why)
+    good: list[PartFile] = []
+    unverified: list[str] = []
+    for path, check in zip(candidates, store.checks(candidates), strict=True):
+        if check.problem is None:
+            good.append(path)
+            if not check.checked:
+                unverified.append(str(path))
+        else:
+            skipped[str(path)] = f"damaged Parquet data ({check.problem})"
+    for path in files:
+        if str(path) in skipped:
+            log.warning("skipping %s: %s", path, skipped[str(path)])
     return good, skipped, unverified
 
 
-def _check(path: Path) -> FileCheck:
-    try:
-        stat = path.stat()
-        return _file_check(str(path), stat.st_size, stat.st_mtime_ns)
-    except OSError as exc:
-        return FileCheck(checked=False, problem=f"cannot be read ({exc.strerror or exc})")
-
-
-@lru_cache(maxsize=65_536)
-def _file_check(path: str, size: int, mtime_ns: int) -> FileCheck:
-    """`verify_file` of a file as it is (`size`, `mtime_ns`): part files never change once
-    written, so each is checked once per process (a command scans the same log twice)."""
-    return verify_file(Path(path))
-
-
-def _lazy(files: list[Path], schema: pl.Schema) -> pl.LazyFrame:
+def _lazy(store: LogStore, files: list[PartFile], schema: pl.Schema) -> pl.LazyFrame:
     if not files:
         return pl.LazyFrame(schema=schema)
     # Partitions were pruned by directory name already; the window's timestamp predicate is
     # pushed into the scan and skips row groups by their statistics.
-    return pl.scan_parquet(
+    return store.scan(
         files,
         schema=dict(schema),
         hive_partitioning=False,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +20,7 @@ import polars as pl
 
 from kiln.traffic.readers import Scan, Window, run_query, scan_traffic
 from kiln.traffic.schema import STATUS_OK
+from kiln.traffic.store import LogRoot
 
 _BUCKETS = (
     ("1s", 1), ("5s", 5), ("10s", 10), ("30s", 30), ("1m", 60), ("5m", 300), ("10m", 600),
@@ -76,8 +76,9 @@ def percentiles(
     return result
 
 
-def traffic_stats(home: Path, model: str, window: Window, *, points: int = 24) -> dict[str, Any]:
-    """Requests, errors, throughput and latency of `model` inside `window` (JSON-ready).
+def traffic_stats(home: LogRoot, model: str, window: Window, *, points: int = 24) -> dict[str, Any]:
+    """Requests, errors, throughput and latency of `model` inside `window` (JSON-ready), from
+    `home` (a KILN_HOME or a `LogStore`).
 
     Latency percentiles are over answered requests (failures are often instant and would
     flatter them); queue percentiles likewise. Throughput per group is requests over the span

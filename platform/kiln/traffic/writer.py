@@ -10,6 +10,10 @@ everything buffered, turns it into part files (`to_parts`) and writes each atomi
 process killed with SIGKILL loses what was buffered and not yet written: at most `max_rows`
 rows, normally at most `flush_interval_s` worth of traffic. `close()` (called on SIGTERM by
 whoever owns the writer) writes everything before returning.
+
+Part files go through a `PartSink`: written in place under KILN_HOME, or into an outbox and
+uploaded to a bucket (`kiln.traffic.outbox`), at the end of each flush; what cannot be
+uploaded yet waits on disk (`WriterStats.pending_upload_files`) and is retried at the next.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Generic, TypeVar
 
 import polars as pl
 
-from kiln.traffic.layout import write_part
+from kiln.traffic.outbox import LocalSink, PartSink
 
 log = logging.getLogger("kiln.traffic")
 
@@ -50,6 +54,11 @@ class WriterStats:
     """Part files written."""
     buffered: int
     """Rows waiting in the buffer now."""
+    pending_upload_files: int = 0
+    """Part files written to the local outbox and not yet uploaded to the bucket (always 0
+    for local storage): non-zero while the bucket cannot be reached."""
+    pending_upload_rows: int = 0
+    """Rows in those files (counted in `written`: they are on disk and will be uploaded)."""
 
     @property
     def dropped(self) -> int:
@@ -60,7 +69,9 @@ class BackgroundWriter(Generic[Row]):
     """Buffers rows and writes them as Parquet part files from a daemon thread.
 
     `max_rows` bounds memory (rows beyond it are dropped and counted); a flush happens when
-    `flush_rows` rows wait or `flush_interval_s` has passed, whichever comes first.
+    `flush_rows` rows wait or `flush_interval_s` has passed, whichever comes first. `sink`
+    (default: files written in place) takes each part file; the directories `to_parts`
+    yields are below its store's `write_root`.
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class BackgroundWriter(Generic[Row]):
         max_rows: int,
         flush_rows: int,
         flush_interval_s: float,
+        sink: PartSink | None = None,
     ) -> None:
         if max_rows < 1 or flush_rows < 1 or flush_interval_s <= 0:
             raise ValueError(
@@ -79,6 +91,7 @@ class BackgroundWriter(Generic[Row]):
             )
         self.name = name
         self._to_parts = to_parts
+        self._sink: PartSink = sink or LocalSink()
         self._max_rows = max_rows
         self._flush_rows = min(flush_rows, max_rows)
         self._interval = flush_interval_s
@@ -171,14 +184,17 @@ class BackgroundWriter(Generic[Row]):
             written=self._written,
             dropped_full=self._dropped_full,
             dropped_closed=self._dropped_closed,
-            failed=self._failed,
+            failed=self._failed + self._sink.lost_rows,
             files=self._files,
             buffered=len(self._rows),
+            pending_upload_files=self._sink.pending_files,
+            pending_upload_rows=self._sink.pending_rows,
         )
 
     # -- the writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._sink.settle()  # what earlier processes left in the outbox goes up first
         while True:
             self._wake.wait(self._interval)
             self._wake.clear()
@@ -187,6 +203,7 @@ class BackgroundWriter(Generic[Row]):
                 generation = self._requested
             # Everything appended before `generation` was read is in the deque now.
             self._drain()
+            self._sink.settle(final=closing)
             self._report_drops()
             with self._done:
                 self._completed = generation
@@ -234,7 +251,7 @@ class BackgroundWriter(Generic[Row]):
                 return
         for directory, frame in parts:
             try:
-                write_part(directory, frame)
+                self._sink.write(directory, frame)
             except Exception as exc:
                 self._failed += frame.height
                 log.error(
