@@ -305,10 +305,10 @@ def _serve_one(
         asyncio.run(run())
         return
     from kiln.serving.traffic_hook import TrafficSink
-    from kiln.traffic import Transport
+    from kiln.traffic import Transport, log_store
 
     # Feedback records the transport that carried it (HTTP's items say so); gRPC's is the rest.
-    sink = TrafficSink(kiln_settings.home, feedback_source=Transport.GRPC.value)
+    sink = TrafficSink(log_store(kiln_settings), feedback_source=Transport.GRPC.value)
     try:
         asyncio.run(
             run(

@@ -5,7 +5,7 @@ writer thread converts tensors a whole flush at a time) and hands labels to the 
 store.
 A server plugs it in and closes it after draining::
 
-    sink = TrafficSink(home, feedback_source="grpc")  # `--no-traffic-log`: none
+    sink = TrafficSink(log_store(settings), feedback_source="grpc")  # `--no-traffic-log`: none
     core = ServingCore(repo, settings, traffic_hook=sink.on_request,
                        feedback_hook=sink.on_feedback)
     metrics.registry.register(sink.collector)
@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from kiln.serving.messages import Feedback, TrafficEvent
@@ -31,7 +30,9 @@ from kiln.traffic import (
     TrafficLogger,
     TrafficRecord,
     TrafficSettings,
+    as_store,
 )
+from kiln.traffic.store import LogRoot
 
 
 def traffic_row(event: TrafficEvent, now_ns: int, keep_input: bool = True) -> tuple[Any, ...]:
@@ -79,17 +80,19 @@ def traffic_record(event: TrafficEvent, now_ns: int | None = None) -> TrafficRec
 
 
 class TrafficSink:
-    """A request logger and a feedback store over one KILN_HOME, as the core's two hooks."""
+    """A request logger and a feedback store over one KILN_HOME or `LogStore` (a bucket:
+    `kiln.traffic.log_store(settings)`), as the core's two hooks."""
 
     def __init__(
-        self, home: Path, settings: TrafficSettings | None = None, *, feedback_source: str = ""
+        self, home: LogRoot, settings: TrafficSettings | None = None, *, feedback_source: str = ""
     ) -> None:
         settings = settings or TrafficSettings()
         self.feedback_source = feedback_source
         """Recorded with each label: the transport that carried it (each server says which;
         empty for labels handed over in-process)."""
-        self.logger = TrafficLogger(home, settings)
-        self.feedback = FeedbackWriter(home, settings)
+        store = as_store(home)  # one store (one S3 client) for both writers
+        self.logger = TrafficLogger(store, settings)
+        self.feedback = FeedbackWriter(store, settings)
         self.collector = TrafficCollector(traffic=self.logger, feedback=self.feedback)
         """Prometheus collector of written/dropped rows; register it with the server's."""
 

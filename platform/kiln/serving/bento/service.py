@@ -68,6 +68,7 @@ from kiln.serving.settings import ServingSettings
 from kiln.serving.table import ModelState
 from kiln.serving.traffic_hook import TrafficSink
 from kiln.settings import Settings
+from kiln.traffic import log_store
 from kiln_engines import EngineOptions
 
 log = logging.getLogger("kiln.serving.bento")
@@ -162,7 +163,9 @@ class KilnService:
         # BentoML joins requests into batches before the core sees them, so the service logs
         # each row itself (the core's traffic hook would see one event per batch).
         self.sink = (
-            TrafficSink(settings.home, feedback_source="http") if SETTINGS.traffic_log else None
+            TrafficSink(log_store(settings), feedback_source="http")
+            if SETTINGS.traffic_log
+            else None
         )
         # The core's shadow hook is the only traffic that reaches the sink through the core:
         # shadow answers arrive after the client's answer, so the service cannot log them.
