@@ -48,14 +48,14 @@ def evaluate(
     """
     import kiln.registry
     from kiln.evaluate import DriftThresholds, evaluate_traffic, version_infos, write_report
-    from kiln.traffic import Window
+    from kiln.traffic import Window, log_store
 
     name = model_name(name, "kiln evaluate")
     settings = Settings()
     with kiln.registry.open(settings=settings) as registry:
         versions = version_infos(registry, name)
     result = evaluate_traffic(
-        settings.home,
+        log_store(settings),
         name,
         Window.last(since),
         versions,

@@ -54,7 +54,7 @@ def import_command(
     """
     import kiln.registry
     from kiln.evaluate.references import model_classes, model_task
-    from kiln.traffic import import_feedback
+    from kiln.traffic import import_feedback, log_store
 
     settings = Settings()
     with kiln.registry.open(settings=settings) as registry:
@@ -72,7 +72,7 @@ def import_command(
             return kinds[name]
 
         result = import_feedback(
-            settings.home,
+            log_store(settings),
             file,
             model=model,
             classes=classes,

@@ -31,11 +31,11 @@ def stats(
     as_json: bool = JsonOption,
 ) -> None:
     """Requests, error rate, throughput over time and latency p50/p95/p99 per version and route."""
-    from kiln.traffic import Window, traffic_stats
+    from kiln.traffic import Window, log_store, traffic_stats
 
     name = model_name(name, "kiln traffic stats")
     # Skipped files are logged (a warning naming each) by the reader, and listed in the JSON.
-    report = traffic_stats(Settings().home, name, Window.last(since))
+    report = traffic_stats(log_store(Settings()), name, Window.last(since))
 
     def render(console: Console) -> None:
         rate = report["error_rate"]

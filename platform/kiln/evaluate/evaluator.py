@@ -18,7 +18,7 @@ from kiln.registry import ModelVersion, Registry
 from kiln.registry.loader import open_engine
 from kiln.settings import Settings
 from kiln.text import TextTokenizer
-from kiln.traffic import Window
+from kiln.traffic import Window, log_store
 from kiln_engines import EngineError, EngineOptions
 
 # Either kind of failure means "could not evaluate": a Kiln error (no engine, data set gone,
@@ -184,7 +184,7 @@ class Evaluator:
         if key not in self._traffic_by_model:
             try:
                 rows = labelled_traffic(
-                    self.settings.home,
+                    log_store(self.settings),
                     name,
                     Window.last(self.thresholds.traffic_window),
                     task=task,

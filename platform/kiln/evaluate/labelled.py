@@ -12,7 +12,6 @@ import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -20,6 +19,7 @@ import polars as pl
 from kiln.data.dataset import text_array
 from kiln.traffic import (
     STATUS_OK,
+    LogRoot,
     Route,
     Window,
     latest_labels,
@@ -80,7 +80,7 @@ def holdout_mask(request_ids: list[str], fraction: float = DEFAULT_HOLDOUT) -> n
 
 
 def labelled_traffic(
-    home: Path,
+    home: LogRoot,
     model: str,
     window: Window | None = None,
     *,

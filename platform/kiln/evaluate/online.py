@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from kiln.evaluate.served_drift import served_drift
 from kiln.evaluate.version_info import VersionInfo
 from kiln.traffic import (
     STATUS_OK,
+    LogRoot,
     Scan,
     Window,
     latest_labels,
@@ -81,7 +81,7 @@ def expected_calibration_error(
 
 
 def evaluate_traffic(
-    home: Path,
+    home: LogRoot,
     model: str,
     window: Window,
     versions: Mapping[int, VersionInfo],

@@ -54,7 +54,7 @@ from kiln.registry import GateResult, ModelVersion, Registry
 from kiln.serving import launcher
 from kiln.serving.launcher import ServeProcess
 from kiln.settings import Settings
-from kiln.traffic import Window, import_feedback, scan_traffic
+from kiln.traffic import LogRoot, Window, import_feedback, log_store, scan_traffic
 from kiln.train import TrainConfig, TrainResult, register_result, train
 
 Say = Callable[[str], None]
@@ -118,6 +118,8 @@ class Story:
         self.options = options
         self.say = say
         self.settings = Settings(home=home)
+        self.store = log_store(self.settings)
+        """Where the server logs traffic: KILN_HOME, or the bucket of KILN_STORAGE_URL."""
         self.labels: list[tuple[str, int]] = []
         """(request id, true label) of every answered request, as the clients know them."""
         self.phases = (
@@ -206,8 +208,8 @@ class Story:
         )
         path = self.home / "demo-labels.csv"
         write_labels(path, self.labels, LABELLED_SHARE, seed=1)
-        wait_for_traffic(self.home, len(self.labels))
-        result = import_feedback(self.home, path, model=MODEL)
+        wait_for_traffic(self.store, len(self.labels))
+        result = import_feedback(self.store, path, model=MODEL)
         imported = LabelsImported(result.rows, result.matched, result.unmatched)
         self.say(f"   {imported.imported} labels imported, {imported.matched} matched to requests")
         return imported
@@ -217,7 +219,7 @@ class Story:
         since = datetime.fromtimestamp(self.phases[1].started - 1, UTC)
         with kiln.registry.open(settings=self.settings) as registry:
             infos = version_infos(registry, MODEL)
-        evaluation = evaluate_traffic(self.home, MODEL, Window(since, datetime.now(UTC)), infos)
+        evaluation = evaluate_traffic(self.store, MODEL, Window(since, datetime.now(UTC)), infos)
         moved = ", ".join(moved_inputs(evaluation)[:6]) or "none"
         self.say(
             f"   drift {'DETECTED' if evaluation.drift_detected else 'not detected'} on the "
@@ -369,7 +371,7 @@ def write_labels(path: Path, labels: list[tuple[str, int]], share: float, seed: 
 
 
 def wait_for_traffic(
-    home: Path, expected: int, timeout_s: float = 30.0, *, model: str = MODEL
+    home: LogRoot, expected: int, timeout_s: float = 30.0, *, model: str = MODEL
 ) -> None:
     """Wait (at most `timeout_s`) until the server has logged `expected` requests of `model`.
 

@@ -47,7 +47,7 @@ from kiln.loop.module_source import (
 )
 from kiln.registry import AliasMove, ArtifactKind, ModelVersion, Registry
 from kiln.settings import Settings
-from kiln.traffic import Window
+from kiln.traffic import Window, log_store
 from kiln.train import TrainConfig, load_checkpoint, register_result, train
 
 Progress = Callable[[str], None]
@@ -244,7 +244,7 @@ def retrain(
         # them, or an input of another shape, is skipped and counted, never learned from.
         rows = deduplicate(
             labelled_traffic(
-                settings.home,
+                log_store(settings),
                 name,
                 window,
                 num_classes=base.num_classes if task != "regression" else None,

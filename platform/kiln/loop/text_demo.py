@@ -48,7 +48,7 @@ from kiln.loop.retrain import RetrainOptions, RetrainResult, retrain
 from kiln.registry import GateResult, Registry
 from kiln.serving import launcher
 from kiln.settings import Settings
-from kiln.traffic import Window, import_feedback
+from kiln.traffic import Window, import_feedback, log_store
 from kiln.train import TrainConfig, TrainResult, register_result, train
 
 SOURCE = "rotten-tomatoes"
@@ -114,6 +114,7 @@ class TextStory:
         self.options = options
         self.say = say
         self.settings = Settings(home=home)
+        self.store = log_store(self.settings)
         self.labels: list[tuple[str, int]] = []
         self.phases = (
             Phase("movie snippets"), Phase("product reviews, before retraining"),
@@ -212,8 +213,8 @@ class TextStory:
         self.say(f"4. ground truth arrives for ~{LABELLED_SHARE:.0%} of the requests")
         path = self.home / "demo-text-labels.csv"
         write_labels(path, self.labels, LABELLED_SHARE, seed=1)
-        wait_for_traffic(self.home, len(self.labels), model=TEXT_MODEL)
-        result = import_feedback(self.home, path, model=TEXT_MODEL)
+        wait_for_traffic(self.store, len(self.labels), model=TEXT_MODEL)
+        result = import_feedback(self.store, path, model=TEXT_MODEL)
         self.say(f"   {result.rows} labels imported, {result.matched} matched to requests")
         return {"imported": result.rows, "matched": result.matched, "unmatched": result.unmatched}
 
@@ -222,7 +223,7 @@ class TextStory:
         with kiln.registry.open(settings=self.settings) as registry:
             infos = version_infos(registry, TEXT_MODEL)
         evaluation = evaluate_traffic(
-            self.home, TEXT_MODEL, Window(since, datetime.now(UTC)), infos
+            self.store, TEXT_MODEL, Window(since, datetime.now(UTC)), infos
         )
         self.say(
             f"   drift {'DETECTED' if evaluation.drift_detected else 'not detected'} on the "

@@ -24,7 +24,7 @@ from kiln.evaluate.results import Regression
 from kiln.loop.retrain import RetrainOptions, retrain
 from kiln.registry import ModelVersion, Registry, default_gates, task_of
 from kiln.settings import Settings
-from kiln.traffic import Window
+from kiln.traffic import Window, log_store
 
 Say = Callable[[str], None]
 
@@ -121,7 +121,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     window = Window.last(policy.since)
     infos = version_infos(registry, name)
     try:
-        report = evaluate_traffic(settings.home, name, window, infos)
+        report = evaluate_traffic(log_store(settings), name, window, infos)
     except KilnError as exc:
         current.message = f"no evaluation yet: {exc.message}"
         return current
@@ -145,7 +145,7 @@ def check_once(registry: Registry, name: str, settings: Settings, policy: LoopPo
     since = max(window.since, last) if last else window.since
     fresh = Window(since, window.until)
     try:
-        current.new_labels = evaluate_traffic(settings.home, name, fresh, infos).labelled
+        current.new_labels = evaluate_traffic(log_store(settings), name, fresh, infos).labelled
     except KilnError:
         current.new_labels = 0
     if current.new_labels < policy.min_labels:
