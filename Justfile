@@ -70,6 +70,11 @@ lock TORCH="":
 demo *ARGS: setup
     {{bin}}/kiln demo {{ARGS}}
 
+# Kiln beyond one machine, on loopback: PostgreSQL + SeaweedFS (S3) + two kiln serve replicas;
+# traffic, promote, rollback, promote; everything torn down at the end (docs: deployment)
+cluster-demo: setup
+    {{bin}}/python deploy/local/cluster_demo.py
+
 # run the test suite: two pytest workers by default (KILN_TEST_WORKERS=0 runs it in one
 # process). Each test file stays on one worker (--dist loadfile), so a module's fixtures
 # (trained models, servers) are built once; most tests wait on subprocesses and servers, so
@@ -84,8 +89,8 @@ test-fast *ARGS: setup
 
 # ruff, mypy (strict), the import-linter layer contracts, stale generated code, the docs site
 lint: setup
-    {{bin}}/ruff check platform engines tests benchmarks
-    {{bin}}/ruff format --check platform engines tests benchmarks
+    {{bin}}/ruff check platform engines tests benchmarks deploy
+    {{bin}}/ruff format --check platform engines tests benchmarks deploy
     {{bin}}/mypy
     {{bin}}/lint-imports
     {{bin}}/python proto/generate.py --check
@@ -101,8 +106,8 @@ proto: setup
 
 # format the code
 fmt: setup
-    {{bin}}/ruff format platform engines tests benchmarks
-    {{bin}}/ruff check --fix platform engines tests benchmarks
+    {{bin}}/ruff format platform engines tests benchmarks deploy
+    {{bin}}/ruff check --fix platform engines tests benchmarks deploy
 
 # run a benchmark and print its table: train_throughput, engines, registry, serving, traffic
 # (results are recorded in benchmarks/RESULTS.md)
