@@ -27,7 +27,7 @@ class BackgroundLoad:
 
     A failed request is recorded in `errors`; the client goes on sending, or stops with
     `until_refused` (a server shutting down refuses the rest). With `request_ids`, client `w`
-    names its requests `w{w}-{i}` and `answered` lists those answered; without, the server
+    names its requests `{id_prefix}w{w}-{i}` and `answered` lists those answered; without, the server
     assigns ids (a rollout routes by them). With `http`, `url` is the server's HTTP endpoint
     and the clients are `tritonclient.http`'s (the same calls over KServe v2 REST).
     """
@@ -42,8 +42,10 @@ class BackgroundLoad:
         request_ids: bool = False,
         until_refused: bool = False,
         http: bool = False,
+        id_prefix: str = "",
     ) -> None:
         self.url = url
+        self.id_prefix = id_prefix
         self.http = http
         self.x = x
         self.model = model
@@ -92,7 +94,7 @@ class BackgroundLoad:
         with transport.InferenceServerClient(self.url) as client:
             sent = 0
             while not self.stop.is_set():
-                request_id = f"w{index}-{sent}" if self.request_ids else ""
+                request_id = f"{self.id_prefix}w{index}-{sent}" if self.request_ids else ""
                 sent += 1
                 try:
                     result = client.infer(self.model, [tensor], request_id=request_id, **timeout)
