@@ -175,10 +175,13 @@ def test_a_bad_workers_value_is_a_usage_error(cli: Any, value: str) -> None:
     assert repr(value) in result.stderr.replace("\n", "")
 
 
-def test_workers_are_refused_with_bento_and_auto_counts_cores(cli: Any) -> None:
+def test_workers_refuse_bento_and_model_control_and_auto_counts_cores(cli: Any) -> None:
     result = cli("serve", "--bento", "--workers", "2")
     assert result.exit_code == 2, result
     assert "--workers is not supported with --bento" in result.stderr
+    result = cli("serve", "--workers", "2", "--model-control", "--no-metrics")
+    assert result.exit_code == 2, result
+    assert "--model-control is not supported with --workers" in result.stderr
     assert parse_workers("auto") == parse_workers("AUTO") == available_cores()
     assert available_cores() == len(os.sched_getaffinity(0))
 

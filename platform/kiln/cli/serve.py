@@ -258,6 +258,12 @@ def _serve_workers(
     """`--workers N`: this process supervises N workers (`kiln.serving.workers`)."""
     from kiln.serving.workers import WorkerPool, worker_threads
 
+    if settings.model_control:
+        raise InvalidArgument(
+            "--model-control is not supported with --workers: a RepositoryModelLoad/Unload "
+            "call reaches one worker only, and the workers would serve different models; "
+            "move aliases in the registry instead (kiln promote), which every worker follows"
+        )
     if not settings.threads and not kiln_settings.threads:
         settings = settings.model_copy(
             update={"threads": worker_threads(count, kiln_settings.thread_count())}

@@ -260,6 +260,11 @@ class WorkerPool:
             threading.Thread(
                 target=self._follow, args=(worker,), name=f"kiln-worker-{index}", daemon=True
             ).start()
+        if self.settings.token:
+            log.warning(
+                "--token enables RepositoryModelLoad/Unload, which with --workers changes only "
+                "the worker that receives the call; move aliases (kiln promote) instead"
+            )
         pids = ", ".join(str(w.process.pid) for w in self.workers)
         log.info("started %d workers (pids %s) on gRPC port %d", self.count, pids, public.grpc_port)
 
