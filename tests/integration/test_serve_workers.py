@@ -130,13 +130,18 @@ def test_two_workers_share_both_ports_and_drain_on_sigterm(tmp_path: Path) -> No
     assert by_transport == sent, by_transport
 
 
+def worker_pids(served: ServeProcess) -> list[int]:
+    """The workers' pids, as the parent logs them when it starts them (before it is ready)."""
+    assert wait_until(lambda: "pids" in served.output(), timeout=10)
+    found = re.search(r"started \d+ workers \(pids ([\d, ]+)\)", served.output())
+    assert found, served.output()
+    return [int(pid) for pid in found.group(1).split(", ")]
+
+
 def test_a_worker_that_dies_stops_the_others_with_a_clear_error(tmp_path: Path) -> None:
     home = home_with_digits(tmp_path)
     with kiln_serve("digits", home=home, env=ONE_THREAD, workers=2, metrics=False) as served:
-        assert wait_until(lambda: "pids" in served.output(), timeout=10)
-        found = re.search(r"started 2 workers \(pids (\d+), (\d+)\)", served.output())
-        assert found, served.output()
-        first, second = int(found.group(1)), int(found.group(2))
+        first, second = worker_pids(served)
         os.kill(second, signal.SIGKILL)
         assert served.process.wait(60) == 1
     log = served.output()
@@ -157,10 +162,7 @@ def running(pid: int) -> bool:
 def test_workers_whose_parent_is_killed_drain_and_exit(tmp_path: Path) -> None:
     home = home_with_digits(tmp_path)
     with kiln_serve("digits", home=home, env=ONE_THREAD, workers=2, http=False) as served:
-        assert wait_until(lambda: "pids" in served.output(), timeout=10)
-        found = re.search(r"started 2 workers \(pids (\d+), (\d+)\)", served.output())
-        assert found, served.output()
-        pids = [int(found.group(1)), int(found.group(2))]
+        pids = worker_pids(served)
         served.process.kill()  # no SIGTERM to forward: the workers see their stdin close
         served.process.wait(10)
         assert wait_until(lambda: not any(map(running, pids)), timeout=60), served.output()
