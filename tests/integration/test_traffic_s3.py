@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import struct
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -265,3 +267,26 @@ def test_unset_storage_keeps_local_files(kiln_home: Path) -> None:
     log(store, ["local"]).close(30)
     assert list((kiln_home / "traffic").rglob("part-*.parquet"))
     assert not (kiln_home / "outbox").exists()
+
+
+def test_an_unverified_object_damaged_past_its_footer_is_skipped(s3_home: Path) -> None:
+    """A part without a CRC-32 in its name (another tool's) is checked only by reading it:
+    a query that fails on its pages drops it and runs again over the rest."""
+    store = bucket_store()
+    log(store, [f"r{i}" for i in range(10)]).close(30)
+    good = keys(store.storage, "traffic")[0]
+    local = s3_home.parent / "whole.parquet"
+    assert store.storage.download(good, local)
+    data = bytearray(local.read_bytes())
+    footer = struct.unpack("<i", data[-8:-4])[0]
+    end = len(data) - 8 - footer
+    data[4:end] = os.urandom(end - 4)  # pages destroyed, footer intact
+    local.write_bytes(bytes(data))
+    foreign = good.rsplit("/", 1)[0] + "/part-foreign.parquet"
+    assert store.storage.put_file_once(foreign, local)
+
+    stats = traffic_stats(bucket_store(), "digits", Window.last("1d"))
+
+    assert stats["requests"] == 10
+    url = f"s3://kiln/{foreign}"
+    assert list(stats["skipped_files"]) == [url] and "damaged" in stats["skipped_files"][url]

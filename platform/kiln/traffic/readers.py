@@ -202,7 +202,7 @@ def drop_damaged(*scans: Scan) -> bool:
             try:
                 scan.store.read(path)
             except (pl.exceptions.PolarsError, OSError) as exc:
-                why = f"damaged Parquet data ({type(exc).__name__}: {exc})"
+                why = scan.store.scrub(f"damaged Parquet data ({type(exc).__name__}: {exc})")
                 scan.skipped[str(path)] = why
                 log.warning("skipping %s: %s", path, why)
                 dropped = True

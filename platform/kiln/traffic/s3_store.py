@@ -117,7 +117,7 @@ class S3LogStore(LogStore):
         try:
             return self.scan([url]).collect_schema()
         except (pl.exceptions.PolarsError, OSError) as exc:
-            return self._scrub(f"{type(exc).__name__}: {exc}")
+            return self.scrub(f"{type(exc).__name__}: {exc}")
 
     def _check(self, url: str) -> FileCheck:
         expected = name_crc(url.rsplit("/", 1)[-1])
@@ -200,7 +200,7 @@ class S3LogStore(LogStore):
             return (url, -1, 0.0)
         return (f"{self.storage.endpoint} {url}", item.size, item.modified.timestamp())
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """`text` without the credentials (Polars' messages may echo its options)."""
         for name in ("aws_secret_access_key", "aws_access_key_id"):
             secret = self.storage.polars_options().get(name)

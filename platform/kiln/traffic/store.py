@@ -82,6 +82,10 @@ class LogStore(ABC):
     def sink(self, stream: str) -> PartSink:
         """What a writer of `stream` ("traffic" or "feedback") writes its part files through."""
 
+    def scrub(self, text: str) -> str:
+        """`text` (an error's message) safe to log: without credentials."""
+        return text
+
 
 class LocalLogStore(LogStore):
     """Part files under `home` (KILN_HOME), as Kiln has always kept them."""
