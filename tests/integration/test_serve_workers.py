@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import kiln.registry
 from kiln.processes import pid_alive
 from kiln.serving.launcher import ServeProcess, kiln_serve
-from kiln.serving.workers import available_cores, parse_workers
+from kiln.serving.workers import WORKER_ENV, available_cores, parse_workers
 from kiln.settings import Settings
 from kiln.traffic import scan_traffic
 from tests.conftest import wait_until
@@ -186,6 +186,15 @@ def test_workers_refuse_bento_and_model_control_and_auto_counts_cores(cli: Any) 
     assert "--model-control is not supported with --workers" in result.stderr
     assert parse_workers("auto") == parse_workers("AUTO") == available_cores()
     assert available_cores() == len(os.sched_getaffinity(0))
+
+
+def test_a_worker_environment_without_its_parent_is_refused(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(WORKER_ENV, "0")
+    result = cli("serve", "--no-metrics")
+    assert result.exit_code == 2, result
+    assert f"{WORKER_ENV} is set only in the workers" in result.stderr
 
 
 def test_a_port_in_use_stops_the_workers_parent_before_any_worker_starts(

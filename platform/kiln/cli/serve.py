@@ -171,9 +171,6 @@ def serve(
             "shared out, one per worker kept for its event loop.",
         ),
     ] = "1",
-    worker_index: Annotated[
-        int | None, typer.Option("--worker-index", hidden=True, help="Internal: a worker.")
-    ] = None,
 ) -> None:
     """Serve models over gRPC and HTTP (KServe v2 / Open Inference Protocol, Triton-compatible).
 
@@ -184,7 +181,7 @@ def serve(
     requests in flight, writes the traffic log and exits 0. Clients cannot load or unload models
     unless --model-control (or --token) is given.
     """
-    from kiln.serving.workers import WorkerSpec, parse_workers
+    from kiln.serving.workers import WORKER_ENV, WorkerSpec, parse_workers
 
     count = parse_workers(workers)
     if bento:
@@ -201,6 +198,7 @@ def serve(
     from kiln.settings import Settings
 
     kiln_settings = Settings()
+    worker_index = os.environ.pop(WORKER_ENV, None)
     if worker_index is not None:  # one of the processes `--workers N` started (below)
         spec = WorkerSpec.read(sys.stdin)
         _configure_logging(f"[worker {worker_index}]")
@@ -268,10 +266,9 @@ def _serve_workers(
         settings = settings.model_copy(
             update={"threads": worker_threads(count, kiln_settings.thread_count())}
         )
-    # The workers run this command again (`--worker-index I`), in a fresh interpreter; -P
-    # keeps the current directory off their import path.
-    command = [sys.executable, "-P", "-c", "from kiln.cli.main import main; main()",
-               "serve", "--worker-index"]  # fmt: skip
+    # The workers run `kiln serve` again (told they are workers by WORKER_ENV), each in a
+    # fresh interpreter; -P keeps the current directory off their import path.
+    command = [sys.executable, "-P", "-c", "from kiln.cli.main import main; main()", "serve"]
     code = WorkerPool(settings, count, command=command, traffic_log=traffic_log).run(_print_ready)
     if code:
         raise typer.Exit(code)

@@ -1,18 +1,19 @@
 """`kiln serve --workers N`: N server processes on one host sharing one gRPC port and one
 HTTP port (SO_REUSEPORT), one metrics endpoint over all of them, one shutdown.
 
-    pool = WorkerPool(settings, 2, command=[..., "serve", "--worker-index"], traffic_log=True)
+    pool = WorkerPool(settings, 2, command=["kiln", "serve"], traffic_log=True)
     code = pool.run(on_ready)    # the parent's exit code, once every worker has exited
 
 The parent loads no model and runs no engine: it reserves the ports, starts each worker as a
 fresh interpreter (a subprocess, never a fork: a forked copy of a process with engine and
-gRPC threads inherits their locks in whatever state they were), hands it its settings as one
-JSON line on its stdin, and waits for each worker's ready line. Every worker is a whole `kiln
-serve` process of its own: its own event loop, registry connection, `ServingCore` and engines,
-alias watcher and traffic writer (whose part files carry a uuid in their names, so the
-workers' files sit side by side in the same directories). The kernel spreads new connections
-over the workers listening on a port (by a hash of the connection's addresses); a connection
-stays with the worker that accepted it, so one gRPC channel is served by one worker.
+gRPC threads inherits their locks in whatever state they were) with `WORKER_ENV` set to its
+index, hands it its settings as one JSON line on its stdin, and waits for its ready line.
+Every worker is a whole `kiln serve` process of its own: its own event loop, registry
+connection, `ServingCore` and engines, alias watcher and traffic writer (whose part files
+carry a uuid in their names, so the workers' files sit side by side in the same directories).
+The kernel spreads new connections over the workers listening on a port (by a hash of the
+connection's addresses); a connection stays with the worker that accepted it, so one gRPC
+channel is served by one worker.
 
 The parent prints the ready line (`kiln.serving.ready`) once every worker is ready, serves
 the metrics port itself (`kiln.serving.worker_metrics`: each worker's metrics, labelled
@@ -55,6 +56,9 @@ from kiln.serving.worker_metrics import WorkerMetrics
 log = logging.getLogger("kiln.serving.workers")
 
 AUTO: Final = "auto"
+WORKER_ENV: Final = "KILN_SERVE_WORKER_INDEX"
+"""Set (to the worker's index) in the environment of each worker the parent starts: what
+tells `kiln serve` to read its settings from its stdin and serve as that worker."""
 SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 STOP_GRACE_S: Final = 30.0
 """How much longer than the drain timeout a stopping worker may take (closing engines,
@@ -108,10 +112,10 @@ class WorkerSpec:
         try:
             found = json.loads(stream.readline())
             return cls(dict(found["settings"]), bool(found["traffic_log"]))
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError):  # no pipe, no JSON, not a spec
             raise InvalidArgument(
-                "--worker-index is for the workers `kiln serve --workers N` starts, which read "
-                "their settings from the parent; run kiln serve --workers N instead"
+                f"{WORKER_ENV} is set only in the workers `kiln serve --workers N` starts, "
+                "which read their settings from the parent; unset it, and use --workers N"
             ) from None
 
 
@@ -171,8 +175,8 @@ class Worker:
 
 
 class WorkerPool:
-    """`count` workers of `command` (the `kiln serve` worker entry, to which the index is
-    appended) serving `settings` on shared ports."""
+    """`count` workers, each running `command` (`kiln serve`, which `WORKER_ENV` in its
+    environment makes a worker), serving `settings` on shared ports."""
 
     def __init__(
         self,
@@ -242,11 +246,11 @@ class WorkerPool:
         spec = WorkerSpec(self._worker_settings(public), self.traffic_log)
         for index in range(self.count):
             process = subprocess.Popen(
-                [*self.command, str(index)],
+                self.command,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                env=self.env,
+                env={**(self.env or os.environ), WORKER_ENV: str(index)},
                 # Not in the terminal's process group: Ctrl-C reaches the parent only, which
                 # stops every worker in order (SIGTERM) rather than each on its own.
                 process_group=0,
