@@ -6,6 +6,7 @@ bad credentials or an unreachable endpoint are clear errors."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import struct
@@ -290,3 +291,23 @@ def test_an_unverified_object_damaged_past_its_footer_is_skipped(s3_home: Path) 
     assert stats["requests"] == 10
     url = f"s3://kiln/{foreign}"
     assert list(stats["skipped_files"]) == [url] and "damaged" in stats["skipped_files"][url]
+
+
+def test_retraining_reads_labelled_traffic_from_the_bucket(s3_home: Path) -> None:
+    """What `kiln retrain` and the traffic gate learn from: inputs logged by a server, labels
+    from feedback, both in the bucket."""
+    from kiln.evaluate.labelled import labelled_traffic
+
+    store = bucket_store()
+    x = np.random.default_rng(0).random((6, 1, 4, 4), dtype=np.float32)
+    with TrafficLogger(store, QUIET) as logger:
+        for i, xi in enumerate(x):
+            logger.log(dataclasses.replace(record(f"r{i}"), input=xi[None]))
+    with FeedbackWriter(store, QUIET) as feedback:
+        for i in range(4):
+            feedback.add(f"r{i}", i % 3, model="digits")
+
+    rows = labelled_traffic(bucket_store(), "digits", Window.last("1d"), num_classes=3)
+
+    assert sorted(rows.request_ids) == ["r0", "r1", "r2", "r3"]
+    assert rows.x.shape == (4, 1, 4, 4) and sorted(rows.y.tolist()) == [0, 0, 1, 2]
