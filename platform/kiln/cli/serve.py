@@ -179,7 +179,9 @@ def serve(
     "kiln serve ready:" once it accepts requests. Every request is
     logged to KILN_HOME/traffic (unless --no-traffic-log). SIGTERM stops accepting, finishes the
     requests in flight, writes the traffic log and exits 0. Clients cannot load or unload models
-    unless --model-control (or --token) is given.
+    unless --model-control (or --token) is given. With --workers N, N such processes share the
+    ports, each with its own models and traffic log; the ready line comes once all are ready,
+    SIGTERM drains them all, and a worker that dies stops the rest (exit code non-zero).
     """
     from kiln.serving.workers import WORKER_ENV, WorkerSpec, parse_workers
 
