@@ -27,9 +27,9 @@ class BackgroundLoad:
 
     A failed request is recorded in `errors`; the client goes on sending, or stops with
     `until_refused` (a server shutting down refuses the rest). With `request_ids`, client `w`
-    names its requests `{id_prefix}w{w}-{i}` and `answered` lists those answered; without, the server
-    assigns ids (a rollout routes by them). With `http`, `url` is the server's HTTP endpoint
-    and the clients are `tritonclient.http`'s (the same calls over KServe v2 REST).
+    names its requests `{id_prefix}w{w}-{i}` and `answered` lists those answered; without, the
+    server assigns ids (a rollout routes by them). With `http`, `url` is the server's HTTP
+    endpoint and the clients are `tritonclient.http`'s (the same calls over KServe v2 REST).
     """
 
     def __init__(
