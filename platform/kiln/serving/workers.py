@@ -167,6 +167,11 @@ class Worker:
     endpoints: Endpoints | None = None
     code: int | None = None
 
+    def stopped_cleanly(self) -> bool:
+        """Exited 0, or SIGTERM reached it before it had set up its handlers (still starting:
+        it had served nothing, and was stopped as asked)."""
+        return self.code == 0 or (self.code == -signal.SIGTERM and self.endpoints is None)
+
     def describe_exit(self) -> str:
         assert self.code is not None
         if self.code < 0:
@@ -338,17 +343,12 @@ class WorkerPool:
                 )  # fmt: skip
                 failure = worker.code if worker.code > 0 else 1
                 deadline = self._stop()
-            elif worker.code != 0:
+            elif not worker.stopped_cleanly():
                 log.error("worker %d %s while stopping", index, worker.describe_exit())
         if failure is not None:
             return failure
-        # A worker SIGTERM reached before it had set up its handlers (still starting) had
-        # served nothing: stopped as asked. Any other non-zero exit is reported in the code.
-        codes = [
-            w.code for w in self.workers
-            if w.code and not (w.code == -signal.SIGTERM and w.endpoints is None)
-        ]  # fmt: skip
-        return next((c if c > 0 else 1 for c in codes if c is not None), 0)
+        unclean = [w.code for w in self.workers if not w.stopped_cleanly()]
+        return next((c if c > 0 else 1 for c in unclean if c is not None), 0)
 
     @property
     def _stop_wait_s(self) -> float:
