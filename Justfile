@@ -75,6 +75,11 @@ demo *ARGS: setup
 cluster-demo: setup
     {{bin}}/python deploy/local/cluster_demo.py
 
+# build the container images (serving, trainer) with podman, or docker where a daemon runs, on a
+# locally made Debian base (docs: deploy)
+image *ARGS:
+    bash deploy/image.sh {{ARGS}}
+
 # run the test suite: two pytest workers by default (KILN_TEST_WORKERS=0 runs it in one
 # process). Each test file stays on one worker (--dist loadfile), so a module's fixtures
 # (trained models, servers) are built once; most tests wait on subprocesses and servers, so
