@@ -43,6 +43,25 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PATH",
+            help="Serve the export bundles (kiln models export) at PATH instead of references: "
+            "a bundle file, an unpacked bundle, or a directory of them (KServe: /mnt/models). "
+            "Each is imported into KILN_HOME's registry first (every artifact's sha256 "
+            "checked); each model's newest version is its default.",
+            show_default=False,
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            help="With --bundle: serve the bundles' model under this name (KServe: {{.Name}}, "
+            "the InferenceService's name).",
+            show_default="the bundle's model",
+        ),
+    ] = None,
     host: Annotated[
         str | None, typer.Option(help="Address to bind.", show_default="0.0.0.0")
     ] = None,
@@ -224,6 +243,8 @@ def serve(
         "tls_cert": tls_cert,
         "tls_key": tls_key,
         "token": token,
+        "bundle": bundle,
+        "model_name": model_name,
     }
     given = {k: v for k, v in given.items() if v is not None}
     wanted = [r for text in [*(models or []), *(references or [])] for r in text.split(",") if r]
@@ -246,6 +267,8 @@ def serve(
         raise InvalidArgument(f"invalid serve options: {problems}") from None
 
     _configure_logging("")
+    if settings.bundle is not None:
+        settings = _import_bundles(settings, settings.bundle, kiln_settings)
     if count == 1:
         _serve_one(settings, kiln_settings, traffic_log, worker=False)
         return
@@ -274,6 +297,20 @@ def _serve_workers(
     code = WorkerPool(settings, count, command=command, traffic_log=traffic_log).run(_print_ready)
     if code:
         raise typer.Exit(code)
+
+
+def _import_bundles(
+    settings: ServingSettings, bundle: Path, kiln_settings: Settings
+) -> ServingSettings:
+    """`--bundle`: import the bundles (once, before any worker starts) and serve what they
+    hold; the workers of `--workers N` are then told the references only."""
+    import kiln.registry
+    from kiln.serving.bundles import import_bundles
+
+    with kiln.registry.open(settings=kiln_settings) as registry:
+        refs = import_bundles(registry, bundle, settings.model_name, scratch=kiln_settings.home)
+    logging.getLogger(__name__).info("imported from %s: %s", bundle, ", ".join(refs))
+    return settings.model_copy(update={"models": tuple(refs), "bundle": None, "model_name": None})
 
 
 def _configure_logging(tag: str) -> None:

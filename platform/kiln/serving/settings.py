@@ -29,6 +29,18 @@ class ServingSettings(BaseSettings):
     to a model chooses the version requests get by default; further ones load more versions
     that requests select with `model_version`. Empty: every registered model's `production`."""
 
+    bundle: Path | None = None
+    """Serve the export bundles (`kiln models export`) at this path instead of `models`: a
+    bundle file, an unpacked bundle (a directory with `manifest.json`, as KServe's storage
+    initializer leaves a downloaded `.tar.gz`) or a directory of them (`/mnt/models` on
+    KServe). Each is imported into the registry (every blob's hash checked) before the
+    server starts, and its version served; each model's newest version is its default."""
+
+    model_name: str | None = None
+    """With `bundle`: serve the bundles' model under this name (KServe's `{{.Name}}`, the
+    InferenceService's name, which clients address the model by); every bundle must then
+    hold the same model."""
+
     max_batch_size: int = Field(default=32, ge=0)
     """Most rows one execution runs; 0 turns batching off. A model whose engine caps its batch
     lower gets the engine's cap."""
@@ -125,6 +137,16 @@ class ServingSettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError(
                 "TLS needs both a certificate and its key: pass --tls-cert and --tls-key together"
+            )
+        if self.model_name is not None and self.bundle is None:
+            raise ValueError(
+                "model_name renames the model of --bundle: pass --bundle PATH too, or drop "
+                "--model-name (references already name their models)"
+            )
+        if self.bundle is not None and self.models:
+            raise ValueError(
+                "pass either references or --bundle: --bundle serves the versions it imports "
+                "(name their model with --model-name)"
             )
         if self.token_for_inference and not self.token:
             raise ValueError("token_for_inference needs a token: set --token (KILN_SERVE_TOKEN)")
