@@ -37,6 +37,7 @@ from kiln.cli import (
     demo,
     engines,
     evaluate,
+    export,
     feedback,
     help_layout,
     loop,
@@ -117,6 +118,7 @@ app.command(name="loop", rich_help_panel=help_layout.LOOP)(loop.loop)
 app.add_typer(datasets.app, name="datasets", rich_help_panel=help_layout.DATA)
 app.add_typer(models.app, name="models", rich_help_panel=help_layout.REGISTRY)
 app.add_typer(bento.app, name="bento", rich_help_panel=help_layout.SERVING)
+app.add_typer(export.app, name="export", rich_help_panel=help_layout.SERVING)
 app.add_typer(traffic.app, name="traffic", rich_help_panel=help_layout.TRAFFIC)
 app.add_typer(feedback.app, name="feedback", rich_help_panel=help_layout.TRAFFIC)
 for _group in app.registered_groups:
