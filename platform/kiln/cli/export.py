@@ -58,6 +58,7 @@ def triton(
         typer.Option(
             "--preferred-batch-size",
             min=1,
+            metavar="N",
             help="A batch size Triton runs at once when it can form it (repeatable).",
             show_default="none: the largest batch it can form, as kiln serve does",
         ),
@@ -109,7 +110,7 @@ def triton(
     from kiln.serving.settings import ServingSettings
     from kiln.serving.triton_export import TritonOptions, export_triton
 
-    given = {
+    given: dict[str, Any] = {
         "max_batch_size": max_batch_size,
         "max_queue_delay_us": max_queue_delay_us,
         "max_queue_size": max_queue_size,

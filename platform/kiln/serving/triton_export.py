@@ -127,10 +127,10 @@ def export_triton(
         raise InvalidArgument(f"--instances must be at least 1, not {options.instances}")
     version = registry.resolve(reference)
     name = validate_name(options.name or version.name, "Triton model name")
-    model_dir = directory / name
-    replaced = _check_target(model_dir, options.force)
     artifact = _onnx_artifact(registry, version, options.kind)
     tokenizer = _tokenizer(registry, version, options.token_ids)
+    model_dir = directory / name
+    replaced = _check_target(model_dir, options.force)
     engine_file = registry.artifact_file(artifact)  # verifies the sha256
     description = _describe(name, version, artifact, engine_file, serving, options.instances)
     preferred = _preferred(options.preferred_batch_sizes, description.max_batch_size)
@@ -311,7 +311,8 @@ def _config_text(
     header = (
         f"# Written by `kiln export triton` from {version.ref}, {artifact.kind.value} engine\n"
         f"# sha256 {artifact.sha256}.\n"
-        "# Serve with: tritonserver --model-repository <the directory holding this model's>\n"
+        "# Triton serves it from the repository that holds this folder:\n"
+        "#   tritonserver --model-repository REPOSITORY\n"
     )
     return header + str(text_format.MessageToString(config))
 
