@@ -6,6 +6,8 @@ the bad inputs that exit 2 before anything listens."""
 from __future__ import annotations
 
 import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +28,19 @@ from tests.integration.grpc_harness import (
 from tests.integration.test_grpc_server import infer_input
 
 
+@dataclass
+class Exported:
+    """Bundle files by the reference they were exported from, and what each version
+    computes for the images `x`."""
+
+    x: np.ndarray
+    files: dict[str, Path]
+    expected: dict[str, np.ndarray]
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    """Two versions of `digits` and one of `other` exported from a source registry, and what
-    each computes for a fixed batch of images."""
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """Two versions of `digits` and one of `other` exported from a source registry."""
     root = tmp_path_factory.mktemp("bundles")
     x = images(3, seed=5)
     files: dict[str, Path] = {}
@@ -41,7 +52,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
             registry.export_version(version.ref, file)
             files[version.ref] = file
             expected[version.ref] = reference_outputs(registry, name, version.version, x)
-    return {"x": x, "files": files, "expected": expected}
+    return Exported(x, files, expected)
 
 
 def unpack(bundle: Path, into: Path) -> Path:
@@ -62,12 +73,9 @@ def infer(url: str, model: str, x: np.ndarray, version: str = "") -> np.ndarray:
 
 
 def test_an_unpacked_bundle_is_served_under_kserves_model_name(
-    exported: dict[str, object], tmp_path: Path
+    exported: Exported, tmp_path: Path
 ) -> None:
-    files, expected = exported["files"], exported["expected"]
-    assert isinstance(files, dict) and isinstance(expected, dict)
-    x = exported["x"]
-    assert isinstance(x, np.ndarray)
+    files, expected, x = exported.files, exported.expected, exported.x
     models = unpack(files["digits:2"], tmp_path / "mnt" / "models")
     home = tmp_path / "fresh-home"
     with kiln_serve(
@@ -82,12 +90,9 @@ def test_an_unpacked_bundle_is_served_under_kserves_model_name(
 
 
 def test_a_directory_of_bundles_serves_each_models_newest_by_default(
-    exported: dict[str, object], tmp_path: Path
+    exported: Exported, tmp_path: Path
 ) -> None:
-    files, expected = exported["files"], exported["expected"]
-    assert isinstance(files, dict) and isinstance(expected, dict)
-    x = exported["x"]
-    assert isinstance(x, np.ndarray)
+    files, expected, x = exported.files, exported.expected, exported.x
     models = tmp_path / "models"
     models.mkdir()
     (models / "digits-1.tar.gz").write_bytes(files["digits:1"].read_bytes())
@@ -113,11 +118,9 @@ def fails(result: CliResult, *fragments: str) -> None:
 
 
 def test_bad_bundle_paths_exit_2_saying_what_to_pass(
-    cli: object, exported: dict[str, object], tmp_path: Path
+    cli: Callable[..., CliResult], exported: Exported, tmp_path: Path
 ) -> None:
-    assert callable(cli)
-    files = exported["files"]
-    assert isinstance(files, dict)
+    files = exported.files
     fails(cli("serve", "--bundle", str(tmp_path / "nowhere")), "no such file or directory")
     not_a_bundle = tmp_path / "model.onnx"
     not_a_bundle.write_bytes(b"\x08\x07onnx, not a tar archive")
