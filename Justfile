@@ -99,6 +99,8 @@ lint: setup
     {{bin}}/mypy
     {{bin}}/lint-imports
     {{bin}}/python proto/generate.py --check
+    {{bin}}/python deploy/validate.py
+    bash deploy/lint.sh
     NO_MKDOCS_2_WARNING=1 {{bin}}/mkdocs build --strict
 
 # build the docs site into site/, strictly (`just docs serve` previews it while you edit)
