@@ -8,6 +8,10 @@ One function, `train(config, settings)`, reads top to bottom like the loop it ru
 checkpoint/, summary.json last) and returns a `TrainResult` holding the best checkpoint (by
 validation loss) and its test metrics. summary.json marks a finished run; process.json names
 the process writing it, so `kiln gc` can tell a killed run from one still training.
+
+Started by a torch.distributed launcher, the same loop runs on every rank with DDP
+(`kiln.train.distributed` says how batches, metrics and early stopping are shared); only
+rank 0 writes the run folder. A single process runs exactly the operations it always did.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.nn.parallel import DistributedDataParallel
 
 from kiln.data import REGRESSION, Dataset, load_dataset
 from kiln.data.dataset import TEXT
@@ -38,6 +43,7 @@ from kiln.train.builders import normalization_shape
 from kiln.train.checkpoint import LoadedCheckpoint, save_checkpoint
 from kiln.train.config import CheckpointConfig, TrainConfig
 from kiln.train.curves import plot_curves
+from kiln.train.distributed import World
 from kiln.train.inputs import Inputs, TensorInputs, TokenInputs, as_inputs, text_tokenizer
 from kiln.train.objectives import (
     Classification,
@@ -156,7 +162,7 @@ def new_run_id(config: TrainConfig) -> str:
     return f"{stamp}-{Path(config.dataset).stem}-{model}-{secrets.token_hex(3)}"
 
 
-def train(  # noqa: PLR0915
+def train(  # noqa: PLR0912, PLR0915
     config: TrainConfig,
     settings: Settings,
     *,
@@ -164,6 +170,7 @@ def train(  # noqa: PLR0915
     show_progress: bool = True,
     warm_start: LoadedCheckpoint | None = None,
     model: torch.nn.Module | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
     """Train, keep the best epoch by validation loss, evaluate it on the test split, save it.
 
@@ -175,11 +182,17 @@ def train(  # noqa: PLR0915
     of building `config.model`: raw inputs in, class scores or raw-unit values out; it is
     trained in place from its own weights and left holding the best epoch's. Raises
     InvalidArgument when `config.task` or `config.loss` does not fit the data set.
+
+    `run_id` names the run folder (a launcher picks it, to find the folder of a failed run);
+    by default a new one. Under a torch.distributed launcher every rank calls this; ranks
+    other than 0 return a result whose files were not written.
     """
     config.validate()
     started = time.perf_counter()
-    threads = config.threads or settings.thread_count()
+    world = World.from_environment()
+    threads = config.threads or world.threads(settings.thread_count())
     configure_determinism(config.seed, threads)
+    world.join()
 
     ds = dataset or load_dataset(
         config.dataset,
@@ -190,6 +203,12 @@ def train(  # noqa: PLR0915
     )
     config = config.resolved(ds.task)
     config.check_modality(ds.modality, ds.input_shape)
+    if world.active and ds.task == REGRESSION:
+        raise InvalidArgument(
+            "distributed training (--nproc, torchrun) trains classifiers; train a regressor "
+            "on one process (drop --nproc)"
+        )
+    world.check_fits(config.batch_size, len(ds.val), len(ds.test))
     tokenizer = text_tokenizer(config, ds.train.x, warm_start) if ds.modality == TEXT else None
     objective = objective_for(
         config, ds, warm_start, prebuilt=model is not None, tokenizer=tokenizer
@@ -201,6 +220,13 @@ def train(  # noqa: PLR0915
         model = objective.build(config, ds, norm)
         if warm_start is not None:
             model.load_state_dict(warm_start.model.state_dict())
+    trained: torch.nn.Module = model
+    if world.active:
+        # Same initial weights everywhere (the seed; DDP broadcasts rank 0's anyway), then a
+        # generator per rank so dropout masks differ between ranks; rank 0 keeps the seed's.
+        if not world.is_main:
+            torch.manual_seed(config.seed + world.rank)
+        trained = DistributedDataParallel(model)
     # Each split is tokenised once; batches are cut from it (TokenInputs).
     train_x, val_x, test_x = (
         TokenInputs.encode(tokenizer, split.x) if tokenizer else TensorInputs(split.x)
@@ -219,11 +245,26 @@ def train(  # noqa: PLR0915
     )
     shuffle = torch.Generator().manual_seed(config.seed)
 
-    run_id = new_run_id(config)
+    run_id = run_id or new_run_id(config)
     run_dir = settings.runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
-    (run_dir / RUN_PROCESS).write_text(json.dumps(owner) + "\n")
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        (run_dir / RUN_PROCESS).write_text(json.dumps(owner) + "\n")
+
+    def outputs(inputs: Inputs, split: Any) -> np.ndarray:
+        """`model`'s outputs on a held-out split; under DDP each rank predicts its share."""
+        if not world.active:
+            return predict_logits(model, inputs, predict_batch)
+        return world.gather_rows(
+            len(split),
+            lambda rows: predict_logits(
+                model,
+                tuple(t.numpy() for t in inputs.batch(torch.from_numpy(rows))),
+                predict_batch,
+            ),
+        )
+
     history: list[dict[str, float]] = []
     best_loss, best_epoch, stale = math.inf, 0, 0
     best_state = copy.deepcopy(model.state_dict())
@@ -235,13 +276,15 @@ def train(  # noqa: PLR0915
         TextColumn("{task.fields[stats]}"),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        disable=not show_progress,
+        disable=not (show_progress and world.is_main),
     )
-    with progress, (run_dir / "metrics.jsonl").open("w") as log:
+    metrics_log = run_dir / "metrics.jsonl" if world.is_main else Path(os.devnull)
+    with progress, metrics_log.open("w") as log:
         task = progress.add_task(
             "train", total=total_steps, epoch=1, epochs=config.epochs, stats=""
         )
         for epoch in range(1, config.epochs + 1):
+            world.fault(epoch)
             epoch_start = time.perf_counter()
             model.train()
             perm = train_x.epoch_order(
@@ -252,23 +295,32 @@ def train(  # noqa: PLR0915
             seen = 0
             for step in range(steps_per_epoch):
                 idx = perm[step * config.batch_size : (step + 1) * config.batch_size]
-                if idx.numel() < 2:  # BatchNorm cannot train on a batch of one
+                # BatchNorm cannot train on a batch of one; under DDP every rank needs a row.
+                if idx.numel() < max(2, world.world_size):
                     continue
-                xb, yb = train_x.batch(idx), y_train[idx]
-                loss, batch_metric = objective.step(model, xb, yb)
+                local = world.shard(idx)
+                xb, yb = train_x.batch(local), y_train[local]
+                loss, batch_metric = objective.step(trained, xb, yb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                if world.active:
+                    weighted = loss * world.loss_weight(local.numel(), idx.numel())
+                    weighted.backward()  # type: ignore[no-untyped-call]
+                else:
+                    loss.backward()  # type: ignore[no-untyped-call]
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 opt.step()
                 sched.step()
                 # Accumulate as tensors: a .item() per step would cost a sync for nothing.
-                loss_sum += loss.detach() * idx.numel()
+                loss_sum += loss.detach() * local.numel()
                 metric_sum += batch_metric
-                seen += idx.numel()
+                seen += local.numel()
                 progress.advance(task)
 
+            if world.active:
+                loss_sum, metric_sum, total = world.sum([loss_sum, metric_sum, torch.tensor(seen)])
+                seen = int(total)
             train_seconds = time.perf_counter() - epoch_start
-            val = objective.evaluate(predict_logits(model, val_x, predict_batch), ds.val.y)
+            val = objective.evaluate(outputs(val_x, ds.val), ds.val.y)
             metric = objective.metric
             row = {
                 "epoch": epoch,
@@ -294,12 +346,12 @@ def train(  # noqa: PLR0915
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 stale += 1
-                if stale >= config.patience:
-                    break
+            if world.agree(stale >= config.patience):
+                break
 
     model.load_state_dict(best_state)
     model.eval()
-    test_outputs = predict_logits(model, test_x, predict_batch)
+    test_outputs = outputs(test_x, ds.test)
     test = objective.evaluate(test_outputs, ds.test.y)
     duration = time.perf_counter() - started
     # Throughput of the optimisation loop alone; epoch "seconds" also include validation.
@@ -315,6 +367,12 @@ def train(  # noqa: PLR0915
         "duration_s": duration,
         "train_samples_per_s": samples / train_seconds if train_seconds else 0.0,
     }
+    # What a distributed run was (the checkpoint's config, so the version's too); a single
+    # process's config stays as it always was.
+    layout = {"world_size": world.world_size, "backend": world.backend}
+    distributed = {"distributed": layout | {"global_batch": config.batch_size}}
+    if not world.active:
+        distributed = {}
     ckpt_config = CheckpointConfig(
         **objective.checkpoint_fields(ds),
         builder=config.model,
@@ -325,13 +383,18 @@ def train(  # noqa: PLR0915
         data_fingerprint=ds.fingerprint,
         split=ds.split_spec.as_dict(),
         seed=config.seed,
-        train=config.as_dict() | {"threads": threads},
+        train=config.as_dict() | {"threads": threads} | distributed,
         metrics={k: v for k, v in metrics.items() if k not in ("confusion", "duration_s")},
         run_id=run_id,
         torch_version=torch.__version__,
         # What production traffic is compared with to measure drift (kiln evaluate).
         reference=objective.reference(ds, test_outputs),
     )
+    world.leave()
+    if not world.is_main:
+        return TrainResult(
+            run_id, run_dir, run_dir, ckpt_config, metrics, history, ds, duration, tokenizer
+        )
     checkpoint = save_checkpoint(model, ckpt_config, run_dir / "checkpoint", tokenizer=tokenizer)
     plot_curves(
         history,
@@ -340,7 +403,12 @@ def train(  # noqa: PLR0915
         metric=objective.metric,
         loss_label=objective.loss_label,
     )
-    summary = {"run_id": run_id, "config": config.as_dict(), "metrics": metrics}
+    summary = {
+        "run_id": run_id,
+        "config": config.as_dict(),
+        "metrics": metrics,
+        "distributed": layout | {"global_batch": config.batch_size},
+    }
     # Last, and whole or not at all: its presence is what says the run finished.
     partial = run_dir / f".{RUN_FINISHED}.partial"
     partial.write_text(json.dumps(summary, indent=2) + "\n")
