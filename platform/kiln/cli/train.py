@@ -18,7 +18,7 @@ from rich.table import Table
 
 from kiln.cli.compile import Target
 from kiln.cli.output import JsonOption, emit, err_console
-from kiln.errors import InvalidArgument
+from kiln.errors import InvalidArgument, Unavailable
 from kiln.processes import pid_alive
 from kiln.settings import Settings
 
@@ -282,12 +282,18 @@ def train(
         )
         return  # rank 0 printed the result and registered the version
     rank = int(os.environ.get("RANK", "0"))
-    result = run_training(
-        config,
-        settings,
-        show_progress=progress and not as_json,
-        run_id=os.environ.get(RUN_ID_ENV),
-    )
+    try:
+        result = run_training(
+            config,
+            settings,
+            show_progress=progress and not as_json,
+            run_id=os.environ.get(RUN_ID_ENV),
+        )
+    except RuntimeError as exc:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        # A collective that failed: another rank died or hung; the launcher names which.
+        raise Unavailable(f"rank {rank} lost the other ranks of the run: {exc}") from exc
     if rank != 0:
         return  # under torchrun, rank 0 alone reports and registers
     payload: dict[str, Any] = {

@@ -1,0 +1,101 @@
+"""Distributed training through the real `kiln` console script: `kiln train --nproc 2` (DDP
+over gloo on loopback) trains the model one process trains, a dead rank fails the run, and
+bad layouts are exit-2 errors.
+
+Tolerance: the two runs do the same arithmetic in a different order (each rank's half-batch
+mean, weighted, then DDP's average, against one mean over the batch), so parameters agree to
+float32 rounding: 1e-6 holds (measured 1.5e-7 after 3 epochs); test metrics are equal.
+Dropout is off (`dropout=0`): each rank draws its own masks, which one process cannot.
+
+The dead rank: `_KILN_TRAIN_TEST_KILL=RANK:EPOCH` (kiln.train.distributed.FAULT_HOOK, a test
+hook on purpose absent from every command's help) makes that rank SIGKILL itself as that
+epoch starts.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+import kiln.registry
+from kiln.settings import Settings
+from kiln.train.distributed import FAULT_HOOK
+from tests.conftest import run_kiln
+
+ARGS = (
+    "train", "--dataset", "digits", "--model", "mlp", "--model-arg", "dropout=0",
+    "--model-arg", "hidden=[64]", "--epochs", "3", "--batch-size", "64", "--seed", "0",
+    "--threads", "1", "--no-progress", "--json",
+)  # fmt: skip
+TIMEOUT_S = 240
+
+
+def _versions(kiln_home: Path) -> int:
+    with kiln.registry.open(settings=Settings()) as registry:
+        return sum(len(registry.list_versions(m.name)) for m in registry.list_models())
+
+
+def test_two_processes_train_the_model_one_process_trains(kiln_home: Path) -> None:
+    single = run_kiln(*ARGS, timeout=TIMEOUT_S)
+    assert single.exit_code == 0, single.stderr
+    runs_before = set((kiln_home / "runs").iterdir())
+    ddp = run_kiln(*ARGS, "--nproc", "2", "--name", "digits", timeout=TIMEOUT_S)
+    assert ddp.exit_code == 0, ddp.stderr
+    one, two = single.json(), ddp.json()
+
+    a, b = load_file(one["checkpoint"]), load_file(two["checkpoint"])
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    same = ("test_accuracy", "confusion", "best_epoch", "epochs_run", "test_samples")
+    assert {k: one["metrics"][k] for k in same} == {k: two["metrics"][k] for k in same}
+    assert abs(one["metrics"]["test_loss"] - two["metrics"]["test_loss"]) <= 1e-5
+
+    # One run folder and one version, from rank 0 alone; the run says how it was trained.
+    new_runs = set((kiln_home / "runs").iterdir()) - runs_before
+    assert [p.name for p in new_runs] == [two["run_id"]]
+    summary = json.loads((Path(two["run_dir"]) / "summary.json").read_text())
+    assert summary["distributed"] == {"world_size": 2, "backend": "gloo", "global_batch": 64}
+    assert _versions(kiln_home) == 1
+    with kiln.registry.open(settings=Settings()) as registry:
+        version = registry.get_version("digits", 1)
+    assert version.config["train"]["distributed"]["world_size"] == 2
+    assert version.lineage.run_id == two["run_id"]
+
+
+def test_a_killed_rank_fails_the_run_and_registers_nothing(kiln_home: Path) -> None:
+    result = run_kiln(
+        *ARGS, "--nproc", "2", "--name", "digits", env={FAULT_HOOK: "1:2"}, timeout=TIMEOUT_S
+    )
+    assert result.exit_code == 2, result.stderr
+    # stdout ends with the launcher's error, after any a surviving rank printed of its own.
+    message = json.loads(result.stdout.splitlines()[-1])["error"]["message"]
+    assert "rank 1" in message and "SIGKILL" in message, message
+    assert "nothing was registered" in message
+    assert _versions(kiln_home) == 0
+    (run,) = (kiln_home / "runs").iterdir()
+    assert not (run / "summary.json").exists()
+    assert "rank 1" in json.loads((run / "failure.json").read_text())["error"]
+
+
+def test_more_processes_than_the_batch_is_an_exit_2_error(kiln_home: Path) -> None:
+    result = run_kiln(*ARGS, "--nproc", "65", timeout=TIMEOUT_S)
+    assert result.exit_code == 2
+    assert "65 processes but --batch-size 64" in result.json()["error"]["message"]
+
+
+def test_a_rendezvous_port_in_use_is_an_exit_2_error(kiln_home: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        endpoint = f"127.0.0.1:{held.getsockname()[1]}"
+        result = run_kiln(*ARGS, "--nproc", "2", "--rdzv-endpoint", endpoint, timeout=TIMEOUT_S)
+    assert result.exit_code == 2
+    assert "is in use" in result.json()["error"]["message"]
+
+
+def test_the_test_hook_is_not_in_the_help() -> None:
+    help_text = run_kiln("train", "--help").stdout
+    assert "--nproc" in help_text and FAULT_HOOK not in help_text and "KILL" not in help_text
