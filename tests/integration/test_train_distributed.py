@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -99,3 +101,33 @@ def test_a_rendezvous_port_in_use_is_an_exit_2_error(kiln_home: Path) -> None:
 def test_the_test_hook_is_not_in_the_help() -> None:
     help_text = run_kiln("train", "--help").stdout
     assert "--nproc" in help_text and FAULT_HOOK not in help_text and "KILL" not in help_text
+
+
+def test_two_launcher_agents_meet_at_one_rendezvous(kiln_home: Path) -> None:
+    """--nnodes 2 on loopback: two `kiln train` agents, one rank each, as two hosts would run."""
+    exe = Path(sys.executable).with_name("kiln")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"127.0.0.1:{port}"
+    layout = ("--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-timeout", "60")
+    agents = [
+        subprocess.Popen(
+            [str(exe), *ARGS, *layout, "--node-rank", str(node), "--name", "digits"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    try:
+        outputs = [agent.communicate(timeout=TIMEOUT_S) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0, 0], [err for _, err in outputs]
+    # Rank 0 (on whichever agent the rendezvous gave it) alone reports and registers.
+    (report,) = [json.loads(out) for out, _ in outputs if out.strip()]
+    assert report["registered"]["reference"] == "digits:1"
+    assert _versions(kiln_home) == 1
+    assert len(list((kiln_home / "runs").iterdir())) == 1

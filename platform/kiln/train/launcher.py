@@ -136,7 +136,8 @@ def launch(layout: Layout, args: list[str], *, run_id: str, runs_dir: Path) -> N
         min_nodes=layout.nnodes,
         max_nodes=layout.nnodes,
         nproc_per_node=layout.nproc,
-        run_id=run_id,
+        # The rendezvous's id, the same on every node (the run ids differ per node).
+        run_id="kiln-train",
         rdzv_backend="c10d",
         rdzv_endpoint=f"{host}:{port}",
         # Node 0 hosts the rendezvous store; without is_host, agents in other network
