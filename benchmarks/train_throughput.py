@@ -5,13 +5,22 @@ reporting and a validation pass per epoch; this measures what those cost. Runs a
 (hand, kiln, hand, kiln, ...) so that machine noise hits both alike; the table shows medians.
 
     python benchmarks/train_throughput.py [--dataset mnist-5k] [--model cnn] [--epochs 2]
+
+`--nproc N` adds `kiln train` with 1 against N processes (DDP over gloo, through the real
+CLI, so process start-up and rendezvous count): samples/s of rank 0's optimisation loop and
+the command's wall time, with the cores the machine has. The threads are shared out, so on
+few cores expect little gain: N processes split the same cores and add gradient all-reduces.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -60,6 +69,45 @@ def kiln_trainer(ds: Dataset, cfg: TrainConfig, home: Path) -> tuple[float, floa
     return result.metrics["train_samples_per_s"], samples / epoch_seconds
 
 
+def processes(args: argparse.Namespace, nproc: int) -> tuple[float, float]:
+    """Rank 0's optimisation-loop samples/s and the wall seconds of `kiln train --nproc`."""
+    kiln = Path(sys.executable).with_name("kiln")
+    command = [
+        str(kiln), "train", "--dataset", args.dataset, "--model", args.model,
+        "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+        "--patience", str(args.epochs + 1), "--no-progress", "--json", "--nproc", str(nproc),
+    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as home:
+        started = time.perf_counter()
+        out = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, KILN_HOME=home),
+        ).stdout
+        wall = time.perf_counter() - started
+    return float(json.loads(out)["metrics"]["train_samples_per_s"]), wall
+
+
+def processes_table(args: argparse.Namespace) -> Table:
+    runs: dict[int, list[tuple[float, float]]] = {1: [], args.nproc: []}
+    for _ in range(args.repeats):
+        for n, measured in runs.items():
+            measured.append(processes(args, n))
+    table = Table(
+        title=f"kiln train: 1 vs {args.nproc} processes, {args.model} on {args.dataset}, "
+        f"global batch {args.batch_size}, {os.cpu_count()} cores (medians of {args.repeats})"
+    )
+    for col in ("processes", "samples/s (loop)", "wall s (command)"):
+        table.add_column(col, justify="right")
+    for n, measured in runs.items():
+        rate = statistics.median(m[0] for m in measured)
+        wall = statistics.median(m[1] for m in measured)
+        table.add_row(str(n), f"{rate:,.0f}", f"{wall:.1f}")
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="mnist-5k")
@@ -68,6 +116,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--nproc", type=int, default=0, help="also 1 vs N processes")
     args = parser.parse_args()
 
     settings = Settings()
@@ -102,6 +151,8 @@ def main() -> None:
                   f"{statistics.median(epoch) / base:.2f}")  # fmt: skip
     console = Console()
     console.print(table)
+    if args.nproc > 1:
+        console.print(processes_table(args))
     console.print(
         f"machine: {platform.machine()}, {threads} threads, torch {torch.__version__}, "
         f"{datetime.now(UTC):%Y-%m-%d}"
