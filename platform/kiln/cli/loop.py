@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 import typer
@@ -9,8 +11,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kiln.cli.distributed import (
+    RUN_ID_ENV,
+    Nnodes,
+    NodeRank,
+    Nproc,
+    RdzvEndpoint,
+    RdzvTimeout,
+    layout_of,
+    lost_ranks,
+    rank,
+    rank_args,
+    rank_errors,
+)
 from kiln.cli.models import model_name
 from kiln.cli.output import JsonOption, emit, err_console
+from kiln.errors import InvalidArgument
 from kiln.settings import Settings
 
 Approval = Literal["auto", "manual"]
@@ -18,7 +34,9 @@ Approval = Literal["auto", "manual"]
 importing the loop (a test keeps the two equal)."""
 
 
+@rank_errors()
 def retrain(
+    ctx: typer.Context,
     name: Annotated[
         str,
         typer.Argument(metavar="NAME", help="The model to retrain (its production version)."),
@@ -26,35 +44,68 @@ def retrain(
     since: Annotated[
         str, typer.Option(help="Traffic window: 30m, 24h, 7d, or an ISO time.")
     ] = "24h",
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="End of the traffic window, an ISO time (UTC unless given); on several "
+            "nodes give every node the same --since and --until.",
+            show_default="now",
+        ),
+    ] = None,
     min_labels: Annotated[int, typer.Option(help="Labelled requests needed to retrain.")] = 100,
     epochs: Annotated[int | None, typer.Option(help="Epochs.", show_default="the parent's")] = None,
     warm_start: Annotated[bool, typer.Option(help="Start from the parent's weights.")] = False,
     alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "candidate",
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+    nproc: Nproc = 1,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_timeout: RdzvTimeout = 300,
     as_json: bool = JsonOption,
 ) -> None:
     """Train a new version on the parent's data plus labelled traffic; point ALIAS at it."""
     import kiln.registry
-    from kiln.loop.retrain import RetrainOptions
-    from kiln.loop.retrain import retrain as run
+    from kiln.loop.retrain import RetrainOptions, plan, retrain_as_rank
 
     name = model_name(name, "kiln retrain")
     options = RetrainOptions(
         since=since,
+        until=window_end(until),
         min_labels=min_labels,
         epochs=epochs,
         warm_start=warm_start,
         alias=alias,
         show_progress=progress and not as_json,
+        run_id=os.environ.get(RUN_ID_ENV),
     )
+    say = (lambda m: err_console.print(f"· {m}")) if progress and rank() == 0 else None
+    layout = layout_of(ctx)
     with kiln.registry.open(settings=Settings()) as registry:
-        result = run(
-            registry,
-            name,
-            Settings(),
-            options,
-            progress=(lambda m: err_console.print(f"· {m}")) if progress else (lambda _: None),
-        )
+        if layout.distributed:
+            from kiln.train.launcher import launch
+            from kiln.train.trainer import new_run_id
+
+            # Everything cheap is checked here, before any rank starts; every rank then reads
+            # the window this agent fixed, so all train on the same rows.
+            planned = plan(registry, name, Settings(), options, say or (lambda _: None))
+            layout.validate(planned.config.batch_size)
+            fixed = ["--since", planned.window.since.isoformat()]
+            fixed += ["--until", planned.window.until.isoformat()]
+            launch(
+                layout,
+                [*rank_args(ctx, leave_out=("since", "until")), *fixed],
+                run_id=new_run_id(planned.config),
+                runs_dir=Settings().runs_dir,
+                module="kiln.loop",
+            )
+            return  # rank 0 printed the result and registered the version
+        with lost_ranks():
+            result = retrain_as_rank(
+                registry, name, Settings(), options, progress=say or (lambda _: None)
+            )
+    if result is None:
+        return  # under torchrun, rank 0 alone reports and registers
     payload = result.to_dict()
 
     def render(console: Console) -> None:
@@ -84,6 +135,19 @@ def retrain(
         )
 
     emit(payload, as_json, render)
+
+
+def window_end(until: str | None) -> datetime | None:
+    """`--until`: an ISO time, UTC unless it says otherwise."""
+    if until is None:
+        return None
+    try:
+        when = datetime.fromisoformat(until)
+    except ValueError:
+        raise InvalidArgument(
+            f"--until '{until}' is not an ISO time; use e.g. 2026-11-24T08:00"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def loop(

@@ -17,8 +17,21 @@ from rich.console import Console
 from rich.table import Table
 
 from kiln.cli.compile import Target
+from kiln.cli.distributed import (
+    RUN_ID_ENV,
+    Nnodes,
+    NodeRank,
+    Nproc,
+    RdzvEndpoint,
+    RdzvTimeout,
+    layout_of,
+    lost_ranks,
+    rank,
+    rank_args,
+    rank_errors,
+)
 from kiln.cli.output import JsonOption, emit, err_console
-from kiln.errors import InvalidArgument, Unavailable
+from kiln.errors import InvalidArgument
 from kiln.processes import pid_alive
 from kiln.settings import Settings
 
@@ -80,6 +93,7 @@ class Loss(StrEnum):
     huber = "huber"
 
 
+@rank_errors()
 def train(
     ctx: typer.Context,
     dataset: Annotated[
@@ -184,43 +198,11 @@ def train(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            help="Training processes on this node (DDP over gloo; each takes its share of every "
-            "batch); 1 = one process, no torch.distributed.",
-            rich_help_panel=DISTRIBUTED,
-        ),
-    ] = 1,
-    nnodes: Annotated[
-        int,
-        typer.Option(
-            help="Nodes (hosts) in the run; start `kiln train` on each with the same options.",
-            rich_help_panel=DISTRIBUTED,
-        ),
-    ] = 1,
-    node_rank: Annotated[
-        int,
-        typer.Option(
-            help="This node's rank, 0..nnodes-1; node 0 hosts the rendezvous.",
-            rich_help_panel=DISTRIBUTED,
-        ),
-    ] = 0,
-    rdzv_endpoint: Annotated[
-        str | None,
-        typer.Option(
-            help="HOST:PORT of the c10d rendezvous, the same on every node (node 0's address) "
-            "[default: 127.0.0.1 and a free port, for one node].",
-            rich_help_panel=DISTRIBUTED,
-        ),
-    ] = None,
-    rdzv_timeout: Annotated[
-        int,
-        typer.Option(
-            help="Seconds to wait for every node to join the rendezvous.",
-            rich_help_panel=DISTRIBUTED,
-        ),
-    ] = 300,
+    nproc: Nproc = 1,
+    nnodes: Nnodes = 1,
+    node_rank: NodeRank = 0,
+    rdzv_endpoint: RdzvEndpoint = None,
+    rdzv_timeout: RdzvTimeout = 300,
     as_json: bool = JsonOption,
 ) -> None:
     """Train a classifier or a regressor, evaluate it on the test split and save the best
@@ -230,7 +212,7 @@ def train(
     from kiln.data import modality_of, task_of
     from kiln.train import TrainConfig
     from kiln.train import train as run_training
-    from kiln.train.launcher import RUN_ID_ENV, Layout, launch
+    from kiln.train.launcher import launch
     from kiln.train.trainer import new_run_id
 
     settings = Settings()
@@ -271,30 +253,19 @@ def train(
         from kiln.registry import validate_name
 
         validate_name(name)  # before training: a typo should not cost minutes
-    layout = Layout(nproc, nnodes, node_rank, rdzv_endpoint, rdzv_timeout)
+    layout = layout_of(ctx)
     if layout.distributed:
         layout.validate(config.batch_size)
-        launch(
-            layout,
-            rank_args(ctx),
-            run_id=new_run_id(config),
-            runs_dir=settings.runs_dir,
-        )
+        launch(layout, rank_args(ctx), run_id=new_run_id(config), runs_dir=settings.runs_dir)
         return  # rank 0 printed the result and registered the version
-    rank = int(os.environ.get("RANK", "0"))
-    try:
+    with lost_ranks():
         result = run_training(
             config,
             settings,
             show_progress=progress and not as_json,
             run_id=os.environ.get(RUN_ID_ENV),
         )
-    except RuntimeError as exc:
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            raise
-        # A collective that failed: another rank died or hung; the launcher names which.
-        raise Unavailable(f"rank {rank} lost the other ranks of the run: {exc}") from exc
-    if rank != 0:
+    if rank() != 0:
         return  # under torchrun, rank 0 alone reports and registers
     payload: dict[str, Any] = {
         "run_id": result.run_id,
@@ -323,28 +294,6 @@ def train(
     emit(payload, as_json, lambda console: render(console, result, payload, compiled))
     if compile_error is not None:
         raise compile_error
-
-
-LAUNCH_OPTIONS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_timeout")
-DISTRIBUTED = "Distributed training"
-
-
-def rank_args(ctx: typer.Context) -> list[str]:
-    """The options this `kiln train` was given, less the launcher's own: what every rank's
-    `python -m kiln.train` runs with."""
-    args: list[str] = []
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name or "")
-        if param.param_type_name != "option" or param.name in LAUNCH_OPTIONS or value is None:
-            continue
-        if getattr(param, "is_flag", False):
-            negative = param.secondary_opts
-            if value or negative:
-                args.append(param.opts[0] if value else negative[0])
-        else:
-            for item in value if param.multiple else [value]:
-                args += [param.opts[0], str(getattr(item, "value", item))]
-    return args
 
 
 def render(

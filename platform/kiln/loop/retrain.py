@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,7 @@ from kiln.registry import AliasMove, ArtifactKind, ModelVersion, Registry
 from kiln.settings import Settings
 from kiln.traffic import Window, log_store
 from kiln.train import TrainConfig, load_checkpoint, register_result, train
+from kiln.train.distributed import World
 
 Progress = Callable[[str], None]
 TRAFFIC_SHARE = 0.25
@@ -65,6 +67,31 @@ class RetrainOptions:
     """None: the parent's epochs."""
     alias: str = "candidate"
     show_progress: bool = True
+    until: datetime | None = None
+    """The traffic window's end; None: now. Every rank of a distributed retraining gets its
+    agent's, so all read the same rows."""
+    run_id: str | None = None
+    """The training run's folder name (a distributed run's agent picks it); None: a new one."""
+
+
+@dataclass
+class RetrainPlan:
+    """What a retraining trains on, decided before any training: `plan` checks all that can
+    fail cheaply, so a distributed run's agent can refuse before it starts a rank."""
+
+    parent: ModelVersion
+    window: Window
+    base: Dataset
+    """The parent's own data set, before the traffic was mixed in."""
+    rows: LabelledTraffic
+    """The window's labelled requests, de-duplicated."""
+    held: np.ndarray
+    """True for the rows held out for the gates."""
+    excluded: int
+    learn: LabelledTraffic
+    dataset: Dataset
+    repeat: int
+    config: TrainConfig
 
 
 @dataclass
@@ -219,22 +246,21 @@ def mixed_dataset(base: Dataset, traffic: LabelledTraffic, seed: int) -> tuple[D
     return mixed, repeat
 
 
-def retrain(
+def plan(
     registry: Registry,
     name: str,
     settings: Settings,
     options: RetrainOptions = RetrainOptions(),
     progress: Progress = lambda _: None,
-) -> RetrainResult:
-    """Train a new version of `name` on its production version's data plus labelled traffic.
+) -> RetrainPlan:
+    """The data set and training config a retraining of `name` would use.
 
     Checks everything that can fail cheaply (a production version, its data set, enough
-    labels) before training. Raises FailedPrecondition with what to do; leaves no version
-    behind when compiling the new one fails.
+    labels). Raises FailedPrecondition with what to do.
     """
     parent = registry.resolve(f"{name}@production")
     retrainable(parent)
-    window = Window.last(options.since)
+    window = Window.last(options.since, now=options.until)
     base = parent_dataset(parent, settings)
     task = str(parent.config.get("task") or "classification")
     text = base.modality == TEXT
@@ -280,19 +306,59 @@ def retrain(
         )
     held = holdout_mask(rows.request_ids, options.holdout_fraction) & ~duplicate
     learn = rows.subset(~held & ~duplicate)
+    config = retrain_config(parent, task, options.epochs)
+    dataset, repeat = mixed_dataset(base, learn, config.seed)
+    return RetrainPlan(parent, window, base, rows, held, excluded, learn, dataset, repeat, config)
+
+
+def retrain(
+    registry: Registry,
+    name: str,
+    settings: Settings,
+    options: RetrainOptions = RetrainOptions(),
+    progress: Progress = lambda _: None,
+) -> RetrainResult:
+    """Train a new version of `name` on its production version's data plus labelled traffic.
+
+    Checks everything that can fail cheaply (`plan`) before training. Raises
+    FailedPrecondition with what to do; leaves no version behind when compiling the new one
+    fails. One process: under torch.distributed, every rank calls `retrain_as_rank`.
+    """
+    result = retrain_as_rank(registry, name, settings, options, progress)
+    if result is None:
+        raise FailedPrecondition(
+            "this process is not rank 0 of its torch.distributed run, so it registers "
+            "nothing: distributed retraining runs through `kiln retrain --nproc N`"
+        )
+    return result
+
+
+def retrain_as_rank(
+    registry: Registry,
+    name: str,
+    settings: Settings,
+    options: RetrainOptions = RetrainOptions(),
+    progress: Progress = lambda _: None,
+) -> RetrainResult | None:
+    """`retrain` on one rank of a torch.distributed run (a single process is rank 0): every
+    rank plans and trains; rank 0 alone registers, compiles and moves the alias, and returns
+    the result; the other ranks return None."""
+    planned = plan(registry, name, settings, options, progress)
+    parent, dataset, learn, held = planned.parent, planned.dataset, planned.learn, planned.held
+    rows, excluded, repeat = planned.rows, planned.excluded, planned.repeat
+    window, train_config = planned.window, planned.config
+    text = dataset.modality == TEXT
     # A user's module is rebuilt and always starts from its registered weights (there is no
     # Kiln initialisation of it to start from instead).
     module = rebuild(registry, parent) if is_module_source(parent) else None
-    train_config = retrain_config(parent, task, options.epochs)
-    dataset, repeat = mixed_dataset(base, learn, train_config.seed)
     warm = None
     if options.warm_start and module is None:
         warm = load_checkpoint(registry.artifact_file(registry.checkpoint(name, parent.version)))
         if text:  # the checkpoint's own tokenizer, not a new one (the trainer insists)
             train_config = dataclasses.replace(train_config, tokenizer=None, vocab_size=None)
     progress(
-        f"training on {len(base.train)} {base.name} samples + {len(learn)} labelled requests "
-        f"(x{repeat}); {int(held.sum())} held out for the gates"
+        f"training on {len(planned.base.train)} {dataset.name} samples + {len(learn)} "
+        f"labelled requests (x{repeat}); {int(held.sum())} held out for the gates"
         + (
             f"; {excluded} left out: their inputs equal samples of {parent.ref}'s held-out "
             "test split"
@@ -302,8 +368,10 @@ def retrain(
     )
     result = train(
         train_config, settings, dataset=dataset, show_progress=options.show_progress,
-        warm_start=warm, model=module,
+        warm_start=warm, model=module, run_id=options.run_id,
     )  # fmt: skip
+    if not World.from_environment().is_main:
+        return None  # rank 0 registers what the ranks trained
     retrain_info = {
         "parent": parent.ref,
         "since": window.since.isoformat(),

@@ -11,9 +11,14 @@ import sys
 from importlib.metadata import entry_points
 
 
-def main() -> None:
+def run_command(command: str) -> None:
+    """`kiln COMMAND ARGS`, ARGS from this process's command line."""
     (script,) = entry_points(group="console_scripts", name="kiln")
-    script.load()(["train", *sys.argv[1:]])
+    script.load()([command, *sys.argv[1:]])
+
+
+def main() -> None:
+    run_command("train")
 
 
 if __name__ == "__main__":

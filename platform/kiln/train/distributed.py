@@ -20,6 +20,7 @@ What the loop does with a world of N (`kiln.train.trainer`):
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kiln.errors import InvalidArgument
+from kiln.errors import FailedPrecondition, InvalidArgument
 
 COLLECTIVE_TIMEOUT = timedelta(minutes=5)
 """How long a collective waits for a rank that is alive but silent before failing the run.
@@ -154,6 +155,28 @@ class World:
                     f"at least one row; use at most {rows} processes or a larger "
                     f"{'batch' if what.startswith('--') else 'data set'}"
                 )
+
+    def check_same_data(self, fingerprint: str) -> None:
+        """Every rank must train on the same rows (a retraining's ranks each read the traffic
+        window): DDP would silently average the gradients of different data sets, or hang when
+        their batch counts differ.
+
+        Raises FailedPrecondition when a rank's data set fingerprint differs from rank 0's.
+        """
+        if not self.active:
+            return
+        digest = hashlib.sha256(fingerprint.encode()).digest()
+        mine = torch.tensor(list(digest), dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(parts, mine)
+        differ = [r for r, part in enumerate(parts) if not torch.equal(part, parts[0])]
+        if differ:
+            raise FailedPrecondition(
+                f"the ranks loaded different data sets (ranks {differ} differ from rank 0): "
+                "every node needs the same data set files, and a retraining's traffic window "
+                "must end at the same time on every node (the same --since ISO time, and "
+                "traffic no longer arriving for that window)"
+            )
 
     def fault(self, epoch: int) -> None:
         """The tests' dead-rank hook (FAULT_HOOK)."""

@@ -1,6 +1,7 @@
-"""`kiln train --nproc N`: N local training processes through torch's elastic launcher (the
-agent `torchrun` runs), each running `python -m kiln.train ARGS`; with `--nnodes` several
-such agents, one per host, meet at one c10d rendezvous endpoint.
+"""`kiln train --nproc N` (and `kiln retrain --nproc N`): N local training processes through
+torch's elastic launcher (the agent `torchrun` runs), each running `python -m kiln.train ARGS`
+(`python -m kiln.loop ARGS`); with `--nnodes` several such agents, one per host, meet at one
+c10d rendezvous endpoint.
 
 The agent starts the ranks, sets the torch.distributed environment they read
 (`kiln.train.distributed.World`), and, when one rank fails, stops the others: a dead rank
@@ -116,8 +117,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def launch(layout: Layout, args: list[str], *, run_id: str, runs_dir: Path) -> None:
-    """Run `python -m kiln.train ARGS` on `layout.nproc` local ranks (this node's share).
+def launch(
+    layout: Layout, args: list[str], *, run_id: str, runs_dir: Path, module: str = "kiln.train"
+) -> None:
+    """Run `python -m MODULE ARGS` on `layout.nproc` local ranks (this node's share): MODULE
+    is `kiln.train` (`kiln train`) or `kiln.loop` (`kiln retrain`).
 
     Raises LaunchFailed naming the failed rank(s), Unavailable when the rendezvous cannot be
     reached in `layout.rdzv_timeout_s`.
@@ -148,7 +152,7 @@ def launch(layout: Layout, args: list[str], *, run_id: str, runs_dir: Path) -> N
         local_addr=host if is_loopback(host) else None,
     )
     try:
-        elastic_launch(config, entrypoint=sys.executable)("-m", "kiln.train", *args)
+        elastic_launch(config, entrypoint=sys.executable)("-m", module, *args)
     except ChildFailedError as exc:
         message = failure_message(exc)
         record_failure(runs_dir / run_id, message)

@@ -209,6 +209,7 @@ def train(  # noqa: PLR0912, PLR0915
             "on one process (drop --nproc)"
         )
     world.check_fits(config.batch_size, len(ds.val), len(ds.test))
+    world.check_same_data(ds.fingerprint)
     tokenizer = text_tokenizer(config, ds.train.x, warm_start) if ds.modality == TEXT else None
     objective = objective_for(
         config, ds, warm_start, prebuilt=model is not None, tokenizer=tokenizer
