@@ -10,10 +10,15 @@ The file path is the model's `parameters.uri`. Input and output names come from 
 session (the trainer's CNN: `input` FP32 (N,1,28,28) -> `logits` FP32 (N,10)); requests are
 decoded with `NumpyCodec` (MLServer unpacks gRPC `raw_input_contents` itself) and answers
 encoded with it, so MLServer's adaptive batcher can merge and split them along axis 0.
+
+At exit it prints `mlserver_runtime: E executions, I images` to stderr (MLServer's log), so a
+benchmark can see the batch sizes MLServer's batcher formed.
 """
 
 from __future__ import annotations
 
+import atexit
+import sys
 from typing import Any
 
 import onnxruntime as ort
@@ -44,6 +49,9 @@ class OnnxRuntimeModel(MLModel):  # type: ignore[misc]
         )
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
+        self._executions = 0
+        self._images = 0
+        atexit.register(self._report)
         self.ready = True
         return True
 
@@ -57,6 +65,8 @@ class OnnxRuntimeModel(MLModel):  # type: ignore[misc]
                 )
             feeds[request_input.name] = self.decode(request_input, default_codec=NumpyCodec)
         results = self._session.run(self._outputs, feeds)
+        self._executions += 1
+        self._images += len(results[0])
         return InferenceResponse(
             id=payload.id,
             model_name=self.name,
@@ -65,4 +75,11 @@ class OnnxRuntimeModel(MLModel):  # type: ignore[misc]
                 NumpyCodec.encode_output(name, result)
                 for name, result in zip(self._outputs, results, strict=True)
             ],
+        )
+
+    def _report(self) -> None:
+        print(
+            f"mlserver_runtime: {self._executions} executions, {self._images} images",
+            file=sys.stderr,
+            flush=True,
         )

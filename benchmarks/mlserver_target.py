@@ -2,10 +2,10 @@
 
     benchmarks/setup_mlserver.sh                               # once: .bench/mlserver-venv
     python benchmarks/mlserver_target.py                       # digits from .bench/serving-home
-    python benchmarks/mlserver_target.py MODEL.onnx --max-batch-time 0
+    python benchmarks/mlserver_target.py MODEL.onnx --max-batch-time 0.0005  # batching on
 
 `start_mlserver` writes settings.json and a model-settings.json (the custom runtime in
-`mlserver_runtime.py`, adaptive batching on) into a temporary directory and runs
+`mlserver_runtime.py`, MLServer's adaptive batching settings) into a temporary directory and runs
 `.bench/mlserver-venv/bin/mlserver start DIR` under `taskset -c CORES`. MLServer lives in its
 own virtualenv because it needs protobuf<7; this module runs in Kiln's and talks to it only over
 gRPC (tritonclient), so it never imports mlserver.
@@ -16,8 +16,15 @@ Settings chosen so the comparison with `kiln serve` on one core is fair:
 - `debug: false`: debug (MLServer's default) adds a gRPC access-log interceptor per request.
 - `metrics_endpoint: null`: no Prometheus interceptor and no metrics server, as kiln serve runs
   in the benchmark (metrics off).
-- adaptive batching at max_batch_size 32; max_batch_time `MAX_BATCH_TIME` (MLServer treats 0 as
-  batching off). Measured at concurrency 32, pinned, on 2026-12-02: see `MAX_BATCH_TIME`.
+- adaptive batching off by default (`MAX_BATCH_TIME` 0: MLServer skips its batcher when
+  max_batch_time is 0), because it measured better for MLServer here. Paired, interleaved runs
+  at concurrency 32, MLServer on core 1, client on core 0, 2026-12-02, on a host loaded by
+  other work (load average 5 on 2 cores, so absolute numbers are low):
+  max_batch_time 0: 702 and 743 infer/s, 1,420 and 1,295 us server CPU per request;
+  0.0005 s (max_batch_size 32): 493 and 510 infer/s, 2,006 and 1,915 us, mean batch 4.4;
+  0.002 s: 623 and 550 infer/s against 642 and 642 at 0 in the same rounds.
+  Its batcher forms batches but costs more Python per request (merging and splitting the
+  decoded requests) than onnxruntime saves per image. `--max-batch-time` sets it per run.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,13 +42,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from clients import Sample, grpc_client, image
+
 REPO = Path(__file__).resolve().parent.parent
 MLSERVER_VENV = REPO / ".bench" / "mlserver-venv"
 RUNTIME = Path(__file__).with_name("mlserver_runtime.py")
 MAX_BATCH_SIZE = 32
-MAX_BATCH_TIME = 0.0005
-"""Seconds MLServer's adaptive batcher waits to fill a batch (see the module docstring)."""
+MAX_BATCH_TIME = 0.0
+"""Seconds MLServer's adaptive batcher waits to fill a batch; 0 turns it off (see above)."""
 READY_TIMEOUT_S = 120.0
+COUNTERS = re.compile(r"mlserver_runtime: (\d+) executions, (\d+) images")
+"""The line `mlserver_runtime.py` prints at exit."""
 
 
 def start_mlserver(
@@ -50,13 +62,15 @@ def start_mlserver(
     stack: contextlib.ExitStack,
     *,
     max_batch_time: float = MAX_BATCH_TIME,
+    log: Path | None = None,
 ) -> int:
     """Start MLServer serving `onnx` as `model`; return its gRPC port once the model is ready.
 
     `cores` is a `taskset -c` list ("1", "0,1"); None runs it unpinned. The process is stopped
     (terminate, then kill after 30 s) and its directory removed when `stack` closes. Raises
     FileNotFoundError when the virtualenv or the ONNX file is missing, RuntimeError (with the
-    tail of MLServer's log) when it exits or is not ready in `READY_TIMEOUT_S`.
+    tail of MLServer's log) when it exits or is not ready in `READY_TIMEOUT_S`. MLServer's
+    output goes to `log` when given (it outlives the stack), else into the directory.
     """
     mlserver = MLSERVER_VENV / "bin" / "mlserver"
     if not mlserver.exists():
@@ -97,10 +111,10 @@ def start_mlserver(
     # Kiln's PYTHONPATH must not reach MLServer's interpreter; OMP stays at the one core.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["OMP_NUM_THREADS"] = "1"
-    log_path = root / "mlserver.log"
-    log = stack.enter_context(log_path.open("w"))
+    log_path = log or root / "mlserver.log"
+    output = stack.enter_context(log_path.open("w"))
     process = subprocess.Popen(
-        command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        command, cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, text=True
     )
     stack.callback(_stop, process)
     _wait_ready(process, grpc_port, model, log_path)
@@ -162,7 +176,7 @@ def _wait_ready(process: subprocess.Popen[str], port: int, model: str, log: Path
     )
 
 
-def _tail(log: Path, lines: int = 30) -> str:
+def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -184,7 +198,6 @@ def check_answer(port: int, model: str, onnx: Path) -> None:
     import grpc
     import numpy as np
     import onnxruntime as ort
-    from clients import image
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     request = service_pb2.ModelInferRequest(model_name=model)
@@ -225,14 +238,37 @@ def main() -> None:
     parser.add_argument("--max-batch-time", type=float, default=MAX_BATCH_TIME)
     args = parser.parse_args()
 
-    from clients import grpc_client
-
     onnx = args.onnx or onnx_artifact(args.home, args.model)
+    log = Path(tempfile.mkstemp(prefix="mlserver-", suffix=".log")[1])
+    try:
+        result, cpu = measure(args, onnx, log)
+        batches = COUNTERS.search(log.read_text())
+    finally:
+        log.unlink(missing_ok=True)
+    served = result.throughput * args.seconds
+    print(
+        f"mlserver (cores {args.server_cores}, max_batch_time {args.max_batch_time} s), "
+        f"python client on core {args.client_core}, concurrency {args.concurrency}: "
+        f"{result.throughput:,.0f} infer/s, p50 {result.p50_us / 1000:.2f} ms, "
+        f"p99 {result.p99_us / 1000:.2f} ms, server CPU {cpu / served * 1e6:.0f} us per request"
+    )
+    if batches:
+        executions, images = int(batches[1]), int(batches[2])
+        print(f"whole run: {executions} executions, {images} images, mean batch "
+              f"{images / max(executions, 1):.2f}")  # fmt: skip
+
+
+def measure(args: argparse.Namespace, onnx: Path, log: Path) -> tuple[Sample, float]:
+    """Start, check one answer, warm up, then the closed loop: (its sample, server CPU s).
+
+    MLServer is stopped before this returns, so its exit counters are in `log`.
+    """
     with contextlib.ExitStack() as stack:
         started = time.monotonic()
         port = start_mlserver(
-            onnx, args.model, args.server_cores, stack, max_batch_time=args.max_batch_time
-        )
+            onnx, args.model, args.server_cores, stack, max_batch_time=args.max_batch_time,
+            log=log,
+        )  # fmt: skip
         print(f"mlserver ready on gRPC port {port} in {time.monotonic() - started:.1f} s")
         # After the start, so MLServer does not inherit this core before taskset sets its own.
         os.sched_setaffinity(0, {args.client_core})
@@ -242,15 +278,7 @@ def main() -> None:
         asyncio.run(grpc_client(port, args.model, args.concurrency, args.warmup, 0.0))
         cpu_before = _cpu_seconds(pid)
         result = asyncio.run(grpc_client(port, args.model, args.concurrency, args.seconds, 0.0))
-        cpu = _cpu_seconds(pid) - cpu_before
-    served = result.throughput * args.seconds
-    print(
-        f"mlserver (cores {args.server_cores}, max_batch_time {args.max_batch_time} s), "
-        f"python client on core {args.client_core}, concurrency {args.concurrency}: "
-        f"{result.throughput:,.0f} infer/s, p50 {result.p50_us / 1000:.2f} ms, "
-        f"p99 {result.p99_us / 1000:.2f} ms, server CPU "
-        f"{cpu / served * 1e6:.0f} us per request"
-    )
+        return result, _cpu_seconds(pid) - cpu_before
 
 
 def _only_child() -> int:

@@ -94,4 +94,4 @@ PINS
 "$venv/bin/pip" install --quiet --constraint "$constraints" \
   "mlserver==$want" "onnxruntime==1.32.0" "numpy==2.4.6" "grpcio==1.81.1" "protobuf==6.33.6"
 "$venv/bin/pip" check
-echo "mlserver $("$venv/bin/mlserver" --version 2>/dev/null | tail -1) in $venv"
+echo "$("$venv/bin/mlserver" --version) in $venv"
