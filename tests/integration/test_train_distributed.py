@@ -131,3 +131,18 @@ def test_two_launcher_agents_meet_at_one_rendezvous(kiln_home: Path) -> None:
     assert report["registered"]["reference"] == "digits:1"
     assert _versions(kiln_home) == 1
     assert len(list((kiln_home / "runs").iterdir())) == 1
+
+
+def test_an_unreachable_rendezvous_fails_within_its_timeout(kiln_home: Path) -> None:
+    """Node 1 of two, pointed at a port nobody listens on: exit 2 after --rdzv-timeout."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{s.getsockname()[1]}"
+    layout = ("--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", endpoint)
+    # The subprocess timeout is the bound: ~12 s measured for a 5 s rendezvous timeout.
+    result = run_kiln(*ARGS, *layout, "--rdzv-timeout", "5", "--name", "digits", timeout=120)
+    assert result.exit_code == 2, result.stderr
+    message = result.json()["error"]["message"]
+    assert endpoint in message and "within 5 s (--rdzv-timeout)" in message, message
+    assert not (kiln_home / "runs").exists() or not list((kiln_home / "runs").iterdir())
+    assert not (kiln_home / "registry.db").exists() or _versions(kiln_home) == 0

@@ -127,7 +127,10 @@ def launch(
     reached in `layout.rdzv_timeout_s`.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError
+    from torch.distributed.elastic.rendezvous.api import (
+        RendezvousConnectionError,
+        RendezvousError,
+    )
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     host, port = layout.endpoint()
@@ -146,7 +149,13 @@ def launch(
         rdzv_endpoint=f"{host}:{port}",
         # Node 0 hosts the rendezvous store; without is_host, agents in other network
         # namespaces time out instead of meeting (the issue's measurement).
-        rdzv_configs={"is_host": layout.node_rank == 0, "join_timeout": layout.rdzv_timeout_s},
+        # read_timeout bounds connecting to the store too: without it, a node that cannot
+        # reach node 0 waits torch's 60 s per try (measured ~150 s) whatever --rdzv-timeout.
+        rdzv_configs={
+            "is_host": layout.node_rank == 0,
+            "join_timeout": layout.rdzv_timeout_s,
+            "read_timeout": layout.rdzv_timeout_s,
+        },
         max_restarts=0,
         monitor_interval=MONITOR_INTERVAL_S,
         local_addr=host if is_loopback(host) else None,
@@ -157,6 +166,12 @@ def launch(
         message = failure_message(exc)
         record_failure(runs_dir / run_id, message)
         raise LaunchFailed(message) from None
+    except RendezvousConnectionError:
+        raise Unavailable(
+            f"cannot reach the training rendezvous at {host}:{port} within "
+            f"{layout.rdzv_timeout_s} s (--rdzv-timeout): start node 0 (--node-rank 0) with "
+            "the same --rdzv-endpoint, and check that this host can reach that address and port"
+        ) from None
     except RendezvousError as exc:
         raise Unavailable(
             f"the training rendezvous at {host}:{port} did not complete within "
