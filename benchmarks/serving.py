@@ -2,6 +2,7 @@
 
     python benchmarks/serving.py                          # concurrency 1, 8, 32; prints a table
     python benchmarks/serving.py --rounds 5 --seconds 4 --json .bench/serving.json
+    python benchmarks/serving.py --pin          # servers on one core, client on another
 
 Targets, side by side in one run:
   (a) kiln       `kiln serve` in a subprocess, exactly as users run it;
@@ -56,6 +57,7 @@ from clients import (
     kserve_json,
     perf_analyzer,
 )
+from serving_pinned import print_pinned, run_pinned
 
 REPO = Path(__file__).resolve().parent.parent
 KILN = Path(sys.executable).with_name("kiln")
@@ -241,6 +243,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def pinned(args: argparse.Namespace) -> dict[str, Any]:
+    """`--pin`: see serving_pinned.py."""
+    from kiln_engines import host_info
+
+    home = args.home.resolve()
+    ensure_model(home)
+    load_before = os.getloadavg()
+    result = await run_pinned(args, MODEL, home)
+    host = host_info()
+    return {
+        "date": datetime.now(UTC).date().isoformat(),
+        "machine": f"{host.machine}, {host.cpu_count} cores ({host.cpu}), "
+        f"{'GPU' if host.gpus else 'no GPU'}, Python {platform.python_version()}",
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "settings": {
+            "model": f"{args.model} ({MODEL})",
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_us": args.max_queue_delay_us,
+            "engine_threads": 1,
+            "rounds": args.rounds,
+            "seconds": args.seconds,
+        },
+        **result,
+    }
+
+
 def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
     keyed: dict[tuple[str, str, int], list[Sample]] = {}
     for s in samples:
@@ -318,14 +347,27 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
+        "--pin", action="store_true",
+        help="each server on one core, the Python client on another (serving_pinned.py)",
+    )  # fmt: skip
+    parser.add_argument("--cores", help="with --pin: SERVER:CLIENT cores (default: last:first)")
+    parser.add_argument(
+        "--no-mlserver", dest="mlserver", action="store_false",
+        help="with --pin: skip MLServer even when benchmarks/setup_mlserver.sh has installed it",
+    )  # fmt: skip
+    parser.add_argument(
         "--no-bentoml", dest="bentoml", action="store_false",
         help="skip the BentoML HTTP service (bentoml serve kiln.serving.bento:KilnService)",
     )  # fmt: skip
     args = parser.parse_args()
     global MODEL, ARCH
     MODEL, ARCH = MODELS[args.model], args.model
-    result = asyncio.run(run(args))
-    print_table(result)
+    if args.pin:
+        result = asyncio.run(pinned(args))
+        print_pinned(result)
+    else:
+        result = asyncio.run(run(args))
+        print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

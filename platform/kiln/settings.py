@@ -73,12 +73,32 @@ class Settings(BaseSettings):
 
     def thread_count(self) -> int:
         """The number of threads to use: the setting, or the cores this process may run on."""
-        if self.threads:
-            return self.threads
-        import os
+        return self.threads or usable_cores()
 
-        return (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (`taskset`), lowered to a cgroup's
+    CPU quota (a container's `--cpus`, a Kubernetes CPU limit) rounded up, at least 1."""
+    import math
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores or 1, max(1, math.ceil(quota)))
+    return max(1, cores or 1)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """CPUs' worth of time the cgroup may use per period; None when unlimited or unknown."""
+    try:  # cgroup v2: "max 100000" or "150000 100000"
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None

@@ -113,6 +113,15 @@ def serve(
             help="Threads per engine.", show_default="KILN_THREADS, else one per core but one"
         ),
     ] = None,
+    execution: Annotated[
+        str | None,
+        typer.Option(
+            help="Where CPU engines compute: thread (a worker thread per version), loop (the "
+            "event loop itself: best on one core), auto (loop when this process may use one "
+            "core).",
+            show_default="auto",
+        ),
+    ] = None,
     engine: Annotated[
         str | None,
         typer.Option(
@@ -237,6 +246,7 @@ def serve(
         "max_queue_size": max_queue_size,
         "max_text_bytes": max_text_bytes,
         "threads": threads,
+        "execution": execution,
         "engine_kind": engine,
         "poll_interval_s": poll_interval,
         "max_message_bytes": max_message_size,
@@ -287,9 +297,12 @@ def _serve_workers(
             "call reaches one worker only, and the workers would serve different models; "
             "move aliases in the registry instead (kiln promote), which every worker follows"
         )
+    cores = kiln_settings.thread_count()
     if not settings.threads and not kiln_settings.threads:
+        settings = settings.model_copy(update={"threads": worker_threads(count, cores)})
+    if settings.execution == "auto":  # each worker gets its share of the cores
         settings = settings.model_copy(
-            update={"threads": worker_threads(count, kiln_settings.thread_count())}
+            update={"execution": "loop" if cores // count <= 1 else "thread"}
         )
     # The workers run `kiln serve` again (told they are workers by WORKER_ENV), each in a
     # fresh interpreter; -P keeps the current directory off their import path.

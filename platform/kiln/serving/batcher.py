@@ -44,6 +44,10 @@ ExecutionObserver = Callable[[int, int, int, int], None]
 """Called on the event loop after each execution with (rows, input_ns, infer_ns, output_ns)."""
 
 _QUEUED, _TAKEN = 0, 1
+_GATHER_GAP_NS = 50_000
+_GATHER_MAX_NS = 500_000
+"""On the loop under load, a batch waits for more requests while they keep coming (no more
+than _GATHER_GAP_NS apart), for at most _GATHER_MAX_NS (`DynamicBatcher._gather`)."""
 _INLINE_MAX_NS = 2_000_000
 """Engines whose last execution took longer never run on the event loop: it must stay
 responsive (health checks, metadata, other models) while they compute."""
@@ -82,6 +86,7 @@ class DynamicBatcher:
         max_queue_size: int = 0,
         on_execution: ExecutionObserver | None = None,
         inline_after_idle_us: int = 0,
+        on_loop: bool = False,
     ) -> None:
         if max_batch_size < 0 or max_queue_delay_us < 0 or max_queue_size < 0:
             raise ValueError(
@@ -103,9 +108,11 @@ class DynamicBatcher:
         self._closing = False
         # A delay asks for batches: never skip it.
         self._inline_idle_ns = inline_after_idle_us * 1000 if max_queue_delay_us == 0 else 0
+        self._on_loop = on_loop
         self._busy = False  # a batch is executing
         self._idle_since_ns = 0
         self._last_execution_ns = 0
+        self._last_rows = 0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-infer-{label}")
         self._task = self._loop.create_task(self._run(), name=f"kiln-batcher-{label}")
 
@@ -182,9 +189,41 @@ class DynamicBatcher:
                     await self._wakeup.wait()
                     timer.cancel()
                     continue  # full now, or the delay is over: look again
+            if self._on_loop and self._last_execution_ns < _INLINE_MAX_NS:
+                await self._gather()
+                batch = self._take()
+                if batch:
+                    self._run_here(batch)
+                await asyncio.sleep(0)  # let the answers leave before the next batch
+                continue
             batch = self._take()
             if batch:
                 await self._execute(batch)
+
+    async def _gather(self) -> None:
+        # On the loop nothing queues while the engine computes: requests that arrive meanwhile
+        # wait in the transport, and reach the queue over the next passes of the loop. Under
+        # load (the last batch held several rows, or several wait now), keep passing while
+        # they come, until none has come for _GATHER_GAP_NS or the batch is full; a lone
+        # request (light load) gets one pass, for requests already on their way.
+        if self._queued_rows >= self._max_rows:
+            return
+        loaded = self._last_rows > 1 or len(self._queue) > 1
+        deadline = time.perf_counter_ns() + _GATHER_MAX_NS
+        while True:
+            queued = len(self._queue)
+            await asyncio.sleep(0)
+            if self._queued_rows >= self._max_rows or self._closing:
+                return
+            if len(self._queue) > queued:
+                loaded = True
+                continue
+            if not loaded:
+                return
+            now = time.perf_counter_ns()
+            if now >= deadline or now - self._queue[-1].enqueued_ns >= _GATHER_GAP_NS:
+                return
+            await asyncio.sleep(_GATHER_GAP_NS / 4e9)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -211,13 +250,18 @@ class DynamicBatcher:
 
     def _run_inline(self, pending: _Pending) -> None:
         pending.state = _TAKEN
+        self._run_here([pending])
+
+    def _run_here(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
         try:
-            results, input_ns, infer_ns, output_ns = self._compute([pending])
+            results, input_ns, infer_ns, output_ns = self._compute(batch)
         except Exception as exc:
-            pending.future.set_exception(exc)
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
             return
-        self._finished([pending], started, results, input_ns, infer_ns, output_ns)
+        self._finished(batch, started, results, input_ns, infer_ns, output_ns)
 
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
@@ -247,6 +291,7 @@ class DynamicBatcher:
         self._idle_since_ns = time.perf_counter_ns()
         self._last_execution_ns = input_ns + infer_ns + output_ns
         rows = sum(p.rows for p in batch)
+        self._last_rows = rows
         if self._on_execution is not None:
             self._on_execution(rows, input_ns, infer_ns, output_ns)
         for pending, outputs in zip(batch, results, strict=True):

@@ -4,7 +4,7 @@ the core and the server's constructors (nothing in serving reads the environment
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -58,6 +58,17 @@ class ServingSettings(BaseSettings):
     once on the event loop instead of on the engine's thread: two thread wake-ups saved, which
     on a 2-core host is ~25% of a small model's latency (`kiln.serving.batcher`). Under load
     requests arrive closer together and batch on the engine's thread. 0: always the thread."""
+
+    execution: Literal["auto", "thread", "loop"] = "auto"
+    """Where CPU engines compute. `thread`: on a worker thread per loaded version, while the
+    event loop goes on receiving, decoding and batching (right when the process has a core
+    for each). `loop`: on the event loop itself, between its passes over the transports (right
+    on one core, where a worker thread adds no parallelism, only two thread switches per batch
+    and a loop that cannot decode while the engine holds the core): requests that arrive
+    while a batch computes form the next one. `auto`: `loop` when the process may use one core
+    (its CPU affinity or cgroup quota), else `thread`. GPU engines and text models always
+    compute on their thread; so does an engine whose last batch took over 2 ms (the loop
+    must stay responsive)."""
 
     default_timeout_us: int = Field(default=0, ge=0)
     """Queue timeout for requests that set none (their `timeout` parameter); 0: none."""

@@ -28,6 +28,7 @@ from kiln.serving.statistics import ModelStatistics
 from kiln.serving.table import LoadedModel, ModelState
 from kiln.serving.tokenization import TextStage
 from kiln.serving.validation import RequestValidator
+from kiln.settings import usable_cores
 from kiln_engines import EngineError
 
 log = logging.getLogger("kiln.serving")
@@ -50,6 +51,9 @@ class VersionLoader:
         self.listeners: list[StateListener] = []
         self._locks: dict[str, asyncio.Lock] = {}
         self._control = ThreadPoolExecutor(2, thread_name_prefix="kiln-control")
+        execution = settings.execution
+        self._on_loop = execution == "loop" or (execution == "auto" and usable_cores() == 1)
+        """Whether CPU engines compute on the event loop (`ServingSettings.execution`)."""
 
     async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking call (registry, engine loading) on a control thread."""
@@ -128,6 +132,7 @@ class VersionLoader:
                 max_queue_size=self.settings.max_queue_size,
                 on_execution=executed,
                 inline_after_idle_us=self.settings.inline_idle_us if inline else 0,
+                on_loop=inline and self._on_loop,
             ),
             statistics=statistics,
             metrics=metrics,
