@@ -67,7 +67,7 @@ SWAP_TIMEOUT_S = 60.0
 @dataclass(frozen=True)
 class DemoOptions:
     fast: bool = False
-    """Fewer epochs and requests (CI): the same story, smaller."""
+    """Fewer epochs and requests, one training thread (CI): the same story, smaller."""
     show_progress: bool = True
 
     @property
@@ -81,6 +81,15 @@ class DemoOptions:
     @property
     def shifted_before(self) -> int:
         return 700 if self.fast else 900
+
+    @property
+    def threads(self) -> int:
+        """Training threads; v2 inherits v1's. The fast run is CI's, beside other tests on 2
+        cores, where a second torch thread only spins against them: 30 steps of the CNN (batch
+        64) took 3.8 s with one thread and 14.3 s with two on the 2-core machine under load
+        (3.7 s of CPU instead of 8.7), and the whole fast demo 119 s instead of ~151 s. 0: the
+        settings' count, for a machine of one's own."""
+        return 1 if self.fast else 0
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,10 @@ class Story:
 
     def train_v1(self) -> TrainResult:
         self.say("1. train v1: a CNN on mnist-5k (real MNIST digits)")
-        config = TrainConfig(dataset="mnist-5k", model="cnn", epochs=self.options.epochs, seed=0)
+        config = TrainConfig(
+            dataset="mnist-5k", model="cnn", epochs=self.options.epochs, seed=0,
+            threads=self.options.threads,
+        )  # fmt: skip
         return train(config, self.settings, show_progress=self.options.show_progress)
 
     def compile_and_promote_v1(self, registry: Registry, run: TrainResult) -> FirstVersion:
