@@ -15,7 +15,9 @@ from kiln.settings import Settings
 
 
 def demo(
-    fast: Annotated[bool, typer.Option(help="Fewer epochs and requests, one training thread (for CI).")] = False,
+    fast: Annotated[
+        bool, typer.Option(help="Fewer epochs and requests, one training thread (for CI).")
+    ] = False,
     task: Annotated[
         Literal["image", "text"],
         typer.Option(
