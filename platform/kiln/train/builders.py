@@ -182,6 +182,19 @@ class Regressor(nn.Module):
         return self.standardized(x) * self.target_std + self.target_mean
 
 
+class StandardizedRegressor(nn.Module):
+    """A `Regressor` whose forward is its `standardized`: what DistributedDataParallel wraps
+    for training, since DDP averages the gradients of passes through the wrapped module's
+    forward only, and the loss trains the standardised output, not `forward`'s."""
+
+    def __init__(self, regressor: Regressor) -> None:
+        super().__init__()
+        self.regressor = regressor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.regressor.standardized(x)
+
+
 def resolve_builder(name: str, builtins: Mapping[str, Builder] = BUILDERS) -> Builder:
     """Return a built-in builder by name (from `builtins`), or import `package.module:function`."""
     if name in builtins:

@@ -14,11 +14,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from kiln.data import REGRESSION, Dataset
 from kiln.data.profile import PROFILE_FORMAT, prediction_profile, reference_profile
 from kiln.text import TEXT_INPUT, TextTokenizer
-from kiln.train.builders import Regressor, build_model, build_regressor, build_text_model
+from kiln.train.builders import (
+    Regressor,
+    StandardizedRegressor,
+    build_model,
+    build_regressor,
+    build_text_model,
+)
 from kiln.train.config import TrainConfig
 from kiln.train.metrics import classification_report, regression_report
 
@@ -40,6 +47,11 @@ class Objective(Protocol):
 
     def zero(self) -> torch.Tensor:
         """An empty accumulator for `step`'s second value."""
+        ...
+
+    def parallel(self, model: nn.Module) -> nn.Module:
+        """The module DistributedDataParallel wraps: its forward must be the pass `step`
+        trains through (DDP averages only the gradients of that pass)."""
         ...
 
     def step(
@@ -85,6 +97,9 @@ class Classification:
 
     def zero(self) -> torch.Tensor:
         return torch.zeros((), dtype=torch.int64)
+
+    def parallel(self, model: nn.Module) -> nn.Module:
+        return model
 
     def step(
         self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
@@ -185,14 +200,23 @@ class Regression:
     def zero(self) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float64)
 
+    def parallel(self, model: nn.Module) -> nn.Module:
+        if not isinstance(model, Regressor):
+            raise TypeError(f"a regression objective trains a Regressor, not {type(model)}")
+        return StandardizedRegressor(model)
+
     def step(
         self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not isinstance(model, Regressor):
+        inner = model.module if isinstance(model, DistributedDataParallel) else model
+        if isinstance(inner, StandardizedRegressor):  # under DDP: through its forward
+            regressor, predicted = inner.regressor, model(*xb)[:, 0]
+        elif isinstance(inner, Regressor):
+            regressor, predicted = inner, inner.standardized(*xb)[:, 0]
+        else:
             raise TypeError(f"a regression objective trains a Regressor, not {type(model)}")
-        predicted = model.standardized(*xb)[:, 0]
-        wanted = (yb - model.target_mean) / model.target_std
-        return self.standardized_loss(predicted, wanted, model.target_std)
+        wanted = (yb - regressor.target_mean) / regressor.target_std
+        return self.standardized_loss(predicted, wanted, regressor.target_std)
 
     def standardized_loss(
         self, predicted: torch.Tensor, wanted: torch.Tensor, std: torch.Tensor | float
@@ -242,6 +266,9 @@ class RawRegression(Regression):
 
     def build(self, config: TrainConfig, ds: Dataset, norm: dict[str, list[float]]) -> nn.Module:
         raise TypeError("a user's regressor is trained as given (train(..., model=...))")
+
+    def parallel(self, model: nn.Module) -> nn.Module:
+        return model  # `step` trains through the module's own forward
 
     def step(
         self, model: nn.Module, xb: tuple[torch.Tensor, ...], yb: torch.Tensor

@@ -203,11 +203,6 @@ def train(  # noqa: PLR0912, PLR0915
     )
     config = config.resolved(ds.task)
     config.check_modality(ds.modality, ds.input_shape)
-    if world.active and ds.task == REGRESSION:
-        raise InvalidArgument(
-            "distributed training (--nproc, torchrun) trains classifiers; train a regressor "
-            "on one process (drop --nproc)"
-        )
     world.check_fits(config.batch_size, len(ds.val), len(ds.test))
     world.check_same_data(ds.fingerprint)
     tokenizer = text_tokenizer(config, ds.train.x, warm_start) if ds.modality == TEXT else None
@@ -227,7 +222,7 @@ def train(  # noqa: PLR0912, PLR0915
         # generator per rank so dropout masks differ between ranks; rank 0 keeps the seed's.
         if not world.is_main:
             torch.manual_seed(config.seed + world.rank)
-        trained = DistributedDataParallel(model)
+        trained = DistributedDataParallel(objective.parallel(model))
     # Each split is tokenised once; batches are cut from it (TokenInputs).
     train_x, val_x, test_x = (
         TokenInputs.encode(tokenizer, split.x) if tokenizer else TensorInputs(split.x)
