@@ -19,6 +19,7 @@ import pytest
 from kiln.errors import QueueFull, RequestTimedOut
 from kiln.serving.batcher import DynamicBatcher
 from kiln.serving.settings import ServingSettings
+from kiln.serving.validation import RequestValidator
 from kiln.settings import usable_cores
 
 Tensors = dict[str, npt.NDArray[Any]]
@@ -172,3 +173,56 @@ def test_auto_execution_follows_the_cores_this_process_may_use(
     assert ServingSettings().execution == "auto"
     with pytest.raises(ValueError, match="execution"):
         ServingSettings(execution="fibers")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("on_loop", [True, False], ids=["loop", "thread"])
+async def test_a_request_with_nan_fails_alone_when_finiteness_is_checked_per_batch(
+    on_loop: bool,
+) -> None:
+    from kiln.errors import InferRequestInvalid
+    from kiln.serving.messages import TensorSpec
+
+    spec = TensorSpec("x", "FP32", (-1, 3), np.dtype(np.float32))
+    out = TensorSpec("y", "FP32", (-1, 3), np.dtype(np.float32))
+    validator = RequestValidator("m:1", (spec,), (out,), 8, defer_finite=True)
+    assert validator.screen is validator
+    engine = Recorder()
+    executions: list[int] = []
+    batcher = DynamicBatcher(
+        engine, label="m:1", max_batch_size=8, on_loop=on_loop, screen=validator.screen,
+        on_execution=lambda n, *_: executions.append(n),
+    )  # fmt: skip
+    values = [1.0, float("nan"), 3.0, float("inf"), 5.0]
+    requests = [rows(1, v) for v in values]
+    for inputs in requests:
+        assert validator(inputs, ()) == 1  # deferred: the validator lets them all through
+    futures = [batcher.submit(inputs, rows=1) for inputs in requests]
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
+    for value, outcome in zip(values, outcomes, strict=True):
+        if np.isfinite(value):
+            outputs, timings = outcome
+            assert float(outputs["y"][0, 0]) == 2 * value
+            assert timings.batch_size == 3  # only the finite rows ran
+        else:
+            assert isinstance(outcome, InferRequestInvalid)
+            assert "model m:1: input 'x' holds NaN or infinite values" in str(outcome)
+    assert sum(engine.batches) == 3 and sum(executions) == 3
+    # A batch where every request is refused runs nothing and the batcher goes on.
+    refused = [batcher.submit(rows(1, float("nan")), rows=1) for _ in range(2)]
+    outcomes = await asyncio.wait_for(asyncio.gather(*refused, return_exceptions=True), 10)
+    assert all(isinstance(o, InferRequestInvalid) for o in outcomes)
+    assert sum(engine.batches) == 3
+    outputs, _ = await asyncio.wait_for(batcher.submit(rows(1, 2.0), rows=1), 10)
+    assert float(outputs["y"][0, 0]) == 4.0
+    await batcher.close()
+
+
+def test_allowing_nonfinite_values_leaves_nothing_to_screen() -> None:
+    from kiln.serving.messages import TensorSpec
+
+    spec = TensorSpec("x", "FP32", (-1, 3), np.dtype(np.float32))
+    ints = TensorSpec("n", "INT64", (-1, 3), np.dtype(np.int64))
+    allowed = RequestValidator("m:1", (spec,), (), 8, allow_nonfinite=True, defer_finite=True)
+    assert allowed.screen is None
+    assert RequestValidator("m:1", (ints,), (), 8, defer_finite=True).screen is None
+    assert RequestValidator("m:1", (spec,), (), 8).screen is None  # checked per request

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,14 +43,29 @@ InferFn = Callable[[Tensors], Tensors]
 ExecutionObserver = Callable[[int, int, int, int], None]
 """Called on the event loop after each execution with (rows, input_ns, infer_ns, output_ns)."""
 
+
+class BatchScreen(Protocol):
+    """A check that costs much less once per batch than once per request (one vectorised pass
+    over the joined inputs): `all_finite` says whether a whole batch passes, and only when it
+    does not, `check_finite` finds the requests that fail (raising their error)."""
+
+    def all_finite(self, feed: Tensors) -> bool: ...
+
+    def check_finite(self, inputs: Tensors) -> None: ...
+
+
 _QUEUED, _TAKEN = 0, 1
 _GATHER_GAP_NS = 50_000
 _GATHER_MAX_NS = 500_000
 """On the loop under load, a batch waits for more requests while they keep coming (no more
 than _GATHER_GAP_NS apart), for at most _GATHER_MAX_NS (`DynamicBatcher._gather`)."""
 _INLINE_MAX_NS = 2_000_000
-"""Engines whose last execution took longer never run on the event loop: it must stay
-responsive (health checks, metadata, other models) while they compute."""
+"""Engines whose last execution took longer never run on the event loop at light load: it
+must stay responsive (health checks, metadata, other models) while they compute."""
+_LOOP_MAX_NS = 10_000_000
+"""With `on_loop`, a batch whose execution took longer sends the next one to the worker
+thread: on one core the two share it anyway, but a loop held for tens of milliseconds delays
+every other request, health checks and other models' batches included."""
 
 
 class _Pending:
@@ -76,7 +91,7 @@ class DynamicBatcher:
     Create it inside a running event loop; `close()` it to drain.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 (keyword-only, each a policy the caller chooses)
         self,
         infer: InferFn,
         *,
@@ -87,6 +102,7 @@ class DynamicBatcher:
         on_execution: ExecutionObserver | None = None,
         inline_after_idle_us: int = 0,
         on_loop: bool = False,
+        screen: BatchScreen | None = None,
     ) -> None:
         if max_batch_size < 0 or max_queue_delay_us < 0 or max_queue_size < 0:
             raise ValueError(
@@ -109,6 +125,7 @@ class DynamicBatcher:
         # A delay asks for batches: never skip it.
         self._inline_idle_ns = inline_after_idle_us * 1000 if max_queue_delay_us == 0 else 0
         self._on_loop = on_loop
+        self._screen = screen
         self._busy = False  # a batch is executing
         self._idle_since_ns = 0
         self._last_execution_ns = 0
@@ -189,7 +206,7 @@ class DynamicBatcher:
                     await self._wakeup.wait()
                     timer.cancel()
                     continue  # full now, or the delay is over: look again
-            if self._on_loop and self._last_execution_ns < _INLINE_MAX_NS:
+            if self._on_loop and self._last_execution_ns < _LOOP_MAX_NS:
                 await self._gather()
                 batch = self._take()
                 if batch:
@@ -255,21 +272,19 @@ class DynamicBatcher:
     def _run_here(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
         try:
-            results, input_ns, infer_ns, output_ns = self._compute(batch)
+            computed = self._compute(batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        self._finished(batch, started, results, input_ns, infer_ns, output_ns)
+        self._finished(batch, started, *computed)
 
     async def _execute(self, batch: list[_Pending]) -> None:
         started = time.perf_counter_ns()
         self._busy = True
         try:
-            results, input_ns, infer_ns, output_ns = await self._loop.run_in_executor(
-                self._executor, self._compute, batch
-            )
+            computed = await self._loop.run_in_executor(self._executor, self._compute, batch)
         except Exception as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -277,46 +292,64 @@ class DynamicBatcher:
             return
         finally:
             self._busy = False
-        self._finished(batch, started, results, input_ns, infer_ns, output_ns)
+        self._finished(batch, started, *computed)
 
     def _finished(
         self,
         batch: list[_Pending],
         started: int,
-        results: list[Tensors],
+        results: list[Tensors | Exception],
+        rows: int,
         input_ns: int,
         infer_ns: int,
         output_ns: int,
     ) -> None:
         self._idle_since_ns = time.perf_counter_ns()
         self._last_execution_ns = input_ns + infer_ns + output_ns
-        rows = sum(p.rows for p in batch)
         self._last_rows = rows
-        if self._on_execution is not None:
+        if self._on_execution is not None and rows:
             self._on_execution(rows, input_ns, infer_ns, output_ns)
         for pending, outputs in zip(batch, results, strict=True):
-            if not pending.future.done():
-                timings = Timings(
-                    started - pending.enqueued_ns, input_ns, infer_ns, output_ns, rows
-                )
-                pending.future.set_result((outputs, timings))
+            if pending.future.done():
+                continue
+            if isinstance(outputs, Exception):
+                pending.future.set_exception(outputs)
+                continue
+            timings = Timings(started - pending.enqueued_ns, input_ns, infer_ns, output_ns, rows)
+            pending.future.set_result((outputs, timings))
 
-    def _compute(self, batch: list[_Pending]) -> tuple[list[Tensors], int, int, int]:
-        # Runs on the worker thread.
+    def _compute(
+        self, batch: list[_Pending]
+    ) -> tuple[list[Tensors | Exception], int, int, int, int]:
+        """(each request's outputs or error, rows executed, input_ns, infer_ns, output_ns).
+        Runs on the worker thread (or the loop)."""
         t0 = time.perf_counter_ns()
-        if len(batch) == 1:
-            feed = batch[0].inputs
+        feed = _feed(batch)
+        screen = self._screen
+        refused: dict[int, Exception] = {}
+        if screen is not None and not screen.all_finite(feed):
+            # Rare: find the requests that hold the bad values; they fail alone.
+            kept = []
+            for index, pending in enumerate(batch):
+                try:
+                    screen.check_finite(pending.inputs)
+                except Exception as exc:
+                    refused[index] = exc
+                else:
+                    kept.append(pending)
+            if not kept:
+                return [refused[i] for i in range(len(batch))], 0, 0, 0, 0
+            feed = _feed(kept)
         else:
-            feed = {
-                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
-            }
+            kept = batch
         t1 = time.perf_counter_ns()
         outputs = self._infer(feed)
         t2 = time.perf_counter_ns()
-        if len(batch) == 1:
+        total = sum(p.rows for p in kept) if len(kept) > 1 else kept[0].rows
+        results: list[Tensors | Exception]
+        if len(kept) == 1:
             results = [outputs]
         else:
-            total = sum(p.rows for p in batch)
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != total:
                     raise EngineOutputInvalid(
@@ -325,9 +358,19 @@ class DynamicBatcher:
                     )
             results = []
             start = 0
-            for pending in batch:
+            for pending in kept:
                 stop = start + pending.rows
                 results.append({name: array[start:stop] for name, array in outputs.items()})
                 start = stop
+        if refused:
+            answers = iter(results)
+            results = [refused.get(i) or next(answers) for i in range(len(batch))]
         t3 = time.perf_counter_ns()
-        return results, t1 - t0, t2 - t1, t3 - t2
+        return results, total, t1 - t0, t2 - t1, t3 - t2
+
+
+def _feed(batch: list[_Pending]) -> Tensors:
+    """The engine's inputs for a batch: one request's own arrays, or every request's joined."""
+    if len(batch) == 1:
+        return batch[0].inputs
+    return {name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs}

@@ -85,6 +85,9 @@ class VersionLoader:
                 description.outputs,
                 description.max_batch_size,
                 allow_nonfinite=self.settings.allow_nonfinite,
+                # Checked once per batch (`kiln.serving.batcher.BatchScreen`); a text model's
+                # stage calls the validator itself, so it keeps every check per request.
+                defer_finite=opened.tokenizer is None,
             )
             text: TextStage | None = None
             infer: InferFn = opened.engine.infer
@@ -133,6 +136,7 @@ class VersionLoader:
                 on_execution=executed,
                 inline_after_idle_us=self.settings.inline_idle_us if inline else 0,
                 on_loop=inline and self._on_loop,
+                screen=validator.screen if text is None else None,
             ),
             statistics=statistics,
             metrics=metrics,
