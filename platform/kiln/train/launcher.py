@@ -108,6 +108,24 @@ def port_free(port: int) -> bool:
         return True
 
 
+def route_address(host: str, port: int) -> str:
+    """This host's address on the route to `host` (a UDP socket's connect picks the route
+    and sends nothing).
+
+    Raises InvalidArgument when `host` does not resolve or no route leads to it.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as s:
+            s.connect(address)
+            return str(s.getsockname()[0])
+    except OSError as exc:
+        raise InvalidArgument(
+            f"--rdzv-endpoint {host}:{port}: this host cannot route to it ({exc}); use node "
+            "0's address as the other nodes reach it"
+        ) from None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -158,7 +176,9 @@ def launch(
         },
         max_restarts=0,
         monitor_interval=MONITOR_INTERVAL_S,
-        local_addr=host if is_loopback(host) else None,
+        # The address the other nodes reach this one at (rank 0's becomes MASTER_ADDR);
+        # torch's default, the host name, may resolve to an address they cannot reach.
+        local_addr=route_address(host, port),
     )
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", module, *args)
