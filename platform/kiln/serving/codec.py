@@ -134,7 +134,8 @@ def decode_raw(
     shape = tuple(shape)
     known = _RAW_LAYOUTS.get((datatype, shape))
     if known is not None and len(raw) == known[1]:  # the hot path: a layout seen before
-        return np.frombuffer(raw, known[0]).reshape(shape)
+        # One call instead of frombuffer + reshape (half the cost); a view, read-only over bytes.
+        return np.ndarray(shape, known[0], raw)
     dtype = _NUMERIC.get(datatype)
     count = element_count(name, shape)
     if dtype is None:
