@@ -15,6 +15,7 @@ epoch starts.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -134,6 +135,29 @@ def test_the_test_hook_is_not_in_the_help() -> None:
     assert "--nproc" in help_text and FAULT_HOOK not in help_text and "KILL" not in help_text
 
 
+def run_agents(commands: list[list[str]], envs: list[dict[str, str]]) -> dict[str, Any]:
+    """Run one launcher agent per command at once (each with its `envs` added), check that all
+    succeed, and return the one report printed: rank 0's."""
+    agents = [
+        subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for command, env in zip(commands, envs, strict=True)
+    ]
+    try:
+        outputs = [agent.communicate(timeout=TIMEOUT_S) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert [agent.returncode for agent in agents] == [0] * len(agents), [e for _, e in outputs]
+    (report,) = [json.loads(out) for out, _ in outputs if out.strip()]
+    return dict(report)
+
+
 def test_two_launcher_agents_meet_at_one_rendezvous(kiln_home: Path) -> None:
     """--nnodes 2 on loopback: two `kiln train` agents, one rank each, as two hosts would run."""
     exe = Path(sys.executable).with_name("kiln")
@@ -142,23 +166,10 @@ def test_two_launcher_agents_meet_at_one_rendezvous(kiln_home: Path) -> None:
         port = s.getsockname()[1]
     endpoint = f"127.0.0.1:{port}"
     layout = ("--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-timeout", "60")
-    agents = [
-        subprocess.Popen(
-            [str(exe), *ARGS, *layout, "--node-rank", str(node), "--name", "digits"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for node in (0, 1)
-    ]
-    try:
-        outputs = [agent.communicate(timeout=TIMEOUT_S) for agent in agents]
-    finally:
-        for agent in agents:
-            agent.kill()
-    assert [agent.returncode for agent in agents] == [0, 0], [err for _, err in outputs]
+    agents = [[str(exe), *ARGS, *layout, "--node-rank", str(node), "--name", "digits"]
+              for node in (0, 1)]  # fmt: skip
     # Rank 0 (on whichever agent the rendezvous gave it) alone reports and registers.
-    (report,) = [json.loads(out) for out, _ in outputs if out.strip()]
+    report = run_agents(agents, [{}, {}])
     assert report["registered"]["reference"] == "digits:1"
     assert _versions(kiln_home) == 1
     assert len(list((kiln_home / "runs").iterdir())) == 1

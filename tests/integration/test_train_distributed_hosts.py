@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_kiln
-from tests.integration.test_train_distributed import ARGS, TIMEOUT_S, _versions, max_difference
+from tests.integration.test_train_distributed import (
+    ARGS,
+    TIMEOUT_S,
+    _versions,
+    max_difference,
+    run_agents,
+)
 
 pytestmark = pytest.mark.slow
 SUBNET = "10.231.7"
@@ -73,35 +79,11 @@ def test_two_hosts_in_network_namespaces_train_the_model_one_process_trains(
     exe = Path(sys.executable).with_name("kiln")
     endpoint = f"{two_hosts[0][2]}:29400"  # a fresh namespace: every port is free
     layout = ("--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-timeout", "60")
-    agents = [
-        subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                namespace,
-                str(exe),
-                *ARGS,
-                *layout,
-                "--node-rank",
-                str(node),
-                "--name",
-                "digits",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "GLOO_SOCKET_IFNAME": interface},
-        )
-        for node, (namespace, interface, _) in enumerate(two_hosts)
-    ]
-    try:
-        outputs = [agent.communicate(timeout=TIMEOUT_S) for agent in agents]
-    finally:
-        for agent in agents:
-            agent.kill()
-    assert [agent.returncode for agent in agents] == [0, 0], [err for _, err in outputs]
-    (report,) = [json.loads(out) for out, _ in outputs if out.strip()]
+    agents = [["ip", "netns", "exec", namespace, str(exe), *ARGS, *layout,
+               "--node-rank", str(node), "--name", "digits"]
+              for node, (namespace, _, _) in enumerate(two_hosts)]  # fmt: skip
+    envs = [{"GLOO_SOCKET_IFNAME": interface} for _, interface, _ in two_hosts]
+    report = run_agents(agents, envs)
     one = single.json()
     assert max_difference(one, report) <= 1e-6
     same = ("test_accuracy", "confusion", "best_epoch", "epochs_run", "test_samples")

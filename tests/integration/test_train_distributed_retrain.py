@@ -5,42 +5,23 @@ and the new version records how it was trained."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 import kiln.registry
-from kiln.data import load_dataset
 from kiln.settings import Settings
 from tests.conftest import run_kiln
-from tests.integration.bento_harness import train_and_register
-from tests.integration.test_loop import log_labelled_traffic
+
+# digits:1 in production and the digits test split sent to it, every request labelled; each
+# test works on its own copy (`home`).
+from tests.integration.test_loop import home, labelled_home  # noqa: F401
 
 pytestmark = pytest.mark.slow
 TIMEOUT_S = 240
 
 
-@pytest.fixture(scope="module")
-def labelled_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """digits:1 in production and the digits test split sent to it, every request labelled."""
-    home = tmp_path_factory.mktemp("labelled") / "kiln-home"
-    settings = Settings(home=home)
-    with kiln.registry.open(settings=settings) as registry:
-        v1 = train_and_register(registry, settings, "digits", seed=1)
-        registry.promote(f"digits:{v1}", "production", reason="first")
-    digits = load_dataset("digits", settings)
-    log_labelled_traffic(home, digits.test.x, digits.test.y, v1)
-    return home
-
-
-@pytest.fixture
-def home(labelled_home: Path, kiln_home: Path) -> Path:
-    shutil.copytree(labelled_home, kiln_home)
-    return kiln_home
-
-
-def test_retrain_with_two_processes_registers_one_version(home: Path) -> None:
+def test_retrain_with_two_processes_registers_one_version(home: Path) -> None:  # noqa: F811
     runs_before = set((home / "runs").iterdir())
     result = run_kiln(
         "retrain", "digits", "--min-labels", "50", "--epochs", "1", "--no-progress", "--json",

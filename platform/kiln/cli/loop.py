@@ -11,19 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kiln.cli.distributed import (
-    RUN_ID_ENV,
-    Nnodes,
-    NodeRank,
-    Nproc,
-    RdzvEndpoint,
-    RdzvTimeout,
-    layout_of,
-    lost_ranks,
-    rank,
-    rank_args,
-    rank_errors,
-)
+from kiln.cli import distributed
 from kiln.cli.models import model_name
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import InvalidArgument
@@ -34,7 +22,7 @@ Approval = Literal["auto", "manual"]
 importing the loop (a test keeps the two equal)."""
 
 
-@rank_errors()
+@distributed.rank_errors()
 def retrain(
     ctx: typer.Context,
     name: Annotated[
@@ -57,11 +45,11 @@ def retrain(
     warm_start: Annotated[bool, typer.Option(help="Start from the parent's weights.")] = False,
     alias: Annotated[str, typer.Option(help="Alias to point at the new version.")] = "candidate",
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
-    nproc: Nproc = 1,
-    nnodes: Nnodes = 1,
-    node_rank: NodeRank = 0,
-    rdzv_endpoint: RdzvEndpoint = None,
-    rdzv_timeout: RdzvTimeout = 300,
+    nproc: distributed.Nproc = 1,
+    nnodes: distributed.Nnodes = 1,
+    node_rank: distributed.NodeRank = 0,
+    rdzv_endpoint: distributed.RdzvEndpoint = None,
+    rdzv_timeout: distributed.RdzvTimeout = 300,
     as_json: bool = JsonOption,
 ) -> None:
     """Train a new version on the parent's data plus labelled traffic; point ALIAS at it."""
@@ -77,10 +65,10 @@ def retrain(
         warm_start=warm_start,
         alias=alias,
         show_progress=progress and not as_json,
-        run_id=os.environ.get(RUN_ID_ENV),
+        run_id=os.environ.get(distributed.RUN_ID_ENV),
     )
-    say = (lambda m: err_console.print(f"· {m}")) if progress and rank() == 0 else None
-    layout = layout_of(ctx)
+    say = (lambda m: err_console.print(f"· {m}")) if progress and distributed.rank() == 0 else None
+    layout = distributed.layout_of(ctx)
     with kiln.registry.open(settings=Settings()) as registry:
         if layout.distributed:
             from kiln.train.launcher import launch
@@ -94,13 +82,13 @@ def retrain(
             fixed += ["--until", planned.window.until.isoformat()]
             launch(
                 layout,
-                [*rank_args(ctx, leave_out=("since", "until")), *fixed],
+                [*distributed.rank_args(ctx, leave_out=("since", "until")), *fixed],
                 run_id=new_run_id(planned.config),
                 runs_dir=Settings().runs_dir,
                 module="kiln.loop",
             )
             return  # rank 0 printed the result and registered the version
-        with lost_ranks():
+        with distributed.lost_ranks():
             result = retrain_as_rank(
                 registry, name, Settings(), options, progress=say or (lambda _: None)
             )

@@ -16,20 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from kiln.cli import distributed
 from kiln.cli.compile import Target
-from kiln.cli.distributed import (
-    RUN_ID_ENV,
-    Nnodes,
-    NodeRank,
-    Nproc,
-    RdzvEndpoint,
-    RdzvTimeout,
-    layout_of,
-    lost_ranks,
-    rank,
-    rank_args,
-    rank_errors,
-)
 from kiln.cli.output import JsonOption, emit, err_console
 from kiln.errors import InvalidArgument
 from kiln.processes import pid_alive
@@ -93,7 +81,7 @@ class Loss(StrEnum):
     huber = "huber"
 
 
-@rank_errors()
+@distributed.rank_errors()
 def train(
     ctx: typer.Context,
     dataset: Annotated[
@@ -198,11 +186,11 @@ def train(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
-    nproc: Nproc = 1,
-    nnodes: Nnodes = 1,
-    node_rank: NodeRank = 0,
-    rdzv_endpoint: RdzvEndpoint = None,
-    rdzv_timeout: RdzvTimeout = 300,
+    nproc: distributed.Nproc = 1,
+    nnodes: distributed.Nnodes = 1,
+    node_rank: distributed.NodeRank = 0,
+    rdzv_endpoint: distributed.RdzvEndpoint = None,
+    rdzv_timeout: distributed.RdzvTimeout = 300,
     as_json: bool = JsonOption,
 ) -> None:
     """Train a classifier or a regressor, evaluate it on the test split and save the best
@@ -253,19 +241,24 @@ def train(
         from kiln.registry import validate_name
 
         validate_name(name)  # before training: a typo should not cost minutes
-    layout = layout_of(ctx)
+    layout = distributed.layout_of(ctx)
     if layout.distributed:
         layout.validate(config.batch_size)
-        launch(layout, rank_args(ctx), run_id=new_run_id(config), runs_dir=settings.runs_dir)
+        launch(
+            layout,
+            distributed.rank_args(ctx),
+            run_id=new_run_id(config),
+            runs_dir=settings.runs_dir,
+        )
         return  # rank 0 printed the result and registered the version
-    with lost_ranks():
+    with distributed.lost_ranks():
         result = run_training(
             config,
             settings,
             show_progress=progress and not as_json,
-            run_id=os.environ.get(RUN_ID_ENV),
+            run_id=os.environ.get(distributed.RUN_ID_ENV),
         )
-    if rank() != 0:
+    if distributed.rank() != 0:
         return  # under torchrun, rank 0 alone reports and registers
     payload: dict[str, Any] = {
         "run_id": result.run_id,
