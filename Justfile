@@ -84,9 +84,14 @@ image *ARGS:
 # process). Each test file stays on one worker (--dist loadfile), so a module's fixtures
 # (trained models, servers) are built once; most tests wait on subprocesses and servers, so
 # two workers on two cores finish well before one does. The 25 slowest tests are listed at the
-# end: CI's time budget is spent there.
+# end: CI's time budget is spent there. Files go out in collection order
+# (--no-loadscope-reorder), so the two demos, the longest tests (tests/e2e, ~2 min each),
+# start first, one per worker; xdist's default order (most tests first) left them for last,
+# where both could queue on one worker while the other ran dry. tests/conftest.py gives each
+# worker's Kiln processes their share of the cores (KILN_THREADS).
 test *ARGS: setup
-    {{bin}}/python -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile --durations=25 {{ARGS}}
+    {{bin}}/python -m pytest -n "${KILN_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder \
+        --durations=25 {{ARGS}}
 
 # run the unit tests only (seconds, no servers or training runs)
 test-fast *ARGS: setup
