@@ -28,7 +28,7 @@ from kiln.serving.grpc.generated.inference import grpc_service_pb2_grpc as pb_gr
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2 as fb
 from kiln.serving.grpc.generated.kiln.v1 import feedback_pb2_grpc as fb_grpc
 from kiln.serving.grpc.status import INTERNAL_MESSAGE, abort, rpc, status_of
-from kiln.serving.grpc.wire import ResponseEncoder
+from kiln.serving.grpc.wire import RequestDecoder, ResponseEncoder
 from kiln.serving.messages import Feedback
 
 EXTENSIONS = ("model_repository", "model_configuration", "statistics", "parameters")
@@ -43,6 +43,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: ServingCore) -> None:
         self.core = core
         self._encoder = ResponseEncoder()
+        self._decoder = RequestDecoder()
 
     @rpc
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Context) -> Any:
@@ -72,8 +73,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         # The hot path: no `rpc` wrapper (one coroutine less per request), and the answer
         # leaves as wire bytes (`wire`; the server registers pass-through (de)serializers).
         try:
-            message = convert.decode(pb.ModelInferRequest, request)
-            infer_request = convert.infer_request(message, time.perf_counter_ns())
+            infer_request = self._decoder.decode(request, time.perf_counter_ns())
             return self._encoder.encode(await self.core.infer(infer_request))
         except Exception as exc:
             await abort(context, exc, "ModelInfer")
