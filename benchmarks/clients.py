@@ -13,7 +13,8 @@ import json
 import re
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,10 @@ def sample(
     )
 
 
-async def grpc_client(
-    port: int, model: str, concurrency: int, seconds: float, warmup: float
-) -> Sample:
-    """ModelInfer through a grpc.aio stub (tritonclient's generated one), raw input contents."""
+@asynccontextmanager
+async def grpc_caller(port: int, model: str) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """ModelInfer of one prebuilt request (raw input contents) through a grpc.aio stub
+    (tritonclient's generated one) over one channel; each call returns 200."""
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
     request = service_pb2.ModelInferRequest(model_name=model)
@@ -95,6 +96,14 @@ async def grpc_client(
             await stub.ModelInfer(request)
             return 200
 
+        yield call
+
+
+async def grpc_client(
+    port: int, model: str, concurrency: int, seconds: float, warmup: float
+) -> Sample:
+    """`grpc_caller`'s request from `concurrency` tasks."""
+    async with grpc_caller(port, model) as call:
         latencies, _ = await closed_loop(call, concurrency, seconds, warmup)
     return sample("", "python", concurrency, latencies, seconds)
 
@@ -111,11 +120,12 @@ def bento_json() -> tuple[str, bytes]:
     return "/predict", json.dumps({"inputs": image().tolist()}).encode()
 
 
-async def http_client(
-    port: int, request: tuple[str, bytes], target: str, concurrency: int, seconds: float,
-    warmup: float,
-) -> Sample:  # fmt: skip
-    """POST one prebuilt JSON body (`request`: path, body) from an aiohttp client session.
+@asynccontextmanager
+async def http_caller(
+    port: int, request: tuple[str, bytes], concurrency: int
+) -> AsyncIterator[Callable[[], Awaitable[int]]]:
+    """POST of one prebuilt JSON body (`request`: path, body) from an aiohttp client session;
+    each call returns the HTTP status.
 
     aiohttp's client, not httpx: httpx.AsyncClient itself capped this host at ~110 requests/s
     at concurrency 32 against kiln serve's JSON path (aiohttp's: ~680/s, same server, same run).
@@ -132,6 +142,15 @@ async def http_client(
                 await response.read()
                 return response.status
 
+        yield call
+
+
+async def http_client(
+    port: int, request: tuple[str, bytes], target: str, concurrency: int, seconds: float,
+    warmup: float,
+) -> Sample:  # fmt: skip
+    """`http_caller`'s request from `concurrency` tasks."""
+    async with http_caller(port, request, concurrency) as call:
         latencies, failures = await closed_loop(call, concurrency, seconds, warmup)
     if failures:
         print(

@@ -146,9 +146,10 @@ def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
     raise RuntimeError("bentoml serve was not ready in 120 s")
 
 
-def start_null(kiln_port: int, stack: ExitStack) -> int:
-    """`null_server.py` beside this file, replaying kiln's answers; returns its port."""
-    command = [sys.executable, str(NULL_SERVER), str(kiln_port), "--model", MODEL]
+def start_null(kiln_port: int, stack: ExitStack, model: str | None = None) -> int:
+    """`null_server.py` beside this file, replaying kiln's answers for `model` (the one this
+    run serves by default); returns its port."""
+    command = [sys.executable, str(NULL_SERVER), str(kiln_port), "--model", model or MODEL]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     stack.callback(_stop, process)
     assert process.stdout is not None

@@ -41,15 +41,15 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, ExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from clients import image, kserve_json
+from clients import grpc_caller, http_caller, image, kserve_json
 
 REPO = Path(__file__).resolve().parent.parent
 MLSERVER_VENV = REPO / ".bench" / "mlserver-venv"
@@ -111,43 +111,8 @@ def difference(after: Window, before: Window) -> Window:
 
 # -- the load generator ------------------------------------------------------------------------
 
-Call = Callable[[], Awaitable[None]]
-
-
-@asynccontextmanager
-async def grpc_caller(port: int, model: str) -> AsyncIterator[Call]:
-    """ModelInfer of one prebuilt request (raw input contents) over one grpc.aio channel."""
-    from tritonclient.grpc import service_pb2, service_pb2_grpc
-
-    request = service_pb2.ModelInferRequest(model_name=model)
-    request.inputs.add(name="input", datatype="FP32", shape=[1, 1, 28, 28])
-    request.raw_input_contents.append(image().tobytes())
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-
-        async def call() -> None:
-            await stub.ModelInfer(request)
-
-        yield call
-
-
-@asynccontextmanager
-async def http_caller(port: int, model: str, concurrency: int) -> AsyncIterator[Call]:
-    """POST of one prebuilt KServe v2 JSON body from an aiohttp session."""
-    import aiohttp
-
-    path, body = kserve_json(model)
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as session:
-
-        async def call() -> None:
-            async with session.post(path, data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"HTTP {response.status}: {await response.text()}")
-
-        yield call
+Call = Callable[[], Awaitable[int]]
+"""One request; returns its status (200 for an answer)."""
 
 
 @dataclass
@@ -177,15 +142,21 @@ async def closed_loop(
     over it, the window's length and the server's statistics over it.
     """
     latencies: list[float] = []
+    failures = 0
     measuring = False
     running = True
 
     async def worker() -> None:
+        nonlocal failures
         while running:
             started = time.perf_counter()
-            await call()
-            if measuring:
+            status = await call()
+            if not measuring:
+                continue
+            if status == 200:
                 latencies.append(time.perf_counter() - started)
+            else:
+                failures += 1
 
     workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     try:
@@ -201,6 +172,8 @@ async def closed_loop(
         running = False
         await asyncio.gather(*workers)
     window = difference(after, before) if after and before else None
+    if failures:
+        print(f"  {failures} requests failed; throughput counts answered requests only")
     return latencies, cpu1 - cpu0, t1 - t0, window
 
 
@@ -279,7 +252,7 @@ async def run_pinned(args: argparse.Namespace, model: str, home: Path) -> dict[s
             kiln_serve(model, "--no-traffic-log", *batcher, home=home, metrics=False)
         )
         logged = stack.enter_context(kiln_serve(model, *batcher, home=home, metrics=False))
-        null_port = serving.start_null(served.port, stack)
+        null_port = serving.start_null(served.port, stack, model)
         pids = {
             "kiln": served.process.pid, "kiln-log": logged.process.pid,
             "no-model": pid_listening(null_port),
@@ -323,7 +296,7 @@ async def run_pinned(args: argparse.Namespace, model: str, home: Path) -> dict[s
                         stub = channels.get("kiln" if target == "kiln-http" else target)
                         stats = (lambda s=stub: kiln_statistics(s, model)) if stub else None
                         caller = (
-                            http_caller(served.http_port or 0, model, c)
+                            http_caller(served.http_port or 0, kserve_json(model), c)
                             if target == "kiln-http"
                             else grpc_caller(ports[target], model)
                         )
@@ -355,8 +328,9 @@ def _in_process(core: Any, model: str) -> Call:
 
     inputs = {"input": image()}
 
-    async def call() -> None:
+    async def call() -> int:
         await core.infer(InferRequest(model, inputs, transport="benchmark"))
+        return 200
 
     return call
 
@@ -443,8 +417,8 @@ def print_pinned(result: dict[str, Any]) -> None:
     print(f"model alone, µs per execution: {shown}")
     print(
         f"{'conc':>4}  {'target':<10} {'infer/s':>8} {'p50 us':>8} {'p99 us':>8} "
-        f"{'CPU us/req':>10} {'vs no-model':>11} {'batch':>5} {'model us':>8} "
-        f"{'own us':>6} {'limit/s':>7} {'vs limit':>8}"
+        f"{'CPU us/req':>10} {'vs no-model':>11} {'batch':>5} {'engine us':>9} "
+        f"{'model us':>8} {'own us':>6} {'limit/s':>7} {'vs limit':>8}"
     )
     for r in result["summary"]:
 
@@ -455,6 +429,17 @@ def print_pinned(result: dict[str, Any]) -> None:
             f"{r['concurrency']:>4}  {r['target']:<10} {r['throughput']:>8.0f} "
             f"{r['p50_us']:>8.0f} {r['p99_us']:>8.0f} {r['cpu_us_per_request']:>10.0f} "
             f"{num('vs_no_model', '.0%'):>11} {num('mean_batch', '.1f'):>5} "
-            f"{num('model_us_per_image', '.0f'):>8} {num('own_us', '.0f'):>6} "
-            f"{num('limit', '.0f'):>7} {num('vs_limit', '.0%'):>8}"
+            f"{num('engine_us_per_image', '.0f'):>9} {num('model_us_per_image', '.0f'):>8} "
+            f"{num('own_us', '.0f'):>6} {num('limit', '.0f'):>7} {num('vs_limit', '.0%'):>8}"
         )
+    print(
+        "engine us: engine time per image in the server (its statistics); model us: the engine"
+        " alone on the server core at the batch sizes that occurred; own us: CPU per request"
+        " - no-model's - model us; limit: 1 / (no-model CPU + model us)"
+    )
+    for r in result["summary"]:
+        if r.get("batches") and r["target"] == "kiln":
+            total = sum(r["batches"].values())
+            common = sorted(r["batches"].items(), key=lambda kv: -kv[1])[:6]
+            listed = ", ".join(f"{size}: {count / total:.0%}" for size, count in common)
+            print(f"kiln batch sizes at concurrency {r['concurrency']} (executions): {listed}")
