@@ -1,6 +1,7 @@
 """Hot swap under load: clients keep sending while the served alias moves; nothing fails.
 
-Eight client threads send requests back to back with the stock Triton client. Meanwhile the
+Eight client threads send requests back to back with the stock Triton client, with engines
+computing on their worker thread and on the event loop (`--execution`). Meanwhile the
 registry's `production` alias is promoted from version 1 to version 2, then rolled back. Every
 request must succeed, each client must see versions change only in the order the alias moved,
 every answer must be exactly what its version's engine computes, and the version that is no
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tritonclient.grpc as triton
 
 import kiln.registry
@@ -33,14 +35,17 @@ def _changes(seen: list[str]) -> list[str]:
     return [v for i, v in enumerate(seen) if i == 0 or seen[i - 1] != v]
 
 
-def test_alias_moves_under_load_without_a_failed_request(tmp_path: Path) -> None:
+@pytest.mark.parametrize("execution", ["thread", "loop"])
+def test_alias_moves_under_load_without_a_failed_request(tmp_path: Path, execution: str) -> None:
     home = tmp_path / "home"
     with kiln.registry.open(settings=Settings(home=home)) as registry:
         register(registry, tmp_path, "digits", seed=1)
         register(registry, tmp_path, "digits", seed=2, alias=None)
     x = images(1, seed=3)
     with (
-        running_server(home, models=("digits",), poll_interval_s=0.05) as server,
+        running_server(
+            home, models=("digits",), poll_interval_s=0.05, execution=execution
+        ) as server,
         kiln.registry.open(settings=Settings(home=home)) as registry,
         BackgroundLoad(server.url, x, clients=CLIENTS) as load,
     ):
