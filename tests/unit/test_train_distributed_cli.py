@@ -54,6 +54,18 @@ def test_under_kilns_agent_a_ranks_error_goes_to_stderr(
         assert captured.out == "" and f"rank {rank}: bad data" in captured.err
 
 
+def test_under_kilns_agent_a_ranks_bug_goes_to_stderr_with_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(typer.Exit) as exited, rank_errors():
+        raise ZeroDivisionError("division by zero")
+    assert exited.value.exit_code == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "rank 1: ZeroDivisionError: division by zero" in captured.err
+
+
 def test_under_plain_torchrun_rank_0_reports_as_any_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

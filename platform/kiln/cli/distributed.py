@@ -22,7 +22,7 @@ import typer
 from rich.markup import escape
 
 from kiln.cli.output import EXIT_CODES, err_console
-from kiln.errors import KilnError, Unavailable
+from kiln.errors import ErrorCode, KilnError, Unavailable
 
 if TYPE_CHECKING:  # imports torch: only a command that trains may pay for it
     from kiln.train.launcher import Layout
@@ -126,15 +126,23 @@ def lost_ranks() -> Iterator[None]:
 def rank_errors() -> Iterator[None]:
     """Around a command's body: a rank's failure goes to stderr, not stdout, where another
     process reports the run's one error (Kiln's agent, or rank 0 under plain torchrun); the
-    exit code stays the error's."""
+    exit code stays the error's (1 for a bug, as the entry point gives it)."""
     try:
         yield
-    except KilnError as exc:
-        if not in_world() or (rank() == 0 and RUN_ID_ENV not in os.environ):
+    except Exception as exc:
+        # click's own exits and usage errors carry an exit_code: the entry point handles them.
+        if hasattr(exc, "exit_code") or not in_world() or not reports_elsewhere():
             raise
-        err_console.print(
-            f"[bold red]error:[/] rank {rank()}: {escape(exc.message)}",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(EXIT_CODES[exc.code]) from exc
+        if isinstance(exc, KilnError):
+            what, code = f"error:[/] rank {rank()}: {escape(exc.message)}", exc.code
+        else:
+            what = f"internal error:[/] rank {rank()}: {escape(f'{type(exc).__name__}: {exc}')}"
+            code = ErrorCode.INTERNAL
+        err_console.print(f"[bold red]{what}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODES[code]) from exc
+
+
+def reports_elsewhere() -> bool:
+    """Whether another process reports this rank's run: Kiln's agent does for every rank,
+    rank 0 does under a plain torchrun."""
+    return RUN_ID_ENV in os.environ or rank() != 0
