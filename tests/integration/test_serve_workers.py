@@ -185,7 +185,7 @@ def test_workers_refuse_bento_and_model_control_and_auto_counts_cores(cli: Any) 
     assert result.exit_code == 2, result
     assert "--model-control is not supported with --workers" in result.stderr
     assert parse_workers("auto") == parse_workers("AUTO") == available_cores()
-    assert available_cores() == len(os.sched_getaffinity(0))
+    assert available_cores() <= len(os.sched_getaffinity(0))  # a cgroup quota may lower it
 
 
 def test_a_worker_environment_without_its_parent_is_refused(

@@ -52,6 +52,7 @@ from kiln.serving.metrics import serve_metrics
 from kiln.serving.ready import Endpoints, parse_ready_line
 from kiln.serving.settings import ServingSettings
 from kiln.serving.worker_metrics import WorkerMetrics
+from kiln.settings import usable_cores
 
 log = logging.getLogger("kiln.serving.workers")
 
@@ -66,10 +67,9 @@ writing its traffic log) before the parent kills it."""
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity: `taskset`, a container's cpuset)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    """The cores this process may run on: its CPU affinity (`taskset`, a container's cpuset)
+    lowered to its cgroup CPU quota (`kiln.settings.usable_cores`)."""
+    return usable_cores()
 
 
 def parse_workers(text: str) -> int:
