@@ -65,7 +65,9 @@ RdzvEndpoint = Annotated[
 RdzvTimeout = Annotated[
     int,
     typer.Option(
-        help="Seconds to wait for every node to join the rendezvous.", rich_help_panel=PANEL
+        help="Seconds to wait for every node to join the rendezvous, and for this node to "
+        "reach it.",
+        rich_help_panel=PANEL,
     ),
 ]
 LAUNCH_OPTIONS = ("nproc", "nnodes", "node_rank", "rdzv_endpoint", "rdzv_timeout")
