@@ -247,7 +247,8 @@ class Story:
         )
         # Warm start: the held-out digits sent as traffic are left out of retraining, so v2
         # must keep v1's MNIST accuracy on its own. From v1's weights it loses about 1 point
-        # on the test split (fast run: 0.986 -> 0.978); from scratch about 1.6, too close to
+        # on the test split (fast run: 0.986 -> 0.978; with its one thread, 0.982 -> 0.980); from
+        # scratch about 1.6, too close to
         # the gates' 2-point budget for a run-to-run spread of about 1 point.
         options = RetrainOptions(
             since="1h", min_labels=100, epochs=self.options.epochs, warm_start=True,
