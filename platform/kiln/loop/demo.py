@@ -87,8 +87,8 @@ class DemoOptions:
         """Training threads; v2 inherits v1's. The fast run is CI's, beside other tests on 2
         cores, where a second torch thread only spins against them: 30 steps of the CNN (batch
         64) took 3.8 s with one thread and 14.3 s with two on the 2-core machine under load
-        (3.7 s of CPU instead of 8.7), and the whole fast demo 119 s instead of ~151 s. 0: the
-        settings' count, for a machine of one's own."""
+        (3.7 s of CPU instead of 8.7); run beside the text demo on two pytest workers, the fast
+        demo took 115 s instead of 146 s. 0: the settings' count, for a machine of one's own."""
         return 1 if self.fast else 0
 
 
