@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from kiln.settings import Settings
+from kiln.settings import Settings, usable_cores
 from tests.postgres import PostgresServer
 from tests.seaweed import SeaweedServer
 
@@ -44,8 +44,7 @@ def pytest_configure(config: pytest.Config) -> None:
     182 s with the default two threads and 66 s with one. A KILN_THREADS already set wins."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1 and "KILN_THREADS" not in os.environ:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        os.environ["KILN_THREADS"] = str(max(1, (cores or 1) // workers))
+        os.environ["KILN_THREADS"] = str(max(1, usable_cores() // workers))
 
 
 @pytest.fixture(scope="session")
