@@ -80,6 +80,18 @@ async def test_closed_loop_clients_form_full_batches_on_the_loop() -> None:
     await batcher.close()
 
 
+async def test_when_load_falls_batches_follow_it_down_and_nothing_waits_forever() -> None:
+    engine = Recorder()
+    batcher = DynamicBatcher(engine, label="m:1", max_batch_size=32, on_loop=True)
+    await clients(batcher, count=16, each=5)  # batches of 16: the batcher gathers for 16
+    assert engine.batches[-1] == 16
+    before = len(engine.batches)
+    answers = await clients(batcher, count=2, each=20)  # two clients now: it stops waiting
+    assert len(answers) == 40
+    assert max(engine.batches[before:]) <= 2 and sum(engine.batches[before:]) == 40
+    await batcher.close()
+
+
 async def test_batches_never_exceed_the_maximum() -> None:
     engine = Recorder()
     batcher = DynamicBatcher(engine, label="m:1", max_batch_size=4, on_loop=True)

@@ -55,10 +55,18 @@ class BatchScreen(Protocol):
 
 
 _QUEUED, _TAKEN = 0, 1
-_GATHER_GAP_NS = 50_000
-_GATHER_MAX_NS = 500_000
-"""On the loop under load, a batch waits for more requests while they keep coming (no more
-than _GATHER_GAP_NS apart), for at most _GATHER_MAX_NS (`DynamicBatcher._gather`)."""
+_GATHER_IDLE_MIN_NS = 100_000
+_GATHER_IDLE_MAX_NS = 2_000_000
+_GATHER_YIELD_S = 20e-6
+_GATHER_MAX_NS = 10_000_000
+"""On the loop under load, a batch gathers requests until it reaches the size recent batches
+reached, while the transport keeps handing over requests (none for four usual arrival
+spacings, bounded by the IDLE values: it has no more), for at most _GATHER_MAX_NS; waiting,
+the loop sleeps _GATHER_YIELD_S at a time (`DynamicBatcher._gather`). Measured on the pinned
+benchmark (benchmarks/RESULTS.md, issue 21): a fixed 50 us gap gave batches of ~10 at
+concurrency 32, this ~18."""
+_TARGET_DECAY = 0.8
+"""How fast the batch size to gather for falls when batches come out smaller (load falling)."""
 _INLINE_MAX_NS = 2_000_000
 """Engines whose last execution took longer never run on the event loop at light load: it
 must stay responsive (health checks, metadata, other models) while they compute."""
@@ -130,6 +138,8 @@ class DynamicBatcher:
         self._idle_since_ns = 0
         self._last_execution_ns = 0
         self._last_rows = 0
+        self._target = 1.0  # the batch size recent executions reached (see `_gather`)
+        self._spacing_ns = 0.0  # the usual time between arrivals while gathering
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"kiln-infer-{label}")
         self._task = self._loop.create_task(self._run(), name=f"kiln-batcher-{label}")
 
@@ -219,28 +229,41 @@ class DynamicBatcher:
 
     async def _gather(self) -> None:
         # On the loop nothing queues while the engine computes: requests that arrive meanwhile
-        # wait in the transport, and reach the queue over the next passes of the loop. Under
-        # load (the last batch held several rows, or several wait now), keep passing while
-        # they come, until none has come for _GATHER_GAP_NS or the batch is full; a lone
-        # request (light load) gets one pass, for requests already on their way.
+        # wait in the transport and reach the queue over the loop's next passes, one by one as
+        # the transport decodes them. At light load (the last batch was one request and one
+        # waits) one pass, for any request already on its way, and run. Under load, gather up
+        # to the batch size recent executions reached (`_target`: the closed-loop clients' or
+        # the arrival rate's share), while requests keep coming: when none has come for four
+        # times the usual spacing between arrivals (`_spacing_ns`, what the transport costs
+        # per request on this host; within _GATHER_IDLE_MIN_NS.._GATHER_IDLE_MAX_NS) the
+        # transport has nothing more and the batch runs. While waiting the loop gives the
+        # core to the transport's threads (a short sleep: asyncio's own timers cannot wait
+        # less than a millisecond).
         if self._queued_rows >= self._max_rows:
             return
         loaded = self._last_rows > 1 or len(self._queue) > 1
-        deadline = time.perf_counter_ns() + _GATHER_MAX_NS
+        target = min(self._max_rows, max(2, int(self._target))) if loaded else 0
+        started = idle_since = time.perf_counter_ns()
         while True:
             queued = len(self._queue)
             await asyncio.sleep(0)
             if self._queued_rows >= self._max_rows or self._closing:
                 return
-            if len(self._queue) > queued:
-                loaded = True
-                continue
-            if not loaded:
-                return
             now = time.perf_counter_ns()
-            if now >= deadline or now - self._queue[-1].enqueued_ns >= _GATHER_GAP_NS:
+            if len(self._queue) > queued:
+                if not loaded:
+                    loaded = True
+                    target = min(self._max_rows, max(2, int(self._target)))
+                spacing = (now - idle_since) / (len(self._queue) - queued)
+                self._spacing_ns += 0.2 * (spacing - self._spacing_ns)
+                idle_since = now
+                continue
+            if self._queued_rows >= target or now - started >= _GATHER_MAX_NS:
                 return
-            await asyncio.sleep(_GATHER_GAP_NS / 4e9)
+            idle = min(_GATHER_IDLE_MAX_NS, max(_GATHER_IDLE_MIN_NS, 4 * self._spacing_ns))
+            if now - idle_since >= idle:
+                return
+            time.sleep(_GATHER_YIELD_S)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
@@ -307,6 +330,7 @@ class DynamicBatcher:
         self._idle_since_ns = time.perf_counter_ns()
         self._last_execution_ns = input_ns + infer_ns + output_ns
         self._last_rows = rows
+        self._target = max(float(rows), self._target * _TARGET_DECAY)
         if self._on_execution is not None and rows:
             self._on_execution(rows, input_ns, infer_ns, output_ns)
         for pending, outputs in zip(batch, results, strict=True):
