@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 from clients import Sample, grpc_client, image
+from serving import stop as _stop
 
 REPO = Path(__file__).resolve().parent.parent
 MLSERVER_VENV = REPO / ".bench" / "mlserver-venv"
@@ -178,15 +179,6 @@ def _wait_ready(process: subprocess.Popen[str], port: int, model: str, log: Path
 
 def _tail(log: Path, lines: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 # -- the proof that it works ------------------------------------------------------------------

@@ -132,7 +132,7 @@ def start_bento(home: Path, args: argparse.Namespace, stack: ExitStack) -> int:
          "--port", str(port)],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -151,7 +151,7 @@ def start_null(kiln_port: int, stack: ExitStack, model: str | None = None) -> in
     run serves by default); returns its port."""
     command = [sys.executable, str(NULL_SERVER), str(kiln_port), "--model", model or MODEL]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    stack.callback(_stop, process)
+    stack.callback(stop, process)
     assert process.stdout is not None
     for line in process.stdout:
         if match := re.search(r"null server ready: port (\d+)", line):
@@ -159,12 +159,14 @@ def start_null(kiln_port: int, stack: ExitStack, model: str | None = None) -> in
     raise RuntimeError(f"{NULL_SERVER.name} exited before it was ready")
 
 
-def _stop(process: subprocess.Popen[str]) -> None:
+def stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
     process.terminate()
     try:
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -176,7 +178,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from kiln.serving.repository import RegistryRepository
     from kiln.serving.settings import ServingSettings
     from kiln.settings import Settings
-    from kiln_engines import EngineOptions, host_info
+    from kiln_engines import EngineOptions
 
     home = args.home.resolve()
     ensure_model(home)
@@ -224,6 +226,19 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     samples.append(await bento_sample)
         await core.stop()
+    return {
+        **header(args, load_before, threads),
+        "samples": [asdict(s) for s in samples],
+        "summary": summarise(samples),
+    }
+
+
+def header(
+    args: argparse.Namespace, load_before: tuple[float, ...], threads: int
+) -> dict[str, Any]:
+    """Date, machine, load and settings of a run, for its JSON."""
+    from kiln_engines import host_info
+
     host = host_info()
     return {
         "date": datetime.now(UTC).date().isoformat(),
@@ -239,36 +254,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rounds": args.rounds,
             "seconds": args.seconds,
         },
-        "samples": [asdict(s) for s in samples],
-        "summary": summarise(samples),
     }
 
 
 async def pinned(args: argparse.Namespace) -> dict[str, Any]:
     """`--pin`: see serving_pinned.py."""
-    from kiln_engines import host_info
-
     home = args.home.resolve()
     ensure_model(home)
     load_before = os.getloadavg()
     result = await run_pinned(args, MODEL, home)
-    host = host_info()
-    return {
-        "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{host.machine}, {host.cpu_count} cores ({host.cpu}), "
-        f"{'GPU' if host.gpus else 'no GPU'}, Python {platform.python_version()}",
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        "settings": {
-            "model": f"{args.model} ({MODEL})",
-            "max_batch_size": args.max_batch_size,
-            "max_queue_delay_us": args.max_queue_delay_us,
-            "engine_threads": 1,
-            "rounds": args.rounds,
-            "seconds": args.seconds,
-        },
-        **result,
-    }
+    return {**header(args, load_before, 1), **result}
 
 
 def summarise(samples: list[Sample]) -> list[dict[str, Any]]:
