@@ -70,7 +70,7 @@ _TARGET_DECAY = 0.8
 _INLINE_MAX_NS = 2_000_000
 """Engines whose last execution took longer never run on the event loop at light load: it
 must stay responsive (health checks, metadata, other models) while they compute."""
-_LOOP_MAX_NS = 10_000_000
+LOOP_MAX_NS = 10_000_000
 """With `on_loop`, a batch whose execution took longer sends the next one to the worker
 thread: on one core the two share it anyway, but a loop held for tens of milliseconds delays
 every other request, health checks and other models' batches included."""
@@ -216,7 +216,7 @@ class DynamicBatcher:
                     await self._wakeup.wait()
                     timer.cancel()
                     continue  # full now, or the delay is over: look again
-            if self._on_loop and self._last_execution_ns < _LOOP_MAX_NS:
+            if self._on_loop and self._last_execution_ns < LOOP_MAX_NS:
                 await self._gather()
                 batch = self._take()
                 if batch:

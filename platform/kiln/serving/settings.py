@@ -67,8 +67,8 @@ class ServingSettings(BaseSettings):
     and a loop that cannot decode while the engine holds the core): requests that arrive
     while a batch computes form the next one. `auto`: `loop` when the process may use one core
     (its CPU affinity or cgroup quota), else `thread`. GPU engines and text models always
-    compute on their thread; so does an engine whose last batch took over 2 ms (the loop
-    must stay responsive)."""
+    compute on their thread; so does an engine whose largest warm-up batch or last batch took
+    over 10 ms (the loop must stay responsive)."""
 
     default_timeout_us: int = Field(default=0, ge=0)
     """Queue timeout for requests that set none (their `timeout` parameter); 0: none."""

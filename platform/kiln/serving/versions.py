@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from kiln.errors import KilnError
-from kiln.serving.batcher import DynamicBatcher, InferFn
+from kiln.serving.batcher import LOOP_MAX_NS, DynamicBatcher, InferFn
 from kiln.serving.description import describe, warmup_inputs
 from kiln.serving.messages import public_text
 from kiln.serving.metrics import ServingMetrics
@@ -105,9 +106,12 @@ class VersionLoader:
                 description = dataclasses.replace(
                     description, parameters=text.parameters(opened.tokenizer_sha256)
                 )
+            slowest_ns = 0  # the slowest warm-up call (the largest batch)
             if self.settings.warmup:
                 for feed in warmups:
+                    started = time.perf_counter_ns()
                     await self.blocking(infer, feed)
+                    slowest_ns = max(slowest_ns, time.perf_counter_ns() - started)
         except BaseException:
             self._set_state(name, version, ModelState.UNAVAILABLE)
             raise
@@ -135,7 +139,9 @@ class VersionLoader:
                 max_queue_size=self.settings.max_queue_size,
                 on_execution=executed,
                 inline_after_idle_us=self.settings.inline_idle_us if inline else 0,
-                on_loop=inline and self._on_loop,
+                # A model whose largest warm-up batch took longer than the loop may be held
+                # keeps to its thread from the start.
+                on_loop=inline and self._on_loop and slowest_ns < LOOP_MAX_NS,
                 screen=validator.screen if text is None else None,
             ),
             statistics=statistics,
