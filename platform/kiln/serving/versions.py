@@ -60,6 +60,12 @@ class VersionLoader:
         """Run a blocking call (registry, engine loading) on a control thread."""
         return await asyncio.get_running_loop().run_in_executor(self._control, fn, *args)
 
+    async def _timed(self, infer: InferFn, feed: dict[str, Any]) -> int:
+        """Run one warm-up call on a control thread; returns how long it took (ns)."""
+        started = time.perf_counter_ns()
+        await self.blocking(infer, feed)
+        return time.perf_counter_ns() - started
+
     def lock(self, name: str) -> asyncio.Lock:
         """The lock that serialises changes to model `name`."""
         lock = self._locks.get(name)
@@ -106,12 +112,13 @@ class VersionLoader:
                 description = dataclasses.replace(
                     description, parameters=text.parameters(opened.tokenizer_sha256)
                 )
-            slowest_ns = 0  # the slowest warm-up call (the largest batch)
+            slowest_ns = 0  # the slowest warm call (the largest batch)
             if self.settings.warmup:
                 for feed in warmups:
-                    started = time.perf_counter_ns()
-                    await self.blocking(infer, feed)
-                    slowest_ns = max(slowest_ns, time.perf_counter_ns() - started)
+                    took = await self._timed(infer, feed)
+                    if took >= LOOP_MAX_NS:  # a first call also plans memory: time it again
+                        took = await self._timed(infer, feed)
+                    slowest_ns = max(slowest_ns, took)
         except BaseException:
             self._set_state(name, version, ModelState.UNAVAILABLE)
             raise
