@@ -16,6 +16,14 @@ it to the worker thread and back costs two thread wake-ups, as much as a small m
 compute on a small host. Under load requests arrive closer together than that, and batch on
 the worker thread as usual: batching one request at a time on the loop would cost throughput.
 Only with `max_queue_delay_us` 0: a delay asks for batches.
+
+With `on_loop` (a process with one core: `ServingSettings.execution`), every batch computes on
+the event loop instead: a worker thread adds no parallelism there, only two thread switches
+per batch and a loop that cannot decode while the engine holds the core. Requests then queue
+only between batches, so before each batch the batcher gathers what the transport hands over
+(`_gather`). A `screen` (the validator's finiteness check) runs once per batch over the joined
+inputs instead of once per request; the requests of a batch that fails it are checked one by
+one, and only those holding bad values fail.
 """
 
 from __future__ import annotations
