@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import kiln.registry
 from kiln.processes import pid_alive
 from kiln.serving.launcher import ServeProcess, kiln_serve
-from kiln.serving.workers import WORKER_ENV, available_cores, parse_workers
-from kiln.settings import Settings
+from kiln.serving.workers import WORKER_ENV, parse_workers
+from kiln.settings import Settings, usable_cores
 from kiln.traffic import scan_traffic
 from tests.conftest import wait_until
 from tests.integration.grpc_harness import (
@@ -184,8 +184,8 @@ def test_workers_refuse_bento_and_model_control_and_auto_counts_cores(cli: Any) 
     result = cli("serve", "--workers", "2", "--model-control", "--no-metrics")
     assert result.exit_code == 2, result
     assert "--model-control is not supported with --workers" in result.stderr
-    assert parse_workers("auto") == parse_workers("AUTO") == available_cores()
-    assert available_cores() <= len(os.sched_getaffinity(0))  # a cgroup quota may lower it
+    assert parse_workers("auto") == parse_workers("AUTO") == usable_cores()
+    assert usable_cores() <= len(os.sched_getaffinity(0))  # a cgroup quota may lower it
 
 
 def test_a_worker_environment_without_its_parent_is_refused(

@@ -42,7 +42,7 @@ class RequestValidator:
     request counts as one row. Floating-point inputs must be finite unless `allow_nonfinite`.
     """
 
-    __slots__ = ("_checks", "_finite", "_inputs", "_label", "_max_batch", "_outputs")
+    __slots__ = ("_checks", "_deferred", "_finite", "_inputs", "_label", "_max_batch", "_outputs")
 
     def __init__(
         self,
@@ -72,13 +72,13 @@ class RequestValidator:
             spec.name for spec in inputs if not allow_nonfinite and _is_float(spec.dtype)
         )
         """Float inputs that must hold finite values."""
+        self._deferred = defer_finite and bool(self._finite)
 
     @property
     def screen(self) -> RequestValidator | None:
         """This validator as the batcher's `BatchScreen` when its finite checks were deferred
         to batches (`defer_finite`) and any input needs them; None otherwise."""
-        deferred = self._finite and not any(check[4] for check in self._checks)
-        return self if deferred else None
+        return self if self._deferred else None
 
     def all_finite(self, feed: Mapping[str, npt.NDArray[Any]]) -> bool:
         """Whether every float input of a batch's joined inputs is finite."""

@@ -66,17 +66,11 @@ STOP_GRACE_S: Final = 30.0
 writing its traffic log) before the parent kills it."""
 
 
-def available_cores() -> int:
-    """The cores this process may run on: its CPU affinity (`taskset`, a container's cpuset)
-    lowered to its cgroup CPU quota (`kiln.settings.usable_cores`)."""
-    return usable_cores()
-
-
 def parse_workers(text: str) -> int:
-    """`--workers`: a whole number of at least 1, or `auto` (`available_cores`)."""
+    """`--workers`: a whole number of at least 1, or `auto` (`kiln.settings.usable_cores`)."""
     value = text.strip().lower()
     if value == AUTO:
-        return available_cores()
+        return usable_cores()
     try:
         count = int(value)
     except ValueError:
@@ -84,7 +78,7 @@ def parse_workers(text: str) -> int:
     if count < 1:
         raise InvalidArgument(
             f"--workers takes a whole number of at least 1, or 'auto' (one per core this "
-            f"process may use: {available_cores()}); got {text!r}"
+            f"process may use: {usable_cores()}); got {text!r}"
         )
     return count
 
